@@ -1,0 +1,30 @@
+//! The agent-sessions SDK: a typed client for the Sessions API, generated at build time from `openapi.yaml` by
+//! progenitor (builder style).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use agent_sessions::{types, Client};
+//!
+//! let client = Client::new("http://127.0.0.1:3000");
+//! let agents = client.list_agents().send().await?;
+//! let session = client
+//!     .create_session()
+//!     .body(types::CreateSessionRequest {
+//!         agent_id: agents.agents[0].id,
+//!         user_id: uuid::Uuid::new_v4(),
+//!         metadata: None,
+//!         timeout_config: None,
+//!     })
+//!     .send()
+//!     .await?;
+//! println!("session {} expires at {}", session.session_id, session.expires_at);
+//! # Ok(()) }
+//! ```
+//!
+//! Every method in this crate is generated from the contract: one per `operationId` (`create_session`,
+//! `get_session`, `list_sessions`, ...). Errors come back as `Error::ErrorResponse` carrying the API's
+//! `ErrorResponse` body (`error.code`, `error.message`).
+
+#![allow(clippy::all, unused_imports, unreachable_pub, missing_docs)]
+
+include!(concat!(env!("OUT_DIR"), "/codegen.rs"));

@@ -1,0 +1,122 @@
+//! The HTTP layer: poem-openapi handlers, wire models, `ApiError`, and `app()`, which assembles the routes, the
+//! documentation endpoints and the middleware that makes every error the API's JSON shape. Never touches SQL.
+
+mod agents;
+mod body;
+pub mod error;
+pub mod models;
+mod sessions;
+pub mod types;
+
+use std::sync::{Arc, OnceLock};
+
+use poem::http::{Method, StatusCode};
+use poem::middleware::CatchPanic;
+use poem::web::Html;
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::{OpenApiService, Tags};
+
+use crate::service::SessionService;
+use error::{ApiError, ErrorCode};
+
+/// The committed contract, served as the API's documentation (it carries the reference's descriptions and
+/// examples; a test proves the handlers agree with it).
+pub const CONTRACT_YAML: &str = include_str!("../../../openapi.yaml");
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Timed conversations between a user and an agent.
+    Sessions,
+    /// The agents sessions talk to.
+    Agents,
+}
+
+fn service() -> OpenApiService<(sessions::SessionsApi, agents::AgentsApi), ()> {
+    OpenApiService::new(
+        (sessions::SessionsApi, agents::AgentsApi),
+        "agent-sessions",
+        env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// The spec the handlers generate (JSON), for the test that compares it with `openapi.yaml`.
+pub fn generated_spec_json() -> String {
+    service().spec()
+}
+
+/// `openapi.yaml` as JSON, parsed once.
+pub fn contract_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        let value: serde_json::Value = serde_yaml::from_str(CONTRACT_YAML)
+            .expect("openapi.yaml is valid YAML (checked by tests)");
+        serde_json::to_string_pretty(&value).expect("JSON values serialize")
+    })
+}
+
+/// The whole HTTP application over a service.
+pub fn app(service_state: Arc<SessionService>) -> impl Endpoint {
+    let api = service();
+    // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec.
+    let docs = api
+        .swagger_ui_html()
+        .replacen(&api.spec(), contract_json(), 1);
+    Route::new()
+        .nest("/", api)
+        .at(
+            "/openapi.json",
+            poem::endpoint::make_sync(|_| {
+                Response::builder()
+                    .content_type("application/json")
+                    .body(contract_json())
+            }),
+        )
+        .at(
+            "/openapi.yaml",
+            poem::endpoint::make_sync(|_| {
+                Response::builder()
+                    .content_type("application/yaml")
+                    .body(CONTRACT_YAML)
+            }),
+        )
+        .at(
+            "/docs",
+            poem::endpoint::make_sync(move |_| Html(docs.clone())),
+        )
+        .data(service_state)
+        .around(json_errors)
+        .with(
+            CatchPanic::new()
+                .with_handler(|_| ApiError::internal(&"handler panicked").as_poem_response()),
+        )
+}
+
+impl ApiError {
+    fn as_poem_response(&self) -> Response {
+        poem::error::ResponseError::as_response(self)
+    }
+}
+
+/// Makes every error leaving the application the API's JSON error.
+async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    match next.call(req).await {
+        Ok(resp) => Ok(resp.into_response()),
+        Err(err) => {
+            // `health` is reserved for GET only; a DELETE of it is a lookup of a session that cannot exist.
+            if method == Method::DELETE
+                && err.status() == StatusCode::METHOD_NOT_ALLOWED
+                && path.trim_end_matches('/') == "/api/messaging/sessions/health"
+            {
+                return Ok(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::SessionNotFound,
+                    "Session 'health' not found",
+                )
+                .as_poem_response());
+            }
+            Ok(error::from_poem_error(err, &method, &path).as_poem_response())
+        }
+    }
+}

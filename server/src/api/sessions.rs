@@ -1,0 +1,181 @@
+//! Handlers of `/api/messaging/sessions…`: parse the request, call `SessionService`, shape the response.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use uuid::Uuid;
+
+use super::body::JsonBody;
+use super::error::{
+    CreateSessionErrors, DeleteErrors, Failure, ListErrors, LookupErrors, RenewErrors, ServerOnly,
+    UpdateTimeoutErrors,
+};
+use super::models::{
+    CreateSessionRequest, DeleteBody, HealthBody, SessionBody, SessionListBody, TimeoutConfigInput,
+};
+use super::ApiTags;
+use crate::service::{SessionService, SessionView};
+use crate::store::SessionFilter;
+
+type Service<'a> = Data<&'a Arc<SessionService>>;
+
+/// Default page size of `listSessions`.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+
+#[derive(ApiResponse)]
+pub enum CreatedSession {
+    /// Session created.
+    #[oai(status = 201)]
+    Created(Json<SessionBody>),
+}
+
+fn session(view: SessionView) -> Json<SessionBody> {
+    Json(SessionBody::new(&view.session, view.now))
+}
+
+pub struct SessionsApi;
+
+#[OpenApi(tag = "ApiTags::Sessions")]
+impl SessionsApi {
+    /// Health of the sessions subsystem.
+    #[oai(
+        path = "/api/messaging/sessions/health",
+        method = "get",
+        operation_id = "getSessionsHealth"
+    )]
+    async fn health(&self, service: Service<'_>) -> Result<Json<HealthBody>, Failure<ServerOnly>> {
+        Ok(Json(service.health().await?.into()))
+    }
+
+    /// Create a new session with an agent.
+    ///
+    /// Out-of-range timeout values are clamped, never rejected.
+    #[oai(
+        path = "/api/messaging/sessions",
+        method = "post",
+        operation_id = "createSession"
+    )]
+    async fn create(
+        &self,
+        service: Service<'_>,
+        body: JsonBody<CreateSessionRequest>,
+    ) -> Result<CreatedSession, Failure<CreateSessionErrors>> {
+        let view = service.create(body.value).await?;
+        Ok(CreatedSession::Created(session(view)))
+    }
+
+    /// List active sessions, newest first.
+    #[oai(
+        path = "/api/messaging/sessions",
+        method = "get",
+        operation_id = "listSessions"
+    )]
+    async fn list(
+        &self,
+        service: Service<'_>,
+        /// Only sessions with this agent.
+        #[oai(name = "agentId")]
+        agent_id: Query<Option<Uuid>>,
+        /// Only sessions of this user.
+        #[oai(name = "userId")]
+        user_id: Query<Option<Uuid>>,
+        /// Page size (1 to 1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
+        limit: Query<Option<u32>>,
+        /// Sessions to skip (default 0).
+        offset: Query<Option<u64>>,
+    ) -> Result<Json<SessionListBody>, Failure<ListErrors>> {
+        let filter = SessionFilter {
+            agent_id: agent_id.0,
+            user_id: user_id.0,
+        };
+        let page = service
+            .list(
+                filter,
+                limit.0.unwrap_or(DEFAULT_LIST_LIMIT),
+                offset.0.unwrap_or(0),
+            )
+            .await?;
+        Ok(Json(page.into()))
+    }
+
+    /// Get a session.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId",
+        method = "get",
+        operation_id = "getSession"
+    )]
+    async fn get(
+        &self,
+        service: Service<'_>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+    ) -> Result<Json<SessionBody>, Failure<LookupErrors>> {
+        Ok(session(service.get(&session_id).await?))
+    }
+
+    /// Delete a session (also an expired one that is still retained).
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId",
+        method = "delete",
+        operation_id = "deleteSession"
+    )]
+    async fn delete(
+        &self,
+        service: Service<'_>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+    ) -> Result<Json<DeleteBody>, Failure<DeleteErrors>> {
+        service.delete(&session_id).await?;
+        Ok(Json(DeleteBody {
+            success: true,
+            message: format!("Session {} deleted successfully", session_id.0),
+        }))
+    }
+
+    /// Renew a session now, even when its `autoRenew` is off.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId/renew",
+        method = "post",
+        operation_id = "renewSession"
+    )]
+    async fn renew(
+        &self,
+        service: Service<'_>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+    ) -> Result<Json<SessionBody>, Failure<RenewErrors>> {
+        Ok(session(service.renew(&session_id).await?))
+    }
+
+    /// Change a session's timeout configuration; omitted fields keep their current values.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId/timeout",
+        method = "patch",
+        operation_id = "updateSessionTimeout"
+    )]
+    async fn update_timeout(
+        &self,
+        service: Service<'_>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+        body: JsonBody<TimeoutConfigInput>,
+    ) -> Result<Json<SessionBody>, Failure<UpdateTimeoutErrors>> {
+        Ok(session(
+            service.update_timeout(&session_id, body.value).await?,
+        ))
+    }
+
+    /// Keep a session alive: renews it when `autoRenew` is on, otherwise records the activity.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId/heartbeat",
+        method = "post",
+        operation_id = "sessionHeartbeat"
+    )]
+    async fn heartbeat(
+        &self,
+        service: Service<'_>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+    ) -> Result<Json<SessionBody>, Failure<LookupErrors>> {
+        Ok(session(service.heartbeat(&session_id).await?))
+    }
+}

@@ -1,0 +1,45 @@
+//! `SessionError`: everything the service layer can refuse or fail with, independent of HTTP.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Bad input; `details` points at the offending field when there is one.
+    #[error("{message}")]
+    Invalid {
+        message: String,
+        details: Option<Value>,
+    },
+    #[error("Session '{0}' not found")]
+    SessionNotFound(String),
+    #[error("Session '{id}' expired at {}", crate::domain::iso(*.expired_at))]
+    SessionExpired {
+        id: String,
+        expired_at: DateTime<Utc>,
+    },
+    #[error("Agent with ID '{0}' not found")]
+    AgentNotFound(String),
+    #[error("Failed to renew session '{id}': {reason}")]
+    RenewalFailed { id: String, reason: String },
+    #[error("storage failure")]
+    Store(#[from] StoreError),
+}
+
+impl SessionError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        SessionError::Invalid {
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn invalid_field(message: impl Into<String>, field: &str) -> Self {
+        SessionError::Invalid {
+            message: message.into(),
+            details: Some(serde_json::json!({ "field": field })),
+        }
+    }
+}

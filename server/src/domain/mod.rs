@@ -1,0 +1,19 @@
+//! The domain: sessions, agents, timeout rules and input validation, with no HTTP and no SQL.
+
+pub mod agent;
+pub mod error;
+pub mod session;
+pub mod timeout;
+pub mod validate;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+pub use agent::{Agent, AgentBackend};
+pub use error::SessionError;
+pub use session::{Liveness, RenewRefused, Session};
+pub use timeout::{TimeoutConfig, TimeoutConfigPatch, TimeoutPolicy};
+
+/// ISO-8601 in UTC with millisecond precision, the one timestamp format of the API.
+pub fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}

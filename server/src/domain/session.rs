@@ -1,0 +1,216 @@
+//! The session state machine: creation, expiry, renewal, heartbeat and timeout changes as pure functions of
+//! the session and `now`. Nothing here reads a clock or touches storage.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::timeout::{minutes_to_ms, TimeoutConfig};
+
+/// A stored session. `expires_at` is derived from the other fields, but kept so that the store can index it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub agent_id: Uuid,
+    pub user_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_activity: DateTime<Utc>,
+    /// The last successful renewal (or creation). With `autoRenew` off the timeout counts from here, so that an
+    /// explicit `POST /renew` extends the session and a later PATCH does not undo that.
+    pub last_renewal: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub metadata: Map<String, Value>,
+    pub timeout: TimeoutConfig,
+    pub renewal_count: i64,
+    /// Row version for optimistic concurrency: every update is conditional on the version it read.
+    pub version: i64,
+}
+
+/// Where a session stands at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Active,
+    /// Expired, but still inside the retention period: answers 410.
+    Expired,
+    /// Past the retention period: as good as purged, answers 404.
+    Gone,
+}
+
+/// Why an explicit renewal was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewRefused {
+    MaxDurationReached,
+}
+
+impl Session {
+    pub fn new(
+        agent_id: Uuid,
+        user_id: Uuid,
+        metadata: Map<String, Value>,
+        timeout: TimeoutConfig,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut s = Session {
+            id: Uuid::new_v4(),
+            channel_id: Uuid::new_v4(),
+            agent_id,
+            user_id,
+            created_at: now,
+            last_activity: now,
+            last_renewal: now,
+            expires_at: now,
+            metadata,
+            timeout,
+            renewal_count: 0,
+            version: 0,
+        };
+        s.expires_at = s.compute_expires_at();
+        s
+    }
+
+    /// `min(base + timeout, createdAt + maxDuration)`; base is the last activity with autoRenew on, the last
+    /// explicit renewal (initially creation) with it off.
+    pub fn compute_expires_at(&self) -> DateTime<Utc> {
+        let base = if self.timeout.auto_renew {
+            self.last_activity
+        } else {
+            self.last_renewal
+        };
+        let by_timeout = base + Duration::milliseconds(minutes_to_ms(self.timeout.timeout_minutes));
+        by_timeout.min(self.hard_cap())
+    }
+
+    /// The instant past which nothing can keep the session alive.
+    pub fn hard_cap(&self) -> DateTime<Utc> {
+        self.created_at + Duration::milliseconds(minutes_to_ms(self.timeout.max_duration_minutes))
+    }
+
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at <= now
+    }
+
+    pub fn liveness(&self, now: DateTime<Utc>, retention: Duration) -> Liveness {
+        if !self.is_expired(now) {
+            Liveness::Active
+        } else if now < self.expires_at + retention {
+            Liveness::Expired
+        } else {
+            Liveness::Gone
+        }
+    }
+
+    /// `max(0, expiresAt - now)` in milliseconds.
+    pub fn time_remaining_ms(&self, now: DateTime<Utc>) -> i64 {
+        (self.expires_at - now).num_milliseconds().max(0)
+    }
+
+    /// True while the remaining time is positive and within the warning threshold.
+    pub fn is_near_expiration(&self, now: DateTime<Utc>) -> bool {
+        let remaining = self.time_remaining_ms(now);
+        remaining > 0 && remaining <= minutes_to_ms(self.timeout.warning_threshold_minutes)
+    }
+
+    /// An explicit renewal (`POST /renew`): works whatever `autoRenew` says, but not past the max duration.
+    pub fn renew(&mut self, now: DateTime<Utc>) -> Result<(), RenewRefused> {
+        if now >= self.hard_cap() {
+            return Err(RenewRefused::MaxDurationReached);
+        }
+        self.last_activity = now;
+        self.last_renewal = now;
+        self.renewal_count += 1;
+        self.expires_at = self.compute_expires_at();
+        Ok(())
+    }
+
+    /// Activity (a heartbeat, a message): renews when `autoRenew` is on, otherwise only records the activity.
+    /// Returns whether the session was renewed.
+    pub fn record_activity(&mut self, now: DateTime<Utc>) -> bool {
+        if self.timeout.auto_renew && self.renew(now).is_ok() {
+            return true;
+        }
+        self.last_activity = now;
+        self.expires_at = self.compute_expires_at();
+        false
+    }
+
+    /// Replaces the timeout config and recomputes the expiry from it.
+    pub fn set_timeout(&mut self, timeout: TimeoutConfig) {
+        self.timeout = timeout;
+        self.expires_at = self.compute_expires_at();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::timeout::{TimeoutConfigPatch, TimeoutPolicy};
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_735_689_600, 0).unwrap()
+    }
+
+    fn session(patch: TimeoutConfigPatch) -> Session {
+        let cfg = TimeoutPolicy::default().resolve(&patch, &TimeoutConfigPatch::default());
+        Session::new(Uuid::nil(), Uuid::nil(), Map::new(), cfg, t0())
+    }
+
+    #[test]
+    fn activity_renews_with_auto_renew_on() {
+        let mut s = session(TimeoutConfigPatch::default());
+        assert_eq!(s.expires_at, t0() + Duration::minutes(30));
+        let later = t0() + Duration::minutes(20);
+        assert!(s.record_activity(later));
+        assert_eq!(s.renewal_count, 1);
+        assert_eq!(s.expires_at, later + Duration::minutes(30));
+    }
+
+    #[test]
+    fn activity_only_touches_with_auto_renew_off() {
+        let mut s = session(TimeoutConfigPatch {
+            auto_renew: Some(false),
+            ..Default::default()
+        });
+        let later = t0() + Duration::minutes(20);
+        assert!(!s.record_activity(later));
+        assert_eq!(s.renewal_count, 0);
+        assert_eq!(s.last_activity, later);
+        assert_eq!(s.expires_at, t0() + Duration::minutes(30));
+        // An explicit renewal still works, and survives a timeout change.
+        s.renew(later).unwrap();
+        assert_eq!(s.expires_at, later + Duration::minutes(30));
+        s.set_timeout(s.timeout);
+        assert_eq!(s.expires_at, later + Duration::minutes(30));
+    }
+
+    #[test]
+    fn expiry_is_capped_by_max_duration() {
+        let mut s = session(TimeoutConfigPatch {
+            timeout_minutes: Some(60.0),
+            max_duration_minutes: Some(90.0),
+            ..Default::default()
+        });
+        let later = t0() + Duration::minutes(50);
+        s.record_activity(later);
+        assert_eq!(s.expires_at, t0() + Duration::minutes(90));
+        assert_eq!(
+            s.renew(t0() + Duration::minutes(90)),
+            Err(RenewRefused::MaxDurationReached)
+        );
+    }
+
+    #[test]
+    fn liveness_and_near_expiration() {
+        let s = session(TimeoutConfigPatch::default());
+        let retention = Duration::hours(24);
+        assert_eq!(s.liveness(t0(), retention), Liveness::Active);
+        assert!(!s.is_near_expiration(t0() + Duration::minutes(24)));
+        assert!(s.is_near_expiration(t0() + Duration::minutes(25)));
+        assert!(s.is_near_expiration(t0() + Duration::milliseconds(30 * 60_000 - 1)));
+        let at_expiry = t0() + Duration::minutes(30);
+        assert!(!s.is_near_expiration(at_expiry));
+        assert_eq!(s.time_remaining_ms(at_expiry), 0);
+        assert_eq!(s.liveness(at_expiry, retention), Liveness::Expired);
+        assert_eq!(s.liveness(at_expiry + retention, retention), Liveness::Gone);
+    }
+}

@@ -1,0 +1,68 @@
+//! The `agent-sessions-server` binary: parse config, open the store, create the demo agent if needed, serve.
+
+use std::sync::Arc;
+
+use agent_sessions_server::clock::SystemClock;
+use agent_sessions_server::config::Config;
+use agent_sessions_server::service::SessionService;
+use agent_sessions_server::sweeper::Sweeper;
+use agent_sessions_server::{app, openapi_spec_json, serve, store};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    if config.print_openapi {
+        println!("{}", openapi_spec_json());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    let store = store::open(&config.database_url).await?;
+    let service = Arc::new(SessionService::new(
+        store.clone(),
+        Arc::new(SystemClock),
+        config.timeout_policy(),
+        config.retention(),
+    ));
+    if let Some(agent) = service.ensure_demo_agent().await? {
+        println!("Created demo echo agent: {}", agent.id);
+    }
+    for agent in service.list_agents().await? {
+        tracing::info!(id = %agent.id, name = %agent.name, "agent available");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = Sweeper::new(service.clone(), config.cleanup_interval()).spawn(stop_rx);
+
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+    let addr = listener.local_addr()?;
+    println!("agent-sessions-server listening on http://{addr} (API docs: http://{addr}/docs)");
+    serve(listener, app(service), shutdown_signal()).await?;
+
+    let _ = stop_tx.send(true);
+    let _ = sweeper.await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

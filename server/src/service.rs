@@ -1,0 +1,309 @@
+//! `SessionService`: the one place that reads the clock and calls the store. Handlers call it; it applies the
+//! domain's pure transitions and persists them with optimistic concurrency.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::domain::validate::{self, CreateAgentBody};
+use crate::domain::{
+    Agent, AgentBackend, Liveness, RenewRefused, Session, SessionError, TimeoutConfigPatch,
+    TimeoutPolicy,
+};
+use crate::store::{SessionCounts, SessionFilter, SessionStore};
+
+/// Read-modify-write attempts before giving up on a hot session; each failed attempt means another request
+/// changed the session in between, so this only runs out under extreme contention.
+const MAX_UPDATE_ATTEMPTS: usize = 1000;
+
+/// A session as of the instant it was read, so that derived fields (`timeRemaining`, ...) agree with it.
+#[derive(Debug, Clone)]
+pub struct SessionView {
+    pub session: Session,
+    pub now: DateTime<Utc>,
+}
+
+/// Health figures.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub counts: SessionCounts,
+    pub now: DateTime<Utc>,
+    pub uptime_seconds: f64,
+}
+
+/// A page of active sessions with the counts of everything the filter matches.
+#[derive(Debug, Clone)]
+pub struct SessionPage {
+    pub sessions: Vec<Session>,
+    pub counts: SessionCounts,
+    pub now: DateTime<Utc>,
+}
+
+pub struct SessionService {
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+    policy: TimeoutPolicy,
+    retention: Duration,
+    started: DateTime<Utc>,
+}
+
+impl SessionService {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        clock: Arc<dyn Clock>,
+        policy: TimeoutPolicy,
+        retention: Duration,
+    ) -> Self {
+        let started = clock.now();
+        Self {
+            store,
+            clock,
+            policy,
+            retention,
+            started,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    pub fn policy(&self) -> &TimeoutPolicy {
+        &self.policy
+    }
+
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    pub async fn create(&self, body: Value) -> Result<SessionView, SessionError> {
+        let now = self.clock.now();
+        let body = validate::create_session_body(body)?;
+        let agent = self
+            .store
+            .get_agent(body.agent_id)
+            .await?
+            .ok_or_else(|| SessionError::AgentNotFound(body.agent_id.to_string()))?;
+        let metadata = validate::metadata(body.metadata)?;
+        let requested = validate::timeout_patch(body.timeout_config, "timeoutConfig")?;
+        let timeout = self.policy.resolve(&requested, &agent.session_defaults);
+        let session = Session::new(body.agent_id, body.user_id, metadata, timeout, now);
+        self.store.insert_session(&session).await?;
+        Ok(SessionView { session, now })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<SessionView, SessionError> {
+        let now = self.clock.now();
+        let session = self.live(id, now).await?;
+        Ok(SessionView { session, now })
+    }
+
+    pub async fn list(
+        &self,
+        filter: SessionFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<SessionPage, SessionError> {
+        let now = self.clock.now();
+        let sessions = self
+            .store
+            .list_active_sessions(&filter, now, limit, offset)
+            .await?;
+        let counts = self
+            .store
+            .count_sessions(&filter, now, now - self.retention)
+            .await?;
+        Ok(SessionPage {
+            sessions,
+            counts,
+            now,
+        })
+    }
+
+    /// Deletes a session, expired or not; only one already past retention counts as absent.
+    pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
+        let now = self.clock.now();
+        let uuid = self.lookup(id, now).await?.id;
+        if self.store.delete_session(uuid).await? {
+            Ok(())
+        } else {
+            Err(SessionError::SessionNotFound(id.to_string()))
+        }
+    }
+
+    pub async fn renew(&self, id: &str) -> Result<SessionView, SessionError> {
+        self.update(id, |s, now| {
+            s.renew(now).map_err(
+                |RenewRefused::MaxDurationReached| SessionError::RenewalFailed {
+                    id: s.id.to_string(),
+                    reason: "maximum session duration reached".into(),
+                },
+            )
+        })
+        .await
+    }
+
+    pub async fn heartbeat(&self, id: &str) -> Result<SessionView, SessionError> {
+        self.update(id, |s, now| {
+            s.record_activity(now);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn update_timeout(&self, id: &str, body: Value) -> Result<SessionView, SessionError> {
+        let patch: TimeoutConfigPatch = validate::timeout_patch_body(body)?;
+        let policy = self.policy;
+        self.update(id, move |s, _| {
+            let timeout = policy.apply_patch(&s.timeout, &patch).map_err(|reason| {
+                SessionError::invalid_field(
+                    format!("Invalid timeout configuration: {reason}"),
+                    "timeoutMinutes",
+                )
+            })?;
+            s.set_timeout(timeout);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn health(&self) -> Result<Health, SessionError> {
+        let now = self.clock.now();
+        let counts = self
+            .store
+            .count_sessions(&SessionFilter::default(), now, now - self.retention)
+            .await?;
+        Ok(Health {
+            counts,
+            now,
+            uptime_seconds: (now - self.started).num_milliseconds().max(0) as f64 / 1000.0,
+        })
+    }
+
+    pub async fn create_agent(&self, body: Value) -> Result<Agent, SessionError> {
+        let CreateAgentBody {
+            name,
+            backend,
+            session_defaults,
+        } = validate::create_agent_body(body)?;
+        self.insert_agent(name, backend, session_defaults).await
+    }
+
+    async fn insert_agent(
+        &self,
+        name: String,
+        backend: AgentBackend,
+        session_defaults: TimeoutConfigPatch,
+    ) -> Result<Agent, SessionError> {
+        let agent = Agent {
+            id: Uuid::new_v4(),
+            name,
+            backend,
+            session_defaults,
+            created_at: self.clock.now(),
+        };
+        self.store.insert_agent(&agent).await?;
+        Ok(agent)
+    }
+
+    /// On a store without agents, creates the demo echo agent so that a new user can start at once.
+    pub async fn ensure_demo_agent(&self) -> Result<Option<Agent>, SessionError> {
+        if !self.store.list_agents().await?.is_empty() {
+            return Ok(None);
+        }
+        let agent = self
+            .insert_agent(
+                "Echo".into(),
+                AgentBackend::Echo,
+                TimeoutConfigPatch::default(),
+            )
+            .await?;
+        Ok(Some(agent))
+    }
+
+    pub async fn list_agents(&self) -> Result<Vec<Agent>, SessionError> {
+        Ok(self.store.list_agents().await?)
+    }
+
+    pub async fn get_agent(&self, id: &str) -> Result<Agent, SessionError> {
+        let not_found = || SessionError::AgentNotFound(id.to_string());
+        let uuid = validate::parse_uuid(id).ok_or_else(not_found)?;
+        self.store.get_agent(uuid).await?.ok_or_else(not_found)
+    }
+
+    pub async fn delete_agent(&self, id: &str) -> Result<(), SessionError> {
+        let agent = self.get_agent(id).await?;
+        if self.store.delete_agent(agent.id).await? {
+            Ok(())
+        } else {
+            Err(SessionError::AgentNotFound(id.to_string()))
+        }
+    }
+
+    /// Removes sessions past their retention, in batches so that no transaction holds the store for long.
+    /// Returns how many were removed.
+    pub async fn purge_expired(&self, now: DateTime<Utc>, batch: u32) -> Result<u64, SessionError> {
+        let cutoff = now - self.retention;
+        let mut total = 0;
+        loop {
+            let n = self.store.purge_sessions(cutoff, batch).await?;
+            total += n;
+            if n < u64::from(batch) {
+                return Ok(total);
+            }
+            // Let requests queued behind this batch go first.
+            tokio::task::yield_now().await;
+        }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The stored session, unless it does not exist or is past retention (both: not found).
+    async fn lookup(&self, id: &str, now: DateTime<Utc>) -> Result<Session, SessionError> {
+        let not_found = || SessionError::SessionNotFound(id.to_string());
+        let uuid = validate::parse_uuid(id).ok_or_else(not_found)?;
+        let session = self.store.get_session(uuid).await?.ok_or_else(not_found)?;
+        match session.liveness(now, self.retention) {
+            Liveness::Gone => Err(not_found()),
+            _ => Ok(session),
+        }
+    }
+
+    /// The stored session if it is active; expired ones answer `SessionExpired`.
+    async fn live(&self, id: &str, now: DateTime<Utc>) -> Result<Session, SessionError> {
+        let session = self.lookup(id, now).await?;
+        if session.is_expired(now) {
+            return Err(SessionError::SessionExpired {
+                id: session.id.to_string(),
+                expired_at: session.expires_at,
+            });
+        }
+        Ok(session)
+    }
+
+    /// Read, transform, conditionally write; on a lost race, read again and retry with the same `now`.
+    async fn update(
+        &self,
+        id: &str,
+        change: impl Fn(&mut Session, DateTime<Utc>) -> Result<(), SessionError>,
+    ) -> Result<SessionView, SessionError> {
+        let now = self.clock.now();
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let current = self.live(id, now).await?;
+            let mut next = current.clone();
+            change(&mut next, now)?;
+            next.version = current.version + 1;
+            if self.store.update_session(&next, current.version).await? {
+                return Ok(SessionView { session: next, now });
+            }
+        }
+        Err(SessionError::Store(crate::store::StoreError::Unavailable(
+            format!("session {id} is updated too often to apply this change"),
+        )))
+    }
+}
