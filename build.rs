@@ -12,7 +12,8 @@ fn main() {
     let mut generator = progenitor::Generator::new(
         progenitor::GenerationSettings::default()
             .with_interface(progenitor::InterfaceStyle::Builder)
-            .with_tag(progenitor::TagStyle::Merged),
+            .with_tag(progenitor::TagStyle::Merged)
+            .with_derive("PartialEq"),
     );
     let tokens = generator
         .generate_tokens(&spec)

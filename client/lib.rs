@@ -12,7 +12,7 @@
 //!     .body(types::CreateSessionRequest {
 //!         agent_id: agents.agents[0].id,
 //!         user_id: uuid::Uuid::new_v4(),
-//!         metadata: None,
+//!         metadata: Default::default(),
 //!         timeout_config: None,
 //!     })
 //!     .send()

@@ -1,3 +1,7 @@
-//! The one integration-test binary: every module drives the real server.
+//! The one integration-test binary: every module drives the real server through the generated SDK.
 
+mod lifecycle;
+mod restart;
 mod spec_agreement;
+mod support;
+mod timeouts;

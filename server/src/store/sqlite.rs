@@ -379,9 +379,9 @@ impl SessionStore for SqliteStore {
         offset: u64,
     ) -> Result<Vec<Session>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE expires_at > ? \
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE expires_at > ?1 \
              AND (?2 IS NULL OR agent_id = ?2) AND (?3 IS NULL OR user_id = ?3) \
-             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+             ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
         ))
         .bind(to_ms(active_at))
         .bind(filter.agent_id)

@@ -1,0 +1,417 @@
+//! Every session and agent operation through the generated SDK against a live server.
+
+use agent_sessions::types;
+use uuid::Uuid;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn create_returns_every_session_field() {
+    let ctx = TestContext::new().await;
+    let user = Uuid::new_v4();
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("platform".into(), "web".into());
+    let s = ctx
+        .client
+        .create_session()
+        .body(types::CreateSessionRequest {
+            agent_id: ctx.agent_id,
+            user_id: user,
+            metadata: metadata.clone(),
+            timeout_config: Some(types::TimeoutConfigInput {
+                timeout_minutes: Some(722.0),
+                auto_renew: Some(true),
+                max_duration_minutes: Some(123.0),
+                warning_threshold_minutes: Some(123.0),
+            }),
+        })
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(s.status().as_u16(), 201);
+    let s = s.into_inner();
+    assert_eq!(s.agent_id, ctx.agent_id);
+    assert_eq!(s.user_id, user);
+    assert_ne!(s.session_id, s.channel_id);
+    assert_eq!(s.metadata, metadata);
+    let now = ctx.service.now();
+    assert_eq!(s.created_at, now);
+    assert_eq!(s.last_activity, now);
+    // The reference page's example body: 722 is in range, maxDuration 123 is raised to the timeout.
+    assert_eq!(s.timeout_config.timeout_minutes, 722.0);
+    assert_eq!(s.timeout_config.max_duration_minutes, 722.0);
+    assert_eq!(s.timeout_config.warning_threshold_minutes, 123.0);
+    assert!(s.timeout_config.auto_renew);
+    assert_eq!(s.expires_at, now + chrono::Duration::minutes(722));
+    assert_eq!(s.renewal_count, 0);
+    assert_eq!(s.time_remaining, 722 * 60_000);
+    assert!(
+        !s.is_near_expiration,
+        "722 minutes left is outside a 123-minute threshold"
+    );
+}
+
+#[tokio::test]
+async fn get_renew_heartbeat_patch_delete() {
+    let ctx = TestContext::new().await;
+    let created = ctx.create_session(None).await;
+    let id = created.session_id.to_string();
+
+    let got = ctx
+        .client
+        .get_session()
+        .session_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.session_id, created.session_id);
+    assert_eq!(got.expires_at, created.expires_at);
+
+    ctx.advance_minutes(10);
+    let hb = ctx
+        .client
+        .session_heartbeat()
+        .session_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.renewal_count, 1);
+    assert_eq!(hb.last_activity, ctx.service.now());
+    assert_eq!(
+        hb.expires_at,
+        ctx.service.now() + chrono::Duration::minutes(30)
+    );
+
+    ctx.advance_minutes(5);
+    let renewed = ctx
+        .client
+        .renew_session()
+        .session_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.renewal_count, 2);
+    assert_eq!(
+        renewed.expires_at,
+        ctx.service.now() + chrono::Duration::minutes(30)
+    );
+
+    let patched = ctx
+        .client
+        .update_session_timeout()
+        .session_id(&id)
+        .body(timeout_minutes(60.0))
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(patched.timeout_config.timeout_minutes, 60.0);
+    assert_eq!(
+        patched.expires_at,
+        renewed.last_activity + chrono::Duration::minutes(60)
+    );
+    assert_eq!(patched.renewal_count, 2, "a PATCH is not a renewal");
+
+    let deleted = ctx
+        .client
+        .delete_session()
+        .session_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(deleted.success);
+    assert_eq!(
+        deleted.message,
+        format!("Session {id} deleted successfully")
+    );
+    let (status, code, _) = api_error(ctx.client.get_session().session_id(&id).send().await);
+    assert_eq!((status, code), (404, types::ErrorCode::SessionNotFound));
+}
+
+#[tokio::test]
+async fn reads_do_not_count_as_activity() {
+    let ctx = TestContext::new().await;
+    let s = ctx.create_session(None).await;
+    ctx.advance_minutes(20);
+    let id = s.session_id.to_string();
+    let got = ctx
+        .client
+        .get_session()
+        .session_id(&id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    ctx.client.list_sessions().send().await.unwrap();
+    ctx.client.get_sessions_health().send().await.unwrap();
+    assert_eq!(got.last_activity, s.last_activity);
+    assert_eq!(got.renewal_count, 0);
+    assert_eq!(got.expires_at, s.expires_at);
+    assert_eq!(got.time_remaining, 10 * 60_000);
+}
+
+#[tokio::test]
+async fn list_filters_paginates_and_counts() {
+    let ctx = TestContext::new().await;
+    let other_agent = ctx
+        .client
+        .create_agent()
+        .body(types::CreateAgentRequest {
+            name: "Other".into(),
+            backend: None,
+            session_defaults: None,
+        })
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    let user = Uuid::new_v4();
+    let mut mine = Vec::new();
+    for i in 0..5 {
+        ctx.clock.advance(chrono::Duration::seconds(1));
+        let s = ctx
+            .client
+            .create_session()
+            .body(types::CreateSessionRequest {
+                agent_id: if i < 3 { ctx.agent_id } else { other_agent.id },
+                user_id: user,
+                metadata: Default::default(),
+                timeout_config: Some(timeout_minutes(if i == 0 { 5.0 } else { 60.0 })),
+            })
+            .send()
+            .await
+            .unwrap()
+            .into_inner();
+        mine.push(s.session_id);
+    }
+    ctx.create_session(None).await; // another user's
+
+    let all = ctx
+        .client
+        .list_sessions()
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.total, 6);
+    assert_eq!(all.sessions.len(), 6);
+    assert_eq!(all.stats.total_sessions, 6);
+    assert_eq!(all.stats.expired_sessions, 0);
+
+    let by_user = ctx
+        .client
+        .list_sessions()
+        .user_id(user)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<Uuid> = by_user.sessions.iter().map(|s| s.session_id).collect();
+    let newest_first: Vec<Uuid> = mine.iter().rev().copied().collect();
+    assert_eq!(ids, newest_first);
+
+    let by_agent = ctx
+        .client
+        .list_sessions()
+        .agent_id(other_agent.id)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_agent.total, 2);
+
+    let page = ctx
+        .client
+        .list_sessions()
+        .user_id(user)
+        .limit(std::num::NonZeroU32::new(2).unwrap())
+        .offset(2)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.total, 5);
+    let page_ids: Vec<Uuid> = page.sessions.iter().map(|s| s.session_id).collect();
+    assert_eq!(page_ids, newest_first[2..4]);
+
+    // The 5-minute session expires: no longer listed, counted as expired.
+    ctx.advance_minutes(6);
+    let after = ctx
+        .client
+        .list_sessions()
+        .user_id(user)
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.total, 4);
+    assert_eq!(after.stats.total_sessions, 5);
+    assert_eq!(after.stats.active_sessions, 4);
+    assert_eq!(after.stats.expired_sessions, 1);
+    assert!(!after.sessions.iter().any(|s| s.session_id == mine[0]));
+}
+
+#[tokio::test]
+async fn health_counts_active_and_expiring_sessions() {
+    let ctx = TestContext::new().await;
+    ctx.create_session(Some(timeout_minutes(10.0))).await;
+    ctx.create_session(Some(timeout_minutes(60.0))).await;
+    let h = ctx
+        .client
+        .get_sessions_health()
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(h.status, "healthy");
+    assert_eq!(h.active_sessions, 2);
+    assert_eq!(h.expiring_soon, 0);
+    assert_eq!(h.timestamp, ctx.service.now());
+    ctx.advance_minutes(6); // the 10-minute one has 4 minutes left, within the 5-minute threshold
+    let h = ctx
+        .client
+        .get_sessions_health()
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((h.active_sessions, h.expiring_soon), (2, 1));
+    assert!(h.uptime >= 360.0);
+}
+
+#[tokio::test]
+async fn agents_crud_and_session_defaults() {
+    let ctx = TestContext::new().await;
+    let listed = ctx.client.list_agents().send().await.unwrap().into_inner();
+    assert_eq!(listed.total, 1);
+    assert_eq!(listed.agents[0].id, ctx.agent_id);
+    assert_eq!(
+        listed.agents[0].backend.type_,
+        types::AgentBackendType::Echo
+    );
+
+    let created = ctx
+        .client
+        .create_agent()
+        .body(types::CreateAgentRequest {
+            name: "Hooked".into(),
+            backend: Some(types::AgentBackend {
+                type_: types::AgentBackendType::Webhook,
+                url: Some("http://127.0.0.1:9/hook".into()),
+                base_url: None,
+                model: None,
+                api_key_env: None,
+                system_prompt: None,
+            }),
+            session_defaults: Some(types::TimeoutConfigInput {
+                timeout_minutes: Some(90.0),
+                auto_renew: Some(false),
+                ..Default::default()
+            }),
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let created = created.into_inner();
+    assert_eq!(
+        created.backend.url.as_deref(),
+        Some("http://127.0.0.1:9/hook")
+    );
+    let got = ctx
+        .client
+        .get_agent()
+        .agent_id(created.id.to_string())
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.name, "Hooked");
+    assert_eq!(got.session_defaults.timeout_minutes, Some(90.0));
+
+    // Agent defaults apply between the request and the global defaults.
+    let s = ctx
+        .client
+        .create_session()
+        .body(types::CreateSessionRequest {
+            agent_id: created.id,
+            user_id: Uuid::new_v4(),
+            metadata: Default::default(),
+            timeout_config: Some(types::TimeoutConfigInput {
+                auto_renew: Some(true),
+                ..Default::default()
+            }),
+        })
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.timeout_config.timeout_minutes, 90.0);
+    assert!(s.timeout_config.auto_renew);
+
+    let del = ctx
+        .client
+        .delete_agent()
+        .agent_id(created.id.to_string())
+        .send()
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(del.success);
+    let (status, code, _) = api_error(
+        ctx.client
+            .get_session()
+            .session_id(s.session_id.to_string())
+            .send()
+            .await,
+    );
+    assert_eq!(
+        (status, code),
+        (404, types::ErrorCode::SessionNotFound),
+        "sessions go with their agent"
+    );
+    assert_eq!(
+        ctx.client
+            .list_agents()
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .total,
+        1
+    );
+}
+
+#[tokio::test]
+async fn docs_and_spec_are_served() {
+    let ctx = TestContext::new().await;
+    let html = reqwest::get(ctx.url("/docs")).await.unwrap();
+    assert_eq!(html.status().as_u16(), 200);
+    let html = html.text().await.unwrap();
+    assert!(html.contains("SwaggerUIBundle"), "Swagger UI is embedded");
+    assert!(
+        html.contains("createSession"),
+        "with the contract's operations"
+    );
+
+    let json: serde_json::Value = reqwest::get(ctx.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let yaml = reqwest::get(ctx.url("/openapi.yaml"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let contract: serde_json::Value =
+        serde_yaml::from_str(include_str!("../openapi.yaml")).expect("openapi.yaml parses");
+    assert_eq!(json, contract);
+    assert_eq!(yaml, include_str!("../openapi.yaml"));
+}

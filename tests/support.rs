@@ -1,0 +1,215 @@
+//! `TestContext`: a real server on `127.0.0.1:0` over a temp SQLite file, a `MockClock`, and the generated SDK.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use agent_sessions::types;
+use agent_sessions::Client;
+use agent_sessions_server::clock::MockClock;
+use agent_sessions_server::domain::TimeoutPolicy;
+use agent_sessions_server::service::SessionService;
+use agent_sessions_server::store::{self, SessionStore};
+use agent_sessions_server::sweeper::Sweeper;
+use chrono::Duration;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+pub struct TestOptions {
+    pub policy: TimeoutPolicy,
+    pub retention: Duration,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        Self {
+            policy: TimeoutPolicy::default(),
+            retention: Duration::hours(24),
+        }
+    }
+}
+
+pub struct TestContext {
+    pub client: Client,
+    pub base_url: String,
+    pub clock: Arc<MockClock>,
+    pub service: Arc<SessionService>,
+    pub store: Arc<dyn SessionStore>,
+    /// The demo echo agent created at start.
+    pub agent_id: Uuid,
+    pub db_path: PathBuf,
+    dir: Arc<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestContext {
+    pub async fn new() -> Self {
+        Self::with_options(TestOptions::default()).await
+    }
+
+    pub async fn with_options(options: TestOptions) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let db_path = dir.path().join("sessions.db");
+        Self::start(dir, db_path, Arc::new(MockClock::default()), options).await
+    }
+
+    /// Starts a server on an existing database file (a restart), keeping the clock.
+    pub async fn start(
+        dir: Arc<tempfile::TempDir>,
+        db_path: PathBuf,
+        clock: Arc<MockClock>,
+        options: TestOptions,
+    ) -> Self {
+        let url = format!("sqlite:{}", db_path.display());
+        let store = store::open(&url).await.expect("open store");
+        let service = Arc::new(SessionService::new(
+            store.clone(),
+            clock.clone(),
+            options.policy,
+            options.retention,
+        ));
+        service.ensure_demo_agent().await.expect("demo agent");
+        let agent_id = service.list_agents().await.expect("agents")[0].id;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = agent_sessions_server::app(service.clone());
+        let server = tokio::spawn(async move {
+            agent_sessions_server::serve(listener, app, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self {
+            client: Client::new(&base_url),
+            base_url,
+            clock,
+            service,
+            store,
+            agent_id,
+            db_path,
+            dir,
+            shutdown: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and closes the store; returns what a restart needs.
+    pub async fn stop(mut self) -> (Arc<tempfile::TempDir>, PathBuf, Arc<MockClock>) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task ends cleanly");
+        }
+        self.store.close().await;
+        (self.dir.clone(), self.db_path.clone(), self.clock.clone())
+    }
+
+    pub fn sweeper(&self) -> Sweeper {
+        Sweeper::new(self.service.clone(), std::time::Duration::from_secs(60))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// A session with the demo agent and the given timeout config.
+    pub async fn create_session(
+        &self,
+        timeout: Option<types::TimeoutConfigInput>,
+    ) -> types::Session {
+        self.client
+            .create_session()
+            .body(types::CreateSessionRequest {
+                agent_id: self.agent_id,
+                user_id: Uuid::new_v4(),
+                metadata: Default::default(),
+                timeout_config: timeout,
+            })
+            .send()
+            .await
+            .expect("create session")
+            .into_inner()
+    }
+
+    pub fn advance_minutes(&self, minutes: i64) {
+        self.clock.advance(Duration::minutes(minutes));
+    }
+}
+
+impl Drop for TestContext {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A partial timeout config with only `timeoutMinutes`.
+pub fn timeout_minutes(minutes: f64) -> types::TimeoutConfigInput {
+    types::TimeoutConfigInput {
+        timeout_minutes: Some(minutes),
+        ..Default::default()
+    }
+}
+
+/// The status and error code of an SDK call that must fail with the API's error body.
+pub fn api_error<T: std::fmt::Debug>(
+    result: Result<agent_sessions::ResponseValue<T>, agent_sessions::Error<types::ErrorResponse>>,
+) -> (u16, types::ErrorCode, String) {
+    match result {
+        Err(agent_sessions::Error::ErrorResponse(resp)) => {
+            let status = resp.status().as_u16();
+            let body = resp.into_inner();
+            (status, body.error.code, body.error.message)
+        }
+        other => panic!("expected an API error response, got {other:?}"),
+    }
+}
+
+/// A raw HTTP call, for what the typed SDK cannot send (malformed bodies, wrong methods).
+pub async fn raw(
+    method: reqwest::Method,
+    url: &str,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, String, serde_json::Value) {
+    let mut req = reqwest::Client::new().request(method, url).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = req.send().await.expect("request sent");
+    let status = resp.status().as_u16();
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = resp.text().await.expect("body");
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    (status, ct, json)
+}
+
+/// Asserts a raw response is the API's JSON error with `status` and `code`.
+pub fn assert_error(resp: &(u16, String, serde_json::Value), status: u16, code: &str) {
+    let (got_status, ct, body) = resp;
+    assert_eq!(*got_status, status, "status; body: {body}");
+    assert!(
+        ct.starts_with("application/json"),
+        "content type {ct:?}; body: {body}"
+    );
+    assert_eq!(body["error"]["code"], code, "code; body: {body}");
+    assert!(
+        body["error"]["message"].is_string(),
+        "message; body: {body}"
+    );
+    assert!(
+        body["error"]["timestamp"].is_string(),
+        "timestamp; body: {body}"
+    );
+}
