@@ -398,6 +398,13 @@ async fn docs_and_spec_are_served() {
         "with the contract's operations"
     );
 
+    let root = reqwest::get(ctx.url("/")).await.unwrap();
+    assert_eq!(
+        root.url().path(),
+        "/docs",
+        "the root redirects to the documentation"
+    );
+
     let json: serde_json::Value = reqwest::get(ctx.url("/openapi.json"))
         .await
         .unwrap()

@@ -79,6 +79,11 @@ pub fn app(service_state: Arc<SessionService>) -> impl Endpoint {
                     .body(CONTRACT_YAML)
             }),
         )
+        // A browser pointed at the server lands on the documentation.
+        .at(
+            "/",
+            poem::endpoint::make_sync(|_| poem::web::Redirect::temporary("/docs")),
+        )
         .at(
             "/docs",
             poem::endpoint::make_sync(move |_| Html(docs.clone())),
@@ -95,6 +100,43 @@ impl ApiError {
     fn as_poem_response(&self) -> Response {
         poem::error::ResponseError::as_response(self)
     }
+}
+
+/// The not-found error for the id segment of a session or agent path.
+fn unknown_id_in_path(path: &str) -> Option<ApiError> {
+    let (rest, code, what) = if let Some(rest) = path.strip_prefix("/api/messaging/sessions/") {
+        (rest, ErrorCode::SessionNotFound, "Session")
+    } else if let Some(rest) = path.strip_prefix("/api/agents/") {
+        (rest, ErrorCode::AgentNotFound, "Agent")
+    } else {
+        return None;
+    };
+    let raw = rest.split('/').next().unwrap_or_default();
+    let id = String::from_utf8_lossy(&percent_decode(raw)).into_owned();
+    let message = match code {
+        ErrorCode::AgentNotFound => format!("Agent with ID '{id}' not found"),
+        _ => format!("{what} '{id}' not found"),
+    };
+    Some(ApiError::new(StatusCode::NOT_FOUND, code, message))
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Makes every error leaving the application the API's JSON error.
@@ -115,6 +157,12 @@ async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Respons
                     "Session 'health' not found",
                 )
                 .as_poem_response());
+            }
+            // An id that does not even decode to UTF-8 names no session or agent: 404 like any unknown id.
+            if err.is::<poem::error::ParsePathError>() {
+                if let Some(resp) = unknown_id_in_path(&path) {
+                    return Ok(resp.as_poem_response());
+                }
             }
             Ok(error::from_poem_error(err, &method, &path).as_poem_response())
         }
