@@ -62,7 +62,7 @@ pub fn app(service_state: Arc<SessionService>) -> impl Endpoint {
         .swagger_ui_html()
         .replacen(&api.spec(), contract_json(), 1);
     Route::new()
-        .nest("/", api)
+        .nest_no_strip("/api", api)
         .at(
             "/openapi.json",
             poem::endpoint::make_sync(|_| {
