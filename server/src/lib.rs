@@ -5,10 +5,12 @@
 //! - [`service`]: `SessionService`, the one place that reads the clock and calls the store.
 //! - [`domain`]: sessions, agents, timeout rules, validation; pure, no HTTP, no SQL.
 //! - [`store`]: the `SessionStore` trait and its backends.
+//! - [`agents`]: agent backends (echo, webhook, openai) behind the `ReplyBackend` trait.
 //! - [`clock`]: `Clock`, `SystemClock`, `MockClock`.
 //! - [`sweeper`]: the background purge of sessions past retention.
 //! - [`config`]: flags and environment variables.
 
+pub mod agents;
 pub mod api;
 pub mod clock;
 pub mod config;

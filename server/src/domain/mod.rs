@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod message;
 pub mod session;
 pub mod timeout;
 pub mod validate;
@@ -10,6 +11,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use agent::{Agent, AgentBackend};
 pub use error::SessionError;
+pub use message::{AgentReply, Attachment, AttachmentKind, Message};
 pub use session::{Liveness, RenewRefused, Session};
 pub use timeout::{TimeoutConfig, TimeoutConfigPatch, TimeoutPolicy};
 
