@@ -21,10 +21,21 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Every method in this crate is generated from the contract: one per `operationId` (`create_session`,
-//! `get_session`, `list_sessions`, ...). Errors come back as `Error::ErrorResponse` carrying the API's
+//! **Generated** from the contract (one method per `operationId`): `get_sessions_health`, `create_session`,
+//! `list_sessions`, `get_session`, `delete_session`, `send_message` (transports `websocket` and `http`),
+//! `get_messages`, `renew_session`, `update_session_timeout`, `session_heartbeat`, `list_agents`,
+//! `create_agent`, `get_agent`, `delete_agent`. Errors come back as `Error::ErrorResponse` carrying the API's
 //! `ErrorResponse` body (`error.code`, `error.message`).
+//!
+//! **Hand-written** (event streams, which progenitor cannot type; see [`streams`]):
+//! [`Client::send_message_stream`] (`sendMessage` with the `sse` transport) and [`Client::session_events`]
+//! (`streamSessionEvents`), each a `Stream` of typed events.
 
-#![allow(clippy::all, unused_imports, unreachable_pub, missing_docs)]
+mod generated {
+    #![allow(clippy::all, unused_imports, unreachable_pub, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/codegen.rs"));
+}
 
-include!(concat!(env!("OUT_DIR"), "/codegen.rs"));
+pub mod streams;
+
+pub use generated::*;

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use agent_sessions::types;
 use agent_sessions::Client;
+use agent_sessions_server::api::StreamSettings;
 use agent_sessions_server::clock::MockClock;
 use agent_sessions_server::domain::TimeoutPolicy;
-use agent_sessions_server::service::SessionService;
+use agent_sessions_server::service::{ServiceConfig, SessionService};
 use agent_sessions_server::store::{self, SessionStore};
 use agent_sessions_server::sweeper::Sweeper;
 use chrono::Duration;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 pub struct TestOptions {
     pub policy: TimeoutPolicy,
     pub retention: Duration,
+    pub agent_timeout: std::time::Duration,
 }
 
 impl Default for TestOptions {
@@ -24,6 +26,7 @@ impl Default for TestOptions {
         Self {
             policy: TimeoutPolicy::default(),
             retention: Duration::hours(24),
+            agent_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -65,8 +68,12 @@ impl TestContext {
         let service = Arc::new(SessionService::new(
             store.clone(),
             clock.clone(),
-            options.policy,
-            options.retention,
+            ServiceConfig {
+                policy: options.policy,
+                retention: options.retention,
+                agent_timeout: options.agent_timeout,
+                ..ServiceConfig::default()
+            },
         ));
         service.ensure_demo_agent().await.expect("demo agent");
         let agent_id = service.list_agents().await.expect("agents")[0].id;
@@ -75,7 +82,12 @@ impl TestContext {
             .expect("bind");
         let base_url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let app = agent_sessions_server::app(service.clone());
+        let app = agent_sessions_server::app(
+            service.clone(),
+            StreamSettings {
+                keepalive: std::time::Duration::from_secs(15),
+            },
+        );
         let server = tokio::spawn(async move {
             agent_sessions_server::serve(listener, app, async {
                 let _ = rx.await;

@@ -282,20 +282,20 @@ async fn expired_answers_410_during_retention_then_404_after_purge() {
 
     // The sweeper leaves it alone while it is retained...
     let sweeper = ctx.sweeper();
-    assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap(), 0);
+    assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap().purged, 0);
     ctx.clock
         .advance(Duration::hours(2) - Duration::milliseconds(1));
     assert_eq!(
         api_error(ctx.client.get_session().session_id(&id).send().await).0,
         410
     );
-    assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap(), 0);
+    assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap().purged, 0);
 
     // ...and after retention it is gone: 404, with or without the purge having run.
     ctx.clock.advance(Duration::milliseconds(1));
     let (status, code, _) = api_error(ctx.client.get_session().session_id(&id).send().await);
     assert_eq!((status, code), (404, types::ErrorCode::SessionNotFound));
-    assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap(), 1);
+    assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap().purged, 1);
     assert!(
         ctx.store.get_session(s.session_id).await.unwrap().is_none(),
         "row purged"
@@ -347,7 +347,11 @@ async fn sweeper_purges_in_batches() {
         .await;
     ctx.advance_minutes(7);
     assert_eq!(
-        ctx.sweeper().run_once(ctx.service.now()).await.unwrap(),
+        ctx.sweeper()
+            .run_once(ctx.service.now())
+            .await
+            .unwrap()
+            .purged,
         n as u64
     );
     let h = ctx

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 use crate::domain::TimeoutPolicy;
+use crate::service::ServiceConfig;
 
 /// elizaOS-compatible Sessions API server.
 #[derive(Debug, Clone, Parser)]
@@ -56,6 +57,18 @@ pub struct Config {
     )]
     pub session_expired_retention_minutes: f64,
 
+    /// How long an agent may take to answer before the exchange fails (504 `AGENT_TIMEOUT`), in seconds.
+    #[arg(long, env = "AGENT_TIMEOUT_SECONDS", default_value_t = 60.0)]
+    pub agent_timeout_seconds: f64,
+
+    /// How many earlier messages an agent receives as context.
+    #[arg(long, env = "AGENT_HISTORY_MESSAGES", default_value_t = 20)]
+    pub agent_history_messages: u32,
+
+    /// Interval of keep-alive comments on idle event streams, in seconds.
+    #[arg(long, env = "EVENTS_KEEPALIVE_SECONDS", default_value_t = 15.0)]
+    pub events_keepalive_seconds: f64,
+
     /// Print the OpenAPI document the handlers generate, and exit.
     #[arg(long)]
     pub print_openapi: bool,
@@ -75,6 +88,21 @@ impl Config {
     pub fn retention(&self) -> chrono::Duration {
         let minutes = self.session_expired_retention_minutes.max(0.0);
         chrono::Duration::milliseconds(crate::domain::timeout::minutes_to_ms(minutes))
+    }
+
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            policy: self.timeout_policy(),
+            retention: self.retention(),
+            agent_timeout: std::time::Duration::from_secs_f64(
+                self.agent_timeout_seconds.clamp(0.1, 3600.0),
+            ),
+            history_limit: self.agent_history_messages.min(1000),
+        }
+    }
+
+    pub fn keepalive(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.events_keepalive_seconds.clamp(1.0, 300.0))
     }
 
     pub fn cleanup_interval(&self) -> std::time::Duration {

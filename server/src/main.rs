@@ -27,8 +27,7 @@ async fn main() -> anyhow::Result<()> {
     let service = Arc::new(SessionService::new(
         store.clone(),
         Arc::new(SystemClock),
-        config.timeout_policy(),
-        config.retention(),
+        config.service_config(),
     ));
     if let Some(agent) = service.ensure_demo_agent().await? {
         println!("Created demo echo agent: {}", agent.id);
@@ -43,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
     let addr = listener.local_addr()?;
     println!("agent-sessions-server listening on http://{addr} (API docs: http://{addr}/docs)");
-    serve(listener, app(service), shutdown_signal()).await?;
+    let streams = agent_sessions_server::api::StreamSettings {
+        keepalive: config.keepalive(),
+    };
+    serve(listener, app(service, streams), shutdown_signal()).await?;
 
     let _ = stop_tx.send(true);
     let _ = sweeper.await;

@@ -1,5 +1,6 @@
-//! The background sweeper: purges sessions past their retention period. Expiry itself is decided on every
-//! request from `expiresAt` and the clock; the sweeper only reclaims space.
+//! The background sweeper: announces expiry warnings and expirations to subscribers as the clock crosses them,
+//! and purges sessions past their retention period. Expiry itself is decided on every request from
+//! `expiresAt` and the clock; the sweeper only announces and reclaims space.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,34 +13,56 @@ use crate::service::SessionService;
 
 /// Sessions deleted per transaction: small enough that requests queued behind a purge wait milliseconds.
 pub const PURGE_BATCH: u32 = 1000;
+/// How often due warnings and expirations are announced: the lateness of a `warning` or `expired` event.
+pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub announced: u64,
+    pub purged: u64,
+}
 
 pub struct Sweeper {
     service: Arc<SessionService>,
-    interval: Duration,
+    purge_interval: Duration,
 }
 
 impl Sweeper {
-    pub fn new(service: Arc<SessionService>, interval: Duration) -> Self {
-        Self { service, interval }
+    pub fn new(service: Arc<SessionService>, purge_interval: Duration) -> Self {
+        Self {
+            service,
+            purge_interval,
+        }
     }
 
-    /// One pass at `now`; returns how many sessions were purged.
-    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<u64, SessionError> {
-        self.service.purge_expired(now, PURGE_BATCH).await
+    /// One full pass at `now`: announcements, then the purge.
+    pub async fn run_once(&self, now: DateTime<Utc>) -> Result<SweepReport, SessionError> {
+        Ok(SweepReport {
+            announced: self.service.announce_due(now).await?,
+            purged: self.service.purge_expired(now, PURGE_BATCH).await?,
+        })
     }
 
-    /// Runs a pass every interval until `stop` changes.
+    /// Announces every second and purges every purge interval, until `stop` changes.
     pub fn spawn(self, mut stop: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(self.interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
+            let mut purge = tokio::time::interval(self.purge_interval);
+            announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = ticks.tick() => {
-                        match self.run_once(self.service.now()).await {
+                    _ = announce.tick() => {
+                        if let Err(e) = self.service.announce_due(self.service.now()).await {
+                            tracing::warn!(error = %e, "announcing expiries failed");
+                        }
+                    }
+                    _ = purge.tick() => {
+                        match self.service.purge_expired(self.service.now(), PURGE_BATCH).await {
                             Ok(0) => {}
                             Ok(n) => tracing::info!(purged = n, "sweeper purged expired sessions"),
-                            Err(e) => tracing::warn!(error = %e, "sweeper pass failed"),
+                            Err(e) => tracing::warn!(error = %e, "purge failed"),
                         }
                     }
                     _ = stop.changed() => return,

@@ -3,6 +3,7 @@
 
 mod echo;
 mod openai;
+mod sse;
 mod webhook;
 
 use std::time::Duration;

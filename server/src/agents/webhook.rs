@@ -1,14 +1,16 @@
-//! `webhook` backend: placeholder until implemented.
+//! `webhook` backend: POSTs the exchange (agent, session, new message, history) as JSON to the agent's URL and
+//! takes the answer from a JSON reply or from a streamed (`text/event-stream`) reply.
 
 use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{json, Value};
 
+use super::sse::{self, Flow};
 use super::{AgentError, AgentRequest, ChunkSender, ReplyBackend};
-use crate::domain::AgentReply;
+use crate::domain::{iso, AgentReply, Message};
 
 pub struct WebhookAgent {
-    #[allow(dead_code)]
     http: reqwest::Client,
-    #[allow(dead_code)]
     url: String,
 }
 
@@ -18,13 +20,172 @@ impl WebhookAgent {
     }
 }
 
+/// The request body the webhook receives.
+fn request_body(request: &AgentRequest) -> Value {
+    let session = &request.session;
+    json!({
+        "agent": { "id": request.agent.id, "name": request.agent.name },
+        "session": {
+            "sessionId": session.id,
+            "channelId": session.channel_id,
+            "agentId": session.agent_id,
+            "userId": session.user_id,
+            "metadata": session.metadata,
+        },
+        "message": message_json(&request.message),
+        "history": request.history.iter().map(message_json).collect::<Vec<_>>(),
+    })
+}
+
+/// A message as the API shows it (sessions-api.md §3), so a webhook sees the same shape as SDK clients.
+fn message_json(m: &Message) -> Value {
+    let mut v = json!({
+        "id": m.id,
+        "content": m.content,
+        "authorId": m.author_id,
+        "isAgent": m.is_agent,
+        "createdAt": iso(m.created_at),
+        "metadata": m.metadata,
+    });
+    if let Some(attachments) = &m.attachments {
+        v["attachments"] = json!(attachments);
+    }
+    v
+}
+
+/// A whole (non-streamed) reply, and also the tail fields of a streamed one.
+#[derive(Deserialize)]
+struct JsonReply {
+    text: String,
+    #[serde(default)]
+    thought: Option<String>,
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+}
+
+/// One event of a streamed reply. Every field is optional so that unknown or partial events pass through.
+#[derive(Deserialize, Default)]
+struct StreamEvent {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    done: bool,
+    #[serde(default)]
+    thought: Option<String>,
+    #[serde(default)]
+    actions: Option<Vec<String>>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+fn failed(msg: impl Into<String>) -> AgentError {
+    AgentError::Failed(msg.into())
+}
+
 #[async_trait]
 impl ReplyBackend for WebhookAgent {
     async fn reply(
         &self,
-        _request: &AgentRequest,
-        _chunks: &ChunkSender,
+        request: &AgentRequest,
+        chunks: &ChunkSender,
     ) -> Result<AgentReply, AgentError> {
-        Err(AgentError::Failed("webhook backend not implemented".into()))
+        let response = self
+            .http
+            .post(&self.url)
+            .header(
+                reqwest::header::ACCEPT,
+                "application/json, text/event-stream",
+            )
+            .json(&request_body(request))
+            .send()
+            .await
+            .map_err(|e| failed(format!("webhook {}", sse::describe(e))))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(failed(format!("webhook answered {status}")));
+        }
+        let media_type = sse::media_type(&response);
+        if media_type == "text/event-stream" {
+            return streamed_reply(response, chunks).await;
+        }
+        // Anything else is read as JSON: some frameworks label JSON `text/plain` or not at all, and a body that
+        // is not JSON fails below anyway.
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| failed(format!("webhook reply {}", sse::describe(e))))?;
+        let reply: JsonReply = serde_json::from_slice(&body).map_err(|e| {
+            let what = if media_type.is_empty() {
+                "no content type".to_string()
+            } else {
+                media_type.clone()
+            };
+            failed(format!(
+                "webhook reply is not a valid reply ({what}): {}",
+                sse::truncate(&e.to_string(), 200)
+            ))
+        })?;
+        if !reply.text.is_empty() {
+            let _ = chunks.send(reply.text.clone());
+        }
+        Ok(AgentReply {
+            text: reply.text,
+            thought: reply.thought,
+            actions: reply.actions,
+        })
     }
+}
+
+async fn streamed_reply(
+    response: reqwest::Response,
+    chunks: &ChunkSender,
+) -> Result<AgentReply, AgentError> {
+    let mut reply = AgentReply::default();
+    let mut saw_text = false;
+    sse::read_events(response, "webhook", |frame| {
+        let event_name = frame.event.as_deref().unwrap_or("message");
+        let event: StreamEvent = if frame.data.trim().is_empty() {
+            StreamEvent::default()
+        } else {
+            serde_json::from_str(&frame.data).map_err(|e| {
+                failed(format!(
+                    "webhook stream carried an invalid event: {}",
+                    sse::truncate(&e.to_string(), 200)
+                ))
+            })?
+        };
+        if event_name == "error" || event.error.is_some() {
+            let detail = match &event.error {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Object(o)) => o
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message")
+                    .to_string(),
+                _ => "no message".to_string(),
+            };
+            return Err(failed(format!(
+                "webhook reported an error: {}",
+                sse::truncate(&detail, 200)
+            )));
+        }
+        if let Some(piece) = event.text {
+            saw_text = true;
+            if !piece.is_empty() {
+                reply.text.push_str(&piece);
+                let _ = chunks.send(piece);
+            }
+        }
+        if event.done || event_name == "done" {
+            reply.thought = event.thought;
+            reply.actions = event.actions;
+            return Ok(Flow::Stop);
+        }
+        Ok(Flow::Continue)
+    })
+    .await?;
+    if !saw_text {
+        return Err(failed("webhook stream carried no text"));
+    }
+    Ok(reply)
 }

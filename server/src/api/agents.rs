@@ -78,9 +78,9 @@ impl AgentsApi {
         #[oai(name = "agentId")] agent_id: Path<String>,
     ) -> Result<Json<DeleteBody>, Failure<AgentLookupErrors>> {
         service.delete_agent(&agent_id).await?;
-        Ok(Json(DeleteBody {
-            success: true,
-            message: format!("Agent {} deleted successfully", agent_id.0),
-        }))
+        Ok(Json(DeleteBody::new(format!(
+            "Agent {} deleted successfully",
+            agent_id.0
+        ))))
     }
 }

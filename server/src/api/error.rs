@@ -100,6 +100,14 @@ impl ApiError {
         .with_details(serde_json::json!({ "requestId": request_id.to_string() }))
     }
 
+    /// The code as it appears on the wire.
+    pub fn code_str(&self) -> String {
+        self.code
+            .to_json()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     fn body(&self) -> ErrorResponse {
         ErrorResponse {
             error: ErrorInfo {
@@ -236,6 +244,8 @@ fn describe(status: u16) -> &'static str {
         413 => "Request body too large (`PAYLOAD_TOO_LARGE`)",
         415 => "Content-Type is not application/json (`INVALID_CONTENT_TYPE`)",
         500 => "Internal error (`INTERNAL_SERVER_ERROR`); details carry a request id",
+        502 => "The agent failed to answer (`AGENT_ERROR`); the user message stays stored",
+        504 => "The agent did not answer in time (`AGENT_TIMEOUT`); the user message stays stored",
         _ => "Error",
     }
 }
@@ -285,5 +295,8 @@ error_statuses! {
     RenewErrors = [400, 404, 410, 500];
     UpdateTimeoutErrors = [400, 404, 410, 413, 415, 500];
     CreateAgentErrors = [400, 413, 415, 500];
+    SendErrors = [400, 404, 410, 413, 415, 500, 502, 504];
+    MessagesErrors = [400, 404, 410, 500];
+    EventsErrors = [400, 404, 410, 500];
     AgentLookupErrors = [404, 500];
 }

@@ -4,6 +4,7 @@
 mod agents;
 mod body;
 pub mod error;
+mod messages;
 pub mod models;
 mod sessions;
 pub mod types;
@@ -31,9 +32,21 @@ pub enum ApiTags {
     Agents,
 }
 
-fn service() -> OpenApiService<(sessions::SessionsApi, agents::AgentsApi), ()> {
+pub use messages::StreamSettings;
+
+type Apis = (
+    sessions::SessionsApi,
+    messages::MessagesApi,
+    agents::AgentsApi,
+);
+
+fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (sessions::SessionsApi, agents::AgentsApi),
+        (
+            sessions::SessionsApi,
+            messages::MessagesApi,
+            agents::AgentsApi,
+        ),
         "agent-sessions",
         env!("CARGO_PKG_VERSION"),
     )
@@ -55,7 +68,7 @@ pub fn contract_json() -> &'static str {
 }
 
 /// The whole HTTP application over a service.
-pub fn app(service_state: Arc<SessionService>) -> impl Endpoint {
+pub fn app(service_state: Arc<SessionService>, streams: StreamSettings) -> impl Endpoint {
     let api = service();
     // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec.
     let docs = api
@@ -89,6 +102,7 @@ pub fn app(service_state: Arc<SessionService>) -> impl Endpoint {
             poem::endpoint::make_sync(move |_| Html(docs.clone())),
         )
         .data(service_state)
+        .data(streams)
         .around(json_errors)
         .with(
             CatchPanic::new()

@@ -102,11 +102,34 @@ pub struct HealthBody {
     pub uptime: f64,
 }
 
+/// A deletion's outcome. `data` repeats it: the elizaOS TypeScript SDK returns `body.data` of any body that
+/// has a `success` key.
 #[derive(Object, Debug, Clone)]
 #[oai(rename = "DeleteResponse", rename_all = "camelCase")]
 pub struct DeleteBody {
     pub success: bool,
     pub message: String,
+    pub data: DeleteData,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "DeleteResult", rename_all = "camelCase")]
+pub struct DeleteData {
+    pub success: bool,
+    pub message: String,
+}
+
+impl DeleteBody {
+    pub fn new(message: String) -> Self {
+        Self {
+            success: true,
+            message: message.clone(),
+            data: DeleteData {
+                success: true,
+                message,
+            },
+        }
+    }
 }
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +299,232 @@ impl From<&Agent> for AgentBody {
             backend: (&a.backend).into(),
             session_defaults: a.session_defaults.into(),
             created_at: Timestamp(a.created_at),
+        }
+    }
+}
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename = "AttachmentType", rename_all = "lowercase")]
+pub enum AttachmentType {
+    Image,
+    File,
+    Audio,
+    Video,
+    Document,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "MessageAttachment", rename_all = "camelCase")]
+pub struct AttachmentBody {
+    #[oai(rename = "type")]
+    pub kind: AttachmentType,
+    pub url: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    /// Size in bytes.
+    #[oai(skip_serializing_if_is_none)]
+    pub size: Option<f64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub mime_type: Option<String>,
+}
+
+/// A stored message of a session's history.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "Message", rename_all = "camelCase")]
+pub struct MessageBody {
+    pub id: Uuid,
+    pub content: String,
+    /// The user's id, or the agent's id for replies.
+    pub author_id: Uuid,
+    pub is_agent: bool,
+    pub created_at: Timestamp,
+    /// For agent replies: `thought` and `actions` when the agent gave them.
+    pub metadata: JsonObject,
+    #[oai(skip_serializing_if_is_none)]
+    pub attachments: Option<Vec<AttachmentBody>>,
+}
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename = "TransportType", rename_all = "lowercase")]
+pub enum TransportType {
+    Http,
+    Sse,
+    Websocket,
+}
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename = "ResponseMode", rename_all = "lowercase")]
+pub enum ResponseMode {
+    Sync,
+    Stream,
+    Websocket,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "SendMessageRequest", rename_all = "camelCase")]
+pub struct SendMessageRequest {
+    /// The message, 1 to 4000 characters.
+    pub content: String,
+    pub attachments: Option<Vec<AttachmentBody>>,
+    /// A JSON object of at most 10 240 bytes.
+    pub metadata: Option<JsonObject>,
+    /// `websocket` (default): 201 at once, the reply arrives on the events stream; `http`: 201 with the
+    /// reply; `sse`: 200 `text/event-stream` of the exchange.
+    pub transport: Option<TransportType>,
+    /// Legacy alias of `transport`: `sync` = http, `stream` = sse.
+    pub mode: Option<ResponseMode>,
+}
+
+/// The agent's answer.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "AgentResponse", rename_all = "camelCase")]
+pub struct AgentResponseBody {
+    pub text: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub thought: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub actions: Option<Vec<String>>,
+}
+
+/// The session after the message (which renews it when `autoRenew` is on).
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "SessionStatus", rename_all = "camelCase")]
+pub struct SessionStatusBody {
+    pub expires_at: Timestamp,
+    pub renewal_count: i64,
+    pub was_renewed: bool,
+    pub is_near_expiration: bool,
+}
+
+/// The result of sending a message.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "MessageResponseData", rename_all = "camelCase")]
+pub struct MessageResponseData {
+    pub success: bool,
+    pub user_message: MessageBody,
+    /// With the `http` transport only.
+    #[oai(skip_serializing_if_is_none)]
+    pub agent_response: Option<AgentResponseBody>,
+    pub session_status: SessionStatusBody,
+}
+
+/// The result of sending a message. `data` repeats it: the elizaOS TypeScript SDK returns `body.data` of any
+/// body that has a `success` key.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "MessageResponse", rename_all = "camelCase")]
+pub struct MessageResponseBody {
+    pub success: bool,
+    pub user_message: MessageBody,
+    #[oai(skip_serializing_if_is_none)]
+    pub agent_response: Option<AgentResponseBody>,
+    pub session_status: SessionStatusBody,
+    pub data: MessageResponseData,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "MessageCursors", rename_all = "camelCase")]
+pub struct CursorsBody {
+    /// Epoch milliseconds of the oldest message of the page: pass as `before` for the previous page.
+    pub before: i64,
+    /// Epoch milliseconds of the newest message of the page: pass as `after` for the next page.
+    pub after: i64,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "MessageList", rename_all = "camelCase")]
+pub struct MessageListBody {
+    /// Newest first.
+    pub messages: Vec<MessageBody>,
+    /// True only if more messages exist in the direction of the request.
+    pub has_more: bool,
+    #[oai(skip_serializing_if_is_none)]
+    pub cursors: Option<CursorsBody>,
+}
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename = "MessageStreamEventName", rename_all = "snake_case")]
+pub enum MessageStreamEventName {
+    UserMessage,
+    Chunk,
+    Done,
+    Error,
+}
+
+/// One frame of the `sse` transport: `event: <event>` and `data: <data as JSON>`. `user_message` carries the
+/// stored Message, `chunk` a ReplyChunk, `done` a MessageStreamDone, `error` `{"error": "<message>"}`.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "MessageStreamEvent", rename_all = "camelCase")]
+pub struct MessageStreamEvent {
+    pub event: MessageStreamEventName,
+    pub data: serde_json::Value,
+}
+
+#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[oai(rename = "SessionEventName", rename_all = "snake_case")]
+pub enum SessionEventName {
+    Message,
+    Chunk,
+    Session,
+    Warning,
+    Expired,
+    Deleted,
+}
+
+/// One frame of the events stream: `id: <id>` (absent for transient `chunk` and `deleted` events),
+/// `event: <event>`, `data: <data as JSON>`. `message` carries a Message, `chunk` a ReplyChunk, `session`
+/// `{reason, session}`, `warning` `{sessionId, expiresAt, timeRemaining, warningThresholdMinutes}`, `expired`
+/// `{sessionId, expiredAt}`, `deleted` `{sessionId}`.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "SessionStreamEvent", rename_all = "camelCase")]
+pub struct SessionStreamEvent {
+    #[oai(skip_serializing_if_is_none)]
+    pub id: Option<i64>,
+    pub event: SessionEventName,
+    pub data: serde_json::Value,
+}
+
+impl From<&crate::domain::Attachment> for AttachmentBody {
+    fn from(a: &crate::domain::Attachment) -> Self {
+        use crate::domain::AttachmentKind as K;
+        Self {
+            kind: match a.kind {
+                K::Image => AttachmentType::Image,
+                K::File => AttachmentType::File,
+                K::Audio => AttachmentType::Audio,
+                K::Video => AttachmentType::Video,
+                K::Document => AttachmentType::Document,
+            },
+            url: a.url.clone(),
+            name: a.name.clone(),
+            size: a.size,
+            mime_type: a.mime_type.clone(),
+        }
+    }
+}
+
+impl From<&crate::domain::Message> for MessageBody {
+    fn from(m: &crate::domain::Message) -> Self {
+        Self {
+            id: m.id,
+            content: m.content.clone(),
+            author_id: m.author_id,
+            is_agent: m.is_agent,
+            created_at: Timestamp(m.created_at),
+            metadata: JsonObject(m.metadata.clone()),
+            attachments: m
+                .attachments
+                .as_ref()
+                .map(|a| a.iter().map(Into::into).collect()),
+        }
+    }
+}
+
+impl From<&crate::domain::AgentReply> for AgentResponseBody {
+    fn from(r: &crate::domain::AgentReply) -> Self {
+        Self {
+            text: r.text.clone(),
+            thought: r.thought.clone(),
+            actions: r.actions.clone(),
         }
     }
 }

@@ -128,10 +128,10 @@ impl SessionsApi {
         #[oai(name = "sessionId")] session_id: Path<String>,
     ) -> Result<Json<DeleteBody>, Failure<DeleteErrors>> {
         service.delete(&session_id).await?;
-        Ok(Json(DeleteBody {
-            success: true,
-            message: format!("Session {} deleted successfully", session_id.0),
-        }))
+        Ok(Json(DeleteBody::new(format!(
+            "Session {} deleted successfully",
+            session_id.0
+        ))))
     }
 
     /// Renew a session now, even when its `autoRenew` is off.

@@ -9,6 +9,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub id: Uuid,
+    /// Store-assigned insertion order (0 until stored): the stable tie-break of equal `created_at`.
+    pub seq: i64,
     pub session_id: Uuid,
     /// The user's id for user messages, the agent's id for replies.
     pub author_id: Uuid,

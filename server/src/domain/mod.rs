@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod event;
 pub mod message;
 pub mod session;
 pub mod timeout;
@@ -11,8 +12,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use agent::{Agent, AgentBackend};
 pub use error::SessionError;
+pub use event::{EventKind, SessionEvent};
 pub use message::{AgentReply, Attachment, AttachmentKind, Message};
-pub use session::{Liveness, RenewRefused, Session};
+pub use session::{Liveness, Notice, RenewRefused, Session};
 pub use timeout::{TimeoutConfig, TimeoutConfigPatch, TimeoutPolicy};
 
 /// ISO-8601 in UTC with millisecond precision, the one timestamp format of the API.

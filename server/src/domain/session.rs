@@ -23,8 +23,28 @@ pub struct Session {
     pub metadata: Map<String, Value>,
     pub timeout: TimeoutConfig,
     pub renewal_count: i64,
+    /// Which expiry announcement has been made, so that each is made once.
+    pub notice: Notice,
     /// Row version for optimistic concurrency: every update is conditional on the version it read.
     pub version: i64,
+}
+
+/// The expiry announcements a session has received (events `warning` and `expired`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Notice {
+    None = 0,
+    Warned = 1,
+    Expired = 2,
+}
+
+impl Notice {
+    pub fn from_i64(n: i64) -> Self {
+        match n {
+            1 => Notice::Warned,
+            2 => Notice::Expired,
+            _ => Notice::None,
+        }
+    }
 }
 
 /// Where a session stands at a given instant.
@@ -63,6 +83,7 @@ impl Session {
             metadata,
             timeout,
             renewal_count: 0,
+            notice: Notice::None,
             version: 0,
         };
         s.expires_at = s.compute_expires_at();
@@ -84,6 +105,12 @@ impl Session {
     /// The instant past which nothing can keep the session alive.
     pub fn hard_cap(&self) -> DateTime<Utc> {
         self.created_at + Duration::milliseconds(minutes_to_ms(self.timeout.max_duration_minutes))
+    }
+
+    /// When the session enters its warning threshold.
+    pub fn warn_at(&self) -> DateTime<Utc> {
+        self.expires_at
+            - Duration::milliseconds(minutes_to_ms(self.timeout.warning_threshold_minutes))
     }
 
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
@@ -120,6 +147,7 @@ impl Session {
         self.last_renewal = now;
         self.renewal_count += 1;
         self.expires_at = self.compute_expires_at();
+        self.rearm_warning(now);
         Ok(())
     }
 
@@ -135,9 +163,31 @@ impl Session {
     }
 
     /// Replaces the timeout config and recomputes the expiry from it.
-    pub fn set_timeout(&mut self, timeout: TimeoutConfig) {
+    pub fn set_timeout(&mut self, timeout: TimeoutConfig, now: DateTime<Utc>) {
         self.timeout = timeout;
         self.expires_at = self.compute_expires_at();
+        self.rearm_warning(now);
+    }
+
+    /// A session moved back out of its warning window will be warned again when it re-enters it.
+    fn rearm_warning(&mut self, now: DateTime<Utc>) {
+        if self.notice == Notice::Warned && !self.is_near_expiration(now) && !self.is_expired(now) {
+            self.notice = Notice::None;
+        }
+    }
+
+    /// The announcement due at `now`, if any, recorded as made: `Expired` once expired, else `Warned` once
+    /// inside the warning threshold.
+    pub fn take_due_notice(&mut self, now: DateTime<Utc>) -> Option<Notice> {
+        if self.notice < Notice::Expired && self.is_expired(now) {
+            self.notice = Notice::Expired;
+            return Some(Notice::Expired);
+        }
+        if self.notice == Notice::None && self.is_near_expiration(now) {
+            self.notice = Notice::Warned;
+            return Some(Notice::Warned);
+        }
+        None
     }
 }
 
@@ -179,7 +229,7 @@ mod tests {
         // An explicit renewal still works, and survives a timeout change.
         s.renew(later).unwrap();
         assert_eq!(s.expires_at, later + Duration::minutes(30));
-        s.set_timeout(s.timeout);
+        s.set_timeout(s.timeout, later);
         assert_eq!(s.expires_at, later + Duration::minutes(30));
     }
 
@@ -197,6 +247,20 @@ mod tests {
             s.renew(t0() + Duration::minutes(90)),
             Err(RenewRefused::MaxDurationReached)
         );
+    }
+
+    #[test]
+    fn notices_are_announced_once_and_rearmed_by_renewal() {
+        let mut s = session(TimeoutConfigPatch::default());
+        assert_eq!(s.take_due_notice(t0()), None);
+        let near = t0() + Duration::minutes(26);
+        assert_eq!(s.take_due_notice(near), Some(Notice::Warned));
+        assert_eq!(s.take_due_notice(near), None, "once");
+        s.record_activity(near);
+        assert_eq!(s.notice, Notice::None, "renewed out of the window");
+        let expired = near + Duration::minutes(30);
+        assert_eq!(s.take_due_notice(expired), Some(Notice::Expired));
+        assert_eq!(s.take_due_notice(expired), None);
     }
 
     #[test]

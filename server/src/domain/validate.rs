@@ -317,3 +317,233 @@ mod tests {
         assert!(create_agent_body(json!({"name": ""})).is_err());
     }
 }
+
+/// Longest accepted message, in characters.
+pub const MAX_CONTENT_CHARS: usize = 4000;
+/// Most attachments on one message.
+pub const MAX_ATTACHMENTS: usize = 20;
+
+/// How the client wants the agent's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// 201 at once; the reply arrives through the events stream and the history.
+    WebSocket,
+    /// 201 once the agent has answered, with the reply.
+    Http,
+    /// 200 `text/event-stream` of the exchange.
+    Sse,
+}
+
+/// The send-message body after the checks that come before the session lookup (transport, content type).
+#[derive(Debug)]
+pub struct SendMessageBody {
+    pub transport: Transport,
+    pub content: String,
+    pub metadata: Option<Value>,
+    pub attachments: Option<Value>,
+}
+
+pub fn send_message_body(body: Value) -> Result<SendMessageBody, SessionError> {
+    let mut map = as_object(body)?;
+    let transport = match (map.get("transport"), map.get("mode")) {
+        (Some(t), _) => match t.as_str() {
+            Some("websocket") => Transport::WebSocket,
+            Some("http") => Transport::Http,
+            Some("sse") => Transport::Sse,
+            _ => {
+                return Err(SessionError::invalid_field(
+                    "Invalid transport: must be one of http, sse, websocket",
+                    "transport",
+                ))
+            }
+        },
+        // The legacy alias: sync = http, stream = sse.
+        (None, Some(m)) => match m.as_str() {
+            Some("websocket") => Transport::WebSocket,
+            Some("sync") => Transport::Http,
+            Some("stream") => Transport::Sse,
+            _ => {
+                return Err(SessionError::invalid_field(
+                    "Invalid mode: must be one of sync, stream, websocket",
+                    "mode",
+                ))
+            }
+        },
+        (None, None) => Transport::WebSocket,
+    };
+    let content = match map.remove("content") {
+        Some(Value::String(s)) => s,
+        _ => {
+            return Err(SessionError::invalid_field(
+                "Content is required and must be a string",
+                "content",
+            ))
+        }
+    };
+    Ok(SendMessageBody {
+        transport,
+        content,
+        metadata: map.remove("metadata"),
+        attachments: map.remove("attachments"),
+    })
+}
+
+/// 1 to [`MAX_CONTENT_CHARS`] characters, not only whitespace.
+pub fn content(content: &str) -> Result<(), SessionError> {
+    let n = content.chars().count();
+    if content.trim().is_empty() || n > MAX_CONTENT_CHARS {
+        return Err(SessionError::invalid_field(
+            format!("Content must be between 1 and {MAX_CONTENT_CHARS} characters (got {n})"),
+            "content",
+        ));
+    }
+    Ok(())
+}
+
+/// `attachments`: absent, or an array of `{type, url, name?, size?, mimeType?}`.
+pub fn attachments(value: Option<Value>) -> Result<Option<Vec<super::Attachment>>, SessionError> {
+    let items = match value {
+        None => return Ok(None),
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(SessionError::invalid_field(
+                "attachments must be an array",
+                "attachments",
+            ))
+        }
+    };
+    if items.len() > MAX_ATTACHMENTS {
+        return Err(SessionError::invalid_field(
+            format!("At most {MAX_ATTACHMENTS} attachments are allowed"),
+            "attachments",
+        ));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let field = format!("attachments[{i}]");
+            let map = match &item {
+                Value::Object(m) => m,
+                _ => {
+                    return Err(SessionError::invalid_field(
+                        format!("{field} must be an object"),
+                        &field,
+                    ))
+                }
+            };
+            if !matches!(
+                map.get("type").and_then(Value::as_str),
+                Some("image" | "file" | "audio" | "video" | "document")
+            ) {
+                return Err(SessionError::invalid_field(
+                    format!("{field}.type must be one of image, file, audio, video, document"),
+                    &format!("{field}.type"),
+                ));
+            }
+            if map
+                .get("url")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(SessionError::invalid_field(
+                    format!("{field}.url must be a non-empty string"),
+                    &format!("{field}.url"),
+                ));
+            }
+            serde_json::from_value(item.clone()).map_err(|e| {
+                SessionError::invalid_field(format!("{field} is invalid: {e}"), &field)
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// A message cursor: epoch milliseconds (as the reference) or an ISO-8601 date-time.
+pub fn cursor(value: &str, name: &str) -> Result<i64, SessionError> {
+    let v = value.trim();
+    if let Ok(ms) = v.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .or_else(|_| {
+            // Dates without a zone are read as UTC, dates without a time as midnight.
+            chrono::NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f")
+                .or_else(|_| {
+                    chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+                        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
+                })
+                .map(|t| t.and_utc().timestamp_millis())
+        })
+        .map_err(|_| {
+            SessionError::invalid_field(
+                format!(
+                    "Invalid '{name}' cursor: expected epoch milliseconds or an ISO-8601 date-time"
+                ),
+                name,
+            )
+        })
+}
+
+#[cfg(test)]
+mod send_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn transport_is_checked_before_content() {
+        let e = send_message_body(json!({"transport": "pigeon"})).unwrap_err();
+        assert!(e.to_string().starts_with("Invalid transport"));
+        let e = send_message_body(json!({"content": 5})).unwrap_err();
+        assert_eq!(e.to_string(), "Content is required and must be a string");
+        assert_eq!(
+            send_message_body(json!({"content": "x", "mode": "sync"}))
+                .unwrap()
+                .transport,
+            Transport::Http
+        );
+        assert_eq!(
+            send_message_body(json!({"content": "x", "mode": "stream"}))
+                .unwrap()
+                .transport,
+            Transport::Sse
+        );
+        assert_eq!(
+            send_message_body(json!({"content": "x"}))
+                .unwrap()
+                .transport,
+            Transport::WebSocket
+        );
+    }
+
+    #[test]
+    fn cursors_accept_ms_and_iso() {
+        assert_eq!(
+            cursor("1735689600000", "before").unwrap(),
+            1_735_689_600_000
+        );
+        assert_eq!(
+            cursor("2025-01-01T00:00:00.000Z", "before").unwrap(),
+            1_735_689_600_000
+        );
+        assert_eq!(
+            cursor("2025-01-01T01:00:00+01:00", "before").unwrap(),
+            1_735_689_600_000
+        );
+        assert_eq!(cursor("2025-01-01", "before").unwrap(), 1_735_689_600_000);
+        assert!(cursor("yesterday", "before").is_err());
+    }
+
+    #[test]
+    fn attachments_are_checked() {
+        assert!(
+            attachments(Some(json!([{"type": "image", "url": "http://x/a.png"}])))
+                .unwrap()
+                .is_some()
+        );
+        assert!(attachments(Some(json!([{"type": "sticker", "url": "x"}]))).is_err());
+        assert!(attachments(Some(json!([{"type": "file"}]))).is_err());
+        assert!(attachments(Some(json!({}))).is_err());
+    }
+}

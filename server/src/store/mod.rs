@@ -1,16 +1,19 @@
 //! Persistence: the `SessionStore` trait every backend implements, `StoreError`, and `open(url)`, which picks
-//! the backend from the URL scheme. Stores only persist: no clock, no business rules.
+//! the backend from the URL scheme. Stores only persist and deliver committed events: no clock, no rules.
 
+mod bus;
 mod sqlite;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::domain::{Agent, Session};
+use crate::domain::{Agent, Message, Session, SessionEvent};
 
+pub use bus::EventBus;
 pub use sqlite::SqliteStore;
 
 /// What persistence can say went wrong. Cloneable because one failed group commit answers many callers.
@@ -42,6 +45,22 @@ pub struct SessionCounts {
     pub expiring_soon: u64,
 }
 
+/// A window of a session's messages: `created_at` strictly between the bounds (epoch milliseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageWindow {
+    pub after_ms: Option<i64>,
+    pub before_ms: Option<i64>,
+}
+
+/// Which end of a window a listing starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first: `(created_at, seq)` ascending.
+    OldestFirst,
+    /// Newest first: `(created_at, seq)` descending.
+    NewestFirst,
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     async fn insert_agent(&self, agent: &Agent) -> Result<(), StoreError>;
@@ -54,13 +73,17 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError>;
     /// Stores `session` only if the stored row is still at `expected_version` (optimistic concurrency, safe
-    /// across processes). Returns false when someone else updated or deleted it first.
+    /// across processes), with `events` in the same transaction. False when someone else updated or deleted
+    /// it first (then nothing is written).
     async fn update_session(
         &self,
         session: &Session,
         expected_version: i64,
+        events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError>;
-    async fn delete_session(&self, id: Uuid) -> Result<bool, StoreError>;
+    /// Deletes a session with its messages and events, then announces `events` (transient) to subscribers.
+    async fn delete_session(&self, id: Uuid, events: Vec<SessionEvent>)
+        -> Result<bool, StoreError>;
     /// Sessions with `expires_at > active_at`, newest first, paginated.
     async fn list_active_sessions(
         &self,
@@ -76,15 +99,65 @@ pub trait SessionStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         retained_after: DateTime<Utc>,
     ) -> Result<SessionCounts, StoreError>;
-    /// Deletes up to `limit` sessions with `expires_at <= cutoff`; returns how many. Callers loop, so that no
-    /// single transaction holds the database for long.
+    /// Deletes up to `limit` sessions with `expires_at <= cutoff`, with their messages and events; returns how
+    /// many. Callers loop, so that no single transaction holds the database for long.
     async fn purge_sessions(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError>;
+    /// Up to `limit` sessions that may owe an announcement at `now` (warning or expiry not yet announced and
+    /// `warn_at <= now`).
+    async fn sessions_due_notice(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Session>, StoreError>;
+
+    /// A user message: updates the session (conditional on `expected_version`, as `update_session`) and inserts
+    /// the message with `events`, atomically. Returns the message's `seq`, or None if the session changed first.
+    async fn record_message(
+        &self,
+        session: &Session,
+        expected_version: i64,
+        message: &Message,
+        events: Vec<SessionEvent>,
+    ) -> Result<Option<i64>, StoreError>;
+    /// An agent reply with its events, stored only if the session still exists. Returns whether it was.
+    async fn insert_reply(
+        &self,
+        message: &Message,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError>;
+    /// Up to `limit` messages of a session inside `window`, in `order`.
+    async fn list_messages(
+        &self,
+        session_id: Uuid,
+        window: MessageWindow,
+        order: Order,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
+    /// The `limit` most recent messages stored before `before_seq`, oldest first (an agent's context).
+    async fn recent_messages(
+        &self,
+        session_id: Uuid,
+        before_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Persisted events of a session with `seq > after_seq`, oldest first, at most `limit`.
+    async fn events_after(
+        &self,
+        session_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<SessionEvent>, StoreError>;
+    /// Committed events of one session from now on, in commit order.
+    fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent>;
+    /// Delivers a transient event (a reply chunk) to subscribers without storing it.
+    fn publish(&self, event: &SessionEvent);
 
     /// Flushes pending writes and releases the database.
     async fn close(&self);
 }
 
-/// Opens the store a `DATABASE_URL` names: `sqlite:` (file or `:memory:`) for now.
+/// Opens the store a `DATABASE_URL` names: `sqlite:` (a file path) for now.
 pub async fn open(url: &str) -> anyhow::Result<Arc<dyn SessionStore>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))

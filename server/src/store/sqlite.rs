@@ -7,6 +7,7 @@
 //! concurrent writers share one fsync instead of queueing for one each.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,11 +17,14 @@ use sqlx::sqlite::{
     SqliteRow, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Row};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use super::{from_ms, to_ms, SessionCounts, SessionFilter, SessionStore, StoreError};
-use crate::domain::{Agent, Session, TimeoutConfig};
+use super::{
+    from_ms, to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore,
+    StoreError,
+};
+use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -34,6 +38,8 @@ pub struct SqliteStore {
     writes: mpsc::Sender<Job>,
     /// Tells the writer to finish what is queued and stop; `close` awaits it.
     writer: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    /// Committed events go out here, published by the writer in commit order.
+    bus: Arc<EventBus>,
 }
 
 /// One write, as data, so that the writer can apply many of them in one transaction.
@@ -41,15 +47,25 @@ enum Write {
     InsertAgent(Agent),
     DeleteAgent(Uuid),
     InsertSession(Box<Session>),
-    UpdateSession(Box<Session>, i64),
-    DeleteSession(Uuid),
+    UpdateSession(Box<Session>, i64, Vec<SessionEvent>),
+    DeleteSession(Uuid, Vec<SessionEvent>),
     Purge { cutoff: i64, limit: u32 },
+    RecordMessage(Box<Session>, i64, Box<Message>, Vec<SessionEvent>),
+    InsertReply(Box<Message>, Vec<SessionEvent>),
+}
+
+/// What a write did: rows affected, the seq of an inserted message, and the events to announce once the
+/// transaction has committed (persisted ones carrying their new seq).
+#[derive(Default)]
+struct Applied {
+    rows: u64,
+    seq: Option<i64>,
+    publish: Vec<SessionEvent>,
 }
 
 struct Job {
     write: Write,
-    /// Rows affected, sent after the commit.
-    done: oneshot::Sender<Result<u64, StoreError>>,
+    done: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -72,38 +88,33 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .disable_statement_logging();
         let file = options.get_filename().to_path_buf();
-        let in_memory = url.contains(":memory:") || file.as_os_str().is_empty();
-        if !in_memory {
-            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
+        // An in-memory database lives on one connection, but reads use their own pool: insist on a file.
+        if url.contains(":memory:") || file.as_os_str().is_empty() {
+            anyhow::bail!("sqlite in-memory databases are not supported: give a file path (a temp file in tests)");
+        }
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
         }
         let mut writer = SqliteConnection::connect_with(&options).await?;
         MIGRATOR.run(&mut writer).await?;
-        // An in-memory database exists only on its one connection, so reads must share the writer's file;
-        // tests use temp files instead, and `:memory:` is served by a single shared connection.
-        let reads = if in_memory {
-            anyhow::bail!(
-                "sqlite::memory: is not supported: use a file path (a temp file in tests)"
-            );
-        } else {
-            SqlitePoolOptions::new()
-                .max_connections(4)
-                .min_connections(1)
-                .connect_with(options.read_only(true))
-                .await?
-        };
+        let reads = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(options.read_only(true))
+            .await?;
+        let bus = Arc::new(EventBus::default());
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (stop, stopped) = oneshot::channel();
-        let handle = tokio::spawn(run_writer(writer, rx, stopped));
+        let handle = tokio::spawn(run_writer(writer, rx, stopped, bus.clone()));
         Ok(Self {
             reads,
             writes: tx,
             writer: Mutex::new(Some((stop, handle))),
+            bus,
         })
     }
 
-    async fn write(&self, write: Write) -> Result<u64, StoreError> {
+    async fn write(&self, write: Write) -> Result<Applied, StoreError> {
         let (done, rx) = oneshot::channel();
         self.writes
             .send(Job { write, done })
@@ -118,6 +129,7 @@ async fn run_writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Job>,
     mut stop: oneshot::Receiver<()>,
+    bus: Arc<EventBus>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -126,13 +138,13 @@ async fn run_writer(
                 if n == 0 {
                     break;
                 }
-                commit_and_answer(&mut conn, &mut batch).await;
+                commit_and_answer(&mut conn, &mut batch, &bus).await;
             }
             _ = &mut stop => {
                 // Refuse new writes, but commit every write already accepted.
                 rx.close();
                 while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                    commit_and_answer(&mut conn, &mut batch).await;
+                    commit_and_answer(&mut conn, &mut batch, &bus).await;
                 }
                 break;
             }
@@ -141,8 +153,14 @@ async fn run_writer(
     let _ = conn.close().await;
 }
 
-async fn commit_and_answer(conn: &mut SqliteConnection, batch: &mut Vec<Job>) {
+/// Commits a batch, announces its events in commit order, then answers each caller.
+async fn commit_and_answer(conn: &mut SqliteConnection, batch: &mut Vec<Job>, bus: &EventBus) {
     let outcomes = apply_batch(conn, batch).await;
+    for outcome in outcomes.iter().flatten() {
+        for event in &outcome.publish {
+            bus.publish(event);
+        }
+    }
     for (job, outcome) in batch.drain(..).zip(outcomes) {
         let _ = job.done.send(outcome);
     }
@@ -150,7 +168,10 @@ async fn commit_and_answer(conn: &mut SqliteConnection, batch: &mut Vec<Job>) {
 
 /// Applies every write in one transaction. A write that fails alone (SQLite rolls back just that statement)
 /// reports its error; if the commit itself fails, every write in the batch reports it.
-async fn apply_batch(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<u64, StoreError>> {
+async fn apply_batch(
+    conn: &mut SqliteConnection,
+    batch: &[Job],
+) -> Vec<Result<Applied, StoreError>> {
     if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
         let e = backend(e);
         return batch.iter().map(|_| Err(e.clone())).collect();
@@ -167,96 +188,235 @@ async fn apply_batch(conn: &mut SqliteConnection, batch: &[Job]) -> Vec<Result<u
     outcomes
 }
 
-async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<u64, sqlx::Error> {
-    let affected = match write {
-        Write::InsertAgent(a) => sqlx::query(
-            "INSERT INTO agents (id, name, backend, session_defaults, created_at) VALUES (?, ?, ?, ?, ?)",
+/// Stores the persistent events (assigning their seq) and returns all of them for announcement.
+async fn store_events(
+    conn: &mut SqliteConnection,
+    events: &[SessionEvent],
+) -> Result<Vec<SessionEvent>, sqlx::Error> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let mut event = event.clone();
+        if !event.kind.is_transient() {
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (session_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
+            )
+            .bind(event.session_id)
+            .bind(event.kind.as_str())
+            .bind(event.data.to_string())
+            .bind(to_ms(event.created_at))
+            .fetch_one(&mut *conn)
+            .await?;
+            event.seq = Some(seq);
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
+
+async fn insert_message(
+    conn: &mut SqliteConnection,
+    m: &Message,
+    only_if_session: bool,
+) -> Result<Option<i64>, sqlx::Error> {
+    let guard = if only_if_session {
+        " WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?2)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "INSERT INTO messages (id, session_id, author_id, is_agent, content, metadata, attachments, created_at) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8{guard} RETURNING seq"
+    );
+    sqlx::query_scalar(&sql)
+        .bind(m.id)
+        .bind(m.session_id)
+        .bind(m.author_id)
+        .bind(m.is_agent)
+        .bind(&m.content)
+        .bind(serde_json::to_string(&m.metadata).unwrap_or_default())
+        .bind(
+            m.attachments
+                .as_ref()
+                .map(|a| serde_json::to_string(a).unwrap_or_default()),
         )
-        .bind(a.id)
-        .bind(&a.name)
-        .bind(serde_json::to_string(&a.backend).unwrap_or_default())
-        .bind(serde_json::to_string(&a.session_defaults).unwrap_or_default())
-        .bind(to_ms(a.created_at))
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
+        .bind(to_ms(m.created_at))
+        .fetch_optional(&mut *conn)
+        .await
+}
+
+async fn update_session_row(
+    conn: &mut SqliteConnection,
+    s: &Session,
+    expected: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE sessions SET last_activity = ?1, last_renewal = ?2, expires_at = ?3, timeout_minutes = ?4, \
+         auto_renew = ?5, max_duration_minutes = ?6, warning_threshold_minutes = ?7, metadata = ?8, \
+         renewal_count = ?9, version = ?10, notice = ?11, warn_at = ?12 WHERE id = ?13 AND version = ?14",
+    )
+    .bind(to_ms(s.last_activity))
+    .bind(to_ms(s.last_renewal))
+    .bind(to_ms(s.expires_at))
+    .bind(s.timeout.timeout_minutes)
+    .bind(s.timeout.auto_renew)
+    .bind(s.timeout.max_duration_minutes)
+    .bind(s.timeout.warning_threshold_minutes)
+    .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
+    .bind(s.renewal_count)
+    .bind(s.version)
+    .bind(s.notice as i64)
+    .bind(to_ms(s.warn_at()))
+    .bind(s.id)
+    .bind(expected)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<Applied, sqlx::Error> {
+    let rows = |rows| Applied {
+        rows,
+        ..Default::default()
+    };
+    Ok(match write {
+        Write::InsertAgent(a) => rows(
+            sqlx::query(
+                "INSERT INTO agents (id, name, backend, session_defaults, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(a.id)
+            .bind(&a.name)
+            .bind(serde_json::to_string(&a.backend).unwrap_or_default())
+            .bind(serde_json::to_string(&a.session_defaults).unwrap_or_default())
+            .bind(to_ms(a.created_at))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+        ),
         Write::DeleteAgent(id) => {
-            let n = sqlx::query("DELETE FROM agents WHERE id = ?")
+            let n = sqlx::query("DELETE FROM agents WHERE id = ?1")
                 .bind(id)
                 .execute(&mut *conn)
                 .await?
                 .rows_affected();
             if n > 0 {
-                sqlx::query("DELETE FROM sessions WHERE agent_id = ?")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
+                for sql in [
+                    "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
+                    "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
+                    "DELETE FROM sessions WHERE agent_id = ?1",
+                ] {
+                    sqlx::query(sql).bind(id).execute(&mut *conn).await?;
+                }
             }
-            n
+            rows(n)
         }
-        Write::InsertSession(s) => sqlx::query(
-            "INSERT INTO sessions (id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
-             expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, metadata, \
-             renewal_count, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(s.id)
-        .bind(s.channel_id)
-        .bind(s.agent_id)
-        .bind(s.user_id)
-        .bind(to_ms(s.created_at))
-        .bind(to_ms(s.last_activity))
-        .bind(to_ms(s.last_renewal))
-        .bind(to_ms(s.expires_at))
-        .bind(s.timeout.timeout_minutes)
-        .bind(s.timeout.auto_renew)
-        .bind(s.timeout.max_duration_minutes)
-        .bind(s.timeout.warning_threshold_minutes)
-        .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
-        .bind(s.renewal_count)
-        .bind(s.version)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        Write::UpdateSession(s, expected) => sqlx::query(
-            "UPDATE sessions SET last_activity = ?, last_renewal = ?, expires_at = ?, timeout_minutes = ?, \
-             auto_renew = ?, max_duration_minutes = ?, warning_threshold_minutes = ?, metadata = ?, \
-             renewal_count = ?, version = ? WHERE id = ? AND version = ?",
-        )
-        .bind(to_ms(s.last_activity))
-        .bind(to_ms(s.last_renewal))
-        .bind(to_ms(s.expires_at))
-        .bind(s.timeout.timeout_minutes)
-        .bind(s.timeout.auto_renew)
-        .bind(s.timeout.max_duration_minutes)
-        .bind(s.timeout.warning_threshold_minutes)
-        .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
-        .bind(s.renewal_count)
-        .bind(s.version)
-        .bind(s.id)
-        .bind(expected)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-        Write::DeleteSession(id) => sqlx::query("DELETE FROM sessions WHERE id = ?")
-            .bind(id)
+        Write::InsertSession(s) => rows(
+            sqlx::query(
+                "INSERT INTO sessions (id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
+                 expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, \
+                 metadata, renewal_count, version, notice, warn_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            )
+            .bind(s.id)
+            .bind(s.channel_id)
+            .bind(s.agent_id)
+            .bind(s.user_id)
+            .bind(to_ms(s.created_at))
+            .bind(to_ms(s.last_activity))
+            .bind(to_ms(s.last_renewal))
+            .bind(to_ms(s.expires_at))
+            .bind(s.timeout.timeout_minutes)
+            .bind(s.timeout.auto_renew)
+            .bind(s.timeout.max_duration_minutes)
+            .bind(s.timeout.warning_threshold_minutes)
+            .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
+            .bind(s.renewal_count)
+            .bind(s.version)
+            .bind(s.notice as i64)
+            .bind(to_ms(s.warn_at()))
             .execute(&mut *conn)
             .await?
             .rows_affected(),
-        Write::Purge { cutoff, limit } => sqlx::query(
-            "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions WHERE expires_at <= ? LIMIT ?)",
-        )
-        .bind(cutoff)
-        .bind(limit)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected(),
-    };
-    Ok(affected)
+        ),
+        Write::UpdateSession(s, expected, events) => {
+            let n = update_session_row(conn, s, *expected).await?;
+            let publish = if n > 0 { store_events(conn, events).await? } else { Vec::new() };
+            Applied {
+                rows: n,
+                seq: None,
+                publish,
+            }
+        }
+        Write::DeleteSession(id, events) => {
+            sqlx::query("DELETE FROM messages WHERE session_id = ?1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM events WHERE session_id = ?1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            let n = sqlx::query("DELETE FROM sessions WHERE id = ?1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            Applied {
+                rows: n,
+                seq: None,
+                publish: if n > 0 { events.clone() } else { Vec::new() },
+            }
+        }
+        Write::Purge { cutoff, limit } => {
+            // The same deterministic subquery names the same sessions in all three statements.
+            let victims = "SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at, id LIMIT ?2";
+            for table in ["messages", "events"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE session_id IN ({victims})"))
+                    .bind(cutoff)
+                    .bind(limit)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            rows(
+                sqlx::query(&format!("DELETE FROM sessions WHERE id IN ({victims})"))
+                    .bind(cutoff)
+                    .bind(limit)
+                    .execute(&mut *conn)
+                    .await?
+                    .rows_affected(),
+            )
+        }
+        Write::RecordMessage(s, expected, m, events) => {
+            if update_session_row(conn, s, *expected).await? == 0 {
+                return Ok(Applied::default());
+            }
+            let seq = insert_message(conn, m, false).await?;
+            Applied {
+                rows: 1,
+                seq,
+                publish: store_events(conn, events).await?,
+            }
+        }
+        Write::InsertReply(m, events) => match insert_message(conn, m, true).await? {
+            None => Applied::default(),
+            Some(seq) => Applied {
+                rows: 1,
+                seq: Some(seq),
+                publish: store_events(conn, events).await?,
+            },
+        },
+    })
 }
 
 const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
     expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, metadata, \
-    renewal_count, version";
+    renewal_count, version, notice";
+
+const MESSAGE_COLUMNS: &str =
+    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at";
+
+fn decode(e: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
 
 fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
     let metadata: String = row.try_get(12)?;
@@ -275,16 +435,48 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
             max_duration_minutes: row.try_get(10)?,
             warning_threshold_minutes: row.try_get(11)?,
         },
-        metadata: serde_json::from_str(&metadata).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        metadata: serde_json::from_str(&metadata).map_err(decode)?,
         renewal_count: row.try_get(13)?,
         version: row.try_get(14)?,
+        notice: Notice::from_i64(row.try_get(15)?),
+    })
+}
+
+fn message_from_row(row: &SqliteRow) -> Result<Message, sqlx::Error> {
+    let metadata: String = row.try_get(6)?;
+    let attachments: Option<String> = row.try_get(7)?;
+    Ok(Message {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        session_id: row.try_get(2)?,
+        author_id: row.try_get(3)?,
+        is_agent: row.try_get(4)?,
+        content: row.try_get(5)?,
+        metadata: serde_json::from_str(&metadata).map_err(decode)?,
+        attachments: attachments
+            .map(|a| serde_json::from_str(&a))
+            .transpose()
+            .map_err(decode)?,
+        created_at: from_ms(row.try_get(8)?),
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> Result<SessionEvent, sqlx::Error> {
+    let kind: String = row.try_get(2)?;
+    let data: String = row.try_get(3)?;
+    Ok(SessionEvent {
+        seq: Some(row.try_get(0)?),
+        session_id: row.try_get(1)?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event kind {kind}").into()))?,
+        data: serde_json::from_str(&data).map_err(decode)?,
+        created_at: from_ms(row.try_get(4)?),
     })
 }
 
 fn agent_from_row(row: &SqliteRow) -> Result<Agent, sqlx::Error> {
     let backend: String = row.try_get(2)?;
     let defaults: String = row.try_get(3)?;
-    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
     Ok(Agent {
         id: row.try_get(0)?,
         name: row.try_get(1)?,
@@ -292,6 +484,16 @@ fn agent_from_row(row: &SqliteRow) -> Result<Agent, sqlx::Error> {
         session_defaults: serde_json::from_str(&defaults).map_err(decode)?,
         created_at: from_ms(row.try_get(4)?),
     })
+}
+
+fn all<T>(
+    rows: &[SqliteRow],
+    f: fn(&SqliteRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(f)
+        .collect::<Result<_, _>>()
+        .map_err(backend)
 }
 
 #[async_trait]
@@ -304,7 +506,7 @@ impl SessionStore for SqliteStore {
 
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?",
+            "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?1",
         )
         .bind(id)
         .fetch_optional(&self.reads)
@@ -323,14 +525,11 @@ impl SessionStore for SqliteStore {
         .fetch_all(&self.reads)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(agent_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        all(&rows, agent_from_row)
     }
 
     async fn delete_agent(&self, id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.write(Write::DeleteAgent(id)).await? > 0)
+        Ok(self.write(Write::DeleteAgent(id)).await?.rows > 0)
     }
 
     async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
@@ -341,7 +540,7 @@ impl SessionStore for SqliteStore {
 
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?"
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
         ))
         .bind(id)
         .fetch_optional(&self.reads)
@@ -357,18 +556,24 @@ impl SessionStore for SqliteStore {
         &self,
         session: &Session,
         expected_version: i64,
+        events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let n = self
+        let applied = self
             .write(Write::UpdateSession(
                 Box::new(session.clone()),
                 expected_version,
+                events,
             ))
             .await?;
-        Ok(n > 0)
+        Ok(applied.rows > 0)
     }
 
-    async fn delete_session(&self, id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.write(Write::DeleteSession(id)).await? > 0)
+    async fn delete_session(
+        &self,
+        id: Uuid,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.write(Write::DeleteSession(id, events)).await?.rows > 0)
     }
 
     async fn list_active_sessions(
@@ -391,10 +596,7 @@ impl SessionStore for SqliteStore {
         .fetch_all(&self.reads)
         .await
         .map_err(backend)?;
-        rows.iter()
-            .map(session_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(backend)
+        all(&rows, session_from_row)
     }
 
     async fn count_sessions(
@@ -406,8 +608,7 @@ impl SessionStore for SqliteStore {
         let row = sqlx::query(
             "SELECT COUNT(*), \
                COALESCE(SUM(expires_at > ?1), 0), \
-               COALESCE(SUM(expires_at > ?1 AND \
-                 expires_at - CAST(ROUND(warning_threshold_minutes * 60000) AS INTEGER) <= ?1), 0) \
+               COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) \
              FROM sessions WHERE expires_at > ?2 \
                AND (?3 IS NULL OR agent_id = ?3) AND (?4 IS NULL OR user_id = ?4)",
         )
@@ -431,11 +632,132 @@ impl SessionStore for SqliteStore {
     }
 
     async fn purge_sessions(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        self.write(Write::Purge {
-            cutoff: to_ms(cutoff),
-            limit,
-        })
+        Ok(self
+            .write(Write::Purge {
+                cutoff: to_ms(cutoff),
+                limit,
+            })
+            .await?
+            .rows)
+    }
+
+    async fn sessions_due_notice(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Session>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE notice < 2 AND warn_at <= ?1 \
+             AND (notice = 0 OR expires_at <= ?1) ORDER BY warn_at LIMIT ?2"
+        ))
+        .bind(to_ms(now))
+        .bind(limit)
+        .fetch_all(&self.reads)
         .await
+        .map_err(backend)?;
+        all(&rows, session_from_row)
+    }
+
+    async fn record_message(
+        &self,
+        session: &Session,
+        expected_version: i64,
+        message: &Message,
+        events: Vec<SessionEvent>,
+    ) -> Result<Option<i64>, StoreError> {
+        let applied = self
+            .write(Write::RecordMessage(
+                Box::new(session.clone()),
+                expected_version,
+                Box::new(message.clone()),
+                events,
+            ))
+            .await?;
+        Ok(applied.seq)
+    }
+
+    async fn insert_reply(
+        &self,
+        message: &Message,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        let applied = self
+            .write(Write::InsertReply(Box::new(message.clone()), events))
+            .await?;
+        Ok(applied.rows > 0)
+    }
+
+    async fn list_messages(
+        &self,
+        session_id: Uuid,
+        window: MessageWindow,
+        order: Order,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let direction = match order {
+            Order::OldestFirst => "ASC",
+            Order::NewestFirst => "DESC",
+        };
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 \
+             AND (?2 IS NULL OR created_at > ?2) AND (?3 IS NULL OR created_at < ?3) \
+             ORDER BY created_at {direction}, seq {direction} LIMIT ?4"
+        ))
+        .bind(session_id)
+        .bind(window.after_ms)
+        .bind(window.before_ms)
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(backend)?;
+        all(&rows, message_from_row)
+    }
+
+    async fn recent_messages(
+        &self,
+        session_id: Uuid,
+        before_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
+        ))
+        .bind(session_id)
+        .bind(before_seq)
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(backend)?;
+        let mut messages = all(&rows, message_from_row)?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn events_after(
+        &self,
+        session_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, session_id, kind, data, created_at FROM events \
+             WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )
+        .bind(session_id)
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(backend)?;
+        all(&rows, event_from_row)
+    }
+
+    fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+        self.bus.subscribe(session_id)
+    }
+
+    fn publish(&self, event: &SessionEvent) {
+        self.bus.publish(event);
     }
 
     async fn close(&self) {

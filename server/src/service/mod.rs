@@ -1,5 +1,12 @@
 //! `SessionService`: the one place that reads the clock and calls the store. Handlers call it; it applies the
 //! domain's pure transitions and persists them with optimistic concurrency.
+//!
+//! Submodules: `messages` (send and history), `replies` (per-session reply workers), `events` (the real-time
+//! stream and expiry notices).
+
+mod events;
+mod messages;
+mod replies;
 
 use std::sync::Arc;
 
@@ -7,17 +14,28 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::agents::Backends;
 use crate::clock::Clock;
 use crate::domain::validate::{self, CreateAgentBody};
 use crate::domain::{
-    Agent, AgentBackend, Liveness, RenewRefused, Session, SessionError, TimeoutConfigPatch,
-    TimeoutPolicy,
+    Agent, AgentBackend, Liveness, RenewRefused, Session, SessionError, SessionEvent,
+    TimeoutConfigPatch, TimeoutPolicy,
 };
 use crate::store::{SessionCounts, SessionFilter, SessionStore};
+
+pub use events::EventSubscription;
+pub use messages::{MessagePage, SendOutcome};
+pub use replies::ReplyProgress;
 
 /// Read-modify-write attempts before giving up on a hot session; each failed attempt means another request
 /// changed the session in between, so this only runs out under extreme contention.
 const MAX_UPDATE_ATTEMPTS: usize = 1000;
+
+fn too_contended(id: &str) -> SessionError {
+    SessionError::Store(crate::store::StoreError::Unavailable(format!(
+        "session {id} is updated too often to apply this change"
+    )))
+}
 
 /// A session as of the instant it was read, so that derived fields (`timeRemaining`, ...) agree with it.
 #[derive(Debug, Clone)]
@@ -42,28 +60,59 @@ pub struct SessionPage {
     pub now: DateTime<Utc>,
 }
 
+/// The service's settings.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub policy: TimeoutPolicy,
+    /// How long an expired session still answers 410 before it counts as gone.
+    pub retention: Duration,
+    /// How long an agent may take to answer before the exchange fails with `AGENT_TIMEOUT`.
+    pub agent_timeout: std::time::Duration,
+    /// How many earlier messages an agent gets as context.
+    pub history_limit: u32,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            policy: TimeoutPolicy::default(),
+            retention: Duration::hours(24),
+            agent_timeout: std::time::Duration::from_secs(60),
+            history_limit: 20,
+        }
+    }
+}
+
 pub struct SessionService {
     store: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
     policy: TimeoutPolicy,
     retention: Duration,
     started: DateTime<Utc>,
+    replies: Arc<replies::Replier>,
+    /// Serializes "store the user message, queue its reply" per session, so that replies follow the order in
+    /// which messages were stored.
+    send_order: replies::KeyedLocks,
 }
 
 impl SessionService {
-    pub fn new(
-        store: Arc<dyn SessionStore>,
-        clock: Arc<dyn Clock>,
-        policy: TimeoutPolicy,
-        retention: Duration,
-    ) -> Self {
+    pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Self {
         let started = clock.now();
+        let replies = Arc::new(replies::Replier::new(
+            store.clone(),
+            clock.clone(),
+            Backends::new(),
+            config.agent_timeout,
+            config.history_limit,
+        ));
         Self {
             store,
             clock,
-            policy,
-            retention,
+            policy: config.policy,
+            retention: config.retention,
             started,
+            replies,
+            send_order: replies::KeyedLocks::default(),
         }
     }
 
@@ -127,7 +176,8 @@ impl SessionService {
     pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
         let now = self.clock.now();
         let uuid = self.lookup(id, now).await?.id;
-        if self.store.delete_session(uuid).await? {
+        let deleted = vec![SessionEvent::deleted(uuid, now)];
+        if self.store.delete_session(uuid, deleted).await? {
             Ok(())
         } else {
             Err(SessionError::SessionNotFound(id.to_string()))
@@ -136,20 +186,25 @@ impl SessionService {
 
     pub async fn renew(&self, id: &str) -> Result<SessionView, SessionError> {
         self.update(id, |s, now| {
-            s.renew(now).map_err(
-                |RenewRefused::MaxDurationReached| SessionError::RenewalFailed {
+            s.renew(now).map_err(|RenewRefused::MaxDurationReached| {
+                SessionError::RenewalFailed {
                     id: s.id.to_string(),
                     reason: "maximum session duration reached".into(),
-                },
-            )
+                }
+            })?;
+            Ok(vec![SessionEvent::session(s, "renewed", now)])
         })
         .await
     }
 
     pub async fn heartbeat(&self, id: &str) -> Result<SessionView, SessionError> {
         self.update(id, |s, now| {
-            s.record_activity(now);
-            Ok(())
+            // Only a renewal changes what subscribers see (expiresAt, renewalCount).
+            Ok(if s.record_activity(now) {
+                vec![SessionEvent::session(s, "renewed", now)]
+            } else {
+                Vec::new()
+            })
         })
         .await
     }
@@ -157,15 +212,15 @@ impl SessionService {
     pub async fn update_timeout(&self, id: &str, body: Value) -> Result<SessionView, SessionError> {
         let patch: TimeoutConfigPatch = validate::timeout_patch_body(body)?;
         let policy = self.policy;
-        self.update(id, move |s, _| {
+        self.update(id, move |s, now| {
             let timeout = policy.apply_patch(&s.timeout, &patch).map_err(|reason| {
                 SessionError::invalid_field(
                     format!("Invalid timeout configuration: {reason}"),
                     "timeoutMinutes",
                 )
             })?;
-            s.set_timeout(timeout);
-            Ok(())
+            s.set_timeout(timeout, now);
+            Ok(vec![SessionEvent::session(s, "timeout_updated", now)])
         })
         .await
     }
@@ -286,24 +341,27 @@ impl SessionService {
         Ok(session)
     }
 
-    /// Read, transform, conditionally write; on a lost race, read again and retry with the same `now`.
+    /// Read, transform, conditionally write (with the events the change produced); on a lost race, read again
+    /// and retry with the same `now`.
     async fn update(
         &self,
         id: &str,
-        change: impl Fn(&mut Session, DateTime<Utc>) -> Result<(), SessionError>,
+        change: impl Fn(&mut Session, DateTime<Utc>) -> Result<Vec<SessionEvent>, SessionError>,
     ) -> Result<SessionView, SessionError> {
         let now = self.clock.now();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let current = self.live(id, now).await?;
             let mut next = current.clone();
-            change(&mut next, now)?;
+            let events = change(&mut next, now)?;
             next.version = current.version + 1;
-            if self.store.update_session(&next, current.version).await? {
+            if self
+                .store
+                .update_session(&next, current.version, events)
+                .await?
+            {
                 return Ok(SessionView { session: next, now });
             }
         }
-        Err(SessionError::Store(crate::store::StoreError::Unavailable(
-            format!("session {id} is updated too often to apply this change"),
-        )))
+        Err(too_contended(id))
     }
 }

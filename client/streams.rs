@@ -1,0 +1,399 @@
+//! Hand-written, typed SDK methods for the two event-stream responses that progenitor cannot type: the `sse`
+//! transport of `sendMessage` (`Client::send_message_stream`) and the session events stream
+//! (`Client::session_events`). Both return a `Stream` of typed events parsed from `text/event-stream`.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+
+use futures::stream::{self, Stream, StreamExt};
+use progenitor_client::{ClientInfo, Error, ResponseValue};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::types;
+use crate::Client;
+
+/// A piece of an agent reply as it streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyChunk {
+    /// The id the reply will be stored under.
+    pub message_id: Uuid,
+    pub chunk: String,
+    /// 0, 1, 2, ... within one reply.
+    pub index: u64,
+}
+
+/// One event of the `sse` transport of `sendMessage`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExchangeEvent {
+    /// The stored user message (always first).
+    UserMessage(types::Message),
+    Chunk(ReplyChunk),
+    /// The stored reply (always last, unless `Error`).
+    Done {
+        message: types::Message,
+        agent_response: types::AgentResponse,
+    },
+    /// The agent failed or timed out (always last).
+    Error {
+        error: String,
+        code: Option<String>,
+    },
+}
+
+/// The `session` event's payload.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionChange {
+    /// `renewed` or `timeout_updated`.
+    pub reason: String,
+    pub session: types::Session,
+}
+
+/// The `warning` event's payload.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExpiryWarning {
+    pub session_id: Uuid,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    pub time_remaining: i64,
+    pub warning_threshold_minutes: f64,
+}
+
+/// One event of a session's events stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    Message(types::Message),
+    Chunk(ReplyChunk),
+    Session(SessionChange),
+    Warning(ExpiryWarning),
+    Expired {
+        session_id: Uuid,
+        expired_at: chrono::DateTime<chrono::Utc>,
+    },
+    Deleted {
+        session_id: Uuid,
+    },
+}
+
+/// A session event with its id (None for transient `chunk` and `deleted` events). Pass the last id seen to
+/// `session_events` to resume without gaps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionEventFrame {
+    pub id: Option<i64>,
+    pub event: SessionEvent,
+}
+
+/// A failure while reading a stream that had started.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The connection broke.
+    Transport(reqwest::Error),
+    /// A frame did not have the documented shape.
+    Malformed {
+        event: String,
+        data: String,
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Transport(e) => write!(f, "stream broken: {e}"),
+            StreamError::Malformed { event, reason, .. } => {
+                write!(f, "malformed '{event}' event: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
+
+pub type EventResult<T> = Result<T, StreamError>;
+pub type BoxedEvents<T> = Pin<Box<dyn Stream<Item = EventResult<T>> + Send>>;
+
+impl Client {
+    /// `sendMessage` with the `sse` transport: the exchange as a stream that always ends with `Done` or `Error`.
+    /// (The generated `send_message` covers the `websocket` and `http` transports.)
+    pub async fn send_message_stream(
+        &self,
+        session_id: &str,
+        mut body: types::SendMessageRequest,
+    ) -> Result<BoxedEvents<ExchangeEvent>, Error<types::ErrorResponse>> {
+        body.transport = Some(types::TransportType::Sse);
+        body.mode = None;
+        let url = format!(
+            "{}/api/messaging/sessions/{}/messages",
+            self.baseurl(),
+            encode(session_id)
+        );
+        let response = self
+            .client()
+            .post(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .json(&body)
+            .send()
+            .await
+            .map_err(Error::CommunicationError)?;
+        let frames = frames(checked(response).await?);
+        Ok(frames
+            .map(|frame| frame.and_then(|(_, event, data)| exchange_event(&event, &data)))
+            .boxed())
+    }
+
+    /// The session's events stream. With `last_event_id`, every stored event after it comes first.
+    pub async fn session_events(
+        &self,
+        session_id: &str,
+        last_event_id: Option<i64>,
+    ) -> Result<BoxedEvents<SessionEventFrame>, Error<types::ErrorResponse>> {
+        let url = format!(
+            "{}/api/messaging/sessions/{}/events",
+            self.baseurl(),
+            encode(session_id)
+        );
+        let mut request = self
+            .client()
+            .get(url)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().await.map_err(Error::CommunicationError)?;
+        let frames = frames(checked(response).await?);
+        Ok(frames
+            .map(|frame| {
+                frame.and_then(|(id, event, data)| {
+                    Ok(SessionEventFrame {
+                        id: id.and_then(|i| i.parse().ok()),
+                        event: session_event(&event, &data)?,
+                    })
+                })
+            })
+            .boxed())
+    }
+}
+
+fn encode(segment: &str) -> String {
+    progenitor_client::encode_path(segment)
+}
+
+/// A 2xx response, or the API's error as the generated methods report it.
+async fn checked(
+    response: reqwest::Response,
+) -> Result<reqwest::Response, Error<types::ErrorResponse>> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    if status.is_client_error() || status.is_server_error() {
+        return Err(
+            match ResponseValue::<types::ErrorResponse>::from_response::<types::ErrorResponse>(
+                response,
+            )
+            .await
+            {
+                Ok(body) => Error::ErrorResponse(body),
+                Err(e) => e,
+            },
+        );
+    }
+    Err(Error::UnexpectedResponse(response))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(event: &str, data: &str) -> EventResult<T> {
+    serde_json::from_str(data).map_err(|e| StreamError::Malformed {
+        event: event.to_string(),
+        data: data.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn exchange_event(event: &str, data: &str) -> EventResult<ExchangeEvent> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Done {
+        message: types::Message,
+        agent_response: types::AgentResponse,
+    }
+    #[derive(Deserialize)]
+    struct Failure {
+        error: String,
+        code: Option<String>,
+    }
+    Ok(match event {
+        "user_message" => ExchangeEvent::UserMessage(decode(event, data)?),
+        "chunk" => ExchangeEvent::Chunk(decode(event, data)?),
+        "done" => {
+            let done: Done = decode(event, data)?;
+            ExchangeEvent::Done {
+                message: done.message,
+                agent_response: done.agent_response,
+            }
+        }
+        "error" => {
+            let f: Failure = decode(event, data)?;
+            ExchangeEvent::Error {
+                error: f.error,
+                code: f.code,
+            }
+        }
+        other => return Err(unknown(other, data)),
+    })
+}
+
+fn session_event(event: &str, data: &str) -> EventResult<SessionEvent> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Expired {
+        session_id: Uuid,
+        expired_at: chrono::DateTime<chrono::Utc>,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Deleted {
+        session_id: Uuid,
+    }
+    Ok(match event {
+        "message" => SessionEvent::Message(decode(event, data)?),
+        "chunk" => SessionEvent::Chunk(decode(event, data)?),
+        "session" => SessionEvent::Session(decode(event, data)?),
+        "warning" => SessionEvent::Warning(decode(event, data)?),
+        "expired" => {
+            let e: Expired = decode(event, data)?;
+            SessionEvent::Expired {
+                session_id: e.session_id,
+                expired_at: e.expired_at,
+            }
+        }
+        "deleted" => SessionEvent::Deleted {
+            session_id: decode::<Deleted>(event, data)?.session_id,
+        },
+        other => return Err(unknown(other, data)),
+    })
+}
+
+fn unknown(event: &str, data: &str) -> StreamError {
+    StreamError::Malformed {
+        event: event.to_string(),
+        data: data.to_string(),
+        reason: "unknown event name".into(),
+    }
+}
+
+/// `(id, event, data)` of each frame of a `text/event-stream` body; comments (keep-alives) are skipped.
+fn frames(
+    response: reqwest::Response,
+) -> impl Stream<Item = EventResult<(Option<String>, String, String)>> + Send {
+    let bytes = response.bytes_stream();
+    stream::unfold(
+        (bytes.boxed(), SseParser::default(), VecDeque::new(), false),
+        |(mut bytes, mut parser, mut ready, mut ended)| async move {
+            loop {
+                if let Some(frame) = ready.pop_front() {
+                    return Some((Ok(frame), (bytes, parser, ready, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => ready.extend(parser.push(&chunk)),
+                    Some(Err(e)) => {
+                        ended = true;
+                        return Some((
+                            Err(StreamError::Transport(e)),
+                            (bytes, parser, ready, ended),
+                        ));
+                    }
+                    None => {
+                        ready.extend(parser.finish());
+                        ended = true;
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// An incremental `text/event-stream` parser: bytes in, complete frames out.
+#[derive(Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    id: Option<String>,
+    event: Option<String>,
+    data: Vec<String>,
+}
+
+impl SseParser {
+    fn push(&mut self, bytes: &[u8]) -> Vec<(Option<String>, String, String)> {
+        self.buffer.extend_from_slice(bytes);
+        let mut frames = Vec::new();
+        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if let Some(frame) = self.line(&String::from_utf8_lossy(&line)) {
+                frames.push(frame);
+            }
+        }
+        frames
+    }
+
+    fn finish(&mut self) -> Vec<(Option<String>, String, String)> {
+        let mut frames = self.push(b"\n");
+        frames.extend(self.line(""));
+        frames
+    }
+
+    fn line(&mut self, line: &str) -> Option<(Option<String>, String, String)> {
+        if line.is_empty() {
+            if self.data.is_empty() && self.event.is_none() {
+                return None;
+            }
+            let data = std::mem::take(&mut self.data).join("\n");
+            let event = self.event.take().unwrap_or_else(|| "message".into());
+            return Some((self.id.take(), event, data));
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "data" => self.data.push(value.to_string()),
+            "event" => self.event = Some(value.to_string()),
+            "id" => self.id = Some(value.to_string()),
+            _ => {}
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SseParser;
+
+    #[test]
+    fn frames_survive_any_split() {
+        let text = ": keep-alive\n\nid: 7\nevent: message\ndata: {\"a\":\"é\"}\n\nevent: chunk\r\ndata: x\r\ndata: y\r\n\r\n";
+        let bytes = text.as_bytes();
+        for cut in 0..=bytes.len() {
+            let mut p = SseParser::default();
+            let mut frames = p.push(&bytes[..cut]);
+            frames.extend(p.push(&bytes[cut..]));
+            frames.extend(p.finish());
+            assert_eq!(
+                frames,
+                vec![
+                    (Some("7".into()), "message".into(), "{\"a\":\"é\"}".into()),
+                    (None, "chunk".into(), "x\ny".into()),
+                ],
+                "split at {cut}"
+            );
+        }
+    }
+}

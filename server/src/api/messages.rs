@@ -1,0 +1,307 @@
+//! Handlers of a session's messages and events: `sendMessage` (three transports), `getMessages`, and the
+//! real-time events stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, BoxStream, StreamExt};
+use poem::http::StatusCode;
+use poem::web::sse::Event;
+use poem::web::Data;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::body::JsonBody;
+use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
+use super::models::{
+    AgentResponseBody, CursorsBody, MessageBody, MessageListBody, MessageResponseBody,
+    MessageResponseData, MessageStreamEvent, MessageStreamEventName, SendMessageRequest,
+    SessionEventName, SessionStatusBody, SessionStreamEvent,
+};
+use super::types::Timestamp;
+use super::ApiTags;
+use crate::agents::AgentError;
+use crate::domain::event::{chunk_json, message_json, reply_json};
+use crate::domain::validate::Transport;
+use crate::domain::{AgentReply, EventKind, SessionEvent};
+use crate::service::{ReplyProgress, SendOutcome, SessionService};
+
+type Service<'a> = Data<&'a Arc<SessionService>>;
+
+/// HTTP settings of the streaming endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// Interval of keep-alive comments, so that proxies do not cut idle streams.
+    pub keepalive: Duration,
+}
+
+type MessageStream = EventStream<BoxStream<'static, MessageStreamEvent>>;
+type SessionEventStream = EventStream<BoxStream<'static, SessionStreamEvent>>;
+
+#[derive(ApiResponse)]
+pub enum SendMessageResponse {
+    /// Transports `websocket` and `http`: the stored message (and, for `http`, the agent's reply).
+    #[oai(status = 201)]
+    Sent(Json<Box<MessageResponseBody>>),
+    /// Transport `sse`: `user_message`, then `chunk` events, then exactly one `done` or `error`.
+    #[oai(status = 200)]
+    Stream(MessageStream),
+}
+
+pub struct MessagesApi;
+
+#[OpenApi(tag = "ApiTags::Sessions")]
+impl MessagesApi {
+    /// Send a message to the session's agent.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId/messages",
+        method = "post",
+        operation_id = "sendMessage"
+    )]
+    async fn send(
+        &self,
+        service: Service<'_>,
+        settings: Data<&StreamSettings>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+        body: JsonBody<SendMessageRequest>,
+    ) -> Result<SendMessageResponse, Failure<SendErrors>> {
+        let mut outcome = service.send(&session_id, body.value).await?;
+        match outcome.transport {
+            Transport::WebSocket => {
+                let body = message_response(&outcome, None);
+                Ok(SendMessageResponse::Sent(Json(Box::new(body))))
+            }
+            Transport::Http => loop {
+                match outcome.progress.recv().await {
+                    Some(ReplyProgress::Chunk { .. }) => continue,
+                    Some(ReplyProgress::Done { reply, .. }) => {
+                        let body = message_response(&outcome, Some(&reply));
+                        return Ok(SendMessageResponse::Sent(Json(Box::new(body))));
+                    }
+                    Some(ReplyProgress::Failed(e)) => return Err(agent_failure(&e).into()),
+                    None => {
+                        return Err(agent_failure(&AgentError::Failed("no reply".into())).into())
+                    }
+                }
+            },
+            Transport::Sse => {
+                let keepalive = settings.keepalive;
+                Ok(SendMessageResponse::Stream(
+                    EventStream::new(exchange_stream(outcome))
+                        .keep_alive(keepalive)
+                        .to_event(|e| {
+                            Event::message(e.data.to_string())
+                                .event_type(message_event_name(e.event))
+                        }),
+                ))
+            }
+        }
+    }
+
+    /// A page of the session's history, newest first.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId/messages",
+        method = "get",
+        operation_id = "getMessages"
+    )]
+    async fn messages(
+        &self,
+        service: Service<'_>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+        /// Page size, clamped to 1-100 (default 50).
+        limit: Query<Option<i64>>,
+        /// Only messages older than this: epoch milliseconds or ISO-8601.
+        before: Query<Option<String>>,
+        /// Only messages newer than this: epoch milliseconds or ISO-8601. Alone, pages forward from it.
+        after: Query<Option<String>>,
+    ) -> Result<Json<MessageListBody>, Failure<MessagesErrors>> {
+        let page = service
+            .messages(
+                &session_id,
+                limit.0,
+                before.0.as_deref(),
+                after.0.as_deref(),
+            )
+            .await?;
+        let cursors = match (page.messages.last(), page.messages.first()) {
+            (Some(oldest), Some(newest)) => Some(CursorsBody {
+                before: oldest.created_at.timestamp_millis(),
+                after: newest.created_at.timestamp_millis(),
+            }),
+            _ => None,
+        };
+        Ok(Json(MessageListBody {
+            messages: page.messages.iter().map(Into::into).collect(),
+            has_more: page.has_more,
+            cursors,
+        }))
+    }
+
+    /// Real-time events of the session: messages, reply chunks, renewals, expiry warnings, expiry, deletion.
+    ///
+    /// Reconnect with `Last-Event-ID` (or `lastEventId`) to receive every stored event after that id first.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId/events",
+        method = "get",
+        operation_id = "streamSessionEvents"
+    )]
+    async fn events(
+        &self,
+        service: Service<'_>,
+        settings: Data<&StreamSettings>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+        /// The id of the last event received (set by EventSource clients on reconnect).
+        #[oai(name = "Last-Event-ID")]
+        last_event_id_header: Header<Option<String>>,
+        /// The same as the `Last-Event-ID` header, for clients that cannot set headers.
+        #[oai(name = "lastEventId")]
+        last_event_id: Query<Option<String>>,
+    ) -> Result<SessionEventStream, Failure<EventsErrors>> {
+        let last = match last_event_id.0.or(last_event_id_header.0) {
+            None => None,
+            Some(raw) => Some(raw.trim().parse::<i64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ValidationError,
+                    format!("Invalid Last-Event-ID '{raw}': expected an event id"),
+                )
+            })?),
+        };
+        let rx = service.subscribe(&session_id, last).await?;
+        let events = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
+            .map(|e: SessionEvent| SessionStreamEvent {
+                id: e.seq,
+                event: session_event_name(e.kind),
+                data: e.data,
+            })
+            .boxed();
+        Ok(EventStream::new(events)
+            .keep_alive(settings.keepalive)
+            .to_event(|e| {
+                let event =
+                    Event::message(e.data.to_string()).event_type(event_kind(e.event).as_str());
+                match e.id {
+                    Some(id) => event.id(id.to_string()),
+                    None => event,
+                }
+            }))
+    }
+}
+
+fn message_response(outcome: &SendOutcome, reply: Option<&AgentReply>) -> MessageResponseBody {
+    let data = MessageResponseData {
+        success: true,
+        user_message: MessageBody::from(&outcome.user_message),
+        agent_response: reply.map(AgentResponseBody::from),
+        session_status: SessionStatusBody {
+            expires_at: Timestamp(outcome.session.expires_at),
+            renewal_count: outcome.session.renewal_count,
+            was_renewed: outcome.was_renewed,
+            is_near_expiration: outcome.session.is_near_expiration(outcome.now),
+        },
+    };
+    MessageResponseBody {
+        success: true,
+        user_message: data.user_message.clone(),
+        agent_response: data.agent_response.clone(),
+        session_status: data.session_status.clone(),
+        data,
+    }
+}
+
+fn agent_failure(e: &AgentError) -> ApiError {
+    match e {
+        AgentError::Timeout(limit) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::AgentTimeout,
+            format!(
+                "The agent did not answer within {} seconds",
+                limit.as_secs_f64()
+            ),
+        ),
+        AgentError::Failed(why) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::AgentError,
+            format!("The agent failed to answer: {why}"),
+        ),
+    }
+}
+
+/// The `sse` exchange: the stored user message, the reply's chunks, then one `done` or `error`. The reply
+/// worker always finishes with one of those within the agent timeout; if it vanished instead, the stream
+/// still ends with an `error`.
+fn exchange_stream(outcome: SendOutcome) -> BoxStream<'static, MessageStreamEvent> {
+    let first = MessageStreamEvent {
+        event: MessageStreamEventName::UserMessage,
+        data: message_json(&outcome.user_message),
+    };
+    let rest = stream::unfold(Some(outcome.progress), |progress| async move {
+        let mut progress = progress?;
+        let event = match progress.recv().await {
+            Some(ReplyProgress::Chunk {
+                message_id,
+                chunk,
+                index,
+            }) => {
+                let data = chunk_json(message_id, &chunk, index);
+                return Some((
+                    MessageStreamEvent {
+                        event: MessageStreamEventName::Chunk,
+                        data,
+                    },
+                    Some(progress),
+                ));
+            }
+            Some(ReplyProgress::Done { message, reply }) => MessageStreamEvent {
+                event: MessageStreamEventName::Done,
+                data: serde_json::json!({
+                    "message": message_json(&message),
+                    "agentResponse": reply_json(&reply),
+                }),
+            },
+            Some(ReplyProgress::Failed(e)) => MessageStreamEvent {
+                event: MessageStreamEventName::Error,
+                data: serde_json::json!({ "error": agent_failure(&e).message, "code": agent_failure(&e).code_str() }),
+            },
+            None => MessageStreamEvent {
+                event: MessageStreamEventName::Error,
+                data: serde_json::json!({ "error": "The agent failed to answer", "code": "AGENT_ERROR" }),
+            },
+        };
+        // Done or error: the last frame.
+        Some((event, None))
+    });
+    stream::once(async move { first }).chain(rest).boxed()
+}
+
+fn message_event_name(name: MessageStreamEventName) -> &'static str {
+    match name {
+        MessageStreamEventName::UserMessage => "user_message",
+        MessageStreamEventName::Chunk => "chunk",
+        MessageStreamEventName::Done => "done",
+        MessageStreamEventName::Error => "error",
+    }
+}
+
+fn session_event_name(kind: EventKind) -> SessionEventName {
+    match kind {
+        EventKind::Message => SessionEventName::Message,
+        EventKind::Chunk => SessionEventName::Chunk,
+        EventKind::Session => SessionEventName::Session,
+        EventKind::Warning => SessionEventName::Warning,
+        EventKind::Expired => SessionEventName::Expired,
+        EventKind::Deleted => SessionEventName::Deleted,
+    }
+}
+
+fn event_kind(name: SessionEventName) -> EventKind {
+    match name {
+        SessionEventName::Message => EventKind::Message,
+        SessionEventName::Chunk => EventKind::Chunk,
+        SessionEventName::Session => EventKind::Session,
+        SessionEventName::Warning => EventKind::Warning,
+        SessionEventName::Expired => EventKind::Expired,
+        SessionEventName::Deleted => EventKind::Deleted,
+    }
+}

@@ -1,0 +1,126 @@
+//! The real-time events stream of a session, and the expiry announcements (`warning`, `expired`) that a
+//! periodic pass makes when the clock crosses a session's thresholds.
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, mpsc};
+
+use super::SessionService;
+use crate::domain::{Notice, SessionError, SessionEvent};
+
+/// Events replayed or announced per store query.
+const BATCH: u32 = 500;
+
+/// A subscriber's feed: replayed events first, then live ones, ending after `expired` or `deleted`.
+pub type EventSubscription = mpsc::Receiver<SessionEvent>;
+
+impl SessionService {
+    /// Subscribes to a session's events. With `last_event_id`, first replays every stored event after it, so a
+    /// reconnecting client misses nothing still in the session's history.
+    pub async fn subscribe(
+        &self,
+        id: &str,
+        last_event_id: Option<i64>,
+    ) -> Result<EventSubscription, SessionError> {
+        let now = self.clock.now();
+        let session = self.live(id, now).await?;
+        // Subscribe before reading the log: an event committed in between is then both replayed and live, and
+        // the seq filter below drops the copy, instead of being in neither.
+        let live = self.store.subscribe(session.id);
+        let (tx, rx) = mpsc::channel(256);
+        let store = self.store.clone();
+        let session_id = session.id;
+        tokio::spawn(async move {
+            let mut seen = last_event_id.unwrap_or(0);
+            let mut live = live;
+            if last_event_id.is_some() && !catch_up(&*store, session_id, &mut seen, &tx).await {
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    event = live.recv() => event,
+                    _ = tx.closed() => return,
+                };
+                match event {
+                    Ok(event) => {
+                        if let Some(seq) = event.seq {
+                            if seq <= seen {
+                                continue;
+                            }
+                            seen = seq;
+                        }
+                        let ends = event.kind.ends_stream();
+                        if tx.send(event).await.is_err() || ends {
+                            return;
+                        }
+                    }
+                    // Fell behind the live feed: the stored log has everything that matters.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        if !catch_up(&*store, session_id, &mut seen, &tx).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Announces every warning and expiry due at `now`; returns how many were announced.
+    pub async fn announce_due(&self, now: DateTime<Utc>) -> Result<u64, SessionError> {
+        let mut announced = 0;
+        loop {
+            let due = self.store.sessions_due_notice(now, BATCH).await?;
+            let full = due.len() == BATCH as usize;
+            for current in due {
+                let mut next = current.clone();
+                let events = match next.take_due_notice(now) {
+                    Some(Notice::Expired) => vec![SessionEvent::expired(&next, now)],
+                    Some(Notice::Warned) => vec![SessionEvent::warning(&next, now)],
+                    _ => continue,
+                };
+                next.version = current.version + 1;
+                // Losing the race to a request is fine: the next pass sees the new state.
+                if self
+                    .store
+                    .update_session(&next, current.version, events)
+                    .await?
+                {
+                    announced += 1;
+                }
+            }
+            if !full {
+                return Ok(announced);
+            }
+        }
+    }
+}
+
+/// Sends the stored events after `seen`; false once the subscriber is gone or the stream has ended.
+async fn catch_up(
+    store: &dyn crate::store::SessionStore,
+    session_id: uuid::Uuid,
+    seen: &mut i64,
+    tx: &mpsc::Sender<SessionEvent>,
+) -> bool {
+    loop {
+        let events = match store.events_after(session_id, *seen, BATCH).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(session = %session_id, error = %e, "could not replay events");
+                return false;
+            }
+        };
+        let done = events.len() < BATCH as usize;
+        for event in events {
+            *seen = event.seq.unwrap_or(*seen);
+            let ends = event.kind.ends_stream();
+            if tx.send(event).await.is_err() || ends {
+                return false;
+            }
+        }
+        if done {
+            return true;
+        }
+    }
+}

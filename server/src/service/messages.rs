@@ -1,0 +1,173 @@
+//! Sending messages and reading the history.
+//!
+//! History pages are exact with millisecond cursors even when messages share a timestamp: a page never ends
+//! inside a group of equal timestamps (such a group is left whole for the next page, or returned whole if it
+//! fills the page by itself), so `before`/`after` set to a page's cursors can neither repeat nor skip a message.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::replies::{ReplyJob, ReplyProgress};
+use super::{too_contended, SessionService, MAX_UPDATE_ATTEMPTS};
+use crate::domain::validate::{self, Transport};
+use crate::domain::{Message, Session, SessionError, SessionEvent};
+use crate::store::{MessageWindow, Order};
+
+/// Default and largest page of `getMessages`.
+pub const DEFAULT_MESSAGE_LIMIT: i64 = 50;
+pub const MAX_MESSAGE_LIMIT: i64 = 100;
+
+/// A stored user message and how its reply will arrive.
+pub struct SendOutcome {
+    pub transport: Transport,
+    pub user_message: Message,
+    /// The session after this message's renewal.
+    pub session: Session,
+    pub was_renewed: bool,
+    pub now: DateTime<Utc>,
+    pub progress: mpsc::UnboundedReceiver<ReplyProgress>,
+}
+
+/// A page of history, newest first.
+pub struct MessagePage {
+    pub messages: Vec<Message>,
+    /// True only if more messages exist in the direction the page was read.
+    pub has_more: bool,
+}
+
+impl SessionService {
+    /// Stores the user's message (renewing the session) and queues the agent's reply behind the session's
+    /// earlier ones. Checks, in order: transport, content type, session, content length, metadata, attachments.
+    pub async fn send(&self, id: &str, body: Value) -> Result<SendOutcome, SessionError> {
+        let body = validate::send_message_body(body)?;
+        let now = self.clock.now();
+        let mut current = self.live(id, now).await?;
+        validate::content(&body.content)?;
+        let metadata = validate::metadata(body.metadata)?;
+        let attachments = validate::attachments(body.attachments)?;
+        let _in_order = self.send_order.lock(current.id).await;
+        for attempt in 0..MAX_UPDATE_ATTEMPTS {
+            if attempt > 0 {
+                current = self.live(id, now).await?;
+            }
+            let mut next = current.clone();
+            let was_renewed = next.record_activity(now);
+            next.version = current.version + 1;
+            let mut message = Message {
+                id: Uuid::new_v4(),
+                seq: 0,
+                session_id: current.id,
+                author_id: current.user_id,
+                is_agent: false,
+                content: body.content.clone(),
+                metadata: metadata.clone(),
+                attachments: attachments.clone(),
+                created_at: now,
+            };
+            let mut events = vec![SessionEvent::message(&message)];
+            if was_renewed {
+                events.push(SessionEvent::session(&next, "renewed", now));
+            }
+            if let Some(seq) = self
+                .store
+                .record_message(&next, current.version, &message, events)
+                .await?
+            {
+                message.seq = seq;
+                let (progress, progress_rx) = mpsc::unbounded_channel();
+                self.replies.enqueue(ReplyJob {
+                    session: next.clone(),
+                    message: message.clone(),
+                    progress,
+                });
+                return Ok(SendOutcome {
+                    transport: body.transport,
+                    user_message: message,
+                    session: next,
+                    was_renewed,
+                    now,
+                    progress: progress_rx,
+                });
+            }
+        }
+        Err(too_contended(id))
+    }
+
+    /// A page of a session's history. Without cursors: the newest messages. With `before`: the newest ones
+    /// older than it. With only `after`: the oldest ones newer than it, so that paging forward is contiguous.
+    pub async fn messages(
+        &self,
+        id: &str,
+        limit: Option<i64>,
+        before: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<MessagePage, SessionError> {
+        let before = before.map(|b| validate::cursor(b, "before")).transpose()?;
+        let after = after.map(|a| validate::cursor(a, "after")).transpose()?;
+        let now = self.clock.now();
+        let session = self.live(id, now).await?;
+        let limit = limit
+            .unwrap_or(DEFAULT_MESSAGE_LIMIT)
+            .clamp(1, MAX_MESSAGE_LIMIT) as usize;
+        let window = MessageWindow {
+            after_ms: after,
+            before_ms: before,
+        };
+        let order = if after.is_some() && before.is_none() {
+            Order::OldestFirst
+        } else {
+            Order::NewestFirst
+        };
+        let mut rows = self
+            .store
+            .list_messages(session.id, window, order, limit as u32 + 1)
+            .await?;
+        let mut has_more = rows.len() > limit;
+        if has_more {
+            let edge = rows[limit - 1].created_at;
+            if rows[limit].created_at == edge {
+                // The page would end inside a group of equal timestamps: leave the group for the next page.
+                rows.truncate(limit);
+                rows.retain(|m| m.created_at != edge);
+                if rows.is_empty() {
+                    // The group alone fills the page: return all of it, then look beyond it.
+                    let ms = edge.timestamp_millis();
+                    let group = MessageWindow {
+                        after_ms: Some(ms - 1),
+                        before_ms: Some(ms + 1),
+                    };
+                    rows = self
+                        .store
+                        .list_messages(session.id, group, order, u32::MAX)
+                        .await?;
+                    let beyond = match order {
+                        Order::NewestFirst => MessageWindow {
+                            before_ms: Some(ms),
+                            ..window
+                        },
+                        Order::OldestFirst => MessageWindow {
+                            after_ms: Some(ms),
+                            ..window
+                        },
+                    };
+                    has_more = !self
+                        .store
+                        .list_messages(session.id, beyond, order, 1)
+                        .await?
+                        .is_empty();
+                }
+            } else {
+                rows.truncate(limit);
+            }
+        }
+        if order == Order::OldestFirst {
+            rows.reverse();
+        }
+        Ok(MessagePage {
+            messages: rows,
+            has_more,
+        })
+    }
+}

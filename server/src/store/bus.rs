@@ -1,0 +1,40 @@
+//! `EventBus`: in-process fan-out of committed session events to the subscribers of each session.
+//!
+//! One broadcast channel per session with subscribers, created on demand and dropped with its last subscriber,
+//! so that publishing for a session nobody watches costs one map lookup.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::domain::SessionEvent;
+
+/// Events a slow subscriber may fall behind by before it must catch up from the store.
+const CHANNEL_CAPACITY: usize = 1024;
+
+#[derive(Default)]
+pub struct EventBus {
+    channels: Mutex<HashMap<Uuid, broadcast::Sender<SessionEvent>>>,
+}
+
+impl EventBus {
+    pub fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels.retain(|_, tx| tx.receiver_count() > 0);
+        channels
+            .entry(session_id)
+            .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
+            .subscribe()
+    }
+
+    pub fn publish(&self, event: &SessionEvent) {
+        let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = channels.get(&event.session_id) {
+            if tx.send(event.clone()).is_err() {
+                channels.remove(&event.session_id);
+            }
+        }
+    }
+}
