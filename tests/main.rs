@@ -3,6 +3,7 @@
 mod agent_backends;
 mod errors;
 mod lifecycle;
+mod messaging;
 mod restart;
 mod spec_agreement;
 mod support;

@@ -67,6 +67,8 @@ impl Backends {
         Self {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(10))
+                // A redirected POST would be replayed as a GET; an agent endpoint that moved is an error.
+                .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("HTTP client builds"),
         }
