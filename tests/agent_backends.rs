@@ -191,6 +191,7 @@ fn exchange(backend: AgentBackend) -> AgentRequest {
     let message = |content: &str, is_agent: bool, seconds_ago: i64| Message {
         id: Uuid::new_v4(),
         seq: 0,
+        in_reply_to: None,
         session_id: session.id,
         author_id: if is_agent { agent.id } else { user_id },
         is_agent,

@@ -853,3 +853,90 @@ async fn a_failing_agent_is_a_502_and_an_error_event() {
         "user messages stored, no replies"
     );
 }
+
+#[tokio::test]
+async fn replies_whose_worker_died_are_recovered() {
+    use agent_sessions_server::domain::Message as StoredMessage;
+    let ctx = TestContext::new().await;
+    let s = ctx.create_session(None).await;
+    let id = s.session_id.to_string();
+    let mut events = ctx.client.session_events(&id, None).await.unwrap();
+    // Two user messages stored as another instance would, which then died: one claimed and never finished,
+    // one never claimed at all.
+    let mut stored = Vec::new();
+    for content in ["claimed by a dead worker", "never picked up"] {
+        let current = ctx.store.get_session(s.session_id).await.unwrap().unwrap();
+        let mut next = current.clone();
+        next.version += 1;
+        let message = StoredMessage {
+            id: Uuid::new_v4(),
+            seq: 0,
+            session_id: s.session_id,
+            author_id: s.user_id,
+            is_agent: false,
+            content: content.into(),
+            metadata: Default::default(),
+            attachments: None,
+            in_reply_to: None,
+            created_at: ctx.service.now(),
+        };
+        let seq = ctx
+            .store
+            .record_message(&next, current.version, &message, vec![])
+            .await
+            .unwrap();
+        assert!(seq.is_some());
+        stored.push(message);
+    }
+    let now = ctx.service.now();
+    let claimed = ctx
+        .store
+        .claim_reply(s.session_id, now, now - chrono::Duration::minutes(1))
+        .await
+        .unwrap();
+    assert_eq!(claimed.map(|m| m.id), Some(stored[0].id));
+    // While the claim is live nobody else may answer the session, and nothing counts as stalled.
+    assert!(ctx
+        .store
+        .claim_reply(s.session_id, now, now - chrono::Duration::minutes(1))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        ctx.sweeper()
+            .run_once(ctx.service.now())
+            .await
+            .unwrap()
+            .recovered,
+        0
+    );
+
+    // Past the lease, the sweeper restarts the session's replies: both get answered, in order.
+    ctx.advance_minutes(5);
+    assert_eq!(
+        ctx.sweeper()
+            .run_once(ctx.service.now())
+            .await
+            .unwrap()
+            .recovered,
+        1
+    );
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        if let SessionEvent::Message(m) = next(&mut events).await.event {
+            assert!(m.is_agent);
+            replies.push(m);
+        }
+    }
+    assert_eq!(replies[0].in_reply_to, Some(stored[0].id));
+    assert_eq!(replies[0].content, "Echo: claimed by a dead worker");
+    assert_eq!(replies[1].in_reply_to, Some(stored[1].id));
+    assert_eq!(
+        ctx.sweeper()
+            .run_once(ctx.service.now())
+            .await
+            .unwrap()
+            .recovered,
+        0
+    );
+}

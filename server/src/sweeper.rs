@@ -1,5 +1,5 @@
 //! The background sweeper: announces expiry warnings and expirations to subscribers as the clock crosses them,
-//! and purges sessions past their retention period. Expiry itself is decided on every request from
+//! restarts replies whose worker died, and purges sessions past their retention period. Expiry itself is decided on every request from
 //! `expiresAt` and the clock; the sweeper only announces and reclaims space.
 
 use std::sync::Arc;
@@ -20,6 +20,8 @@ pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepReport {
     pub announced: u64,
+    /// Sessions whose stalled replies were restarted.
+    pub recovered: u64,
     pub purged: u64,
 }
 
@@ -36,11 +38,15 @@ impl Sweeper {
         }
     }
 
-    /// One full pass at `now`: announcements, then the purge.
+    /// One full pass at `now`: announcements, stalled-reply recovery, then the purge.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<SweepReport, SessionError> {
+        let announced = self.service.announce_due(now).await?;
+        let recovered = self.service.recover_stalled_replies(now).await?;
+        let purged = self.service.purge_expired(now, PURGE_BATCH).await?;
         Ok(SweepReport {
-            announced: self.service.announce_due(now).await?,
-            purged: self.service.purge_expired(now, PURGE_BATCH).await?,
+            announced,
+            recovered,
+            purged,
         })
     }
 
@@ -54,8 +60,12 @@ impl Sweeper {
             loop {
                 tokio::select! {
                     _ = announce.tick() => {
-                        if let Err(e) = self.service.announce_due(self.service.now()).await {
+                        let now = self.service.now();
+                        if let Err(e) = self.service.announce_due(now).await {
                             tracing::warn!(error = %e, "announcing expiries failed");
+                        }
+                        if let Err(e) = self.service.recover_stalled_replies(now).await {
+                            tracing::warn!(error = %e, "recovering stalled replies failed");
                         }
                     }
                     _ = purge.tick() => {

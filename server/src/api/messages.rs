@@ -11,6 +11,7 @@ use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{EventStream, Json};
 use poem_openapi::{ApiResponse, OpenApi};
+use serde_json::Value;
 
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
@@ -22,10 +23,10 @@ use super::models::{
 use super::types::Timestamp;
 use super::ApiTags;
 use crate::agents::AgentError;
-use crate::domain::event::{chunk_json, message_json, reply_json};
+use crate::domain::event::{message_json, reply_json};
 use crate::domain::validate::Transport;
 use crate::domain::{AgentReply, EventKind, SessionEvent};
-use crate::service::{ReplyProgress, SendOutcome, SessionService};
+use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService};
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
 
@@ -73,8 +74,12 @@ impl MessagesApi {
                 Ok(SendMessageResponse::Sent(Json(Box::new(body))))
             }
             Transport::Http => loop {
-                match outcome.progress.recv().await {
-                    Some(ReplyProgress::Chunk { .. }) => continue,
+                let next = match outcome.reply.as_mut() {
+                    Some(watch) => watch.next().await,
+                    None => None,
+                };
+                match next {
+                    Some(ReplyProgress::Chunk(_)) => continue,
                     Some(ReplyProgress::Done { reply, .. }) => {
                         let body = message_response(&outcome, Some(&reply));
                         return Ok(SendMessageResponse::Sent(Json(Box::new(body))));
@@ -88,12 +93,14 @@ impl MessagesApi {
             Transport::Sse => {
                 let keepalive = settings.keepalive;
                 Ok(SendMessageResponse::Stream(
-                    EventStream::new(exchange_stream(outcome))
-                        .keep_alive(keepalive)
-                        .to_event(|e| {
-                            Event::message(e.data.to_string())
-                                .event_type(message_event_name(e.event))
-                        }),
+                    EventStream::new(exchange_stream(
+                        message_json(&outcome.user_message),
+                        outcome.reply,
+                    ))
+                    .keep_alive(keepalive)
+                    .to_event(|e| {
+                        Event::message(e.data.to_string()).event_type(message_event_name(e.event))
+                    }),
                 ))
             }
         }
@@ -170,10 +177,12 @@ impl MessagesApi {
         };
         let rx = service.subscribe(&session_id, last).await?;
         let events = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-            .map(|e: SessionEvent| SessionStreamEvent {
-                id: e.seq,
-                event: session_event_name(e.kind),
-                data: e.data,
+            .filter_map(|e: SessionEvent| async move {
+                Some(SessionStreamEvent {
+                    id: e.seq,
+                    event: session_event_name(e.kind)?,
+                    data: e.data,
+                })
             })
             .boxed();
         Ok(EventStream::new(events)
@@ -228,49 +237,34 @@ fn agent_failure(e: &AgentError) -> ApiError {
     }
 }
 
-/// The `sse` exchange: the stored user message, the reply's chunks, then one `done` or `error`. The reply
-/// worker always finishes with one of those within the agent timeout; if it vanished instead, the stream
-/// still ends with an `error`.
-fn exchange_stream(outcome: SendOutcome) -> BoxStream<'static, MessageStreamEvent> {
+/// The `sse` exchange: the stored user message, the reply's chunks, then one `done` or `error`. The watch
+/// always ends with one of those (a reply, a failure, or giving up on a queue that stopped moving), so the
+/// stream always ends.
+fn exchange_stream(
+    user_message: Value,
+    reply: Option<ReplyWatch>,
+) -> BoxStream<'static, MessageStreamEvent> {
     let first = MessageStreamEvent {
         event: MessageStreamEventName::UserMessage,
-        data: message_json(&outcome.user_message),
+        data: user_message,
     };
-    let rest = stream::unfold(Some(outcome.progress), |progress| async move {
-        let mut progress = progress?;
-        let event = match progress.recv().await {
-            Some(ReplyProgress::Chunk {
-                message_id,
-                chunk,
-                index,
-            }) => {
-                let data = chunk_json(message_id, &chunk, index);
-                return Some((
-                    MessageStreamEvent {
-                        event: MessageStreamEventName::Chunk,
-                        data,
-                    },
-                    Some(progress),
-                ));
+    let rest = stream::unfold(reply, |reply| async move {
+        let mut reply = reply?;
+        let (event, data) = match reply.next().await? {
+            ReplyProgress::Chunk(data) => (MessageStreamEventName::Chunk, data),
+            ReplyProgress::Done { message, reply } => (
+                MessageStreamEventName::Done,
+                serde_json::json!({ "message": message, "agentResponse": reply_json(&reply) }),
+            ),
+            ReplyProgress::Failed(e) => {
+                let failure = agent_failure(&e);
+                (
+                    MessageStreamEventName::Error,
+                    serde_json::json!({ "error": failure.message, "code": failure.code_str() }),
+                )
             }
-            Some(ReplyProgress::Done { message, reply }) => MessageStreamEvent {
-                event: MessageStreamEventName::Done,
-                data: serde_json::json!({
-                    "message": message_json(&message),
-                    "agentResponse": reply_json(&reply),
-                }),
-            },
-            Some(ReplyProgress::Failed(e)) => MessageStreamEvent {
-                event: MessageStreamEventName::Error,
-                data: serde_json::json!({ "error": agent_failure(&e).message, "code": agent_failure(&e).code_str() }),
-            },
-            None => MessageStreamEvent {
-                event: MessageStreamEventName::Error,
-                data: serde_json::json!({ "error": "The agent failed to answer", "code": "AGENT_ERROR" }),
-            },
         };
-        // Done or error: the last frame.
-        Some((event, None))
+        Some((MessageStreamEvent { event, data }, Some(reply)))
     });
     stream::once(async move { first }).chain(rest).boxed()
 }
@@ -284,15 +278,17 @@ fn message_event_name(name: MessageStreamEventName) -> &'static str {
     }
 }
 
-fn session_event_name(kind: EventKind) -> SessionEventName {
-    match kind {
+/// The public name of an event; None for internal events, which subscribers never see.
+fn session_event_name(kind: EventKind) -> Option<SessionEventName> {
+    Some(match kind {
         EventKind::Message => SessionEventName::Message,
         EventKind::Chunk => SessionEventName::Chunk,
         EventKind::Session => SessionEventName::Session,
         EventKind::Warning => SessionEventName::Warning,
         EventKind::Expired => SessionEventName::Expired,
         EventKind::Deleted => SessionEventName::Deleted,
-    }
+        EventKind::ReplyFailed => return None,
+    })
 }
 
 fn event_kind(name: SessionEventName) -> EventKind {

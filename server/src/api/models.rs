@@ -342,6 +342,9 @@ pub struct MessageBody {
     pub metadata: JsonObject,
     #[oai(skip_serializing_if_is_none)]
     pub attachments: Option<Vec<AttachmentBody>>,
+    /// For agent replies: the id of the user message answered.
+    #[oai(skip_serializing_if_is_none)]
+    pub in_reply_to: Option<Uuid>,
 }
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -515,6 +518,7 @@ impl From<&crate::domain::Message> for MessageBody {
                 .attachments
                 .as_ref()
                 .map(|a| a.iter().map(Into::into).collect()),
+            in_reply_to: m.in_reply_to,
         }
     }
 }

@@ -22,6 +22,9 @@ pub enum EventKind {
     Expired,
     /// The session was deleted. Transient (its stored events go with it).
     Deleted,
+    /// Internal: no reply could be produced for a message. Transient, and not shown to subscribers; it tells
+    /// the request waiting for that reply (on whichever instance) that it failed.
+    ReplyFailed,
 }
 
 impl EventKind {
@@ -33,6 +36,7 @@ impl EventKind {
             EventKind::Warning => "warning",
             EventKind::Expired => "expired",
             EventKind::Deleted => "deleted",
+            EventKind::ReplyFailed => "reply_failed",
         }
     }
 
@@ -44,13 +48,22 @@ impl EventKind {
             "warning" => EventKind::Warning,
             "expired" => EventKind::Expired,
             "deleted" => EventKind::Deleted,
+            "reply_failed" => EventKind::ReplyFailed,
             _ => return None,
         })
     }
 
     /// Transient events are delivered live only: they get no id and are not replayed.
     pub fn is_transient(self) -> bool {
-        matches!(self, EventKind::Chunk | EventKind::Deleted)
+        matches!(
+            self,
+            EventKind::Chunk | EventKind::Deleted | EventKind::ReplyFailed
+        )
+    }
+
+    /// Internal events are for the server's own waiters, not for the events stream.
+    pub fn is_internal(self) -> bool {
+        self == EventKind::ReplyFailed
     }
 
     /// After these, a session has nothing more to say.
@@ -89,19 +102,42 @@ impl SessionEvent {
         )
     }
 
+    /// A reply chunk: `message_id` is the reply's future id, `in_reply_to` the user message it answers.
     pub fn chunk(
         session_id: Uuid,
+        in_reply_to: Uuid,
         message_id: Uuid,
         chunk: &str,
         index: u64,
         now: DateTime<Utc>,
     ) -> Self {
+        let mut data = chunk_json(message_id, chunk, index);
+        data["inReplyTo"] = json!(in_reply_to);
+        Self::new(session_id, EventKind::Chunk, data, now)
+    }
+
+    /// No reply for `in_reply_to`: `code` is `AGENT_TIMEOUT` or `AGENT_ERROR`.
+    pub fn reply_failed(
+        session_id: Uuid,
+        in_reply_to: Uuid,
+        error: &str,
+        code: &str,
+        now: DateTime<Utc>,
+    ) -> Self {
         Self::new(
             session_id,
-            EventKind::Chunk,
-            chunk_json(message_id, chunk, index),
+            EventKind::ReplyFailed,
+            json!({ "inReplyTo": in_reply_to, "error": error, "code": code }),
             now,
         )
+    }
+
+    /// The user message whose reply this event is about (chunk, reply and failure events).
+    pub fn in_reply_to(&self) -> Option<Uuid> {
+        self.data
+            .get("inReplyTo")
+            .and_then(Value::as_str)
+            .and_then(|s| Uuid::parse_str(s).ok())
     }
 
     /// `reason`: `renewed` (activity or explicit renewal), `activity` (activity without renewal),
@@ -160,6 +196,9 @@ pub fn message_json(m: &Message) -> Value {
     });
     if let Some(a) = &m.attachments {
         v["attachments"] = serde_json::to_value(a).unwrap_or(Value::Null);
+    }
+    if let Some(r) = m.in_reply_to {
+        v["inReplyTo"] = json!(r);
     }
     v
 }

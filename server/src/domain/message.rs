@@ -18,6 +18,8 @@ pub struct Message {
     pub content: String,
     pub metadata: Map<String, Value>,
     pub attachments: Option<Vec<Attachment>>,
+    /// For agent replies: the user message answered.
+    pub in_reply_to: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }
 

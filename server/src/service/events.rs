@@ -42,6 +42,9 @@ impl SessionService {
                 };
                 match event {
                     Ok(event) => {
+                        if event.kind.is_internal() {
+                            continue;
+                        }
                         if let Some(seq) = event.seq {
                             if seq <= seen {
                                 continue;
@@ -64,6 +67,19 @@ impl SessionService {
             }
         });
         Ok(rx)
+    }
+
+    /// Restarts the answering of sessions whose replies stalled (their worker's instance stopped or crashed);
+    /// returns how many sessions were kicked.
+    pub async fn recover_stalled_replies(&self, now: DateTime<Utc>) -> Result<u64, SessionError> {
+        let stalled = self
+            .store
+            .sessions_with_stalled_replies(now - self.replies.lease(), BATCH)
+            .await?;
+        for session_id in &stalled {
+            self.replies.kick(*session_id);
+        }
+        Ok(stalled.len() as u64)
     }
 
     /// Announces every warning and expiry due at `now`; returns how many were announced.

@@ -6,10 +6,9 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::replies::{ReplyJob, ReplyProgress};
+use super::replies::ReplyWatch;
 use super::{too_contended, SessionService, MAX_UPDATE_ATTEMPTS};
 use crate::domain::validate::{self, Transport};
 use crate::domain::{Message, Session, SessionError, SessionEvent};
@@ -27,7 +26,8 @@ pub struct SendOutcome {
     pub session: Session,
     pub was_renewed: bool,
     pub now: DateTime<Utc>,
-    pub progress: mpsc::UnboundedReceiver<ReplyProgress>,
+    /// How the reply goes, for transports that wait for it (`http`, `sse`).
+    pub reply: Option<ReplyWatch>,
 }
 
 /// A page of history, newest first.
@@ -38,8 +38,8 @@ pub struct MessagePage {
 }
 
 impl SessionService {
-    /// Stores the user's message (renewing the session) and queues the agent's reply behind the session's
-    /// earlier ones. Checks, in order: transport, content type, session, content length, metadata, attachments.
+    /// Stores the user's message (renewing the session), pending a reply behind the session's earlier ones,
+    /// and makes sure a worker answers it. Checks, in order: transport, content type, session, content length, metadata, attachments.
     pub async fn send(&self, id: &str, body: Value) -> Result<SendOutcome, SessionError> {
         let body = validate::send_message_body(body)?;
         let now = self.clock.now();
@@ -47,7 +47,11 @@ impl SessionService {
         validate::content(&body.content)?;
         let metadata = validate::metadata(body.metadata)?;
         let attachments = validate::attachments(body.attachments)?;
-        let _in_order = self.send_order.lock(current.id).await;
+        // Listen before storing, so that no step of the reply can happen before we watch for it.
+        let mut feed = match body.transport {
+            Transport::WebSocket => None,
+            Transport::Http | Transport::Sse => Some(self.store.subscribe(current.id)),
+        };
         for attempt in 0..MAX_UPDATE_ATTEMPTS {
             if attempt > 0 {
                 current = self.live(id, now).await?;
@@ -64,6 +68,7 @@ impl SessionService {
                 content: body.content.clone(),
                 metadata: metadata.clone(),
                 attachments: attachments.clone(),
+                in_reply_to: None,
                 created_at: now,
             };
             let mut events = vec![SessionEvent::message(&message)];
@@ -76,19 +81,18 @@ impl SessionService {
                 .await?
             {
                 message.seq = seq;
-                let (progress, progress_rx) = mpsc::unbounded_channel();
-                self.replies.enqueue(ReplyJob {
-                    session: next.clone(),
-                    message: message.clone(),
-                    progress,
-                });
+                self.replies.kick(current.id);
+                let agent_timeout = self.replies.agent_timeout();
+                let reply = feed
+                    .take()
+                    .map(|feed| ReplyWatch::new(feed, message.id, agent_timeout));
                 return Ok(SendOutcome {
                     transport: body.transport,
                     user_message: message,
                     session: next,
                     was_renewed,
                     now,
-                    progress: progress_rx,
+                    reply,
                 });
             }
         }

@@ -25,7 +25,7 @@ use crate::store::{SessionCounts, SessionFilter, SessionStore};
 
 pub use events::EventSubscription;
 pub use messages::{MessagePage, SendOutcome};
-pub use replies::ReplyProgress;
+pub use replies::{ReplyProgress, ReplyWatch};
 
 /// Read-modify-write attempts before giving up on a hot session; each failed attempt means another request
 /// changed the session in between, so this only runs out under extreme contention.
@@ -90,9 +90,6 @@ pub struct SessionService {
     retention: Duration,
     started: DateTime<Utc>,
     replies: Arc<replies::Replier>,
-    /// Serializes "store the user message, queue its reply" per session, so that replies follow the order in
-    /// which messages were stored.
-    send_order: replies::KeyedLocks,
 }
 
 impl SessionService {
@@ -112,7 +109,6 @@ impl SessionService {
             retention: config.retention,
             started,
             replies,
-            send_order: replies::KeyedLocks::default(),
         }
     }
 

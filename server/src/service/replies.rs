@@ -1,43 +1,36 @@
-//! Per-session reply workers: the agent answers the messages of one session one at a time, in the order they
-//! were stored, whatever transport each was sent with.
+//! Agent replies, answered one message at a time per session, in the order the messages were stored, by
+//! whichever server instance gets there first.
 //!
-//! A worker exists only while its session has replies queued: the first message of a burst starts it, and it
-//! leaves when its queue is empty (checked under the map lock, so no job is ever queued to a leaving worker).
+//! The queue is the store: a user message is stored pending a reply, and a worker claims the session's oldest
+//! pending message only while no other claim on that session is live (`SessionStore::claim_reply`), so two
+//! instances never answer one session at the same time. Requests that wait for a reply (`http`, `sse`) follow
+//! it through the session's event feed (chunks, the stored reply, or a failure, all tagged with the message they
+//! answer), which reaches every instance; so it does not matter which instance produced it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TryRecvError;
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use crate::agents::{AgentError, AgentRequest, Backends};
 use crate::clock::Clock;
-use crate::domain::{AgentReply, Message, Session, SessionEvent};
+use crate::domain::{AgentReply, EventKind, Message, Session, SessionEvent};
 use crate::store::SessionStore;
 
-/// What happens to one message's reply, as it happens.
+/// What happens to one message's reply, as a waiting request sees it.
 #[derive(Debug, Clone)]
 pub enum ReplyProgress {
-    Chunk {
-        message_id: Uuid,
-        chunk: String,
-        index: u64,
-    },
-    /// The reply, stored as `message`.
+    /// A piece of the reply; `data` is the chunk event's payload (`{messageId, chunk, index, inReplyTo}`).
+    Chunk(Value),
+    /// The stored reply: the Message as JSON, and the reply it carries.
     Done {
-        message: Message,
+        message: Value,
         reply: AgentReply,
     },
     Failed(AgentError),
-}
-
-pub struct ReplyJob {
-    pub session: Session,
-    pub message: Message,
-    /// The sender's view of the reply; nobody may be listening (websocket transport).
-    pub progress: mpsc::UnboundedSender<ReplyProgress>,
 }
 
 pub struct Replier {
@@ -46,7 +39,9 @@ pub struct Replier {
     backends: Backends,
     agent_timeout: Duration,
     history_limit: u32,
-    workers: Mutex<HashMap<Uuid, mpsc::UnboundedSender<ReplyJob>>>,
+    /// Sessions with a worker on this instance; `true` when it was kicked again while running, so that it
+    /// claims once more before leaving (a message stored meanwhile is then not left waiting).
+    workers: Mutex<HashMap<Uuid, bool>>,
 }
 
 impl Replier {
@@ -67,78 +62,140 @@ impl Replier {
         }
     }
 
-    /// Queues a reply behind the session's earlier ones.
-    pub fn enqueue(self: &Arc<Self>, job: ReplyJob) {
-        let id = job.session.id;
-        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        let job = match workers.get(&id) {
-            Some(tx) => match tx.send(job) {
-                Ok(()) => return,
-                Err(returned) => returned.0,
-            },
-            None => job,
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(job);
-        workers.insert(id, tx);
-        tokio::spawn(self.clone().run_worker(id, rx));
+    pub fn agent_timeout(&self) -> Duration {
+        self.agent_timeout
     }
 
-    async fn run_worker(self: Arc<Self>, id: Uuid, mut rx: mpsc::UnboundedReceiver<ReplyJob>) {
-        loop {
-            let job = match rx.try_recv() {
-                Ok(job) => job,
-                Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => {
-                    let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-                    match rx.try_recv() {
-                        Ok(job) => job,
-                        Err(_) => {
-                            workers.remove(&id);
-                            return;
-                        }
-                    }
-                }
-            };
-            self.answer(job).await;
+    /// How long a claim holds: past it, the claiming worker is presumed dead and another may take over.
+    pub fn lease(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.agent_timeout * 2 + Duration::from_secs(10))
+            .unwrap_or(chrono::Duration::minutes(10))
+    }
+
+    /// Makes sure the session's pending messages get answered: starts a worker here unless one runs already.
+    pub fn kick(self: &Arc<Self>, session_id: Uuid) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        match workers.get_mut(&session_id) {
+            Some(again) => *again = true,
+            None => {
+                workers.insert(session_id, false);
+                tokio::spawn(self.clone().run(session_id));
+            }
         }
     }
 
-    async fn answer(&self, job: ReplyJob) {
-        let reply_id = Uuid::new_v4();
-        let outcome = match self.produce(&job, reply_id).await {
-            Ok(reply) => self.store_reply(&job, reply_id, reply).await,
-            Err(e) => Err(e),
-        };
-        let progress = match outcome {
-            Ok((message, reply)) => ReplyProgress::Done { message, reply },
-            Err(e) => {
-                tracing::warn!(session = %job.session.id, message = %job.message.id, error = %e, "no agent reply");
-                ReplyProgress::Failed(e)
+    async fn run(self: Arc<Self>, session_id: Uuid) {
+        loop {
+            let now = self.clock.now();
+            match self
+                .store
+                .claim_reply(session_id, now, now - self.lease())
+                .await
+            {
+                Ok(Some(message)) => {
+                    self.answer(message).await;
+                    continue;
+                }
+                // Nothing pending, or another worker (maybe on another instance) is answering this session: it
+                // goes on to the next pending message itself.
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(session = %session_id, error = %e, "could not claim a reply")
+                }
             }
-        };
-        let _ = job.progress.send(progress);
+            let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+            if workers.get(&session_id) == Some(&true) {
+                workers.insert(session_id, false);
+                continue;
+            }
+            workers.remove(&session_id);
+            return;
+        }
     }
 
-    /// Asks the agent, forwarding chunks to subscribers and to the sender, within the agent timeout.
-    async fn produce(&self, job: &ReplyJob, reply_id: Uuid) -> Result<AgentReply, AgentError> {
+    async fn answer(&self, message: Message) {
+        let reply_id = Uuid::new_v4();
+        let outcome = match self.store.get_session(message.session_id).await {
+            Ok(Some(session)) => self
+                .produce(&session, &message, reply_id)
+                .await
+                .map(|r| (session, r)),
+            Ok(None) => Err(AgentError::Failed("the session no longer exists".into())),
+            Err(_) => Err(AgentError::Failed("could not load the session".into())),
+        };
+        let now = self.clock.now();
+        let finished = match outcome {
+            Ok((session, reply)) => {
+                let stored = Message {
+                    id: reply_id,
+                    seq: 0,
+                    session_id: session.id,
+                    author_id: session.agent_id,
+                    is_agent: true,
+                    content: reply.text.clone(),
+                    metadata: reply.metadata(),
+                    attachments: None,
+                    in_reply_to: Some(message.id),
+                    created_at: now,
+                };
+                let events = vec![SessionEvent::message(&stored)];
+                self.store
+                    .finish_reply(message.id, Some(&stored), events)
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(session = %message.session_id, message = %message.id, error = %e, "no agent reply");
+                let code = match e {
+                    AgentError::Timeout(_) => "AGENT_TIMEOUT",
+                    AgentError::Failed(_) => "AGENT_ERROR",
+                };
+                let failed = SessionEvent::reply_failed(
+                    message.session_id,
+                    message.id,
+                    &e.to_string(),
+                    code,
+                    now,
+                );
+                self.store
+                    .finish_reply(message.id, None, vec![failed])
+                    .await
+            }
+        };
+        match finished {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(message = %message.id, "reply not stored: session gone or claim taken over")
+            }
+            Err(e) => {
+                tracing::error!(message = %message.id, error = %e, "could not finish a reply")
+            }
+        }
+    }
+
+    /// Asks the agent, publishing chunks as they come, within the agent timeout.
+    async fn produce(
+        &self,
+        session: &Session,
+        message: &Message,
+        reply_id: Uuid,
+    ) -> Result<AgentReply, AgentError> {
         let failed = |what: &str| AgentError::Failed(what.to_string());
         let agent = self
             .store
-            .get_agent(job.session.agent_id)
+            .get_agent(session.agent_id)
             .await
             .map_err(|_| failed("could not load the agent"))?
             .ok_or_else(|| failed("the session's agent no longer exists"))?;
         let history = self
             .store
-            .recent_messages(job.session.id, job.message.seq, self.history_limit)
+            .recent_messages(session.id, message.seq, self.history_limit)
             .await
             .map_err(|_| failed("could not load the history"))?;
         let backend = self.backends.for_agent(&agent.backend);
         let request = AgentRequest {
             agent,
-            session: job.session.clone(),
-            message: job.message.clone(),
+            session: session.clone(),
+            message: message.clone(),
             history,
         };
         let (chunk_tx, mut chunk_rx) = mpsc::unbounded_channel::<String>();
@@ -151,18 +208,9 @@ impl Replier {
             let mut index = 0;
             while let Some(chunk) = chunk_rx.recv().await {
                 let now = self.clock.now();
-                self.store.publish(&SessionEvent::chunk(
-                    job.session.id,
-                    reply_id,
-                    &chunk,
-                    index,
-                    now,
-                ));
-                let _ = job.progress.send(ReplyProgress::Chunk {
-                    message_id: reply_id,
-                    chunk,
-                    index,
-                });
+                let event =
+                    SessionEvent::chunk(session.id, message.id, reply_id, &chunk, index, now);
+                self.store.publish(&event);
                 index += 1;
             }
         };
@@ -175,77 +223,93 @@ impl Replier {
             Err(_) => Err(AgentError::Timeout(self.agent_timeout)),
         }
     }
+}
 
-    async fn store_reply(
-        &self,
-        job: &ReplyJob,
-        reply_id: Uuid,
-        reply: AgentReply,
-    ) -> Result<(Message, AgentReply), AgentError> {
-        let message = Message {
-            id: reply_id,
-            seq: 0,
-            session_id: job.session.id,
-            author_id: job.session.agent_id,
-            is_agent: true,
-            content: reply.text.clone(),
-            metadata: reply.metadata(),
-            attachments: None,
-            created_at: self.clock.now(),
-        };
-        match self
-            .store
-            .insert_reply(&message, vec![SessionEvent::message(&message)])
-            .await
-        {
-            Ok(true) => Ok((message, reply)),
-            Ok(false) => Err(AgentError::Failed(
-                "the session was deleted before the reply".into(),
-            )),
-            Err(e) => {
-                tracing::error!(session = %job.session.id, error = %e, "could not store an agent reply");
-                Err(AgentError::Failed("could not store the reply".into()))
+/// A request's view of one message's reply, read from the session's event feed.
+pub struct ReplyWatch {
+    events: broadcast::Receiver<SessionEvent>,
+    message_id: Uuid,
+    agent_timeout: Duration,
+    finished: bool,
+}
+
+impl ReplyWatch {
+    pub(super) fn new(
+        events: broadcast::Receiver<SessionEvent>,
+        message_id: Uuid,
+        agent_timeout: Duration,
+    ) -> Self {
+        Self {
+            events,
+            message_id,
+            agent_timeout,
+            finished: false,
+        }
+    }
+
+    /// The next step of the reply; None after `Done` or `Failed`. Gives up when the session's queue shows no
+    /// progress for longer than an agent may take (its worker is gone), so that no request waits forever.
+    pub async fn next(&mut self) -> Option<ReplyProgress> {
+        if self.finished {
+            return None;
+        }
+        let idle = self.agent_timeout + Duration::from_secs(5);
+        loop {
+            let event = match tokio::time::timeout(idle, self.events.recv()).await {
+                Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => {
+                    return self.finish(ReplyProgress::Failed(AgentError::Timeout(
+                        self.agent_timeout,
+                    )))
+                }
+                // Any event of the session means its queue is moving: keep waiting.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Ok(event)) => event,
+            };
+            if event.in_reply_to() != Some(self.message_id) {
+                continue;
+            }
+            match event.kind {
+                EventKind::Chunk => return Some(ReplyProgress::Chunk(event.data)),
+                EventKind::Message => {
+                    let reply = AgentReply {
+                        text: event.data["content"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                        thought: event.data["metadata"]["thought"]
+                            .as_str()
+                            .map(str::to_string),
+                        actions: event.data["metadata"]["actions"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_string)
+                                .collect()
+                        }),
+                    };
+                    return self.finish(ReplyProgress::Done {
+                        message: event.data,
+                        reply,
+                    });
+                }
+                EventKind::ReplyFailed => {
+                    let error = match event.data["code"].as_str() {
+                        Some("AGENT_TIMEOUT") => AgentError::Timeout(self.agent_timeout),
+                        _ => AgentError::Failed(
+                            event.data["error"]
+                                .as_str()
+                                .unwrap_or("no reply")
+                                .to_string(),
+                        ),
+                    };
+                    return self.finish(ReplyProgress::Failed(error));
+                }
+                _ => continue,
             }
         }
     }
-}
 
-/// One async lock per key, created on demand and forgotten when nobody holds or waits for it.
-#[derive(Default)]
-pub struct KeyedLocks {
-    locks: Arc<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>>,
-}
-
-pub struct KeyedGuard {
-    key: Uuid,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-    locks: Arc<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>>,
-}
-
-impl KeyedLocks {
-    pub async fn lock(&self, key: Uuid) -> KeyedGuard {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(key).or_default().clone()
-        };
-        let guard = lock.clone().lock_owned().await;
-        KeyedGuard {
-            key,
-            lock,
-            guard: Some(guard),
-            locks: self.locks.clone(),
-        }
-    }
-}
-
-impl Drop for KeyedGuard {
-    fn drop(&mut self) {
-        self.guard.take();
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        // Two references: the map's and ours. Others clone only under the map lock, which we hold.
-        if Arc::strong_count(&self.lock) == 2 {
-            locks.remove(&self.key);
-        }
+    fn finish(&mut self, last: ReplyProgress) -> Option<ReplyProgress> {
+        self.finished = true;
+        Some(last)
     }
 }

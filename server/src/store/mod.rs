@@ -111,7 +111,7 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<Vec<Session>, StoreError>;
 
     /// A user message: updates the session (conditional on `expected_version`, as `update_session`) and inserts
-    /// the message with `events`, atomically. Returns the message's `seq`, or None if the session changed first.
+    /// the message, pending a reply, with `events`, atomically. Returns the message's `seq`, or None if the session changed first.
     async fn record_message(
         &self,
         session: &Session,
@@ -119,12 +119,36 @@ pub trait SessionStore: Send + Sync + 'static {
         message: &Message,
         events: Vec<SessionEvent>,
     ) -> Result<Option<i64>, StoreError>;
-    /// An agent reply with its events, stored only if the session still exists. Returns whether it was.
+    /// A message stored as is (no reply expected), with its events, only if the session still exists. Returns
+    /// whether it was.
     async fn insert_reply(
         &self,
         message: &Message,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError>;
+    /// Takes the next message of the session to answer: the oldest that is pending, or in progress under a claim
+    /// made at or before `stale_before` (its worker died). Returns None while another claim on the session is
+    /// live, so that one session's messages are answered one at a time, in order, across all instances.
+    async fn claim_reply(
+        &self,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Option<Message>, StoreError>;
+    /// Ends the claim on `user_message_id`: answered with `reply` (stored if the session still exists), or
+    /// failed (`None`); with `events`. Returns false, storing nothing, if the claim was no longer ours.
+    async fn finish_reply(
+        &self,
+        user_message_id: Uuid,
+        reply: Option<&Message>,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError>;
+    /// Sessions with a message pending since at or before `stale_before`, or claimed then and never finished.
+    async fn sessions_with_stalled_replies(
+        &self,
+        stale_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError>;
     /// Up to `limit` messages of a session inside `window`, in `order`.
     async fn list_messages(
         &self,

@@ -49,9 +49,27 @@ enum Write {
     InsertSession(Box<Session>),
     UpdateSession(Box<Session>, i64, Vec<SessionEvent>),
     DeleteSession(Uuid, Vec<SessionEvent>),
-    Purge { cutoff: i64, limit: u32 },
+    Purge {
+        cutoff: i64,
+        limit: u32,
+    },
     RecordMessage(Box<Session>, i64, Box<Message>, Vec<SessionEvent>),
     InsertReply(Box<Message>, Vec<SessionEvent>),
+    ClaimReply {
+        session_id: Uuid,
+        now: i64,
+        stale_before: i64,
+    },
+    FinishReply(Uuid, Option<Box<Message>>, Vec<SessionEvent>),
+}
+
+/// `messages.reply_state` values.
+mod reply_state {
+    pub const NONE: i64 = 0;
+    pub const PENDING: i64 = 1;
+    pub const IN_PROGRESS: i64 = 2;
+    pub const ANSWERED: i64 = 3;
+    pub const FAILED: i64 = 4;
 }
 
 /// What a write did: rows affected, the seq of an inserted message, and the events to announce once the
@@ -60,6 +78,7 @@ enum Write {
 struct Applied {
     rows: u64,
     seq: Option<i64>,
+    message: Option<Message>,
     publish: Vec<SessionEvent>,
 }
 
@@ -216,6 +235,7 @@ async fn store_events(
 async fn insert_message(
     conn: &mut SqliteConnection,
     m: &Message,
+    state: i64,
     only_if_session: bool,
 ) -> Result<Option<i64>, sqlx::Error> {
     let guard = if only_if_session {
@@ -224,8 +244,8 @@ async fn insert_message(
         ""
     };
     let sql = format!(
-        "INSERT INTO messages (id, session_id, author_id, is_agent, content, metadata, attachments, created_at) \
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8{guard} RETURNING seq"
+        "INSERT INTO messages (id, session_id, author_id, is_agent, content, metadata, attachments, created_at, \
+         in_reply_to, reply_state) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10{guard} RETURNING seq"
     );
     sqlx::query_scalar(&sql)
         .bind(m.id)
@@ -240,6 +260,8 @@ async fn insert_message(
                 .map(|a| serde_json::to_string(a).unwrap_or_default()),
         )
         .bind(to_ms(m.created_at))
+        .bind(m.in_reply_to)
+        .bind(state)
         .fetch_optional(&mut *conn)
         .await
 }
@@ -343,6 +365,7 @@ async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<Applied, sq
             Applied {
                 rows: n,
                 seq: None,
+                message: None,
                 publish,
             }
         }
@@ -363,6 +386,7 @@ async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<Applied, sq
             Applied {
                 rows: n,
                 seq: None,
+                message: None,
                 publish: if n > 0 { events.clone() } else { Vec::new() },
             }
         }
@@ -389,21 +413,85 @@ async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<Applied, sq
             if update_session_row(conn, s, *expected).await? == 0 {
                 return Ok(Applied::default());
             }
-            let seq = insert_message(conn, m, false).await?;
+            let seq = insert_message(conn, m, reply_state::PENDING, false).await?;
             Applied {
                 rows: 1,
                 seq,
+                message: None,
                 publish: store_events(conn, events).await?,
             }
         }
-        Write::InsertReply(m, events) => match insert_message(conn, m, true).await? {
+        Write::InsertReply(m, events) => match insert_message(conn, m, reply_state::NONE, true).await? {
             None => Applied::default(),
             Some(seq) => Applied {
                 rows: 1,
                 seq: Some(seq),
+                message: None,
                 publish: store_events(conn, events).await?,
             },
         },
+        Write::ClaimReply {
+            session_id,
+            now,
+            stale_before,
+        } => {
+            // The writer applies one write at a time, so this check-then-claim cannot race.
+            let busy: Option<i64> = sqlx::query_scalar(
+                "SELECT seq FROM messages WHERE session_id = ?1 AND reply_state = ?2 AND claimed_at > ?3 LIMIT 1",
+            )
+            .bind(session_id)
+            .bind(reply_state::IN_PROGRESS)
+            .bind(stale_before)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if busy.is_some() {
+                return Ok(Applied::default());
+            }
+            let row = sqlx::query(&format!(
+                "UPDATE messages SET reply_state = ?2, claimed_at = ?3 WHERE seq = (SELECT seq FROM messages \
+                 WHERE session_id = ?1 AND (reply_state = ?4 OR (reply_state = ?2 AND claimed_at <= ?5)) \
+                 ORDER BY seq LIMIT 1) RETURNING {MESSAGE_COLUMNS}"
+            ))
+            .bind(session_id)
+            .bind(reply_state::IN_PROGRESS)
+            .bind(now)
+            .bind(reply_state::PENDING)
+            .bind(stale_before)
+            .fetch_optional(&mut *conn)
+            .await?;
+            Applied {
+                rows: u64::from(row.is_some()),
+                message: row.as_ref().map(message_from_row).transpose()?,
+                ..Default::default()
+            }
+        }
+        Write::FinishReply(user_message_id, reply, events) => {
+            let state = if reply.is_some() {
+                reply_state::ANSWERED
+            } else {
+                reply_state::FAILED
+            };
+            let ours = sqlx::query("UPDATE messages SET reply_state = ?2 WHERE id = ?1 AND reply_state = ?3")
+                .bind(user_message_id)
+                .bind(state)
+                .bind(reply_state::IN_PROGRESS)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if ours == 0 {
+                return Ok(Applied::default());
+            }
+            if let Some(m) = reply {
+                if insert_message(conn, m, reply_state::NONE, true).await?.is_none() {
+                    return Ok(Applied::default());
+                }
+            }
+            Applied {
+                rows: 1,
+                publish: store_events(conn, events).await?,
+                ..Default::default()
+            }
+        }
     })
 }
 
@@ -412,7 +500,7 @@ const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, la
     renewal_count, version, notice";
 
 const MESSAGE_COLUMNS: &str =
-    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at";
+    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
 
 fn decode(e: serde_json::Error) -> sqlx::Error {
     sqlx::Error::Decode(Box::new(e))
@@ -458,6 +546,7 @@ fn message_from_row(row: &SqliteRow) -> Result<Message, sqlx::Error> {
             .transpose()
             .map_err(decode)?,
         created_at: from_ms(row.try_get(8)?),
+        in_reply_to: row.try_get(9)?,
     })
 }
 
@@ -687,8 +776,54 @@ impl SessionStore for SqliteStore {
         Ok(applied.rows > 0)
     }
 
+    async fn claim_reply(
+        &self,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Option<Message>, StoreError> {
+        let applied = self
+            .write(Write::ClaimReply {
+                session_id,
+                now: to_ms(now),
+                stale_before: to_ms(stale_before),
+            })
+            .await?;
+        Ok(applied.message)
+    }
+
+    async fn finish_reply(
+        &self,
+        user_message_id: Uuid,
+        reply: Option<&Message>,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        let reply = reply.map(|m| Box::new(m.clone()));
+        let applied = self
+            .write(Write::FinishReply(user_message_id, reply, events))
+            .await?;
+        Ok(applied.rows > 0)
+    }
+
+    async fn sessions_with_stalled_replies(
+        &self,
+        stale_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT session_id FROM messages WHERE reply_state IN (1, 2) \
+             AND ((reply_state = 1 AND created_at <= ?1) OR (reply_state = 2 AND claimed_at <= ?1)) LIMIT ?2",
+        )
+        .bind(to_ms(stale_before))
+        .bind(limit)
+        .fetch_all(&self.reads)
+        .await
+        .map_err(backend)
+    }
+
     async fn list_messages(
         &self,
+
         session_id: Uuid,
         window: MessageWindow,
         order: Order,

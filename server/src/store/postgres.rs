@@ -1,0 +1,1122 @@
+//! `PostgresStore`: the backend for one or several server instances sharing a PostgreSQL database, including the
+//! delivery of committed events to the subscribers of every instance (LISTEN/NOTIFY).
+//!
+//! Concurrency is the database's: every session write is a conditional `UPDATE ... WHERE version = $expected`
+//! or takes the session row's lock first, so the writes of one session are serialised across processes and
+//! its events get their `seq` in commit order. Commits are synchronous (the server's `synchronous_commit`).
+//!
+//! Events: a write that produces events sends them with `pg_notify` inside its transaction, so they are
+//! delivered when, and only if, it commits, in commit order. Transient events (reply chunks, deletions) go
+//! out the same way through one publisher task. Each store runs one listener task that receives the channel
+//! and feeds its local `EventBus`: the listener is the only source of the bus, for this instance's events as
+//! for the others', so a subscriber sees every event once and in the same order on every instance.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, Postgres,
+};
+use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Row};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use super::{
+    from_ms, to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore,
+    StoreError,
+};
+use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The one NOTIFY channel of all instances sharing the database.
+const CHANNEL: &str = "agent_sessions_events";
+/// PostgreSQL refuses NOTIFY payloads of 8000 bytes or more (default build).
+const MAX_PAYLOAD: usize = 7999;
+/// Escaped text per part of a split transient event; leaves room for the part's own fields.
+const PART_TEXT: usize = 7800;
+/// Connections for queries; the listener has its own.
+const POOL_SIZE: u32 = 10;
+/// Rows per query when the listener recovers events missed while its connection was down.
+const RECOVERY_BATCH: u32 = 500;
+
+pub struct PostgresStore {
+    pool: PgPool,
+    shared: Arc<Shared>,
+    /// Transient events waiting for the publisher task, in `publish` order.
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Transient events handed to `publish` and not yet sent; lets writes skip the flush when it is zero.
+    pending: Arc<AtomicU64>,
+    /// Stops the listener and lets the publisher drain; `close` awaits both.
+    tasks: Mutex<Option<Tasks>>,
+}
+
+struct Tasks {
+    stop_listener: oneshot::Sender<()>,
+    listener: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    listener_pool: PgPool,
+}
+
+/// What the listener task and the store share.
+struct Shared {
+    bus: EventBus,
+    /// Sessions subscribed on this instance, with what was delivered to them: after a reconnect, the listener
+    /// replays each one's stored events from there, so that a dropped connection loses no persisted event.
+    watched: StdMutex<HashMap<Uuid, Watch>>,
+    /// Highest persisted seq the listener has delivered (of any session).
+    high_water: AtomicI64,
+}
+
+#[derive(Clone, Copy)]
+struct Watch {
+    /// Last seq delivered for this session; later copies (a replay racing the live feed) are dropped.
+    delivered: Option<i64>,
+    /// Where a replay starts while nothing was delivered: the listener's position at subscription.
+    floor: i64,
+}
+
+enum Outgoing {
+    Event(SessionEvent),
+    /// Answered once every event queued before it has been sent.
+    Flush(oneshot::Sender<()>),
+}
+
+/// A NOTIFY payload. A persisted event goes whole when it fits, else as a reference the listeners fetch by
+/// seq; a transient event (not in any table) that does not fit is split into parts, sent in one statement so
+/// that they arrive together and in order, and joined again by the listener.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+enum Wire {
+    Event {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq: Option<i64>,
+        session: Uuid,
+        kind: String,
+        at: i64,
+        data: Value,
+    },
+    Ref {
+        seq: i64,
+        session: Uuid,
+    },
+    Part {
+        id: Uuid,
+        index: u32,
+        count: u32,
+        text: String,
+    },
+}
+
+fn backend(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
+        // Class 08 (connection exception) and 57P01..57P03 (shutdown, cannot connect now).
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+impl PostgresStore {
+    /// Connects to the database a `postgres://` URL names, runs the migrations (under sqlx's advisory lock, so
+    /// instances starting together take turns) and starts listening for events.
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("agent-sessions-server")
+            .disable_statement_logging();
+        // A connection of its own: a failed migration keeps the advisory lock until its connection closes.
+        let mut conn = PgConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut conn).await?;
+        conn.close().await?;
+
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .connect_with(options.clone())
+            .await?;
+        // The listener's connection lives in a pool of one, so that it reconnects even while queries hold
+        // every connection of the main pool.
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        let mut listener = PgListener::connect_with(&listener_pool).await?;
+        // LISTEN before `open` returns: every event committed after it reaches this store's subscribers.
+        listener.listen(CHANNEL).await?;
+
+        let shared = Arc::new(Shared {
+            bus: EventBus::default(),
+            watched: StdMutex::new(HashMap::new()),
+            high_water: AtomicI64::new(0),
+        });
+        let (stop_listener, stopped) = oneshot::channel();
+        let listener = tokio::spawn(run_listener(
+            listener,
+            pool.clone(),
+            shared.clone(),
+            stopped,
+        ));
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicU64::new(0));
+        let publisher = tokio::spawn(run_publisher(pool.clone(), queue, pending.clone()));
+        Ok(Self {
+            pool,
+            shared,
+            outgoing,
+            pending,
+            tasks: Mutex::new(Some(Tasks {
+                stop_listener,
+                listener,
+                publisher,
+                listener_pool,
+            })),
+        })
+    }
+
+    /// Waits until every transient event published so far has been sent. Writes with events call it first, so
+    /// that a reply's last chunks reach subscribers before the stored reply does, as they do with SQLite.
+    async fn flush_transient(&self) {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let (done, flushed) = oneshot::channel();
+        if self.outgoing.send(Outgoing::Flush(done)).is_ok() {
+            let _ = flushed.await;
+        }
+    }
+
+    async fn begin_with_events(
+        &self,
+        events: &[SessionEvent],
+    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+        if !events.is_empty() {
+            self.flush_transient().await;
+        }
+        self.pool.begin().await.map_err(backend)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Writes. Each is one transaction; the ones that produce events store them (persisted kinds get their seq) and
+// NOTIFY them before committing.
+
+/// Stores the persistent events (assigning their seq) and returns all of them for announcement.
+async fn store_events(
+    conn: &mut PgConnection,
+    events: &[SessionEvent],
+) -> Result<Vec<SessionEvent>, sqlx::Error> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let mut event = event.clone();
+        if !event.kind.is_transient() {
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (session_id, kind, data, created_at) VALUES ($1, $2, $3, $4) RETURNING seq",
+            )
+            .bind(event.session_id)
+            .bind(event.kind.as_str())
+            .bind(event.data.to_string())
+            .bind(to_ms(event.created_at))
+            .fetch_one(&mut *conn)
+            .await?;
+            event.seq = Some(seq);
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// Queues NOTIFYs for `events`; PostgreSQL delivers them when the surrounding transaction commits.
+async fn notify<'e, E>(conn: E, events: &[SessionEvent]) -> Result<(), sqlx::Error>
+where
+    E: Executor<'e, Database = Postgres>,
+{
+    let payloads: Vec<String> = events.iter().flat_map(encode).collect();
+    notify_payloads(conn, payloads).await
+}
+
+async fn notify_payloads<'e, E>(conn: E, payloads: Vec<String>) -> Result<(), sqlx::Error>
+where
+    E: Executor<'e, Database = Postgres>,
+{
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    // One round trip for all of them; unnest yields the array in order, and the notifications of one
+    // transaction are queued in the order they were made.
+    sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
+        .bind(CHANNEL)
+        .bind(payloads)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// The payloads that announce one event (see [`Wire`]).
+fn encode(event: &SessionEvent) -> Vec<String> {
+    let whole = Wire::Event {
+        seq: event.seq,
+        session: event.session_id,
+        kind: event.kind.as_str().to_owned(),
+        at: to_ms(event.created_at),
+        data: event.data.clone(),
+    };
+    let whole = serde_json::to_string(&whole).unwrap_or_default();
+    if whole.len() <= MAX_PAYLOAD {
+        return vec![whole];
+    }
+    if let Some(seq) = event.seq {
+        let reference = Wire::Ref {
+            seq,
+            session: event.session_id,
+        };
+        return vec![serde_json::to_string(&reference).unwrap_or_default()];
+    }
+    let pieces = split_for_json(&whole, PART_TEXT);
+    let id = Uuid::new_v4();
+    let count = pieces.len() as u32;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(index, text)| {
+            serde_json::to_string(&Wire::Part {
+                id,
+                index: index as u32,
+                count,
+                text: text.to_owned(),
+            })
+            .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// Splits `s` at char boundaries into pieces whose JSON-escaped form is at most `budget` bytes.
+fn split_for_json(s: &str, budget: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, c) in s.char_indices() {
+        let escaped = match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        if size + escaped > budget && i > start {
+            pieces.push(&s[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += escaped;
+    }
+    if start < s.len() {
+        pieces.push(&s[start..]);
+    }
+    pieces
+}
+
+async fn insert_message(conn: &mut PgConnection, m: &Message) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO messages (id, session_id, author_id, is_agent, content, metadata, attachments, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
+    )
+    .bind(m.id)
+    .bind(m.session_id)
+    .bind(m.author_id)
+    .bind(m.is_agent)
+    .bind(&m.content)
+    .bind(serde_json::to_string(&m.metadata).unwrap_or_default())
+    .bind(
+        m.attachments
+            .as_ref()
+            .map(|a| serde_json::to_string(a).unwrap_or_default()),
+    )
+    .bind(to_ms(m.created_at))
+    .fetch_one(&mut *conn)
+    .await
+}
+
+async fn update_session_row(
+    conn: &mut PgConnection,
+    s: &Session,
+    expected: i64,
+) -> Result<u64, sqlx::Error> {
+    // The row lock this takes serialises the session's writers across processes: a second writer with the
+    // same expected version waits, then re-reads the row and finds the version moved on.
+    Ok(sqlx::query(
+        "UPDATE sessions SET last_activity = $1, last_renewal = $2, expires_at = $3, timeout_minutes = $4, \
+         auto_renew = $5, max_duration_minutes = $6, warning_threshold_minutes = $7, metadata = $8, \
+         renewal_count = $9, version = $10, notice = $11, warn_at = $12 WHERE id = $13 AND version = $14",
+    )
+    .bind(to_ms(s.last_activity))
+    .bind(to_ms(s.last_renewal))
+    .bind(to_ms(s.expires_at))
+    .bind(s.timeout.timeout_minutes)
+    .bind(s.timeout.auto_renew)
+    .bind(s.timeout.max_duration_minutes)
+    .bind(s.timeout.warning_threshold_minutes)
+    .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
+    .bind(s.renewal_count)
+    .bind(s.version)
+    .bind(s.notice as i16)
+    .bind(to_ms(s.warn_at()))
+    .bind(s.id)
+    .bind(expected)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Locks a session's row for the rest of the transaction; false if there is no such session. Writes to a
+/// session's messages and events that do not update the row itself take this first, so that they are ordered
+/// with the session's other writes (and a concurrent delete either waits for them or wins outright).
+async fn lock_session(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .is_some(),
+    )
+}
+
+/// Deletes the messages and events of sessions already deleted in this transaction.
+async fn delete_children(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    for sql in [
+        "DELETE FROM messages WHERE session_id = ANY($1)",
+        "DELETE FROM events WHERE session_id = ANY($1)",
+    ] {
+        sqlx::query(sql).bind(ids).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Rows.
+
+const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
+    expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, metadata, \
+    renewal_count, version, notice";
+
+const MESSAGE_COLUMNS: &str =
+    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at";
+
+const EVENT_COLUMNS: &str = "seq, session_id, kind, data, created_at";
+
+fn decode(e: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Decode(Box::new(e))
+}
+
+fn session_from_row(row: &PgRow) -> Result<Session, sqlx::Error> {
+    let metadata: String = row.try_get(12)?;
+    Ok(Session {
+        id: row.try_get(0)?,
+        channel_id: row.try_get(1)?,
+        agent_id: row.try_get(2)?,
+        user_id: row.try_get(3)?,
+        created_at: from_ms(row.try_get(4)?),
+        last_activity: from_ms(row.try_get(5)?),
+        last_renewal: from_ms(row.try_get(6)?),
+        expires_at: from_ms(row.try_get(7)?),
+        timeout: TimeoutConfig {
+            timeout_minutes: row.try_get(8)?,
+            auto_renew: row.try_get(9)?,
+            max_duration_minutes: row.try_get(10)?,
+            warning_threshold_minutes: row.try_get(11)?,
+        },
+        metadata: serde_json::from_str(&metadata).map_err(decode)?,
+        renewal_count: row.try_get(13)?,
+        version: row.try_get(14)?,
+        notice: Notice::from_i64(row.try_get::<i16, _>(15)?.into()),
+    })
+}
+
+fn message_from_row(row: &PgRow) -> Result<Message, sqlx::Error> {
+    let metadata: String = row.try_get(6)?;
+    let attachments: Option<String> = row.try_get(7)?;
+    Ok(Message {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        session_id: row.try_get(2)?,
+        author_id: row.try_get(3)?,
+        is_agent: row.try_get(4)?,
+        content: row.try_get(5)?,
+        metadata: serde_json::from_str(&metadata).map_err(decode)?,
+        attachments: attachments
+            .map(|a| serde_json::from_str(&a))
+            .transpose()
+            .map_err(decode)?,
+        created_at: from_ms(row.try_get(8)?),
+    })
+}
+
+fn event_from_row(row: &PgRow) -> Result<SessionEvent, sqlx::Error> {
+    let kind: String = row.try_get(2)?;
+    let data: String = row.try_get(3)?;
+    Ok(SessionEvent {
+        seq: Some(row.try_get(0)?),
+        session_id: row.try_get(1)?,
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event kind {kind}").into()))?,
+        data: serde_json::from_str(&data).map_err(decode)?,
+        created_at: from_ms(row.try_get(4)?),
+    })
+}
+
+fn agent_from_row(row: &PgRow) -> Result<Agent, sqlx::Error> {
+    let backend: String = row.try_get(2)?;
+    let defaults: String = row.try_get(3)?;
+    Ok(Agent {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        backend: serde_json::from_str(&backend).map_err(decode)?,
+        session_defaults: serde_json::from_str(&defaults).map_err(decode)?,
+        created_at: from_ms(row.try_get(4)?),
+    })
+}
+
+fn all<T>(
+    rows: &[PgRow],
+    f: fn(&PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, StoreError> {
+    rows.iter()
+        .map(f)
+        .collect::<Result<_, _>>()
+        .map_err(backend)
+}
+
+/// `AND column = $n` for each filter present. Conditions are left out rather than written as
+/// `($n IS NULL OR column = $n)`, so that the planner can use the agent and user indexes with cached plans.
+fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &SessionFilter) {
+    if let Some(agent) = filter.agent_id {
+        q.push(" AND agent_id = ").push_bind(agent);
+    }
+    if let Some(user) = filter.user_id {
+        q.push(" AND user_id = ").push_bind(user);
+    }
+}
+
+async fn events_after(
+    pool: &PgPool,
+    session_id: Uuid,
+    after_seq: i64,
+    limit: u32,
+) -> Result<Vec<SessionEvent>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+    ))
+    .bind(session_id)
+    .bind(after_seq)
+    .bind(i64::from(limit))
+    .fetch_all(pool)
+    .await
+    .map_err(backend)?;
+    all(&rows, event_from_row)
+}
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn insert_agent(&self, a: &Agent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO agents (id, name, backend, session_defaults, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(a.id)
+        .bind(&a.name)
+        .bind(serde_json::to_string(&a.backend).unwrap_or_default())
+        .bind(serde_json::to_string(&a.session_defaults).unwrap_or_default())
+        .bind(to_ms(a.created_at))
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(backend)
+    }
+
+    async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref()
+            .map(agent_from_row)
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, name, backend, session_defaults, created_at FROM agents ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        all(&rows, agent_from_row)
+    }
+
+    async fn delete_agent(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let n = sqlx::query("DELETE FROM agents WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        if n > 0 {
+            let sessions: Vec<Uuid> =
+                sqlx::query_scalar("DELETE FROM sessions WHERE agent_id = $1 RETURNING id")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(backend)?;
+            delete_children(&mut tx, &sessions)
+                .await
+                .map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
+             expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, \
+             metadata, renewal_count, version, notice, warn_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(s.id)
+        .bind(s.channel_id)
+        .bind(s.agent_id)
+        .bind(s.user_id)
+        .bind(to_ms(s.created_at))
+        .bind(to_ms(s.last_activity))
+        .bind(to_ms(s.last_renewal))
+        .bind(to_ms(s.expires_at))
+        .bind(s.timeout.timeout_minutes)
+        .bind(s.timeout.auto_renew)
+        .bind(s.timeout.max_duration_minutes)
+        .bind(s.timeout.warning_threshold_minutes)
+        .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
+        .bind(s.renewal_count)
+        .bind(s.version)
+        .bind(s.notice as i16)
+        .bind(to_ms(s.warn_at()))
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(backend)
+    }
+
+    async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref()
+            .map(session_from_row)
+            .transpose()
+            .map_err(backend)
+    }
+
+    async fn update_session(
+        &self,
+        session: &Session,
+        expected_version: i64,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_with_events(&events).await?;
+        if update_session_row(&mut tx, session, expected_version)
+            .await
+            .map_err(backend)?
+            == 0
+        {
+            return Ok(false);
+        }
+        let events = store_events(&mut tx, &events).await.map_err(backend)?;
+        notify(&mut *tx, &events).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn delete_session(
+        &self,
+        id: Uuid,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_with_events(&events).await?;
+        // The session row first: its lock makes a concurrent reply wait, and then find no session, instead of
+        // adding a message after the messages were deleted.
+        let n = sqlx::query("DELETE FROM sessions WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
+        delete_children(&mut tx, &[id]).await.map_err(backend)?;
+        if n > 0 {
+            notify(&mut *tx, &events).await.map_err(backend)?;
+        }
+        tx.commit().await.map_err(backend)?;
+        Ok(n > 0)
+    }
+
+    async fn list_active_sessions(
+        &self,
+        filter: &SessionFilter,
+        active_at: DateTime<Utc>,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Session>, StoreError> {
+        let mut q = QueryBuilder::new(format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE expires_at > "
+        ));
+        q.push_bind(to_ms(active_at));
+        push_filter(&mut q, filter);
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .push_bind(i64::from(limit))
+            .push(" OFFSET ")
+            .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        all(&rows, session_from_row)
+    }
+
+    async fn count_sessions(
+        &self,
+        filter: &SessionFilter,
+        now: DateTime<Utc>,
+        retained_after: DateTime<Utc>,
+    ) -> Result<SessionCounts, StoreError> {
+        let now = to_ms(now);
+        let mut q = QueryBuilder::new("SELECT COUNT(*), COUNT(*) FILTER (WHERE expires_at > ");
+        q.push_bind(now)
+            .push("), COUNT(*) FILTER (WHERE expires_at > ")
+            .push_bind(now)
+            .push(" AND warn_at <= ")
+            .push_bind(now)
+            .push(") FROM sessions WHERE expires_at > ")
+            .push_bind(to_ms(retained_after));
+        push_filter(&mut q, filter);
+        let row = q.build().fetch_one(&self.pool).await.map_err(backend)?;
+        let get = |i: usize| {
+            row.try_get::<i64, _>(i)
+                .map(|n| n.max(0) as u64)
+                .map_err(backend)
+        };
+        Ok(SessionCounts {
+            total: get(0)?,
+            active: get(1)?,
+            expiring_soon: get(2)?,
+        })
+    }
+
+    async fn purge_sessions(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // SKIP LOCKED: the sweepers of several instances each take sessions nobody else holds, so none is
+        // processed twice and a sweeper never waits behind a request (or another sweeper) holding a row.
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "WITH victims AS ( \
+               SELECT id FROM sessions WHERE expires_at <= $1 ORDER BY expires_at, id LIMIT $2 \
+               FOR UPDATE SKIP LOCKED) \
+             DELETE FROM sessions s USING victims v WHERE s.id = v.id RETURNING s.id",
+        )
+        .bind(to_ms(cutoff))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(backend)?;
+        delete_children(&mut tx, &ids).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn sessions_due_notice(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Session>, StoreError> {
+        // A plain read: the caller's updates are conditional on the version read here, so when two instances
+        // announce the same session, one update wins and the other changes (and announces) nothing.
+        let rows = sqlx::query(&format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE notice < 2 AND warn_at <= $1 \
+             AND (notice = 0 OR expires_at <= $1) ORDER BY warn_at, id LIMIT $2"
+        ))
+        .bind(to_ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        all(&rows, session_from_row)
+    }
+
+    async fn record_message(
+        &self,
+        session: &Session,
+        expected_version: i64,
+        message: &Message,
+        events: Vec<SessionEvent>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.begin_with_events(&events).await?;
+        if update_session_row(&mut tx, session, expected_version)
+            .await
+            .map_err(backend)?
+            == 0
+        {
+            return Ok(None);
+        }
+        let seq = insert_message(&mut tx, message).await.map_err(backend)?;
+        let events = store_events(&mut tx, &events).await.map_err(backend)?;
+        notify(&mut *tx, &events).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(Some(seq))
+    }
+
+    async fn insert_reply(
+        &self,
+        message: &Message,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_with_events(&events).await?;
+        if !lock_session(&mut tx, message.session_id)
+            .await
+            .map_err(backend)?
+        {
+            return Ok(false);
+        }
+        insert_message(&mut tx, message).await.map_err(backend)?;
+        let events = store_events(&mut tx, &events).await.map_err(backend)?;
+        notify(&mut *tx, &events).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(true)
+    }
+
+    async fn list_messages(
+        &self,
+        session_id: Uuid,
+        window: MessageWindow,
+        order: Order,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let direction = match order {
+            Order::OldestFirst => "ASC",
+            Order::NewestFirst => "DESC",
+        };
+        let mut q = QueryBuilder::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = "
+        ));
+        q.push_bind(session_id);
+        if let Some(after) = window.after_ms {
+            q.push(" AND created_at > ").push_bind(after);
+        }
+        if let Some(before) = window.before_ms {
+            q.push(" AND created_at < ").push_bind(before);
+        }
+        q.push(format!(
+            " ORDER BY created_at {direction}, seq {direction} LIMIT "
+        ))
+        .push_bind(i64::from(limit));
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        all(&rows, message_from_row)
+    }
+
+    async fn recent_messages(
+        &self,
+        session_id: Uuid,
+        before_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(session_id)
+        .bind(before_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        let mut messages = all(&rows, message_from_row)?;
+        messages.reverse();
+        Ok(messages)
+    }
+
+    async fn events_after(
+        &self,
+        session_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        events_after(&self.pool, session_id, after_seq, limit).await
+    }
+
+    fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+        let receiver = self.shared.bus.subscribe(session_id);
+        let floor = self.shared.high_water.load(Ordering::Acquire);
+        lock(&self.shared.watched)
+            .entry(session_id)
+            .or_insert(Watch {
+                delivered: None,
+                floor,
+            });
+        receiver
+    }
+
+    /// Sends through the database, not to the local bus: the listener delivers it here as everywhere else.
+    /// A chunk too large for one NOTIFY is split into parts and joined again by the listeners, so subscribers
+    /// get it whole. Sent by one task in `publish` order; if the database cannot be reached it is dropped
+    /// (transient events are live only, and nothing waits for them).
+    fn publish(&self, event: &SessionEvent) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self
+            .outgoing
+            .send(Outgoing::Event(event.clone()))
+            .is_err()
+        {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    async fn close(&self) {
+        let tasks = self.tasks.lock().await.take();
+        if let Some(tasks) = tasks {
+            // Send what was published, then stop listening and release the connections.
+            self.flush_transient().await;
+            tasks.publisher.abort();
+            let _ = tasks.stop_listener.send(());
+            let _ = tasks.listener.await;
+            tasks.listener_pool.close().await;
+        }
+        self.pool.close().await;
+    }
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Background tasks.
+
+/// Sends transient events in the order they were published, batching whatever is queued into one statement.
+async fn run_publisher(
+    pool: PgPool,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    pending: Arc<AtomicU64>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        let mut payloads = Vec::new();
+        let mut flushes = Vec::new();
+        let mut sent = 0;
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Event(event) => {
+                    payloads.extend(encode(&event));
+                    sent += 1;
+                }
+                Outgoing::Flush(done) => flushes.push(done),
+            }
+        }
+        if let Err(e) = notify_payloads(&pool, payloads).await {
+            tracing::warn!(error = %e, dropped = sent, "could not send transient events");
+        }
+        pending.fetch_sub(sent, Ordering::AcqRel);
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Receives the channel and feeds the local bus, until `stop` fires (or the store is dropped).
+async fn run_listener(
+    mut listener: PgListener,
+    pool: PgPool,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut parts: HashMap<Uuid, Vec<String>> = HashMap::new();
+    let mut recover = false;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if recover {
+            // Make sure the connection is back and listening before reading the log, so that an event
+            // committed in between is either in the log or notified (and then dropped as a duplicate).
+            let ready = tokio::select! {
+                r = (&mut listener).execute("SELECT 1") => r.is_ok(),
+                _ = &mut stop => return,
+            };
+            if ready && recover_missed(&pool, &shared).await.is_ok() {
+                recover = false;
+                backoff = Duration::from_millis(50);
+                parts.clear();
+            } else {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        }
+        let received = tokio::select! {
+            r = listener.try_recv() => r,
+            _ = &mut stop => return,
+        };
+        match received {
+            Ok(Some(notification)) => {
+                match serde_json::from_str::<Wire>(notification.payload()) {
+                    Ok(wire) => receive(wire, &pool, &shared, &mut parts).await,
+                    Err(e) => tracing::warn!(error = %e, "undecodable event notification"),
+                }
+            }
+            // The connection was lost (and, eagerly, re-established): notifications in between are gone.
+            Ok(None) => {
+                tracing::warn!("event listener reconnected; replaying missed events");
+                recover = true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "event listener lost its connection");
+                recover = true;
+            }
+        }
+    }
+}
+
+async fn receive(
+    wire: Wire,
+    pool: &PgPool,
+    shared: &Shared,
+    parts: &mut HashMap<Uuid, Vec<String>>,
+) {
+    match wire {
+        Wire::Event {
+            seq,
+            session,
+            kind,
+            at,
+            data,
+        } => match EventKind::parse(&kind) {
+            Some(kind) => deliver(
+                shared,
+                SessionEvent {
+                    seq,
+                    session_id: session,
+                    kind,
+                    data,
+                    created_at: from_ms(at),
+                },
+            ),
+            None => tracing::warn!(kind, "notification of an unknown event kind"),
+        },
+        Wire::Ref { seq, session } => {
+            // Fetched here, before the next notification is handled, to keep the order.
+            let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = $1"))
+                .bind(seq)
+                .fetch_optional(pool)
+                .await;
+            match row.map(|r| r.as_ref().map(event_from_row).transpose()) {
+                Ok(Ok(Some(event))) => deliver(shared, event),
+                // Deleted with its session since: nobody can be waiting for it.
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(%session, seq, error = %e, "could not fetch a notified event");
+                    // Subscribers replay it from the log once they see a later one is missing? They do not:
+                    // mark the session for the replay that follows a reconnect instead.
+                }
+            }
+        }
+        Wire::Part {
+            id,
+            index,
+            count,
+            text,
+        } => {
+            let pieces = parts.entry(id).or_default();
+            if index as usize != pieces.len() {
+                // Parts of one event are sent in one statement and arrive in order; anything else is noise.
+                parts.remove(&id);
+                return;
+            }
+            pieces.push(text);
+            if pieces.len() == count as usize {
+                let whole = parts.remove(&id).unwrap_or_default().concat();
+                match serde_json::from_str::<Wire>(&whole) {
+                    Ok(wire @ Wire::Event { .. }) => Box::pin(receive(wire, pool, shared, parts)).await,
+                    _ => tracing::warn!("undecodable split event notification"),
+                }
+            }
+        }
+    }
+}
+
+/// Hands one event to the local subscribers, once.
+fn deliver(shared: &Shared, event: SessionEvent) {
+    {
+        let mut watched = lock(&shared.watched);
+        if let Some(seq) = event.seq {
+            shared.high_water.fetch_max(seq, Ordering::AcqRel);
+            if let Some(watch) = watched.get_mut(&event.session_id) {
+                if watch.delivered.is_some_and(|d| seq <= d) {
+                    return;
+                }
+                watch.delivered = Some(seq);
+            }
+        }
+        if event.kind.ends_stream() {
+            // The session has nothing more to say, so nothing more to replay.
+            watched.remove(&event.session_id);
+        }
+    }
+    shared.bus.publish(&event);
+}
+
+/// After the listener's connection came back: delivers, for every session subscribed here, the stored events
+/// committed while it was away. Transient events of that time (chunks) are lost: they are live only.
+async fn recover_missed(pool: &PgPool, shared: &Shared) -> Result<(), StoreError> {
+    let sessions: Vec<(Uuid, Watch)> = lock(&shared.watched)
+        .iter()
+        .map(|(id, w)| (*id, *w))
+        .collect();
+    for (session_id, watch) in sessions {
+        let mut after = watch.delivered.unwrap_or(watch.floor);
+        loop {
+            let events = events_after(pool, session_id, after, RECOVERY_BATCH).await?;
+            let done = events.len() < RECOVERY_BATCH as usize;
+            for event in events {
+                after = event.seq.unwrap_or(after);
+                deliver(shared, event);
+            }
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
