@@ -2,6 +2,7 @@
 
 mod agent_backends;
 mod errors;
+mod history;
 mod lifecycle;
 mod messaging;
 mod restart;
