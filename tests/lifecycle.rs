@@ -422,3 +422,57 @@ async fn docs_and_spec_are_served() {
     assert_eq!(json, contract);
     assert_eq!(yaml, include_str!("../openapi.yaml"));
 }
+
+#[tokio::test]
+async fn the_reference_pages_example_request_works_verbatim() {
+    let ctx = TestContext::new().await;
+    assert_eq!(ctx.agent_id, agent_sessions_server::service::DEMO_AGENT_ID);
+    // The request body of the elizaOS reference page for POST /api/messaging/sessions, as printed there.
+    let body = r#"{
+  "agentId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+  "userId": "3c90c3cc-0d44-4b50-8888-8dd25736052a",
+  "metadata": {
+    "platform": "<string>",
+    "username": "<string>",
+    "discriminator": "<string>",
+    "avatar": "<string>"
+  },
+  "timeoutConfig": {
+    "timeoutMinutes": 722,
+    "autoRenew": true,
+    "maxDurationMinutes": 123,
+    "warningThresholdMinutes": 123
+  }
+}"#;
+    let (status, _, s) = raw(
+        reqwest::Method::POST,
+        &ctx.url("/api/messaging/sessions"),
+        Some("application/json"),
+        body,
+    )
+    .await;
+    assert_eq!(status, 201, "{s}");
+    for field in [
+        "sessionId",
+        "channelId",
+        "agentId",
+        "userId",
+        "createdAt",
+        "lastActivity",
+        "expiresAt",
+        "metadata",
+        "timeoutConfig",
+        "renewalCount",
+        "timeRemaining",
+        "isNearExpiration",
+    ] {
+        assert!(!s[field].is_null(), "{field} in {s}");
+    }
+    assert_eq!(s["timeoutConfig"]["timeoutMinutes"], 722);
+    assert_eq!(
+        s["timeoutConfig"]["maxDurationMinutes"], 722,
+        "raised to the timeout"
+    );
+    assert_eq!(s["timeoutConfig"]["warningThresholdMinutes"], 123);
+    assert_eq!(s["metadata"]["discriminator"], "<string>");
+}

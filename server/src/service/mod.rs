@@ -27,6 +27,9 @@ pub use events::EventSubscription;
 pub use messages::{MessagePage, SendOutcome};
 pub use replies::{ReplyProgress, ReplyWatch};
 
+/// The demo agent's id: the example `agentId` of the elizaOS reference page for `POST /api/messaging/sessions`.
+pub const DEMO_AGENT_ID: Uuid = Uuid::from_u128(0x3c90c3cc_0d44_4b50_8888_8dd25736052a);
+
 /// Read-modify-write attempts before giving up on a hot session; each failed attempt means another request
 /// changed the session in between, so this only runs out under extreme contention.
 const MAX_UPDATE_ATTEMPTS: usize = 1000;
@@ -260,19 +263,26 @@ impl SessionService {
         Ok(agent)
     }
 
-    /// On a store without agents, creates the demo echo agent so that a new user can start at once.
+    /// On a store without agents, creates the demo echo agent so that a new user can start at once. It has a
+    /// fixed id, the example id of the reference documentation, so that its `curl` example works as printed and
+    /// several instances starting together on an empty database create it once.
     pub async fn ensure_demo_agent(&self) -> Result<Option<Agent>, SessionError> {
         if !self.store.list_agents().await?.is_empty() {
             return Ok(None);
         }
-        let agent = self
-            .insert_agent(
-                "Echo".into(),
-                AgentBackend::Echo,
-                TimeoutConfigPatch::default(),
-            )
-            .await?;
-        Ok(Some(agent))
+        let agent = Agent {
+            id: DEMO_AGENT_ID,
+            name: "Echo".into(),
+            backend: AgentBackend::Echo,
+            session_defaults: TimeoutConfigPatch::default(),
+            created_at: self.clock.now(),
+        };
+        match self.store.insert_agent(&agent).await {
+            Ok(()) => Ok(Some(agent)),
+            // Another instance created it first.
+            Err(_) if self.store.get_agent(DEMO_AGENT_ID).await?.is_some() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn list_agents(&self) -> Result<Vec<Agent>, SessionError> {
