@@ -64,6 +64,23 @@ impl TestContext {
         options: TestOptions,
     ) -> Self {
         let url = format!("sqlite:{}", db_path.display());
+        Self::on_database(url, dir, db_path, clock, options).await
+    }
+
+    /// Starts a server instance on any database (several instances may share one), with the given clock.
+    pub async fn on_url(url: &str, clock: Arc<MockClock>, options: TestOptions) -> Self {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let unused = dir.path().join("unused");
+        Self::on_database(url.to_string(), dir, unused, clock, options).await
+    }
+
+    async fn on_database(
+        url: String,
+        dir: Arc<tempfile::TempDir>,
+        db_path: PathBuf,
+        clock: Arc<MockClock>,
+        options: TestOptions,
+    ) -> Self {
         let store = store::open(&url).await.expect("open store");
         let service = Arc::new(SessionService::new(
             store.clone(),

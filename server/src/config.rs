@@ -17,7 +17,7 @@ pub struct Config {
     #[arg(long, env = "SERVER_PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// Where sessions are stored: `sqlite:PATH` (created if missing).
+    /// Where sessions are stored: `sqlite:PATH` (created if missing) or `postgres://USER:PASSWORD@HOST/DB`.
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -172,6 +172,12 @@ pub fn create_agent_body(body: Value) -> Result<CreateAgentBody, SessionError> {
             ))
         }
     };
+    if name.contains('\0') {
+        return Err(SessionError::invalid_field(
+            "name must not contain NUL characters",
+            "name",
+        ));
+    }
     if name.chars().count() > MAX_AGENT_NAME_CHARS {
         return Err(SessionError::invalid_field(
             format!("name must be at most {MAX_AGENT_NAME_CHARS} characters"),
@@ -388,8 +394,15 @@ pub fn send_message_body(body: Value) -> Result<SendMessageBody, SessionError> {
     })
 }
 
-/// 1 to [`MAX_CONTENT_CHARS`] characters, not only whitespace.
+/// 1 to [`MAX_CONTENT_CHARS`] characters, not only whitespace, and no NUL (which no text column of
+/// PostgreSQL can hold).
 pub fn content(content: &str) -> Result<(), SessionError> {
+    if content.contains('\0') {
+        return Err(SessionError::invalid_field(
+            "Content must not contain NUL characters",
+            "content",
+        ));
+    }
     let n = content.chars().count();
     if content.trim().is_empty() || n > MAX_CONTENT_CHARS {
         return Err(SessionError::invalid_field(
@@ -515,6 +528,12 @@ mod send_tests {
                 .transport,
             Transport::WebSocket
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        assert!(content("a\0b").is_err());
+        assert!(create_agent_body(json!({"name": "a\0b"})).is_err());
     }
 
     #[test]

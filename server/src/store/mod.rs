@@ -2,6 +2,7 @@
 //! the backend from the URL scheme. Stores only persist and deliver committed events: no clock, no rules.
 
 mod bus;
+mod postgres;
 mod sqlite;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use uuid::Uuid;
 use crate::domain::{Agent, Message, Session, SessionEvent};
 
 pub use bus::EventBus;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// What persistence can say went wrong. Cloneable because one failed group commit answers many callers.
@@ -181,12 +183,14 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Opens the store a `DATABASE_URL` names: `sqlite:` (a file path) for now.
+/// Opens the store a `DATABASE_URL` names: `sqlite:PATH` or `postgres://…` (`postgresql://…`).
 pub async fn open(url: &str) -> anyhow::Result<Arc<dyn SessionStore>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::open(url).await?))
     } else {
-        anyhow::bail!("unsupported database URL '{url}': expected sqlite:PATH")
+        anyhow::bail!("unsupported database URL '{url}': expected sqlite:PATH or postgres://USER:PASSWORD@HOST/DB")
     }
 }
 

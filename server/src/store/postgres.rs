@@ -3,13 +3,21 @@
 //!
 //! Concurrency is the database's: every session write is a conditional `UPDATE ... WHERE version = $expected`
 //! or takes the session row's lock first, so the writes of one session are serialised across processes and
-//! its events get their `seq` in commit order. Commits are synchronous (the server's `synchronous_commit`).
+//! each session's events get their `seq` in commit order (which is what resuming after a `Last-Event-ID`
+//! needs). Commits are synchronous (the server's `synchronous_commit`, never turned off here).
 //!
-//! Events: a write that produces events sends them with `pg_notify` inside its transaction, so they are
-//! delivered when, and only if, it commits, in commit order. Transient events (reply chunks, deletions) go
-//! out the same way through one publisher task. Each store runs one listener task that receives the channel
-//! and feeds its local `EventBus`: the listener is the only source of the bus, for this instance's events as
-//! for the others', so a subscriber sees every event once and in the same order on every instance.
+//! Events: a write that produces events NOTIFYs them inside its transaction, so they are delivered when, and
+//! only if, it commits, in commit order; transient events from `publish` (reply chunks) go out through one
+//! publisher task, in `publish` order. Each store runs one listener task that receives the channel and feeds
+//! its local `EventBus`: the listener is the only source of the bus, for this instance's events as for the
+//! others', so a subscriber sees every event once and in the same order on every instance. A write returns
+//! once its own events have come back through the listener, so that, as with SQLite, a write has been
+//! announced to this instance's subscribers when it returns.
+//!
+//! NOTIFY payloads must stay under 8000 bytes. A larger persisted event is announced by its seq and fetched by
+//! the listeners; a larger transient event is split into parts that the listeners join again, so chunks of any
+//! size arrive whole (see [`Wire`]). If the listener's connection drops, it reconnects and replays, for every
+//! session subscribed here, the stored events committed meanwhile; transient events of that moment are lost.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -47,6 +55,8 @@ const PART_TEXT: usize = 7800;
 const POOL_SIZE: u32 = 10;
 /// Rows per query when the listener recovers events missed while its connection was down.
 const RECOVERY_BATCH: u32 = 500;
+/// Longest a write waits for its events to come back through the listener before returning anyway.
+const LOOPBACK_WAIT: Duration = Duration::from_secs(5);
 
 pub struct PostgresStore {
     pool: PgPool,
@@ -55,7 +65,8 @@ pub struct PostgresStore {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     /// Transient events handed to `publish` and not yet sent; lets writes skip the flush when it is zero.
     pending: Arc<AtomicU64>,
-    /// Stops the listener and lets the publisher drain; `close` awaits both.
+    /// The background tasks and the listener's pool, taken by `close`. Dropping the store stops both tasks too
+    /// (the stop signal and the publisher's queue close with it).
     tasks: Mutex<Option<Tasks>>,
 }
 
@@ -74,13 +85,49 @@ struct Shared {
     watched: StdMutex<HashMap<Uuid, Watch>>,
     /// Highest persisted seq the listener has delivered (of any session).
     high_water: AtomicI64,
+    /// This store's name in `Ack`s.
+    id: Uuid,
+    next_ack: AtomicU64,
+    /// Writers waiting for their events to be delivered here.
+    acks: StdMutex<HashMap<u64, oneshot::Sender<()>>>,
+}
+
+impl Shared {
+    fn loopback(self: &Arc<Self>) -> (Ack, Loopback) {
+        let n = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, back) = oneshot::channel();
+        lock(&self.acks).insert(n, tx);
+        let ack = Ack { store: self.id, n };
+        let loopback = Loopback {
+            shared: self.clone(),
+            n,
+            back,
+        };
+        (ack, loopback)
+    }
+
+    fn acknowledge(&self, ack: Option<Ack>) {
+        if let Some(ack) = ack.filter(|a| a.store == self.id) {
+            if let Some(tx) = lock(&self.acks).remove(&ack.n) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    /// Releases every waiting writer: after a reconnect (their events were replayed, or are gone with the
+    /// connection) and when the listener stops.
+    fn acknowledge_all(&self) {
+        lock(&self.acks).clear();
+    }
 }
 
 #[derive(Clone, Copy)]
 struct Watch {
     /// Last seq delivered for this session; later copies (a replay racing the live feed) are dropped.
     delivered: Option<i64>,
-    /// Where a replay starts while nothing was delivered: the listener's position at subscription.
+    /// Where a replay starts while nothing was delivered: the listener's position at subscription. (An event
+    /// of this session given a lower seq but committed after that, while the connection was down, would be
+    /// missed; it takes a write in flight across the subscription and a disconnection at that moment.)
     floor: i64,
 }
 
@@ -103,10 +150,14 @@ enum Wire {
         kind: String,
         at: i64,
         data: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ack: Option<Ack>,
     },
     Ref {
         seq: i64,
         session: Uuid,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ack: Option<Ack>,
     },
     Part {
         id: Uuid,
@@ -114,6 +165,37 @@ enum Wire {
         count: u32,
         text: String,
     },
+}
+
+/// Names one write of one store, so that its listener can tell the writer when the write's events are out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Ack {
+    store: Uuid,
+    n: u64,
+}
+
+/// A writer waiting for its own events to come back through the listener (see `commit_announcing`).
+struct Loopback {
+    shared: Arc<Shared>,
+    n: u64,
+    back: oneshot::Receiver<()>,
+}
+
+impl Loopback {
+    async fn wait(mut self) {
+        if tokio::time::timeout(LOOPBACK_WAIT, &mut self.back)
+            .await
+            .is_err()
+        {
+            tracing::warn!("committed events not seen back from the database in time");
+        }
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        lock(&self.shared.acks).remove(&self.n);
+    }
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -161,11 +243,19 @@ impl PostgresStore {
         let mut listener = PgListener::connect_with(&listener_pool).await?;
         // LISTEN before `open` returns: every event committed after it reaches this store's subscribers.
         listener.listen(CHANNEL).await?;
+        // Where replays after a reconnect start for sessions that have had no event delivered here yet: the log
+        // as it stands now, not its beginning (their subscribers did not ask for the history).
+        let high_water: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&pool)
+            .await?;
 
         let shared = Arc::new(Shared {
             bus: EventBus::default(),
             watched: StdMutex::new(HashMap::new()),
-            high_water: AtomicI64::new(0),
+            high_water: AtomicI64::new(high_water),
+            id: Uuid::new_v4(),
+            next_ack: AtomicU64::new(0),
+            acks: StdMutex::new(HashMap::new()),
         });
         let (stop_listener, stopped) = oneshot::channel();
         let listener = tokio::spawn(run_listener(
@@ -201,6 +291,24 @@ impl PostgresStore {
         if self.outgoing.send(Outgoing::Flush(done)).is_ok() {
             let _ = flushed.await;
         }
+    }
+
+    /// Commits `tx` with NOTIFYs for `events`, then waits until the listener has handed them to this store's
+    /// subscribers. So, as with SQLite, a write has been announced here when it returns, and a `subscribe`
+    /// made after it returns never receives its events.
+    async fn commit_announcing(
+        &self,
+        mut tx: sqlx::Transaction<'static, Postgres>,
+        events: &[SessionEvent],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return tx.commit().await.map_err(backend);
+        }
+        let (ack, loopback) = self.shared.loopback();
+        notify(&mut *tx, events, Some(ack)).await.map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        loopback.wait().await;
+        Ok(())
     }
 
     async fn begin_with_events(
@@ -243,12 +351,22 @@ async fn store_events(
     Ok(out)
 }
 
-/// Queues NOTIFYs for `events`; PostgreSQL delivers them when the surrounding transaction commits.
-async fn notify<'e, E>(conn: E, events: &[SessionEvent]) -> Result<(), sqlx::Error>
+/// Queues NOTIFYs for `events`, the last one carrying `ack`; PostgreSQL delivers them when the surrounding
+/// transaction commits.
+async fn notify<'e, E>(
+    conn: E,
+    events: &[SessionEvent],
+    ack: Option<Ack>,
+) -> Result<(), sqlx::Error>
 where
     E: Executor<'e, Database = Postgres>,
 {
-    let payloads: Vec<String> = events.iter().flat_map(encode).collect();
+    let last = events.len().saturating_sub(1);
+    let payloads: Vec<String> = events
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| encode(e, ack.filter(|_| i == last)))
+        .collect();
     notify_payloads(conn, payloads).await
 }
 
@@ -270,13 +388,14 @@ where
 }
 
 /// The payloads that announce one event (see [`Wire`]).
-fn encode(event: &SessionEvent) -> Vec<String> {
+fn encode(event: &SessionEvent, ack: Option<Ack>) -> Vec<String> {
     let whole = Wire::Event {
         seq: event.seq,
         session: event.session_id,
         kind: event.kind.as_str().to_owned(),
         at: to_ms(event.created_at),
         data: event.data.clone(),
+        ack,
     };
     let whole = serde_json::to_string(&whole).unwrap_or_default();
     if whole.len() <= MAX_PAYLOAD {
@@ -286,6 +405,7 @@ fn encode(event: &SessionEvent) -> Vec<String> {
         let reference = Wire::Ref {
             seq,
             session: event.session_id,
+            ack,
         };
         return vec![serde_json::to_string(&reference).unwrap_or_default()];
     }
@@ -329,10 +449,23 @@ fn split_for_json(s: &str, budget: usize) -> Vec<&str> {
     pieces
 }
 
-async fn insert_message(conn: &mut PgConnection, m: &Message) -> Result<i64, sqlx::Error> {
+/// `messages.reply_state` values.
+mod reply_state {
+    pub const NONE: i16 = 0;
+    pub const PENDING: i16 = 1;
+    pub const IN_PROGRESS: i16 = 2;
+    pub const ANSWERED: i16 = 3;
+    pub const FAILED: i16 = 4;
+}
+
+async fn insert_message(
+    conn: &mut PgConnection,
+    m: &Message,
+    state: i16,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "INSERT INTO messages (id, session_id, author_id, is_agent, content, metadata, attachments, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING seq",
+        "INSERT INTO messages (id, session_id, author_id, is_agent, content, metadata, attachments, created_at, \
+         in_reply_to, reply_state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING seq",
     )
     .bind(m.id)
     .bind(m.session_id)
@@ -346,6 +479,8 @@ async fn insert_message(conn: &mut PgConnection, m: &Message) -> Result<i64, sql
             .map(|a| serde_json::to_string(a).unwrap_or_default()),
     )
     .bind(to_ms(m.created_at))
+    .bind(m.in_reply_to)
+    .bind(state)
     .fetch_one(&mut *conn)
     .await
 }
@@ -416,7 +551,7 @@ const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, la
     renewal_count, version, notice";
 
 const MESSAGE_COLUMNS: &str =
-    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at";
+    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
 
 const EVENT_COLUMNS: &str = "seq, session_id, kind, data, created_at";
 
@@ -464,6 +599,7 @@ fn message_from_row(row: &PgRow) -> Result<Message, sqlx::Error> {
             .transpose()
             .map_err(decode)?,
         created_at: from_ms(row.try_get(8)?),
+        in_reply_to: row.try_get(9)?,
     })
 }
 
@@ -492,10 +628,7 @@ fn agent_from_row(row: &PgRow) -> Result<Agent, sqlx::Error> {
     })
 }
 
-fn all<T>(
-    rows: &[PgRow],
-    f: fn(&PgRow) -> Result<T, sqlx::Error>,
-) -> Result<Vec<T>, StoreError> {
+fn all<T>(rows: &[PgRow], f: fn(&PgRow) -> Result<T, sqlx::Error>) -> Result<Vec<T>, StoreError> {
     rows.iter()
         .map(f)
         .collect::<Result<_, _>>()
@@ -587,9 +720,7 @@ impl SessionStore for PostgresStore {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(backend)?;
-            delete_children(&mut tx, &sessions)
-                .await
-                .map_err(backend)?;
+            delete_children(&mut tx, &sessions).await.map_err(backend)?;
         }
         tx.commit().await.map_err(backend)?;
         Ok(n > 0)
@@ -654,8 +785,7 @@ impl SessionStore for PostgresStore {
             return Ok(false);
         }
         let events = store_events(&mut tx, &events).await.map_err(backend)?;
-        notify(&mut *tx, &events).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_announcing(tx, &events).await?;
         Ok(true)
     }
 
@@ -674,10 +804,8 @@ impl SessionStore for PostgresStore {
             .map_err(backend)?
             .rows_affected();
         delete_children(&mut tx, &[id]).await.map_err(backend)?;
-        if n > 0 {
-            notify(&mut *tx, &events).await.map_err(backend)?;
-        }
-        tx.commit().await.map_err(backend)?;
+        let events = if n > 0 { events } else { Vec::new() };
+        self.commit_announcing(tx, &events).await?;
         Ok(n > 0)
     }
 
@@ -697,11 +825,7 @@ impl SessionStore for PostgresStore {
             .push_bind(i64::from(limit))
             .push(" OFFSET ")
             .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows = q.build().fetch_all(&self.pool).await.map_err(backend)?;
         all(&rows, session_from_row)
     }
 
@@ -788,10 +912,11 @@ impl SessionStore for PostgresStore {
         {
             return Ok(None);
         }
-        let seq = insert_message(&mut tx, message).await.map_err(backend)?;
+        let seq = insert_message(&mut tx, message, reply_state::PENDING)
+            .await
+            .map_err(backend)?;
         let events = store_events(&mut tx, &events).await.map_err(backend)?;
-        notify(&mut *tx, &events).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_announcing(tx, &events).await?;
         Ok(Some(seq))
     }
 
@@ -807,11 +932,121 @@ impl SessionStore for PostgresStore {
         {
             return Ok(false);
         }
-        insert_message(&mut tx, message).await.map_err(backend)?;
+        insert_message(&mut tx, message, reply_state::NONE)
+            .await
+            .map_err(backend)?;
         let events = store_events(&mut tx, &events).await.map_err(backend)?;
-        notify(&mut *tx, &events).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        self.commit_announcing(tx, &events).await?;
         Ok(true)
+    }
+
+    async fn claim_reply(
+        &self,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+        stale_before: DateTime<Utc>,
+    ) -> Result<Option<Message>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        // The session's row lock makes check-then-claim atomic across instances: claims, finishes and new
+        // messages of one session all take it, so two workers never see the session idle at the same time.
+        if !lock_session(&mut tx, session_id).await.map_err(backend)? {
+            return Ok(None);
+        }
+        let busy = sqlx::query(
+            "SELECT 1 FROM messages WHERE session_id = $1 AND reply_state = $2 AND claimed_at > $3 LIMIT 1",
+        )
+        .bind(session_id)
+        .bind(reply_state::IN_PROGRESS)
+        .bind(to_ms(stale_before))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if busy.is_some() {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!(
+            "UPDATE messages SET reply_state = $2, claimed_at = $3 WHERE seq = (SELECT seq FROM messages \
+             WHERE session_id = $1 AND (reply_state = $4 OR (reply_state = $2 AND claimed_at <= $5)) \
+             ORDER BY seq LIMIT 1) RETURNING {MESSAGE_COLUMNS}"
+        ))
+        .bind(session_id)
+        .bind(reply_state::IN_PROGRESS)
+        .bind(to_ms(now))
+        .bind(reply_state::PENDING)
+        .bind(to_ms(stale_before))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+        let message = row
+            .as_ref()
+            .map(message_from_row)
+            .transpose()
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        Ok(message)
+    }
+
+    async fn finish_reply(
+        &self,
+        user_message_id: Uuid,
+        reply: Option<&Message>,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.begin_with_events(&events).await?;
+        let session_id: Option<Uuid> =
+            sqlx::query_scalar("SELECT session_id FROM messages WHERE id = $1")
+                .bind(user_message_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend)?;
+        // Session row before message row, as `claim_reply` does, so that the two never deadlock.
+        let Some(session_id) = session_id else {
+            return Ok(false);
+        };
+        if !lock_session(&mut tx, session_id).await.map_err(backend)? {
+            return Ok(false);
+        }
+        let state = if reply.is_some() {
+            reply_state::ANSWERED
+        } else {
+            reply_state::FAILED
+        };
+        let ours =
+            sqlx::query("UPDATE messages SET reply_state = $2 WHERE id = $1 AND reply_state = $3")
+                .bind(user_message_id)
+                .bind(state)
+                .bind(reply_state::IN_PROGRESS)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend)?
+                .rows_affected();
+        if ours == 0 {
+            return Ok(false);
+        }
+        if let Some(m) = reply {
+            insert_message(&mut tx, m, reply_state::NONE)
+                .await
+                .map_err(backend)?;
+        }
+        let events = store_events(&mut tx, &events).await.map_err(backend)?;
+        self.commit_announcing(tx, &events).await?;
+        Ok(true)
+    }
+
+    async fn sessions_with_stalled_replies(
+        &self,
+        stale_before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT DISTINCT session_id FROM messages WHERE reply_state IN (1, 2) \
+             AND ((reply_state = 1 AND created_at <= $1) OR (reply_state = 2 AND claimed_at <= $1)) LIMIT $2",
+        )
+        .bind(to_ms(stale_before))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)
     }
 
     async fn list_messages(
@@ -839,11 +1074,7 @@ impl SessionStore for PostgresStore {
             " ORDER BY created_at {direction}, seq {direction} LIMIT "
         ))
         .push_bind(i64::from(limit));
-        let rows = q
-            .build()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(backend)?;
+        let rows = q.build().fetch_all(&self.pool).await.map_err(backend)?;
         all(&rows, message_from_row)
     }
 
@@ -894,11 +1125,7 @@ impl SessionStore for PostgresStore {
     /// (transient events are live only, and nothing waits for them).
     fn publish(&self, event: &SessionEvent) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self
-            .outgoing
-            .send(Outgoing::Event(event.clone()))
-            .is_err()
-        {
+        if self.outgoing.send(Outgoing::Event(event.clone())).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -938,7 +1165,7 @@ async fn run_publisher(
         for item in batch.drain(..) {
             match item {
                 Outgoing::Event(event) => {
-                    payloads.extend(encode(&event));
+                    payloads.extend(encode(&event, None));
                     sent += 1;
                 }
                 Outgoing::Flush(done) => flushes.push(done),
@@ -961,6 +1188,14 @@ async fn run_listener(
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
 ) {
+    // However the listener ends, no writer is left waiting for it.
+    struct ReleaseAll(Arc<Shared>);
+    impl Drop for ReleaseAll {
+        fn drop(&mut self) {
+            self.0.acknowledge_all();
+        }
+    }
+    let _release = ReleaseAll(shared.clone());
     let mut parts: HashMap<Uuid, Vec<String>> = HashMap::new();
     let mut recover = false;
     let mut backoff = Duration::from_millis(50);
@@ -973,6 +1208,7 @@ async fn run_listener(
                 _ = &mut stop => return,
             };
             if ready && recover_missed(&pool, &shared).await.is_ok() {
+                shared.acknowledge_all();
                 recover = false;
                 backoff = Duration::from_millis(50);
                 parts.clear();
@@ -990,12 +1226,14 @@ async fn run_listener(
             _ = &mut stop => return,
         };
         match received {
-            Ok(Some(notification)) => {
-                match serde_json::from_str::<Wire>(notification.payload()) {
-                    Ok(wire) => receive(wire, &pool, &shared, &mut parts).await,
-                    Err(e) => tracing::warn!(error = %e, "undecodable event notification"),
+            Ok(Some(notification)) => match serde_json::from_str::<Wire>(notification.payload()) {
+                Ok(wire) => {
+                    if !receive(wire, &pool, &shared, &mut parts).await {
+                        recover = true;
+                    }
                 }
-            }
+                Err(e) => tracing::warn!(error = %e, "undecodable event notification"),
+            },
             // The connection was lost (and, eagerly, re-established): notifications in between are gone.
             Ok(None) => {
                 tracing::warn!("event listener reconnected; replaying missed events");
@@ -1009,12 +1247,13 @@ async fn run_listener(
     }
 }
 
+/// Handles one notification; false if an event could not be delivered and a replay is needed.
 async fn receive(
     wire: Wire,
     pool: &PgPool,
     shared: &Shared,
     parts: &mut HashMap<Uuid, Vec<String>>,
-) {
+) -> bool {
     match wire {
         Wire::Event {
             seq,
@@ -1022,33 +1261,40 @@ async fn receive(
             kind,
             at,
             data,
-        } => match EventKind::parse(&kind) {
-            Some(kind) => deliver(
-                shared,
-                SessionEvent {
-                    seq,
-                    session_id: session,
-                    kind,
-                    data,
-                    created_at: from_ms(at),
-                },
-            ),
-            None => tracing::warn!(kind, "notification of an unknown event kind"),
-        },
-        Wire::Ref { seq, session } => {
+            ack,
+        } => {
+            match EventKind::parse(&kind) {
+                Some(kind) => deliver(
+                    shared,
+                    SessionEvent {
+                        seq,
+                        session_id: session,
+                        kind,
+                        data,
+                        created_at: from_ms(at),
+                    },
+                ),
+                None => tracing::warn!(kind, "notification of an unknown event kind"),
+            }
+            shared.acknowledge(ack);
+        }
+        Wire::Ref { seq, session, ack } => {
+            let _release = Released(shared, ack);
             // Fetched here, before the next notification is handled, to keep the order.
-            let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq = $1"))
-                .bind(seq)
-                .fetch_optional(pool)
-                .await;
+            let row = sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq = $1"
+            ))
+            .bind(seq)
+            .fetch_optional(pool)
+            .await;
             match row.map(|r| r.as_ref().map(event_from_row).transpose()) {
                 Ok(Ok(Some(event))) => deliver(shared, event),
                 // Deleted with its session since: nobody can be waiting for it.
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) | Err(e) => {
                     tracing::warn!(%session, seq, error = %e, "could not fetch a notified event");
-                    // Subscribers replay it from the log once they see a later one is missing? They do not:
-                    // mark the session for the replay that follows a reconnect instead.
+                    // The replay after a reconnect starts at the last event delivered, so it brings this one.
+                    return false;
                 }
             }
         }
@@ -1062,17 +1308,29 @@ async fn receive(
             if index as usize != pieces.len() {
                 // Parts of one event are sent in one statement and arrive in order; anything else is noise.
                 parts.remove(&id);
-                return;
+                return true;
             }
             pieces.push(text);
             if pieces.len() == count as usize {
                 let whole = parts.remove(&id).unwrap_or_default().concat();
                 match serde_json::from_str::<Wire>(&whole) {
-                    Ok(wire @ Wire::Event { .. }) => Box::pin(receive(wire, pool, shared, parts)).await,
+                    Ok(wire @ Wire::Event { .. }) => {
+                        return Box::pin(receive(wire, pool, shared, parts)).await
+                    }
                     _ => tracing::warn!("undecodable split event notification"),
                 }
             }
         }
+    }
+    true
+}
+
+/// Acknowledges when dropped, so that every way out of handling a notification releases its writer.
+struct Released<'a>(&'a Shared, Option<Ack>);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        self.0.acknowledge(self.1);
     }
 }
 
@@ -1119,4 +1377,75 @@ async fn recover_missed(pool: &PgPool, shared: &Shared) -> Result<(), StoreError
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn awkward(len: usize) -> String {
+        "a\"b\\c\nd\u{1}e€f🙂g\u{7f}"
+            .chars()
+            .cycle()
+            .take(len)
+            .collect()
+    }
+
+    #[test]
+    fn split_pieces_fit_once_escaped_and_rejoin() {
+        for len in [0, 1, 100, 7_999, 8_000, 50_000] {
+            let text = awkward(len);
+            let pieces = split_for_json(&text, PART_TEXT);
+            assert_eq!(pieces.concat(), text);
+            for piece in &pieces {
+                let escaped = serde_json::to_string(piece).unwrap();
+                assert!(escaped.len() - 2 <= PART_TEXT, "{} bytes", escaped.len());
+            }
+        }
+    }
+
+    #[test]
+    fn every_payload_fits_a_notify() {
+        let session = Uuid::new_v4();
+        let ack = Some(Ack {
+            store: Uuid::new_v4(),
+            n: u64::MAX,
+        });
+        for len in [10, 7_900, 8_000, 100_000] {
+            let chunk =
+                SessionEvent::chunk(session, session, session, &awkward(len), 3, from_ms(0));
+            let payloads = encode(&chunk, ack);
+            assert!(payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+            // Joined again, the parts are the event with its ack.
+            let whole = if payloads.len() == 1 {
+                payloads[0].clone()
+            } else {
+                payloads
+                    .iter()
+                    .map(|p| match serde_json::from_str::<Wire>(p).unwrap() {
+                        Wire::Part { text, .. } => text,
+                        other => panic!("not a part: {other:?}"),
+                    })
+                    .collect()
+            };
+            match serde_json::from_str::<Wire>(&whole).unwrap() {
+                Wire::Event { data, ack: a, .. } => {
+                    assert_eq!(data, chunk.data);
+                    assert_eq!(a, ack);
+                }
+                other => panic!("not an event: {other:?}"),
+            }
+
+            let mut stored = chunk.clone();
+            stored.kind = EventKind::Message;
+            stored.seq = Some(42);
+            let payloads = encode(&stored, ack);
+            assert_eq!(
+                payloads.len(),
+                1,
+                "a stored event is fetched by seq when large"
+            );
+            assert!(payloads[0].len() <= MAX_PAYLOAD);
+        }
+    }
 }
