@@ -251,16 +251,21 @@ describe('client.sessions against agent-sessions-server', { timeout: TEST_TIMEOU
     assert.equal(page.hasMore, false, 'the whole history fits in one default page');
     page.messages.forEach((m, i) => assertMessage(m, `messages[${i}]`));
 
-    // first, Echo: first, second, Echo: second -- newest first.
+    // Newest first. The websocket reply to "first" is produced in the background, so "second" may be stored
+    // before or after "Echo: first"; what is fixed: messages in the order sent, replies in the same order, each
+    // reply after its message, and "Echo: second" last (sendMessageSync resolved with it).
+    const chronological = page.messages.map((m) => [m.content, m.isAgent]).reverse();
     assert.deepEqual(
-      page.messages.map((m) => [m.content, m.isAgent]),
-      [
-        ['Echo: second', true],
-        ['second', false],
-        ['Echo: first', true],
-        ['first', false],
-      ],
+      chronological.filter(([, isAgent]) => !isAgent),
+      [['first', false], ['second', false]],
     );
+    assert.deepEqual(
+      chronological.filter(([, isAgent]) => isAgent),
+      [['Echo: first', true], ['Echo: second', true]],
+    );
+    const at = (content) => chronological.findIndex(([c]) => c === content);
+    assert.ok(at('first') < at('Echo: first'), 'a reply comes after its message');
+    assert.deepEqual(chronological[chronological.length - 1], ['Echo: second', true]);
     for (const m of page.messages) {
       assert.equal(m.authorId, m.isAgent ? agentId : userId, `authorId of "${m.content}"`);
     }
