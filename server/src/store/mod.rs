@@ -4,6 +4,7 @@
 mod bus;
 mod postgres;
 mod sqlite;
+mod sqlite_reads;
 
 use std::sync::Arc;
 

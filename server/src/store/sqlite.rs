@@ -20,6 +20,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
+use super::sqlite_reads::FastReads;
 use super::{
     from_ms, to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore,
     StoreError,
@@ -35,6 +36,8 @@ const QUEUE_DEPTH: usize = 4096;
 
 pub struct SqliteStore {
     reads: SqlitePool,
+    /// The hot lookups, synchronous (see `sqlite_reads.rs` for why).
+    fast: FastReads,
     writes: mpsc::Sender<Job>,
     /// Tells the writer to finish what is queued and stop; `close` awaits it.
     writer: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
@@ -127,6 +130,7 @@ impl SqliteStore {
         let handle = tokio::spawn(run_writer(writer, rx, stopped, bus.clone()));
         Ok(Self {
             reads,
+            fast: FastReads::new(file),
             writes: tx,
             writer: Mutex::new(Some((stop, handle))),
             bus,
@@ -495,11 +499,11 @@ async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<Applied, sq
     })
 }
 
-const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
+pub(super) const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
     expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, metadata, \
     renewal_count, version, notice";
 
-const MESSAGE_COLUMNS: &str =
+pub(super) const MESSAGE_COLUMNS: &str =
     "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
 
 fn decode(e: serde_json::Error) -> sqlx::Error {
@@ -594,17 +598,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?1",
-        )
-        .bind(id)
-        .fetch_optional(&self.reads)
-        .await
-        .map_err(backend)?;
-        row.as_ref()
-            .map(agent_from_row)
-            .transpose()
-            .map_err(backend)
+        self.fast.agent(id)
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
@@ -628,17 +622,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.reads)
-        .await
-        .map_err(backend)?;
-        row.as_ref()
-            .map(session_from_row)
-            .transpose()
-            .map_err(backend)
+        self.fast.session(id)
     }
 
     async fn update_session(
@@ -823,29 +807,12 @@ impl SessionStore for SqliteStore {
 
     async fn list_messages(
         &self,
-
         session_id: Uuid,
         window: MessageWindow,
         order: Order,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        let direction = match order {
-            Order::OldestFirst => "ASC",
-            Order::NewestFirst => "DESC",
-        };
-        let rows = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 \
-             AND (?2 IS NULL OR created_at > ?2) AND (?3 IS NULL OR created_at < ?3) \
-             ORDER BY created_at {direction}, seq {direction} LIMIT ?4"
-        ))
-        .bind(session_id)
-        .bind(window.after_ms)
-        .bind(window.before_ms)
-        .bind(limit)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(backend)?;
-        all(&rows, message_from_row)
+        self.fast.messages(session_id, window, order, limit)
     }
 
     async fn recent_messages(
