@@ -5,6 +5,7 @@ mod bus;
 mod postgres;
 mod sqlite;
 mod sqlite_reads;
+mod sqlite_writer;
 
 use std::sync::Arc;
 

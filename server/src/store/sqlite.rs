@@ -1,10 +1,9 @@
-//! `SqliteStore`: the embedded default backend (sqlx, WAL, `synchronous=FULL`).
+//! `SqliteStore`: the embedded default backend (WAL, `synchronous=FULL`).
 //!
-//! Reads go through a pool of read connections, which WAL lets run beside the writer. Every write goes to one
-//! writer task that owns the only write connection: it takes all writes waiting in its queue, applies them in
-//! one transaction and commits once (group commit), then answers each caller. A caller is answered only after
-//! the commit that contains its write has reached the disk, so nothing acknowledged is lost on a crash, and
-//! concurrent writers share one fsync instead of queueing for one each.
+//! Migrations and the colder reads (listings, counts, history for agents, event replay) use sqlx. The hot
+//! lookups run synchronously on the calling thread (`sqlite_reads.rs`), and every write goes to one writer
+//! thread with group commit (`sqlite_writer.rs`): both because sqlx's per-statement thread hand-offs dominated
+//! the profiles of those paths. WAL lets all readers run beside the writer.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -21,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
 use super::sqlite_reads::FastReads;
+use super::sqlite_writer::{self, Applied, Job, Write};
 use super::{
     from_ms, to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore,
     StoreError,
@@ -29,65 +29,14 @@ use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, Ti
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Most writes committed together; bounds the time one commit holds the write lock.
-const MAX_BATCH: usize = 512;
-/// Writes waiting for the writer; callers wait for room beyond this (backpressure).
-const QUEUE_DEPTH: usize = 4096;
-
 pub struct SqliteStore {
     reads: SqlitePool,
     /// The hot lookups, synchronous (see `sqlite_reads.rs` for why).
     fast: FastReads,
-    writes: mpsc::Sender<Job>,
-    /// Tells the writer to finish what is queued and stop; `close` awaits it.
-    writer: Mutex<Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)>>,
+    /// The writer thread's queue (see `sqlite_writer.rs`); None once closed.
+    writes: Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
     bus: Arc<EventBus>,
-}
-
-/// One write, as data, so that the writer can apply many of them in one transaction.
-enum Write {
-    InsertAgent(Agent),
-    DeleteAgent(Uuid),
-    InsertSession(Box<Session>),
-    UpdateSession(Box<Session>, i64, Vec<SessionEvent>),
-    DeleteSession(Uuid, Vec<SessionEvent>),
-    Purge {
-        cutoff: i64,
-        limit: u32,
-    },
-    RecordMessage(Box<Session>, i64, Box<Message>, Vec<SessionEvent>),
-    InsertReply(Box<Message>, Vec<SessionEvent>),
-    ClaimReply {
-        session_id: Uuid,
-        now: i64,
-        stale_before: i64,
-    },
-    FinishReply(Uuid, Option<Box<Message>>, Vec<SessionEvent>),
-}
-
-/// `messages.reply_state` values.
-mod reply_state {
-    pub const NONE: i64 = 0;
-    pub const PENDING: i64 = 1;
-    pub const IN_PROGRESS: i64 = 2;
-    pub const ANSWERED: i64 = 3;
-    pub const FAILED: i64 = 4;
-}
-
-/// What a write did: rows affected, the seq of an inserted message, and the events to announce once the
-/// transaction has committed (persisted ones carrying their new seq).
-#[derive(Default)]
-struct Applied {
-    rows: u64,
-    seq: Option<i64>,
-    message: Option<Message>,
-    publish: Vec<SessionEvent>,
-}
-
-struct Job {
-    write: Write,
-    done: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
 fn backend(e: sqlx::Error) -> StoreError {
@@ -117,386 +66,36 @@ impl SqliteStore {
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut writer = SqliteConnection::connect_with(&options).await?;
-        MIGRATOR.run(&mut writer).await?;
+        // Migrations through sqlx (embedded, versioned); then the writer thread takes over the file.
+        let mut migrator = SqliteConnection::connect_with(&options).await?;
+        MIGRATOR.run(&mut migrator).await?;
+        migrator.close().await?;
         let reads = SqlitePoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
             .min_connections(1)
             .connect_with(options.read_only(true))
             .await?;
         let bus = Arc::new(EventBus::default());
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (stop, stopped) = oneshot::channel();
-        let handle = tokio::spawn(run_writer(writer, rx, stopped, bus.clone()));
+        let writes = sqlite_writer::spawn(&file, bus.clone())?;
         Ok(Self {
             reads,
             fast: FastReads::new(file),
-            writes: tx,
-            writer: Mutex::new(Some((stop, handle))),
+            writes: Mutex::new(Some(writes)),
             bus,
         })
     }
 
     async fn write(&self, write: Write) -> Result<Applied, StoreError> {
+        let closed = || StoreError::Unavailable("store is closed".into());
+        let queue = self.writes.lock().await.clone().ok_or_else(closed)?;
         let (done, rx) = oneshot::channel();
-        self.writes
-            .send(Job { write, done })
+        queue
+            .send(Job::Write { write, done })
             .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+            .map_err(|_| closed())?;
         rx.await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
     }
-}
-
-async fn run_writer(
-    mut conn: SqliteConnection,
-    mut rx: mpsc::Receiver<Job>,
-    mut stop: oneshot::Receiver<()>,
-    bus: Arc<EventBus>,
-) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        tokio::select! {
-            n = rx.recv_many(&mut batch, MAX_BATCH) => {
-                if n == 0 {
-                    break;
-                }
-                commit_and_answer(&mut conn, &mut batch, &bus).await;
-            }
-            _ = &mut stop => {
-                // Refuse new writes, but commit every write already accepted.
-                rx.close();
-                while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-                    commit_and_answer(&mut conn, &mut batch, &bus).await;
-                }
-                break;
-            }
-        }
-    }
-    let _ = conn.close().await;
-}
-
-/// Commits a batch, announces its events in commit order, then answers each caller.
-async fn commit_and_answer(conn: &mut SqliteConnection, batch: &mut Vec<Job>, bus: &EventBus) {
-    let outcomes = apply_batch(conn, batch).await;
-    for outcome in outcomes.iter().flatten() {
-        for event in &outcome.publish {
-            bus.publish(event);
-        }
-    }
-    for (job, outcome) in batch.drain(..).zip(outcomes) {
-        let _ = job.done.send(outcome);
-    }
-}
-
-/// Applies every write in one transaction. A write that fails alone (SQLite rolls back just that statement)
-/// reports its error; if the commit itself fails, every write in the batch reports it.
-async fn apply_batch(
-    conn: &mut SqliteConnection,
-    batch: &[Job],
-) -> Vec<Result<Applied, StoreError>> {
-    if let Err(e) = sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await {
-        let e = backend(e);
-        return batch.iter().map(|_| Err(e.clone())).collect();
-    }
-    let mut outcomes = Vec::with_capacity(batch.len());
-    for job in batch {
-        outcomes.push(apply(conn, &job.write).await.map_err(backend));
-    }
-    if let Err(e) = sqlx::query("COMMIT").execute(&mut *conn).await {
-        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-        let e = backend(e);
-        return batch.iter().map(|_| Err(e.clone())).collect();
-    }
-    outcomes
-}
-
-/// Stores the persistent events (assigning their seq) and returns all of them for announcement.
-async fn store_events(
-    conn: &mut SqliteConnection,
-    events: &[SessionEvent],
-) -> Result<Vec<SessionEvent>, sqlx::Error> {
-    let mut out = Vec::with_capacity(events.len());
-    for event in events {
-        let mut event = event.clone();
-        if !event.kind.is_transient() {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (session_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4) RETURNING seq",
-            )
-            .bind(event.session_id)
-            .bind(event.kind.as_str())
-            .bind(event.data.to_string())
-            .bind(to_ms(event.created_at))
-            .fetch_one(&mut *conn)
-            .await?;
-            event.seq = Some(seq);
-        }
-        out.push(event);
-    }
-    Ok(out)
-}
-
-async fn insert_message(
-    conn: &mut SqliteConnection,
-    m: &Message,
-    state: i64,
-    only_if_session: bool,
-) -> Result<Option<i64>, sqlx::Error> {
-    let guard = if only_if_session {
-        " WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?2)"
-    } else {
-        ""
-    };
-    let sql = format!(
-        "INSERT INTO messages (id, session_id, author_id, is_agent, content, metadata, attachments, created_at, \
-         in_reply_to, reply_state) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10{guard} RETURNING seq"
-    );
-    sqlx::query_scalar(&sql)
-        .bind(m.id)
-        .bind(m.session_id)
-        .bind(m.author_id)
-        .bind(m.is_agent)
-        .bind(&m.content)
-        .bind(serde_json::to_string(&m.metadata).unwrap_or_default())
-        .bind(
-            m.attachments
-                .as_ref()
-                .map(|a| serde_json::to_string(a).unwrap_or_default()),
-        )
-        .bind(to_ms(m.created_at))
-        .bind(m.in_reply_to)
-        .bind(state)
-        .fetch_optional(&mut *conn)
-        .await
-}
-
-async fn update_session_row(
-    conn: &mut SqliteConnection,
-    s: &Session,
-    expected: i64,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE sessions SET last_activity = ?1, last_renewal = ?2, expires_at = ?3, timeout_minutes = ?4, \
-         auto_renew = ?5, max_duration_minutes = ?6, warning_threshold_minutes = ?7, metadata = ?8, \
-         renewal_count = ?9, version = ?10, notice = ?11, warn_at = ?12 WHERE id = ?13 AND version = ?14",
-    )
-    .bind(to_ms(s.last_activity))
-    .bind(to_ms(s.last_renewal))
-    .bind(to_ms(s.expires_at))
-    .bind(s.timeout.timeout_minutes)
-    .bind(s.timeout.auto_renew)
-    .bind(s.timeout.max_duration_minutes)
-    .bind(s.timeout.warning_threshold_minutes)
-    .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
-    .bind(s.renewal_count)
-    .bind(s.version)
-    .bind(s.notice as i64)
-    .bind(to_ms(s.warn_at()))
-    .bind(s.id)
-    .bind(expected)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected())
-}
-
-async fn apply(conn: &mut SqliteConnection, write: &Write) -> Result<Applied, sqlx::Error> {
-    let rows = |rows| Applied {
-        rows,
-        ..Default::default()
-    };
-    Ok(match write {
-        Write::InsertAgent(a) => rows(
-            sqlx::query(
-                "INSERT INTO agents (id, name, backend, session_defaults, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .bind(a.id)
-            .bind(&a.name)
-            .bind(serde_json::to_string(&a.backend).unwrap_or_default())
-            .bind(serde_json::to_string(&a.session_defaults).unwrap_or_default())
-            .bind(to_ms(a.created_at))
-            .execute(&mut *conn)
-            .await?
-            .rows_affected(),
-        ),
-        Write::DeleteAgent(id) => {
-            let n = sqlx::query("DELETE FROM agents WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if n > 0 {
-                for sql in [
-                    "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
-                    "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
-                    "DELETE FROM sessions WHERE agent_id = ?1",
-                ] {
-                    sqlx::query(sql).bind(id).execute(&mut *conn).await?;
-                }
-            }
-            rows(n)
-        }
-        Write::InsertSession(s) => rows(
-            sqlx::query(
-                "INSERT INTO sessions (id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
-                 expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, \
-                 metadata, renewal_count, version, notice, warn_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
-            )
-            .bind(s.id)
-            .bind(s.channel_id)
-            .bind(s.agent_id)
-            .bind(s.user_id)
-            .bind(to_ms(s.created_at))
-            .bind(to_ms(s.last_activity))
-            .bind(to_ms(s.last_renewal))
-            .bind(to_ms(s.expires_at))
-            .bind(s.timeout.timeout_minutes)
-            .bind(s.timeout.auto_renew)
-            .bind(s.timeout.max_duration_minutes)
-            .bind(s.timeout.warning_threshold_minutes)
-            .bind(serde_json::to_string(&s.metadata).unwrap_or_default())
-            .bind(s.renewal_count)
-            .bind(s.version)
-            .bind(s.notice as i64)
-            .bind(to_ms(s.warn_at()))
-            .execute(&mut *conn)
-            .await?
-            .rows_affected(),
-        ),
-        Write::UpdateSession(s, expected, events) => {
-            let n = update_session_row(conn, s, *expected).await?;
-            let publish = if n > 0 { store_events(conn, events).await? } else { Vec::new() };
-            Applied {
-                rows: n,
-                seq: None,
-                message: None,
-                publish,
-            }
-        }
-        Write::DeleteSession(id, events) => {
-            sqlx::query("DELETE FROM messages WHERE session_id = ?1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            sqlx::query("DELETE FROM events WHERE session_id = ?1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            let n = sqlx::query("DELETE FROM sessions WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            Applied {
-                rows: n,
-                seq: None,
-                message: None,
-                publish: if n > 0 { events.clone() } else { Vec::new() },
-            }
-        }
-        Write::Purge { cutoff, limit } => {
-            // The same deterministic subquery names the same sessions in all three statements.
-            let victims = "SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at, id LIMIT ?2";
-            for table in ["messages", "events"] {
-                sqlx::query(&format!("DELETE FROM {table} WHERE session_id IN ({victims})"))
-                    .bind(cutoff)
-                    .bind(limit)
-                    .execute(&mut *conn)
-                    .await?;
-            }
-            rows(
-                sqlx::query(&format!("DELETE FROM sessions WHERE id IN ({victims})"))
-                    .bind(cutoff)
-                    .bind(limit)
-                    .execute(&mut *conn)
-                    .await?
-                    .rows_affected(),
-            )
-        }
-        Write::RecordMessage(s, expected, m, events) => {
-            if update_session_row(conn, s, *expected).await? == 0 {
-                return Ok(Applied::default());
-            }
-            let seq = insert_message(conn, m, reply_state::PENDING, false).await?;
-            Applied {
-                rows: 1,
-                seq,
-                message: None,
-                publish: store_events(conn, events).await?,
-            }
-        }
-        Write::InsertReply(m, events) => match insert_message(conn, m, reply_state::NONE, true).await? {
-            None => Applied::default(),
-            Some(seq) => Applied {
-                rows: 1,
-                seq: Some(seq),
-                message: None,
-                publish: store_events(conn, events).await?,
-            },
-        },
-        Write::ClaimReply {
-            session_id,
-            now,
-            stale_before,
-        } => {
-            // The writer applies one write at a time, so this check-then-claim cannot race.
-            let busy: Option<i64> = sqlx::query_scalar(
-                "SELECT seq FROM messages WHERE session_id = ?1 AND reply_state = ?2 AND claimed_at > ?3 LIMIT 1",
-            )
-            .bind(session_id)
-            .bind(reply_state::IN_PROGRESS)
-            .bind(stale_before)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if busy.is_some() {
-                return Ok(Applied::default());
-            }
-            let row = sqlx::query(&format!(
-                "UPDATE messages SET reply_state = ?2, claimed_at = ?3 WHERE seq = (SELECT seq FROM messages \
-                 WHERE session_id = ?1 AND (reply_state = ?4 OR (reply_state = ?2 AND claimed_at <= ?5)) \
-                 ORDER BY seq LIMIT 1) RETURNING {MESSAGE_COLUMNS}"
-            ))
-            .bind(session_id)
-            .bind(reply_state::IN_PROGRESS)
-            .bind(now)
-            .bind(reply_state::PENDING)
-            .bind(stale_before)
-            .fetch_optional(&mut *conn)
-            .await?;
-            Applied {
-                rows: u64::from(row.is_some()),
-                message: row.as_ref().map(message_from_row).transpose()?,
-                ..Default::default()
-            }
-        }
-        Write::FinishReply(user_message_id, reply, events) => {
-            let state = if reply.is_some() {
-                reply_state::ANSWERED
-            } else {
-                reply_state::FAILED
-            };
-            let ours = sqlx::query("UPDATE messages SET reply_state = ?2 WHERE id = ?1 AND reply_state = ?3")
-                .bind(user_message_id)
-                .bind(state)
-                .bind(reply_state::IN_PROGRESS)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected();
-            if ours == 0 {
-                return Ok(Applied::default());
-            }
-            if let Some(m) = reply {
-                if insert_message(conn, m, reply_state::NONE, true).await?.is_none() {
-                    return Ok(Applied::default());
-                }
-            }
-            Applied {
-                rows: 1,
-                publish: store_events(conn, events).await?,
-                ..Default::default()
-            }
-        }
-    })
 }
 
 pub(super) const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
@@ -863,10 +462,12 @@ impl SessionStore for SqliteStore {
     }
 
     async fn close(&self) {
-        let writer = self.writer.lock().await.take();
-        if let Some((stop, handle)) = writer {
-            let _ = stop.send(());
-            let _ = handle.await;
+        let queue = self.writes.lock().await.take();
+        if let Some(queue) = queue {
+            let (ack, stopped) = oneshot::channel();
+            if queue.send(Job::Stop(ack)).await.is_ok() {
+                let _ = stopped.await;
+            }
         }
         self.reads.close().await;
     }

@@ -31,8 +31,9 @@ fn failed(e: rusqlite::Error) -> StoreError {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 impl FastReads {
@@ -47,14 +48,19 @@ impl FastReads {
         // NO_MUTEX: a connection is used by one thread at a time (it is taken out of the pool while in use).
         let conn = Connection::open_with_flags(
             &self.path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
     }
 
-    fn with<T>(&self, read: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
             Some(conn) => conn,
@@ -70,25 +76,30 @@ impl FastReads {
 
     pub fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
         self.with(|conn| {
-            conn.prepare_cached(&format!("SELECT {} FROM sessions WHERE id = ?1", super::sqlite::SESSION_COLUMNS))?
-                .query_row(params![id], session)
-                .optional()
+            conn.prepare_cached(&format!(
+                "SELECT {} FROM sessions WHERE id = ?1",
+                super::sqlite::SESSION_COLUMNS
+            ))?
+            .query_row(params![id], session)
+            .optional()
         })
     }
 
     pub fn agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
         self.with(|conn| {
-            conn.prepare_cached("SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?1")?
-                .query_row(params![id], |row| {
-                    Ok(Agent {
-                        id: row.get(0)?,
-                        name: row.get(1)?,
-                        backend: decode_json(2, &row.get::<_, String>(2)?)?,
-                        session_defaults: decode_json(3, &row.get::<_, String>(3)?)?,
-                        created_at: from_ms(row.get(4)?),
-                    })
+            conn.prepare_cached(
+                "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?1",
+            )?
+            .query_row(params![id], |row| {
+                Ok(Agent {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    backend: decode_json(2, &row.get::<_, String>(2)?)?,
+                    session_defaults: decode_json(3, &row.get::<_, String>(3)?)?,
+                    created_at: from_ms(row.get(4)?),
                 })
-                .optional()
+            })
+            .optional()
         })
     }
 
@@ -110,7 +121,10 @@ impl FastReads {
                  ORDER BY created_at {direction}, seq {direction} LIMIT ?4",
                 super::sqlite::MESSAGE_COLUMNS
             ))?;
-            let rows = statement.query_map(params![session_id, window.after_ms, window.before_ms, limit], message)?;
+            let rows = statement.query_map(
+                params![session_id, window.after_ms, window.before_ms, limit],
+                message,
+            )?;
             rows.collect()
         })
     }
@@ -139,7 +153,7 @@ fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
-fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
+pub(super) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
     let attachments: Option<String> = row.get(7)?;
     Ok(Message {
         seq: row.get(0)?,
