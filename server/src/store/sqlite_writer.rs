@@ -89,12 +89,40 @@ pub(super) fn spawn(path: &Path, bus: Arc<EventBus>) -> anyhow::Result<mpsc::Sen
     // fsynced before it is acknowledged.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // Index pages of random-key inserts stay cached (KiB; negative means a size rather than a page count).
+    conn.pragma_update(None, "cache_size", -32_768)?;
+    // Checkpoints run on their own thread (below), not inside some caller's commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // When the WAL restarts after a burst, it is truncated back to this size (bytes) instead of keeping its peak.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
+    let checkpointer = Connection::open(path)?;
+    checkpointer.busy_timeout(Duration::from_secs(10))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("sqlite-writer".into())
-        .spawn(move || run(conn, rx, &bus))?;
+        .spawn(move || {
+            run(conn, rx, &bus);
+            drop(alive);
+        })?;
+    std::thread::Builder::new()
+        .name("sqlite-checkpoint".into())
+        .spawn(move || checkpoint_until(checkpointer, writer_gone))?;
     Ok(tx)
+}
+
+/// Copies committed WAL pages into the database file every interval, without blocking the writer or readers
+/// (PASSIVE), so the WAL stays small; stops when the writer stops.
+fn checkpoint_until(conn: Connection, writer_gone: std::sync::mpsc::Receiver<()>) {
+    const INTERVAL: Duration = Duration::from_millis(500);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(INTERVAL) {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "WAL checkpoint failed");
+        }
+    }
+    // A last, full checkpoint so a cleanly stopped store leaves a small WAL.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus) {
