@@ -1213,8 +1213,9 @@ async fn run_listener(
                 backoff = Duration::from_millis(50);
                 parts.clear();
             } else {
+                // Reconnect backoff of a lost database connection (production pacing, not a test's wait).
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff) => {} // backoff before retrying the database
                     _ = &mut stop => return,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
