@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, Utc};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// Implements the poem-openapi traits for a newtype from its schema and two conversions.
 macro_rules! wire_scalar {
@@ -74,14 +74,7 @@ wire_scalar!(
     Minutes,
     "number_double",
     MetaSchema::new_with_format("number", "double"),
-    to: |m: &Minutes| {
-        let v = m.0;
-        if v.fract() == 0.0 && v.abs() < 9.0e15 {
-            Value::Number(Number::from(v as i64))
-        } else {
-            Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
-        }
-    },
+    to: |m: &Minutes| crate::domain::event::minutes(m.0),
     from: |v: Value| v
         .as_f64()
         .map(Minutes)

@@ -104,11 +104,7 @@ impl TimeoutPolicy {
 
 /// Minutes as a person writes them: `5`, not `5.0`; `7.5` stays `7.5`.
 pub fn fmt_minutes(m: f64) -> String {
-    if m.fract() == 0.0 && m.abs() < 1e15 {
-        format!("{}", m as i64)
-    } else {
-        format!("{m}")
-    }
+    super::event::minutes(m).to_string()
 }
 
 /// The effective timeout config of a session: every field set.
