@@ -133,26 +133,6 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
     })
 }
 
-fn message_from_row(row: &SqliteRow) -> Result<Message, sqlx::Error> {
-    let metadata: String = row.try_get(6)?;
-    let attachments: Option<String> = row.try_get(7)?;
-    Ok(Message {
-        seq: row.try_get(0)?,
-        id: row.try_get(1)?,
-        session_id: row.try_get(2)?,
-        author_id: row.try_get(3)?,
-        is_agent: row.try_get(4)?,
-        content: row.try_get(5)?,
-        metadata: serde_json::from_str(&metadata).map_err(decode)?,
-        attachments: attachments
-            .map(|a| serde_json::from_str(&a))
-            .transpose()
-            .map_err(decode)?,
-        created_at: from_ms(row.try_get(8)?),
-        in_reply_to: row.try_get(9)?,
-    })
-}
-
 fn event_from_row(row: &SqliteRow) -> Result<SessionEvent, sqlx::Error> {
     let kind: String = row.try_get(2)?;
     let data: String = row.try_get(3)?;
@@ -420,18 +400,7 @@ impl SessionStore for SqliteStore {
         before_seq: i64,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-        ))
-        .bind(session_id)
-        .bind(before_seq)
-        .bind(limit)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(backend)?;
-        let mut messages = all(&rows, message_from_row)?;
-        messages.reverse();
-        Ok(messages)
+        self.fast.recent_messages(session_id, before_seq, limit)
     }
 
     async fn events_after(

@@ -153,6 +153,27 @@ fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
+impl FastReads {
+    /// The `limit` most recent messages stored before `before_seq`, oldest first.
+    pub fn recent_messages(
+        &self,
+        session_id: Uuid,
+        before_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut messages = self.with(|conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {} FROM messages WHERE session_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                super::sqlite::MESSAGE_COLUMNS
+            ))?;
+            let rows = statement.query_map(params![session_id, before_seq, limit], message)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        messages.reverse();
+        Ok(messages)
+    }
+}
+
 pub(super) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
     let attachments: Option<String> = row.get(7)?;
     Ok(Message {
