@@ -357,8 +357,10 @@ fn apply(conn: &Connection, write: &Write) -> rusqlite::Result<Applied> {
             }
         }
         Write::Purge { cutoff, limit } => {
-            // The same deterministic subquery names the same sessions in all three statements.
-            let victims = "SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at, id LIMIT ?2";
+            // The same deterministic subquery names the same sessions in all three statements. It follows the
+            // expiry index exactly (its entries are ordered by expires_at, then rowid), so each batch reads only
+            // its own rows; ordering by the id column instead sorted every expired session for every batch.
+            let victims = "SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at, rowid LIMIT ?2";
             for table in ["messages", "events"] {
                 conn.prepare_cached(&format!("DELETE FROM {table} WHERE session_id IN ({victims})"))?
                     .execute(params![cutoff, limit])?;
