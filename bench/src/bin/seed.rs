@@ -1,0 +1,175 @@
+//! Seeding of a running server over HTTP before the measurements of `bench/run`: creates sessions for the random
+//! ids of `getSession`, `sessionHeartbeat` and `sendMessage`, and sessions with a message history (`--messages`
+//! exchanges with the echo agent over the http transport: a user message and its reply each) for `getMessages`.
+//! Writes `session-ids.txt`, `message-session-ids.txt` (one id a line) and `session.json` (one real `getSession`
+//! response body, the baseline's body) into `--out-dir`.
+//!
+//! Seeded sessions have a 1440-minute timeout, so that none expires or enters its warning window (which would
+//! make the sweeper update them all) during a long run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use serde_json::{json, Value};
+
+/// The demo echo agent every server creates on an empty store.
+const DEMO_AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
+
+#[derive(Parser, Debug)]
+#[command(about = "Creates sessions and message histories on a running server (bench/run)")]
+struct Args {
+    /// The server, e.g. http://127.0.0.1:3000
+    #[arg(long)]
+    url: String,
+    /// Sessions for getSession, sessionHeartbeat and sendMessage.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Sessions with a message history, for getMessages.
+    #[arg(long, default_value_t = 200)]
+    message_sessions: usize,
+    /// Exchanges per history session (each stores a user message and the agent's reply).
+    #[arg(long, default_value_t = 10)]
+    messages: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    #[arg(long)]
+    out_dir: PathBuf,
+}
+
+struct Seeder {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Seeder {
+    async fn create_session(&self, n: usize) -> anyhow::Result<String> {
+        let body = json!({
+            "agentId": DEMO_AGENT,
+            "userId": uuid::Uuid::new_v4(),
+            "metadata": {"platform": "web", "username": format!("user{n}")},
+            "timeoutConfig": {"timeoutMinutes": 1440, "maxDurationMinutes": 1440},
+        });
+        let response = self
+            .http
+            .post(format!("{}/api/messaging/sessions", self.base))
+            .json(&body)
+            .send()
+            .await
+            .context("createSession")?;
+        let status = response.status();
+        let text = response.text().await?;
+        if status.as_u16() != 201 {
+            bail!("createSession answered {status}: {text}");
+        }
+        let session: Value = serde_json::from_str(&text)?;
+        session["sessionId"]
+            .as_str()
+            .map(str::to_string)
+            .context("createSession: no sessionId in the answer")
+    }
+
+    async fn send_message(&self, session: &str, n: usize) -> anyhow::Result<()> {
+        let response = self
+            .http
+            .post(format!(
+                "{}/api/messaging/sessions/{session}/messages",
+                self.base
+            ))
+            .json(&json!({"content": format!("Hello number {n}, how are you today?"), "transport": "http"}))
+            .send()
+            .await
+            .context("sendMessage")?;
+        let status = response.status();
+        if status.as_u16() != 201 {
+            bail!("sendMessage answered {status}: {}", response.text().await?);
+        }
+        Ok(())
+    }
+
+    async fn get_session(&self, session: &str) -> anyhow::Result<Vec<u8>> {
+        let response = self
+            .http
+            .get(format!("{}/api/messaging/sessions/{session}", self.base))
+            .send()
+            .await
+            .context("getSession")?;
+        let status = response.status();
+        let body = response.bytes().await?;
+        if status.as_u16() != 200 {
+            bail!(
+                "getSession answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(body.to_vec())
+    }
+}
+
+async fn create_many(
+    seeder: &Arc<Seeder>,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<String>> {
+    stream::iter(0..count)
+        .map(|n| {
+            let seeder = seeder.clone();
+            async move { seeder.create_session(n).await }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect()
+        .await
+}
+
+fn write_ids(path: PathBuf, ids: &[String]) -> anyhow::Result<()> {
+    let mut text = ids.join("\n");
+    text.push('\n');
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let concurrency = args.concurrency.max(1);
+    let seeder = Arc::new(Seeder {
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency)
+            .build()?,
+        base: args.url.trim_end_matches('/').to_string(),
+    });
+    std::fs::create_dir_all(&args.out_dir)?;
+
+    let started = std::time::Instant::now();
+    let ids = create_many(&seeder, args.sessions.max(1), concurrency).await?;
+    write_ids(args.out_dir.join("session-ids.txt"), &ids)?;
+    let body = seeder.get_session(&ids[0]).await?;
+    std::fs::write(args.out_dir.join("session.json"), &body)?;
+
+    let history = create_many(&seeder, args.message_sessions.max(1), concurrency).await?;
+    // One session's messages go in order (its replies are answered one at a time anyway); sessions in parallel.
+    stream::iter(history.iter())
+        .map(|id| {
+            let seeder = seeder.clone();
+            async move {
+                for n in 0..args.messages {
+                    seeder.send_message(id, n).await?;
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<()>()
+        .await?;
+    write_ids(args.out_dir.join("message-session-ids.txt"), &history)?;
+    println!(
+        "seeded {} sessions and {} sessions with {} messages each in {:.1} s",
+        ids.len(),
+        history.len(),
+        2 * args.messages,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

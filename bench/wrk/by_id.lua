@@ -1,0 +1,47 @@
+-- wrk script for the per-session endpoints: each request names a session picked at random (uniformly) among the
+-- ids in a file, one a line. Arguments after wrk's `--`:
+--   IDS_FILE METHOD [SUFFIX [BODY]]
+-- e.g. `-- ids.txt GET`, `-- ids.txt POST /heartbeat`, `-- ids.txt POST /messages '{"content":"hi"}'`,
+-- `-- ids.txt GET /messages`. The path is /api/messaging/sessions/<id><SUFFIX>.
+
+local ids = {}
+local method = "GET"
+local suffix = ""
+local body = nil
+local headers = {}
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+
+function init(args)
+  local file = args[1]
+  if file == nil then
+    error("by_id.lua: give the ids file after --")
+  end
+  method = args[2] or "GET"
+  suffix = args[3] or ""
+  body = args[4]
+  if body ~= nil then
+    headers["Content-Type"] = "application/json"
+  end
+  local n = 0
+  for line in io.lines(file) do
+    if #line > 0 then
+      n = n + 1
+      ids[n] = line
+    end
+  end
+  if n == 0 then
+    error("by_id.lua: no ids in " .. file)
+  end
+  -- Each thread its own sequence.
+  math.randomseed(os.time() * 1000 + (thread_number or 0) * 7919)
+end
+
+function request()
+  local id = ids[math.random(#ids)]
+  return wrk.format(method, "/api/messaging/sessions/" .. id .. suffix, headers, body)
+end
