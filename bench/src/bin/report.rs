@@ -352,7 +352,10 @@ fn scale_tables(index: &Path, facts: &Path, markdown: &Path, large: u64) -> anyh
         }
     }
 
-    let mut fact_table = Table::new(&["what", "measured", "target"], &[false, true, false]);
+    let mut fact_table = Table::new(
+        &["what", "measured", "target or note"],
+        &[false, true, false],
+    );
     for parts in read_index(facts, 2)? {
         let target = parts.get(2).cloned().unwrap_or_default();
         fact_table.push(vec![parts[0].clone(), parts[1].clone(), target]);
