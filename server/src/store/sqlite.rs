@@ -1,9 +1,8 @@
 //! `SqliteStore`: the embedded default backend (WAL, `synchronous=FULL`).
 //!
-//! Migrations and the colder reads (listings, counts, history for agents, event replay) use sqlx. The hot
-//! lookups run synchronously on the calling thread (`sqlite_reads.rs`), and every write goes to one writer
-//! thread with group commit (`sqlite_writer.rs`): both because sqlx's per-statement thread hand-offs dominated
-//! the profiles of those paths. WAL lets all readers run beside the writer.
+//! Migrations use sqlx. Reads run synchronously on the calling thread (`sqlite_reads.rs`), and every write goes
+//! to one writer thread with group commit (`sqlite_writer.rs`): both because sqlx's per-statement thread
+//! hand-offs dominated the profiles of those paths. WAL lets all readers run beside the writer.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -11,41 +10,27 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use super::sqlite_reads::FastReads;
+use super::sqlite_reads::{self as reads, FastReads};
 use super::sqlite_writer::{self, Applied, Job, Write};
 use super::{
-    from_ms, to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore,
-    StoreError,
+    to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore, StoreError,
 };
-use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use crate::domain::{Agent, Message, Session, SessionEvent};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    reads: SqlitePool,
     /// The hot lookups, synchronous (see `sqlite_reads.rs` for why).
     fast: FastReads,
     /// The writer thread's queue (see `sqlite_writer.rs`); None once closed.
     writes: Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
     bus: Arc<EventBus>,
-}
-
-fn backend(e: sqlx::Error) -> StoreError {
-    match e {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
-            StoreError::Unavailable(e.to_string())
-        }
-        e => StoreError::Backend(e.to_string()),
-    }
 }
 
 impl SqliteStore {
@@ -59,7 +44,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .disable_statement_logging();
         let file = options.get_filename().to_path_buf();
-        // An in-memory database lives on one connection, but reads use their own pool: insist on a file.
+        // An in-memory database lives on one connection, but reads and the writer use their own: insist on a file.
         if url.contains(":memory:") || file.as_os_str().is_empty() {
             anyhow::bail!("sqlite in-memory databases are not supported: give a file path (a temp file in tests)");
         }
@@ -70,15 +55,9 @@ impl SqliteStore {
         let mut migrator = SqliteConnection::connect_with(&options).await?;
         MIGRATOR.run(&mut migrator).await?;
         migrator.close().await?;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(2)
-            .min_connections(1)
-            .connect_with(options.read_only(true))
-            .await?;
         let bus = Arc::new(EventBus::default());
         let writes = sqlite_writer::spawn(&file, bus.clone())?;
         Ok(Self {
-            reads,
             fast: FastReads::new(file),
             writes: Mutex::new(Some(writes)),
             bus,
@@ -105,69 +84,6 @@ pub(super) const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, cre
 pub(super) const MESSAGE_COLUMNS: &str =
     "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
 
-fn decode(e: serde_json::Error) -> sqlx::Error {
-    sqlx::Error::Decode(Box::new(e))
-}
-
-fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
-    let metadata: String = row.try_get(12)?;
-    Ok(Session {
-        id: row.try_get(0)?,
-        channel_id: row.try_get(1)?,
-        agent_id: row.try_get(2)?,
-        user_id: row.try_get(3)?,
-        created_at: from_ms(row.try_get(4)?),
-        last_activity: from_ms(row.try_get(5)?),
-        last_renewal: from_ms(row.try_get(6)?),
-        expires_at: from_ms(row.try_get(7)?),
-        timeout: TimeoutConfig {
-            timeout_minutes: row.try_get(8)?,
-            auto_renew: row.try_get(9)?,
-            max_duration_minutes: row.try_get(10)?,
-            warning_threshold_minutes: row.try_get(11)?,
-        },
-        metadata: serde_json::from_str(&metadata).map_err(decode)?,
-        renewal_count: row.try_get(13)?,
-        version: row.try_get(14)?,
-        notice: Notice::from_i64(row.try_get(15)?),
-    })
-}
-
-fn event_from_row(row: &SqliteRow) -> Result<SessionEvent, sqlx::Error> {
-    let kind: String = row.try_get(2)?;
-    let data: String = row.try_get(3)?;
-    Ok(SessionEvent {
-        seq: Some(row.try_get(0)?),
-        session_id: row.try_get(1)?,
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event kind {kind}").into()))?,
-        data: serde_json::from_str(&data).map_err(decode)?,
-        created_at: from_ms(row.try_get(4)?),
-    })
-}
-
-fn agent_from_row(row: &SqliteRow) -> Result<Agent, sqlx::Error> {
-    let backend: String = row.try_get(2)?;
-    let defaults: String = row.try_get(3)?;
-    Ok(Agent {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        backend: serde_json::from_str(&backend).map_err(decode)?,
-        session_defaults: serde_json::from_str(&defaults).map_err(decode)?,
-        created_at: from_ms(row.try_get(4)?),
-    })
-}
-
-fn all<T>(
-    rows: &[SqliteRow],
-    f: fn(&SqliteRow) -> Result<T, sqlx::Error>,
-) -> Result<Vec<T>, StoreError> {
-    rows.iter()
-        .map(f)
-        .collect::<Result<_, _>>()
-        .map_err(backend)
-}
-
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn insert_agent(&self, agent: &Agent) -> Result<(), StoreError> {
@@ -181,13 +97,11 @@ impl SessionStore for SqliteStore {
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
-        let rows = sqlx::query(
+        self.fast.rows(
             "SELECT id, name, backend, session_defaults, created_at FROM agents ORDER BY created_at, id",
+            [],
+            reads::agent,
         )
-        .fetch_all(&self.reads)
-        .await
-        .map_err(backend)?;
-        all(&rows, agent_from_row)
     }
 
     async fn delete_agent(&self, id: Uuid) -> Result<bool, StoreError> {
@@ -235,20 +149,21 @@ impl SessionStore for SqliteStore {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<Session>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE expires_at > ?1 \
-             AND (?2 IS NULL OR agent_id = ?2) AND (?3 IS NULL OR user_id = ?3) \
-             ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
-        ))
-        .bind(to_ms(active_at))
-        .bind(filter.agent_id)
-        .bind(filter.user_id)
-        .bind(limit)
-        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
-        .fetch_all(&self.reads)
-        .await
-        .map_err(backend)?;
-        all(&rows, session_from_row)
+        self.fast.rows(
+            &format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE expires_at > ?1 \
+                 AND (?2 IS NULL OR agent_id = ?2) AND (?3 IS NULL OR user_id = ?3) \
+                 ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5"
+            ),
+            rusqlite::params![
+                to_ms(active_at),
+                filter.agent_id,
+                filter.user_id,
+                limit,
+                i64::try_from(offset).unwrap_or(i64::MAX)
+            ],
+            reads::session,
+        )
     }
 
     async fn count_sessions(
@@ -257,30 +172,28 @@ impl SessionStore for SqliteStore {
         now: DateTime<Utc>,
         retained_after: DateTime<Utc>,
     ) -> Result<SessionCounts, StoreError> {
-        let row = sqlx::query(
+        let counts = self.fast.rows(
             "SELECT COUNT(*), \
                COALESCE(SUM(expires_at > ?1), 0), \
                COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) \
              FROM sessions WHERE expires_at > ?2 \
                AND (?3 IS NULL OR agent_id = ?3) AND (?4 IS NULL OR user_id = ?4)",
-        )
-        .bind(to_ms(now))
-        .bind(to_ms(retained_after))
-        .bind(filter.agent_id)
-        .bind(filter.user_id)
-        .fetch_one(&self.reads)
-        .await
-        .map_err(backend)?;
-        let get = |i: usize| {
-            row.try_get::<i64, _>(i)
-                .map(|n| n.max(0) as u64)
-                .map_err(backend)
-        };
-        Ok(SessionCounts {
-            total: get(0)?,
-            active: get(1)?,
-            expiring_soon: get(2)?,
-        })
+            rusqlite::params![
+                to_ms(now),
+                to_ms(retained_after),
+                filter.agent_id,
+                filter.user_id
+            ],
+            |row| {
+                let get = |i: usize| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
+                Ok(SessionCounts {
+                    total: get(0)?,
+                    active: get(1)?,
+                    expiring_soon: get(2)?,
+                })
+            },
+        )?;
+        Ok(counts.into_iter().next().unwrap_or_default())
     }
 
     async fn purge_sessions(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
@@ -298,16 +211,14 @@ impl SessionStore for SqliteStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Session>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE notice < 2 AND warn_at <= ?1 \
-             AND (notice = 0 OR expires_at <= ?1) ORDER BY warn_at LIMIT ?2"
-        ))
-        .bind(to_ms(now))
-        .bind(limit)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(backend)?;
-        all(&rows, session_from_row)
+        self.fast.rows(
+            &format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE notice < 2 AND warn_at <= ?1 \
+                 AND (notice = 0 OR expires_at <= ?1) ORDER BY warn_at LIMIT ?2"
+            ),
+            rusqlite::params![to_ms(now), limit],
+            reads::session,
+        )
     }
 
     async fn record_message(
@@ -373,15 +284,12 @@ impl SessionStore for SqliteStore {
         stale_before: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Uuid>, StoreError> {
-        sqlx::query_scalar(
+        self.fast.rows(
             "SELECT DISTINCT session_id FROM messages WHERE reply_state IN (1, 2) \
              AND ((reply_state = 1 AND created_at <= ?1) OR (reply_state = 2 AND claimed_at <= ?1)) LIMIT ?2",
+            rusqlite::params![to_ms(stale_before), limit],
+            |row| row.get(0),
         )
-        .bind(to_ms(stale_before))
-        .bind(limit)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(backend)
     }
 
     async fn list_messages(
@@ -409,17 +317,12 @@ impl SessionStore for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<SessionEvent>, StoreError> {
-        let rows = sqlx::query(
+        self.fast.rows(
             "SELECT seq, session_id, kind, data, created_at FROM events \
              WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            rusqlite::params![session_id, after_seq, limit],
+            reads::event,
         )
-        .bind(session_id)
-        .bind(after_seq)
-        .bind(limit)
-        .fetch_all(&self.reads)
-        .await
-        .map_err(backend)?;
-        all(&rows, event_from_row)
     }
 
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
@@ -438,6 +341,5 @@ impl SessionStore for SqliteStore {
                 let _ = stopped.await;
             }
         }
-        self.reads.close().await;
     }
 }

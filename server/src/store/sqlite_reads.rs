@@ -16,7 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{from_ms, MessageWindow, Order, StoreError};
-use crate::domain::{Agent, Message, Notice, Session, TimeoutConfig};
+use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
 
 /// Idle connections kept; more are opened under load and dropped when returned beyond this.
 const KEEP_IDLE: usize = 8;
@@ -90,16 +90,22 @@ impl FastReads {
             conn.prepare_cached(
                 "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?1",
             )?
-            .query_row(params![id], |row| {
-                Ok(Agent {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    backend: decode_json(2, &row.get::<_, String>(2)?)?,
-                    session_defaults: decode_json(3, &row.get::<_, String>(3)?)?,
-                    created_at: from_ms(row.get(4)?),
-                })
-            })
+            .query_row(params![id], agent)
             .optional()
+        })
+    }
+
+    /// Every row of a query, decoded by `decode`: the store's colder reads (listings, counts, replays).
+    pub fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        decode: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.with(|conn| {
+            conn.prepare_cached(sql)?
+                .query_map(params, decode)?
+                .collect()
         })
     }
 
@@ -130,7 +136,34 @@ impl FastReads {
     }
 }
 
-fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
+pub(super) fn agent(row: &Row<'_>) -> rusqlite::Result<Agent> {
+    Ok(Agent {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        backend: decode_json(2, &row.get::<_, String>(2)?)?,
+        session_defaults: decode_json(3, &row.get::<_, String>(3)?)?,
+        created_at: from_ms(row.get(4)?),
+    })
+}
+
+pub(super) fn event(row: &Row<'_>) -> rusqlite::Result<SessionEvent> {
+    let kind: String = row.get(2)?;
+    Ok(SessionEvent {
+        seq: Some(row.get(0)?),
+        session_id: row.get(1)?,
+        kind: EventKind::parse(&kind).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                format!("unknown event kind {kind}").into(),
+            )
+        })?,
+        data: decode_json(3, &row.get::<_, String>(3)?)?,
+        created_at: from_ms(row.get(4)?),
+    })
+}
+
+pub(super) fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
     Ok(Session {
         id: row.get(0)?,
         channel_id: row.get(1)?,
