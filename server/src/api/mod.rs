@@ -156,10 +156,12 @@ fn percent_decode(s: &str) -> Vec<u8> {
 /// Makes every error leaving the application the API's JSON error.
 async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // A Uri clone shares its buffer; the path is only read when there is an error to describe.
+    let uri = req.uri().clone();
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
         Err(err) => {
+            let path = uri.path();
             // `health` is reserved for GET only; a DELETE of it is a lookup of a session that cannot exist.
             if method == Method::DELETE
                 && err.status() == StatusCode::METHOD_NOT_ALLOWED
