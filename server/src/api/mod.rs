@@ -176,11 +176,11 @@ async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Respons
             }
             // An id that does not even decode to UTF-8 names no session or agent: 404 like any unknown id.
             if err.is::<poem::error::ParsePathError>() {
-                if let Some(resp) = unknown_id_in_path(&path) {
+                if let Some(resp) = unknown_id_in_path(path) {
                     return Ok(resp.as_poem_response());
                 }
             }
-            Ok(error::from_poem_error(err, &method, &path).as_poem_response())
+            Ok(error::from_poem_error(err, &method, path).as_poem_response())
         }
     }
 }
