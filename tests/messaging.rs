@@ -15,27 +15,6 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-/// How long a test waits for an event that must come.
-const WAIT: Duration = Duration::from_secs(10);
-
-fn message(content: &str, transport: types::TransportType) -> types::SendMessageRequest {
-    types::SendMessageRequest {
-        content: content.to_string(),
-        attachments: Vec::new(),
-        metadata: Default::default(),
-        transport: Some(transport),
-        mode: None,
-    }
-}
-
-async fn next<T: std::fmt::Debug>(events: &mut BoxedEvents<T>) -> T {
-    tokio::time::timeout(WAIT, events.next())
-        .await
-        .expect("an event arrives in time")
-        .expect("the stream goes on")
-        .expect("a well-formed event")
-}
-
 /// The stream ends (after `expired` or `deleted`).
 async fn ends<T: std::fmt::Debug>(events: &mut BoxedEvents<T>) {
     let rest = tokio::time::timeout(WAIT, events.next())

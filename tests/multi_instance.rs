@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use agent_sessions::streams::{BoxedEvents, SessionEvent, SessionEventFrame};
+use agent_sessions::streams::SessionEvent;
 use agent_sessions::types;
 use agent_sessions_server::clock::MockClock;
-use futures::StreamExt;
 use uuid::Uuid;
 
 use crate::support::*;
@@ -23,24 +22,6 @@ async fn two_instances() -> Option<(TestContext, TestContext)> {
     let b = TestContext::on_url(&url, clock, TestOptions::default()).await;
     assert_eq!(a.agent_id, b.agent_id, "one demo agent for both");
     Some((a, b))
-}
-
-async fn next(events: &mut BoxedEvents<SessionEventFrame>) -> SessionEventFrame {
-    tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
-        .await
-        .expect("an event arrives in time")
-        .expect("the stream goes on")
-        .expect("a well-formed event")
-}
-
-fn text(content: &str, transport: types::TransportType) -> types::SendMessageRequest {
-    types::SendMessageRequest {
-        content: content.into(),
-        attachments: Vec::new(),
-        metadata: Default::default(),
-        transport: Some(transport),
-        mode: None,
-    }
 }
 
 #[tokio::test]
@@ -85,7 +66,7 @@ async fn a_session_works_the_same_on_either_instance() {
         .client
         .send_message()
         .session_id(&id)
-        .body(text("hello from b", types::TransportType::Http))
+        .body(message("hello from b", types::TransportType::Http))
         .send()
         .await
         .unwrap()
@@ -169,7 +150,7 @@ async fn a_subscriber_on_one_instance_sees_a_reply_produced_on_the_other() {
         .client
         .send_message()
         .session_id(&id)
-        .body(text("over to you", types::TransportType::Websocket))
+        .body(message("over to you", types::TransportType::Websocket))
         .send()
         .await
         .unwrap()
@@ -217,7 +198,7 @@ async fn replies_keep_message_order_across_instances() {
             let sent = client
                 .send_message()
                 .session_id(id)
-                .body(text(&format!("m{i}"), types::TransportType::Http))
+                .body(message(&format!("m{i}"), types::TransportType::Http))
                 .send()
                 .await
                 .expect("sent")

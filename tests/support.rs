@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use agent_sessions::streams::BoxedEvents;
 use agent_sessions::types;
 use agent_sessions::Client;
 use agent_sessions_server::api::StreamSettings;
@@ -12,6 +13,8 @@ use agent_sessions_server::service::{ServiceConfig, SessionService};
 use agent_sessions_server::store::{self, SessionStore};
 use agent_sessions_server::sweeper::Sweeper;
 use chrono::Duration;
+use futures::StreamExt;
+use std::time::Duration as StdDuration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -241,4 +244,25 @@ pub fn assert_error(resp: &(u16, String, serde_json::Value), status: u16, code: 
         body["error"]["timestamp"].is_string(),
         "timestamp; body: {body}"
     );
+}
+
+/// How long a test waits for an event that must come.
+pub const WAIT: StdDuration = StdDuration::from_secs(10);
+
+pub fn message(content: &str, transport: types::TransportType) -> types::SendMessageRequest {
+    types::SendMessageRequest {
+        content: content.to_string(),
+        attachments: Vec::new(),
+        metadata: Default::default(),
+        transport: Some(transport),
+        mode: None,
+    }
+}
+
+pub async fn next<T: std::fmt::Debug>(events: &mut BoxedEvents<T>) -> T {
+    tokio::time::timeout(WAIT, events.next())
+        .await
+        .expect("an event arrives in time")
+        .expect("the stream goes on")
+        .expect("a well-formed event")
 }
