@@ -9,6 +9,7 @@ mod multi_instance;
 mod pg;
 mod restart;
 mod spec_agreement;
+mod sqlite_wal;
 mod store_conformance;
 mod support;
 mod timeouts;

@@ -90,6 +90,7 @@ macro_rules! conformance {
 conformance!(
     agents_insert_get_list_delete,
     sessions_round_trip_and_update_with_version_check,
+    reads_see_every_acknowledged_write,
     concurrent_version_checked_increments_lose_nothing,
     active_sessions_filter_order_and_page,
     session_counts,
@@ -351,6 +352,49 @@ async fn agents_insert_get_list_delete(store: Arc<dyn SessionStore>) {
         .unwrap();
     assert_eq!(messages, vec![kept_message]);
     assert_eq!(store.events_after(kept.id, 0, 100).await.unwrap().len(), 1);
+}
+
+/// Read-your-writes while readers are busy: the SQLite store reuses a reader's snapshot across lookups until
+/// something is committed, so a lookup after an acknowledged update must never answer from an older snapshot.
+/// Readers on other tasks keep the pooled connections' snapshots warm throughout.
+async fn reads_see_every_acknowledged_write(store: Arc<dyn SessionStore>) {
+    let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
+    store.insert_session(&s).await.unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, stop, id) = (store.clone(), stop.clone(), s.id);
+            tokio::spawn(async move {
+                let mut last = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let seen = store.get_session(id).await.unwrap().unwrap().version;
+                    assert!(seen >= last, "a later lookup saw an older version");
+                    last = seen;
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let mut current = s;
+    for i in 0..300 {
+        let mut next = current.clone();
+        next.renewal_count += 1;
+        next.version += 1;
+        assert!(store
+            .update_session(&next, current.version, vec![])
+            .await
+            .unwrap());
+        let read = store.get_session(next.id).await.unwrap().unwrap();
+        assert_eq!(
+            read.version, next.version,
+            "update {i} was acknowledged but not read back"
+        );
+        current = next;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
 }
 
 async fn sessions_round_trip_and_update_with_version_check(store: Arc<dyn SessionStore>) {

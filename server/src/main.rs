@@ -10,6 +10,10 @@ use agent_sessions_server::{app, openapi_spec_json, serve, store};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Many small, short-lived allocations per request: mimalloc serves them from thread-local pages.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();

@@ -9,12 +9,13 @@ use poem::http::StatusCode;
 use poem::web::sse::Event;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::{EventStream, Json};
+use poem_openapi::payload::EventStream;
 use poem_openapi::{ApiResponse, OpenApi};
 use serde_json::Value;
 
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
+use super::json_out::JsonOut;
 use super::models::{
     AgentResponseBody, CursorsBody, MessageBody, MessageListBody, MessageResponseBody,
     MessageResponseData, MessageStreamEvent, MessageStreamEventName, SendMessageRequest,
@@ -44,7 +45,7 @@ type SessionEventStream = EventStream<BoxStream<'static, SessionStreamEvent>>;
 pub enum SendMessageResponse {
     /// Transports `websocket` and `http`: the stored message (and, for `http`, the agent's reply).
     #[oai(status = 201)]
-    Sent(Json<Box<MessageResponseBody>>),
+    Sent(JsonOut<Box<MessageResponseBody>>),
     /// Transport `sse`: `user_message`, then `chunk` events, then exactly one `done` or `error`.
     #[oai(status = 200)]
     Stream(MessageStream),
@@ -71,7 +72,7 @@ impl MessagesApi {
         match outcome.transport {
             Transport::WebSocket => {
                 let body = message_response(&outcome, None);
-                Ok(SendMessageResponse::Sent(Json(Box::new(body))))
+                Ok(SendMessageResponse::Sent(JsonOut(Box::new(body))))
             }
             Transport::Http => loop {
                 let next = match outcome.reply.as_mut() {
@@ -82,7 +83,7 @@ impl MessagesApi {
                     Some(ReplyProgress::Chunk(_)) => continue,
                     Some(ReplyProgress::Done { reply, .. }) => {
                         let body = message_response(&outcome, Some(&reply));
-                        return Ok(SendMessageResponse::Sent(Json(Box::new(body))));
+                        return Ok(SendMessageResponse::Sent(JsonOut(Box::new(body))));
                     }
                     Some(ReplyProgress::Failed(e)) => return Err(agent_failure(&e).into()),
                     None => {
@@ -122,7 +123,7 @@ impl MessagesApi {
         before: Query<Option<String>>,
         /// Only messages newer than this: epoch milliseconds or ISO-8601. Alone, pages forward from it.
         after: Query<Option<String>>,
-    ) -> Result<Json<MessageListBody>, Failure<MessagesErrors>> {
+    ) -> Result<JsonOut<MessageListBody>, Failure<MessagesErrors>> {
         let page = service
             .messages(
                 &session_id,
@@ -138,7 +139,7 @@ impl MessagesApi {
             }),
             _ => None,
         };
-        Ok(Json(MessageListBody {
+        Ok(JsonOut(MessageListBody {
             messages: page.messages.iter().map(Into::into).collect(),
             has_more: page.has_more,
             cursors,

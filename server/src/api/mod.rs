@@ -4,6 +4,7 @@
 mod agents;
 mod body;
 pub mod error;
+mod json_out;
 mod messages;
 pub mod models;
 mod sessions;

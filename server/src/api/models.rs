@@ -1,7 +1,10 @@
 //! Wire models: the JSON objects of the API as poem-openapi types, and their conversion from domain values.
-//! Request models exist for the schema only; request bodies are validated by `domain::validate`.
+//! Request models exist for the schema only; request bodies are validated by `domain::validate`. The response
+//! models of the hot endpoints also derive `Serialize`, mirroring their `oai` attributes, for `JsonOut` (see
+//! `body.rs`); a test holds the two serializations equal.
 
 use poem_openapi::{Enum, Object};
+use serde::Serialize;
 use uuid::Uuid;
 
 use super::types::{JsonObject, Minutes, Timestamp};
@@ -9,8 +12,9 @@ use crate::domain::{Agent, AgentBackend, Session, TimeoutConfig, TimeoutConfigPa
 use crate::service::{Health, SessionPage};
 
 /// The effective timeout configuration of a session.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "TimeoutConfig", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct TimeoutConfigBody {
     /// Inactivity timeout, in minutes.
     pub timeout_minutes: Minutes,
@@ -37,8 +41,9 @@ pub struct TimeoutConfigInput {
 }
 
 /// A conversation between one user and one agent, with its expiry state as of the response.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "Session", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct SessionBody {
     pub session_id: Uuid,
     /// The conversation id; elizaOS clients join this room for real-time replies.
@@ -71,16 +76,18 @@ pub struct CreateSessionRequest {
     pub timeout_config: Option<TimeoutConfigInput>,
 }
 
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "SessionStats", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct SessionStatsBody {
     pub total_sessions: u64,
     pub active_sessions: u64,
     pub expired_sessions: u64,
 }
 
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "SessionList", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct SessionListBody {
     /// Active sessions, newest first.
     pub sessions: Vec<SessionBody>,
@@ -104,16 +111,18 @@ pub struct HealthBody {
 
 /// A deletion's outcome. `data` repeats it: the elizaOS TypeScript SDK returns `body.data` of any body that
 /// has a `success` key.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "DeleteResponse", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct DeleteBody {
     pub success: bool,
     pub message: String,
     pub data: DeleteData,
 }
 
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "DeleteResult", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct DeleteData {
     pub success: bool,
     pub message: String,
@@ -303,8 +312,9 @@ impl From<&Agent> for AgentBody {
     }
 }
 
-#[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Enum, Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[oai(rename = "AttachmentType", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum AttachmentType {
     Image,
     File,
@@ -313,24 +323,30 @@ pub enum AttachmentType {
     Document,
 }
 
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "MessageAttachment", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct AttachmentBody {
     #[oai(rename = "type")]
+    #[serde(rename = "type")]
     pub kind: AttachmentType,
     pub url: String,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Size in bytes.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<f64>,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mime_type: Option<String>,
 }
 
 /// A stored message of a session's history.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "Message", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct MessageBody {
     pub id: Uuid,
     pub content: String,
@@ -341,9 +357,11 @@ pub struct MessageBody {
     /// For agent replies: `thought` and `actions` when the agent gave them.
     pub metadata: JsonObject,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Vec<AttachmentBody>>,
     /// For agent replies: the id of the user message answered.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<Uuid>,
 }
 
@@ -379,19 +397,23 @@ pub struct SendMessageRequest {
 }
 
 /// The agent's answer.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "AgentResponse", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct AgentResponseBody {
     pub text: String,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub thought: Option<String>,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub actions: Option<Vec<String>>,
 }
 
 /// The session after the message (which renews it when `autoRenew` is on).
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "SessionStatus", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct SessionStatusBody {
     pub expires_at: Timestamp,
     pub renewal_count: i64,
@@ -400,32 +422,37 @@ pub struct SessionStatusBody {
 }
 
 /// The result of sending a message.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "MessageResponseData", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct MessageResponseData {
     pub success: bool,
     pub user_message: MessageBody,
     /// With the `http` transport only.
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_response: Option<AgentResponseBody>,
     pub session_status: SessionStatusBody,
 }
 
 /// The result of sending a message. `data` repeats it: the elizaOS TypeScript SDK returns `body.data` of any
 /// body that has a `success` key.
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "MessageResponse", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct MessageResponseBody {
     pub success: bool,
     pub user_message: MessageBody,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_response: Option<AgentResponseBody>,
     pub session_status: SessionStatusBody,
     pub data: MessageResponseData,
 }
 
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "MessageCursors", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct CursorsBody {
     /// Epoch milliseconds of the oldest message of the page: pass as `before` for the previous page.
     pub before: i64,
@@ -433,14 +460,16 @@ pub struct CursorsBody {
     pub after: i64,
 }
 
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "MessageList", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct MessageListBody {
     /// Newest first.
     pub messages: Vec<MessageBody>,
     /// True only if more messages exist in the direction of the request.
     pub has_more: bool,
     #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cursors: Option<CursorsBody>,
 }
 

@@ -13,6 +13,7 @@ use super::error::{
     CreateSessionErrors, DeleteErrors, Failure, ListErrors, LookupErrors, RenewErrors, ServerOnly,
     UpdateTimeoutErrors,
 };
+use super::json_out::JsonOut;
 use super::models::{
     CreateSessionRequest, DeleteBody, HealthBody, SessionBody, SessionListBody, TimeoutConfigInput,
 };
@@ -29,11 +30,11 @@ const DEFAULT_LIST_LIMIT: u32 = 100;
 pub enum CreatedSession {
     /// Session created.
     #[oai(status = 201)]
-    Created(Json<SessionBody>),
+    Created(JsonOut<SessionBody>),
 }
 
-fn session(view: SessionView) -> Json<SessionBody> {
-    Json(SessionBody::new(&view.session, view.now))
+fn session(view: SessionView) -> JsonOut<SessionBody> {
+    JsonOut(SessionBody::new(&view.session, view.now))
 }
 
 pub struct SessionsApi;
@@ -87,7 +88,7 @@ impl SessionsApi {
         limit: Query<Option<u32>>,
         /// Sessions to skip (default 0).
         offset: Query<Option<u64>>,
-    ) -> Result<Json<SessionListBody>, Failure<ListErrors>> {
+    ) -> Result<JsonOut<SessionListBody>, Failure<ListErrors>> {
         let filter = SessionFilter {
             agent_id: agent_id.0,
             user_id: user_id.0,
@@ -99,7 +100,7 @@ impl SessionsApi {
                 offset.0.unwrap_or(0),
             )
             .await?;
-        Ok(Json(page.into()))
+        Ok(JsonOut(page.into()))
     }
 
     /// Get a session.
@@ -112,7 +113,7 @@ impl SessionsApi {
         &self,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
-    ) -> Result<Json<SessionBody>, Failure<LookupErrors>> {
+    ) -> Result<JsonOut<SessionBody>, Failure<LookupErrors>> {
         Ok(session(service.get(&session_id).await?))
     }
 
@@ -126,9 +127,9 @@ impl SessionsApi {
         &self,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
-    ) -> Result<Json<DeleteBody>, Failure<DeleteErrors>> {
+    ) -> Result<JsonOut<DeleteBody>, Failure<DeleteErrors>> {
         service.delete(&session_id).await?;
-        Ok(Json(DeleteBody::new(format!(
+        Ok(JsonOut(DeleteBody::new(format!(
             "Session {} deleted successfully",
             session_id.0
         ))))
@@ -144,7 +145,7 @@ impl SessionsApi {
         &self,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
-    ) -> Result<Json<SessionBody>, Failure<RenewErrors>> {
+    ) -> Result<JsonOut<SessionBody>, Failure<RenewErrors>> {
         Ok(session(service.renew(&session_id).await?))
     }
 
@@ -159,7 +160,7 @@ impl SessionsApi {
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
         body: JsonBody<TimeoutConfigInput>,
-    ) -> Result<Json<SessionBody>, Failure<UpdateTimeoutErrors>> {
+    ) -> Result<JsonOut<SessionBody>, Failure<UpdateTimeoutErrors>> {
         Ok(session(
             service.update_timeout(&session_id, body.value).await?,
         ))
@@ -175,7 +176,7 @@ impl SessionsApi {
         &self,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
-    ) -> Result<Json<SessionBody>, Failure<LookupErrors>> {
+    ) -> Result<JsonOut<SessionBody>, Failure<LookupErrors>> {
         Ok(session(service.heartbeat(&session_id).await?))
     }
 }

@@ -49,6 +49,18 @@ macro_rules! wire_scalar {
     };
 }
 
+/// Serializes a wire scalar with serde exactly as its `ToJSON` does (for `JsonOut`, the direct serializer).
+macro_rules! serialize_as {
+    ($ty:ident, $to:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                #[allow(clippy::redundant_closure_call)]
+                ($to)(self, serializer)
+            }
+        }
+    };
+}
+
 /// An instant on the wire: `2025-01-01T00:00:00.000Z`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timestamp(pub DateTime<Utc>);
@@ -66,6 +78,9 @@ wire_scalar!(
     }
 );
 
+serialize_as!(Timestamp, |t: &Timestamp, s: S| s
+    .serialize_str(&crate::domain::iso(t.0)));
+
 /// A duration in minutes; fractions are allowed (7.5), whole numbers print without a decimal point.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Minutes(pub f64);
@@ -80,6 +95,10 @@ wire_scalar!(
         .map(Minutes)
         .ok_or_else(|| ParseError::expected_type(v))
 );
+
+serialize_as!(Minutes, |m: &Minutes, s: S| {
+    serde::Serialize::serialize(&crate::domain::event::minutes(m.0), s)
+});
 
 /// A free-form JSON object.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -98,6 +117,10 @@ wire_scalar!(
         other => Err(ParseError::expected_type(other)),
     }
 );
+
+serialize_as!(JsonObject, |o: &JsonObject, s: S| {
+    serde::Serialize::serialize(&o.0, s)
+});
 
 #[cfg(test)]
 mod tests {

@@ -5,6 +5,7 @@
 //! hand-offs dominated the profiles of those paths. WAL lets all readers run beside the writer.
 
 use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 pub struct SqliteStore {
     /// The hot lookups, synchronous (see `sqlite_reads.rs` for why).
-    fast: FastReads,
+    fast: Arc<FastReads>,
     /// The writer thread's queue (see `sqlite_writer.rs`); None once closed.
     writes: Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
@@ -56,9 +57,11 @@ impl SqliteStore {
         MIGRATOR.run(&mut migrator).await?;
         migrator.close().await?;
         let bus = Arc::new(EventBus::default());
-        let writes = sqlite_writer::spawn(&file, bus.clone())?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let fast = Arc::new(FastReads::new(file.clone(), commits.clone()));
+        let writes = sqlite_writer::spawn(&file, bus.clone(), fast.clone(), commits)?;
         Ok(Self {
-            fast: FastReads::new(file),
+            fast,
             writes: Mutex::new(Some(writes)),
             bus,
         })

@@ -10,6 +10,7 @@
 //! above the fsync itself. Executed in place, a statement takes microseconds.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::sqlite_reads::message;
+use super::sqlite_reads::{message, FastReads};
 use super::{to_ms, EventBus, StoreError};
 use crate::domain::{Agent, Message, Session, SessionEvent};
 
@@ -81,8 +82,14 @@ fn failed(e: rusqlite::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-/// Opens the write connection and starts the writer thread; returns the queue to it.
-pub(super) fn spawn(path: &Path, bus: Arc<EventBus>) -> anyhow::Result<mpsc::Sender<Job>> {
+/// Opens the write connection and starts the writer thread; returns the queue to it. The writer counts its
+/// commits in `reads`' counter, which is how reads know when their snapshot is out of date.
+pub(super) fn spawn(
+    path: &Path,
+    bus: Arc<EventBus>,
+    reads: Arc<FastReads>,
+    commits: Arc<AtomicU64>,
+) -> anyhow::Result<mpsc::Sender<Job>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
     // WAL is a property of the file (set at migration time too); FULL is per connection: each commit is
@@ -97,35 +104,75 @@ pub(super) fn spawn(path: &Path, bus: Arc<EventBus>) -> anyhow::Result<mpsc::Sen
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
     let checkpointer = Connection::open(path)?;
-    checkpointer.busy_timeout(Duration::from_secs(10))?;
+    // Spin, don't sleep, and give up soon: see `restart_wal`.
+    checkpointer.busy_handler(Some(spin_briefly))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
-            run(conn, rx, &bus);
+            run(conn, rx, &bus, &commits);
             drop(alive);
         })?;
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || checkpoint_until(checkpointer, writer_gone))?;
+        .spawn(move || checkpoint_until(checkpointer, &reads, writer_gone))?;
     Ok(tx)
 }
 
-/// Copies committed WAL pages into the database file every interval, without blocking the writer or readers
-/// (PASSIVE), so the WAL stays small; stops when the writer stops.
-fn checkpoint_until(conn: Connection, writer_gone: std::sync::mpsc::Receiver<()>) {
-    const INTERVAL: Duration = Duration::from_millis(500);
+/// Copies committed WAL pages into the database file every `INTERVAL`, without blocking the writer or readers
+/// (PASSIVE), and starts the WAL over every `RESTART_EVERY` of them (see `restart_wal`); stops when the writer
+/// stops.
+fn checkpoint_until(
+    conn: Connection,
+    reads: &FastReads,
+    writer_gone: std::sync::mpsc::Receiver<()>,
+) {
+    const INTERVAL: Duration = Duration::from_millis(200);
+    const RESTART_EVERY: u32 = 5;
+    let mut round = 0u32;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(INTERVAL) {
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        round = round.wrapping_add(1);
+        let result = if round.is_multiple_of(RESTART_EVERY) {
+            restart_wal(&conn, reads)
+        } else {
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
     // A last, full checkpoint so a cleanly stopped store leaves a small WAL.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    reads.release_snapshots_for(|| {
+        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    });
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus) {
+/// Makes the next write start the WAL over from its beginning, so that the WAL stays small under continuous
+/// load. SQLite restarts the WAL only when a write begins with every frame copied into the database and no
+/// reader holding a snapshot in the WAL. Under continuous writes that moment never comes by itself (a commit
+/// always follows a PASSIVE checkpoint, and some reader always holds a recent snapshot): measured WALs grew
+/// past 1 GB. A RESTART checkpoint holds off the writer while it copies the few frames the last PASSIVE round
+/// left and waits for the readers still in the WAL, which `release_snapshots_for` makes a matter of
+/// microseconds.
+fn restart_wal(conn: &Connection, reads: &FastReads) -> rusqlite::Result<()> {
+    // Copy what is there without holding off anyone first, so that RESTART has little left to copy.
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    reads.release_snapshots_for(|| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
+}
+
+/// The checkpoint connection's busy handler: retry at once (yielding the CPU) rather than sleep, and give up
+/// after a few milliseconds. SQLite's own handler sleeps 1, 2, 5... up to 100 ms between tries; a RESTART
+/// checkpoint that waits for the writer lock that way rarely finds the writer between two batches, and once
+/// it holds that lock, each sleep while a reader finishes stalls every write (p99 went to hundreds of ms).
+/// Giving up is harmless: the next round tries again.
+fn spin_briefly(attempts: i32) -> bool {
+    const MAX_ATTEMPTS: i32 = 20_000;
+    std::thread::yield_now();
+    attempts < MAX_ATTEMPTS
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, commits: &AtomicU64) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopped = None;
     while stopped.is_none() {
@@ -146,14 +193,14 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus) {
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer(&mut conn, &mut batch, bus);
+        commit_and_answer(&mut conn, &mut batch, bus, commits);
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer(&mut conn, &mut batch, bus);
+    commit_and_answer(&mut conn, &mut batch, bus, commits);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -163,11 +210,18 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus) {
 type Pending = (Write, oneshot::Sender<Result<Applied, StoreError>>);
 
 /// Commits a batch, announces its events in commit order, then answers each caller.
-fn commit_and_answer(conn: &mut Connection, batch: &mut Vec<Pending>, bus: &EventBus) {
+fn commit_and_answer(
+    conn: &mut Connection,
+    batch: &mut Vec<Pending>,
+    bus: &EventBus,
+    commits: &AtomicU64,
+) {
     if batch.is_empty() {
         return;
     }
     let outcomes = apply_batch(conn, batch);
+    // Before anyone hears of the commit: a read that follows an answer must not reuse an older snapshot.
+    commits.fetch_add(1, Ordering::Release);
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
             bus.publish(event);

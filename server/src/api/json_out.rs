@@ -1,0 +1,181 @@
+//! `JsonOut<T>`: a JSON response payload that documents `T`'s schema like poem-openapi's `Json<T>`, but writes
+//! the body with serde directly.
+//!
+//! Why: `Json<T>` builds a `serde_json::Value` tree of the whole response (a map allocation per object, a
+//! string per key and value) and then serializes the tree. On `getSession` under load that was a sizeable part
+//! of the handler's CPU. The response models derive `Serialize` mirroring their `oai` attributes, and the test
+//! `serde_matches_to_json` below holds the two serializations equal, so the contract cannot drift.
+
+use poem::http::header::CONTENT_TYPE;
+use poem::http::StatusCode;
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Payload;
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::ApiResponse;
+use serde::Serialize;
+
+use super::error::ApiError;
+
+pub struct JsonOut<T>(pub T);
+
+const JSON: &str = "application/json; charset=utf-8";
+
+impl<T: Type + Send> Payload for JsonOut<T> {
+    const CONTENT_TYPE: &'static str = JSON;
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T: Serialize + Send> IntoResponse for JsonOut<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(body) => Response::builder().header(CONTENT_TYPE, JSON).body(body),
+            // Only a map with non-string keys can fail, and the models have none; answer the API's error anyway.
+            Err(e) => poem::error::ResponseError::as_response(&ApiError::internal(&e)),
+        }
+    }
+}
+
+impl<T: Type + ToJSON + Serialize + Send> ApiResponse for JsonOut<T> {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "",
+                status: Some(StatusCode::OK.as_u16()),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: JSON,
+                    schema: T::schema_ref(),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use poem_openapi::types::ToJSON;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use crate::api::models::*;
+    use crate::api::types::{JsonObject, Minutes, Timestamp};
+
+    fn same<T: ToJSON + serde::Serialize>(value: &T) {
+        let tree = value.to_json().expect("a value");
+        let direct: serde_json::Value =
+            serde_json::from_slice(&serde_json::to_vec(value).unwrap()).unwrap();
+        assert_eq!(direct, tree);
+    }
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp(DateTime::<Utc>::from_timestamp_millis(ms).unwrap())
+    }
+
+    fn message(with_options: bool) -> MessageBody {
+        MessageBody {
+            id: Uuid::new_v4(),
+            content: "héllo \"quoted\"\n".into(),
+            author_id: Uuid::new_v4(),
+            is_agent: with_options,
+            created_at: at(1_735_689_600_007),
+            metadata: JsonObject(
+                json!({"thought": "t", "n": 1.5, "nested": {"a": [1, null]}})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+            attachments: with_options.then(|| {
+                vec![AttachmentBody {
+                    kind: AttachmentType::Image,
+                    url: "https://example.com/a.png".into(),
+                    name: Some("a.png".into()),
+                    size: Some(12.0),
+                    mime_type: None,
+                }]
+            }),
+            in_reply_to: with_options.then(Uuid::new_v4),
+        }
+    }
+
+    /// Every model sent through `JsonOut`, with optional fields both present and absent.
+    #[test]
+    fn serde_matches_to_json() {
+        let session = SessionBody {
+            session_id: Uuid::new_v4(),
+            channel_id: Uuid::new_v4(),
+            agent_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            created_at: at(0),
+            last_activity: at(1_735_689_600_000),
+            expires_at: at(1_735_689_660_999),
+            metadata: JsonObject(json!({"k": "v"}).as_object().unwrap().clone()),
+            timeout_config: TimeoutConfigBody {
+                timeout_minutes: Minutes(30.0),
+                auto_renew: true,
+                max_duration_minutes: Minutes(7.5),
+                warning_threshold_minutes: Minutes(5.0),
+            },
+            renewal_count: 3,
+            time_remaining: 61_000,
+            is_near_expiration: false,
+        };
+        same(&session);
+        same(&SessionListBody {
+            sessions: vec![session.clone(), session],
+            total: 2,
+            stats: SessionStatsBody {
+                total_sessions: 3,
+                active_sessions: 2,
+                expired_sessions: 1,
+            },
+        });
+        same(&DeleteBody::new("Session x deleted".into()));
+        for with_options in [false, true] {
+            let status = SessionStatusBody {
+                expires_at: at(99),
+                renewal_count: 1,
+                was_renewed: with_options,
+                is_near_expiration: !with_options,
+            };
+            let reply = with_options.then(|| AgentResponseBody {
+                text: "hi".into(),
+                thought: Some("because".into()),
+                actions: Some(vec!["REPLY".into()]),
+            });
+            same(&MessageResponseBody {
+                success: true,
+                user_message: message(with_options),
+                agent_response: reply.clone(),
+                session_status: status.clone(),
+                data: MessageResponseData {
+                    success: true,
+                    user_message: message(with_options),
+                    agent_response: reply,
+                    session_status: status,
+                },
+            });
+            same(&MessageListBody {
+                messages: vec![message(with_options), message(!with_options)],
+                has_more: with_options,
+                cursors: with_options.then_some(CursorsBody {
+                    before: 1,
+                    after: 2,
+                }),
+            });
+        }
+    }
+}
