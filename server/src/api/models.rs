@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::types::{JsonObject, Minutes, Timestamp};
 use crate::domain::{Agent, AgentBackend, Session, TimeoutConfig, TimeoutConfigPatch};
-use crate::service::{Health, SessionPage};
+use crate::service::{Health, SessionPage, SessionView};
 
 /// The effective timeout configuration of a session.
 #[derive(Object, Serialize, Debug, Clone)]
@@ -219,6 +219,16 @@ impl From<TimeoutConfigPatch> for TimeoutConfigInput {
 }
 
 impl SessionBody {
+    /// Takes the session's metadata rather than copying it.
+    pub fn from_view(view: SessionView) -> Self {
+        let SessionView { mut session, now } = view;
+        let metadata = std::mem::take(&mut session.metadata);
+        Self {
+            metadata: JsonObject(metadata),
+            ..Self::new(&session, now)
+        }
+    }
+
     pub fn new(s: &Session, now: chrono::DateTime<chrono::Utc>) -> Self {
         Self {
             session_id: s.id,

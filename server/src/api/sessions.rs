@@ -34,7 +34,7 @@ pub enum CreatedSession {
 }
 
 fn session(view: SessionView) -> JsonOut<SessionBody> {
-    JsonOut(SessionBody::new(&view.session, view.now))
+    JsonOut(SessionBody::from_view(view))
 }
 
 pub struct SessionsApi;

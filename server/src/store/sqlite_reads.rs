@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
@@ -166,13 +166,17 @@ impl FastReads {
     }
 
     pub fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        self.with(|conn| {
-            conn.prepare_cached(&format!(
+        // Built once: the hottest lookup of all should not format its SQL on every call.
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
                 "SELECT {} FROM sessions WHERE id = ?1",
                 super::sqlite::SESSION_COLUMNS
-            ))?
-            .query_row(params![id], session)
-            .optional()
+            )
+        });
+        self.with(|conn| {
+            conn.prepare_cached(&SQL)?
+                .query_row(params![id], session)
+                .optional()
         })
     }
 
