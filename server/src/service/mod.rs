@@ -320,6 +320,18 @@ impl SessionService {
         }
     }
 
+    /// Removes at most `batch` sessions past their retention (the sweeper's paced purge); returns how many.
+    pub async fn purge_expired_batch(
+        &self,
+        now: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<u64, SessionError> {
+        Ok(self
+            .store
+            .purge_sessions(now - self.retention, batch)
+            .await?)
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
