@@ -219,9 +219,7 @@ fn commit_and_answer(
     if batch.is_empty() {
         return;
     }
-    let outcomes = apply_batch(conn, batch);
-    // Before anyone hears of the commit: a read that follows an answer must not reuse an older snapshot.
-    commits.fetch_add(1, Ordering::Release);
+    let outcomes = apply_batch(conn, batch, commits);
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
             bus.publish(event);
@@ -234,7 +232,11 @@ fn commit_and_answer(
 
 /// Applies every write in one transaction. A write that fails alone (SQLite rolls back just that statement)
 /// reports its error; if the commit itself fails, every write in the batch reports it.
-fn apply_batch(conn: &mut Connection, batch: &[Pending]) -> Vec<Result<Applied, StoreError>> {
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &[Pending],
+    commits: &AtomicU64,
+) -> Vec<Result<Applied, StoreError>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = failed(e);
         return batch.iter().map(|_| Err(e.clone())).collect();
@@ -243,7 +245,13 @@ fn apply_batch(conn: &mut Connection, batch: &[Pending]) -> Vec<Result<Applied, 
         .iter()
         .map(|(write, _)| apply(conn, write).map_err(failed))
         .collect();
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    // The commit count goes odd while the commit becomes visible and even again after it (see
+    // `sqlite_reads.rs`): readers keep no snapshot begun in between, and the second step comes before anyone
+    // is answered, so a read that follows an answer never reuses an older snapshot.
+    commits.fetch_add(1, Ordering::AcqRel);
+    let committed = conn.execute_batch("COMMIT");
+    commits.fetch_add(1, Ordering::AcqRel);
+    if let Err(e) = committed {
         let _ = conn.execute_batch("ROLLBACK");
         let e = failed(e);
         return batch.iter().map(|_| Err(e.clone())).collect();
