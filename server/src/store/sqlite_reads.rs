@@ -35,7 +35,7 @@ const KEEP_IDLE: usize = 8;
 /// Longest a snapshot is reused.
 const MAX_SNAPSHOT_AGE: Duration = Duration::from_millis(100);
 
-/// A read connection and the snapshot it holds open, if any: the commit count when it began, and when.
+/// A read connection and the snapshot it holds open, if any: the commit count read before it began, and when.
 struct Reader {
     conn: Connection,
     snapshot: Option<(u64, Instant)>,
@@ -67,7 +67,7 @@ impl Reader {
 pub struct FastReads {
     path: PathBuf,
     idle: Mutex<Vec<Reader>>,
-    /// Commits so far, counted by the writer (see the module comment).
+    /// Counted by the writer twice per commit, before and after it (see the module comment).
     commits: Arc<AtomicU64>,
     /// Set while `release_snapshots_for` runs: no snapshot outlives its read.
     releasing: AtomicBool,
@@ -125,7 +125,7 @@ impl FastReads {
         let result = self.read_fresh(&mut reader, read);
         // A connection whose state is unknown after an error is dropped rather than pooled. One whose snapshot
         // is already out of date ends it now: an idle snapshot of old WAL frames would keep the writer from
-        // recycling the WAL (see `sqlite_writer::recycle_wal`).
+        // restarting the WAL (see `sqlite_writer::restart_wal`).
         let keep = !self.releasing.load(Ordering::Acquire) && reader.is_current(&self.commits);
         let reusable = result.is_ok() && (keep || reader.end_snapshot().is_ok());
         if reusable {
