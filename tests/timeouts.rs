@@ -363,3 +363,54 @@ async fn sweeper_purges_in_batches() {
         .into_inner();
     assert_eq!(h.stats.total_sessions, 0);
 }
+
+/// The running sweeper (`Sweeper::spawn`, as the binary starts it) purges everything due, batch after paced
+/// batch, and stops when told to.
+#[tokio::test]
+async fn running_sweeper_purges_everything_due_then_stops() {
+    let ctx = TestContext::with_options(TestOptions {
+        retention: Duration::minutes(1),
+        ..Default::default()
+    })
+    .await;
+    let n = agent_sessions_server::sweeper::PURGE_BATCH as usize * 2 + 7;
+    futures::stream::iter(0..n)
+        .for_each_concurrent(64, |_| {
+            ctx.create_session(Some(timeout_minutes(5.0))).map(drop)
+        })
+        .await;
+    ctx.advance_minutes(7);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sweeper = agent_sessions_server::sweeper::Sweeper::new(
+        ctx.service.clone(),
+        std::time::Duration::from_millis(10),
+    )
+    .spawn(stopped);
+    // Waits for the background purge to finish (each batch is followed by a short rest), with a deadline.
+    let total = || async {
+        ctx.client
+            .list_sessions()
+            .send()
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .total_sessions
+    };
+    let purged = tokio::time::timeout(WAIT, async {
+        while total().await > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        purged.is_ok(),
+        "{} sessions left after {WAIT:?}",
+        total().await
+    );
+    stop.send(true).unwrap();
+    tokio::time::timeout(WAIT, sweeper)
+        .await
+        .expect("the sweeper stops when told to")
+        .unwrap();
+}
