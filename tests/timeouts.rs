@@ -331,8 +331,8 @@ async fn delete_still_works_on_an_expired_session() {
     );
 }
 
-#[tokio::test]
-async fn sweeper_purges_in_batches() {
+/// A server holding two full purge batches and then some of sessions already past their retention.
+async fn sessions_past_retention() -> (TestContext, usize) {
     let ctx = TestContext::with_options(TestOptions {
         retention: Duration::minutes(1),
         ..Default::default()
@@ -346,6 +346,12 @@ async fn sweeper_purges_in_batches() {
         })
         .await;
     ctx.advance_minutes(7);
+    (ctx, n)
+}
+
+#[tokio::test]
+async fn sweeper_purges_in_batches() {
+    let (ctx, n) = sessions_past_retention().await;
     assert_eq!(
         ctx.sweeper()
             .run_once(ctx.service.now())
@@ -368,18 +374,7 @@ async fn sweeper_purges_in_batches() {
 /// batch, and stops when told to.
 #[tokio::test]
 async fn running_sweeper_purges_everything_due_then_stops() {
-    let ctx = TestContext::with_options(TestOptions {
-        retention: Duration::minutes(1),
-        ..Default::default()
-    })
-    .await;
-    let n = agent_sessions_server::sweeper::PURGE_BATCH as usize * 2 + 7;
-    futures::stream::iter(0..n)
-        .for_each_concurrent(64, |_| {
-            ctx.create_session(Some(timeout_minutes(5.0))).map(drop)
-        })
-        .await;
-    ctx.advance_minutes(7);
+    let (ctx, _) = sessions_past_retention().await;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let sweeper = agent_sessions_server::sweeper::Sweeper::new(
         ctx.service.clone(),

@@ -46,42 +46,12 @@ impl Sweeper {
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<SweepReport, SessionError> {
         let announced = self.service.announce_due(now).await?;
         let recovered = self.service.recover_stalled_replies(now).await?;
-        let purged = self.service.purge_expired(now, PURGE_BATCH).await?;
+        let purged = self.service.purge_expired(now, PURGE_BATCH, 0).await?;
         Ok(SweepReport {
             announced,
             recovered,
             purged,
         })
-    }
-
-    /// Purges everything due, one batch at a time, resting after each full batch (see `PURGE_REST_FACTOR`).
-    /// Err when `stop` changed meanwhile.
-    async fn purge_paced(&self, stop: &mut watch::Receiver<bool>) -> Result<(), ()> {
-        let now = self.service.now();
-        let mut total = 0;
-        loop {
-            let started = std::time::Instant::now();
-            let purged = match self.service.purge_expired_batch(now, PURGE_BATCH).await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "purge failed");
-                    break;
-                }
-            };
-            total += purged;
-            if purged < u64::from(PURGE_BATCH) {
-                break;
-            }
-            let rest = started.elapsed() * PURGE_REST_FACTOR;
-            tokio::select! {
-                _ = tokio::time::sleep(rest) => {}
-                _ = stop.changed() => return Err(()),
-            }
-        }
-        if total > 0 {
-            tracing::info!(purged = total, "sweeper purged expired sessions");
-        }
-        Ok(())
     }
 
     /// Announces every second and purges every purge interval, until `stop` changes. The two run side by side:
@@ -113,11 +83,16 @@ impl Sweeper {
                 purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = purge.tick() => {
-                            if self.purge_paced(&mut purge_stop).await.is_err() {
-                                return;
-                            }
-                        }
+                        _ = purge.tick() => {}
+                        _ = purge_stop.changed() => return,
+                    }
+                    let now = self.service.now();
+                    tokio::select! {
+                        purged = self.service.purge_expired(now, PURGE_BATCH, PURGE_REST_FACTOR) => match purged {
+                            Ok(0) => {}
+                            Ok(n) => tracing::info!(purged = n, "sweeper purged expired sessions"),
+                            Err(e) => tracing::warn!(error = %e, "purge failed"),
+                        },
                         _ = purge_stop.changed() => return,
                     }
                 }

@@ -304,32 +304,31 @@ impl SessionService {
         }
     }
 
-    /// Removes sessions past their retention, in batches so that no transaction holds the store for long.
-    /// Returns how many were removed.
-    pub async fn purge_expired(&self, now: DateTime<Utc>, batch: u32) -> Result<u64, SessionError> {
+    /// Removes sessions past their retention, in batches so that no transaction holds the store for long, and
+    /// returns how many were removed. After each full batch it rests `rest_factor` times as long as the batch
+    /// took (0: only lets queued requests go first), so that a large purge takes a share of the store instead of
+    /// all of it. Dropping the future between batches is safe: each batch is its own transaction.
+    pub async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        batch: u32,
+        rest_factor: u32,
+    ) -> Result<u64, SessionError> {
         let cutoff = now - self.retention;
         let mut total = 0;
         loop {
+            let started = std::time::Instant::now();
             let n = self.store.purge_sessions(cutoff, batch).await?;
             total += n;
             if n < u64::from(batch) {
                 return Ok(total);
             }
-            // Let requests queued behind this batch go first.
-            tokio::task::yield_now().await;
+            if rest_factor == 0 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(started.elapsed() * rest_factor).await;
+            }
         }
-    }
-
-    /// Removes at most `batch` sessions past their retention (the sweeper's paced purge); returns how many.
-    pub async fn purge_expired_batch(
-        &self,
-        now: DateTime<Utc>,
-        batch: u32,
-    ) -> Result<u64, SessionError> {
-        Ok(self
-            .store
-            .purge_sessions(now - self.retention, batch)
-            .await?)
     }
 
     pub fn now(&self) -> DateTime<Utc> {

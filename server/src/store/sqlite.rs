@@ -5,7 +5,6 @@
 //! hand-offs dominated the profiles of those paths. WAL lets all readers run beside the writer.
 
 use std::str::FromStr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,9 +56,8 @@ impl SqliteStore {
         MIGRATOR.run(&mut migrator).await?;
         migrator.close().await?;
         let bus = Arc::new(EventBus::default());
-        let commits = Arc::new(AtomicU64::new(0));
-        let fast = Arc::new(FastReads::new(file.clone(), commits.clone()));
-        let writes = sqlite_writer::spawn(&file, bus.clone(), fast.clone(), commits)?;
+        let fast = Arc::new(FastReads::new(file.clone()));
+        let writes = sqlite_writer::spawn(&file, bus.clone(), fast.clone())?;
         Ok(Self {
             fast,
             writes: Mutex::new(Some(writes)),

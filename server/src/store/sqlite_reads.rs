@@ -20,7 +20,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
@@ -44,12 +44,10 @@ struct Reader {
 impl Reader {
     /// Whether the open snapshot, if any, may still be used: begun between two commits (an even count),
     /// nothing committed since, and young.
-    fn is_current(&self, commits: &AtomicU64) -> bool {
+    fn is_current(&self, commits: u64) -> bool {
         match self.snapshot {
             Some((began_at, since)) => {
-                began_at % 2 == 0
-                    && began_at == commits.load(Ordering::Acquire)
-                    && since.elapsed() <= MAX_SNAPSHOT_AGE
+                began_at % 2 == 0 && began_at == commits && since.elapsed() <= MAX_SNAPSHOT_AGE
             }
             None => true,
         }
@@ -67,8 +65,8 @@ impl Reader {
 pub struct FastReads {
     path: PathBuf,
     idle: Mutex<Vec<Reader>>,
-    /// Counted by the writer twice per commit, before and after it (see the module comment).
-    commits: Arc<AtomicU64>,
+    /// Counted twice per commit, before and after it, by `count_commit` (see the module comment).
+    commits: AtomicU64,
     /// Set while `release_snapshots_for` runs: no snapshot outlives its read.
     releasing: AtomicBool,
 }
@@ -84,11 +82,11 @@ fn decode_json<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusq
 }
 
 impl FastReads {
-    pub fn new(path: PathBuf, commits: Arc<AtomicU64>) -> Self {
+    pub fn new(path: PathBuf) -> Self {
         Self {
             path,
             idle: Mutex::new(Vec::new()),
-            commits,
+            commits: AtomicU64::new(0),
             releasing: AtomicBool::new(false),
         }
     }
@@ -126,7 +124,8 @@ impl FastReads {
         // A connection whose state is unknown after an error is dropped rather than pooled. One whose snapshot
         // is already out of date ends it now: an idle snapshot of old WAL frames would keep the writer from
         // restarting the WAL (see `sqlite_writer::restart_wal`).
-        let keep = !self.releasing.load(Ordering::Acquire) && reader.is_current(&self.commits);
+        let keep = !self.releasing.load(Ordering::Acquire)
+            && reader.is_current(self.commits.load(Ordering::Acquire));
         let reusable = result.is_ok() && (keep || reader.end_snapshot().is_ok());
         if reusable {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -145,7 +144,7 @@ impl FastReads {
     ) -> rusqlite::Result<T> {
         // Loaded before the snapshot begins: the snapshot then holds at least the commits counted here.
         let commits = self.commits.load(Ordering::Acquire);
-        if !reader.is_current(&self.commits) {
+        if !reader.is_current(commits) {
             reader.end_snapshot()?;
         }
         if reader.snapshot.is_none() {
@@ -154,6 +153,15 @@ impl FastReads {
             reader.snapshot = Some((commits, Instant::now()));
         }
         read(&reader.conn)
+    }
+
+    /// Runs the writer's `commit`, counting once before it and once after (see the module comment): the writer
+    /// calls this before it answers anyone, so a read that follows an answer never reuses an older snapshot.
+    pub fn count_commit<T>(&self, commit: impl FnOnce() -> T) -> T {
+        self.commits.fetch_add(1, Ordering::AcqRel);
+        let out = commit();
+        self.commits.fetch_add(1, Ordering::AcqRel);
+        out
     }
 
     /// Runs `checkpoint` while no reader keeps a snapshot beyond the read it is doing: idle connections end

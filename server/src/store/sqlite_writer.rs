@@ -10,7 +10,6 @@
 //! above the fsync itself. Executed in place, a statement takes microseconds.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,12 +82,11 @@ fn failed(e: rusqlite::Error) -> StoreError {
 }
 
 /// Opens the write connection and starts the writer thread; returns the queue to it. The writer counts its
-/// commits in `reads`' counter, which is how reads know when their snapshot is out of date.
+/// commits with `reads.count_commit`, which is how reads know when their snapshot is out of date.
 pub(super) fn spawn(
     path: &Path,
     bus: Arc<EventBus>,
     reads: Arc<FastReads>,
-    commits: Arc<AtomicU64>,
 ) -> anyhow::Result<mpsc::Sender<Job>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -108,10 +106,11 @@ pub(super) fn spawn(
     checkpointer.busy_handler(Some(spin_briefly))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
+    let writer_reads = reads.clone();
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
-            run(conn, rx, &bus, &commits);
+            run(conn, rx, &bus, &writer_reads);
             drop(alive);
         })?;
     std::thread::Builder::new()
@@ -172,7 +171,7 @@ fn spin_briefly(attempts: i32) -> bool {
     attempts < MAX_ATTEMPTS
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, commits: &AtomicU64) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, reads: &FastReads) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopped = None;
     while stopped.is_none() {
@@ -193,14 +192,14 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, commit
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer(&mut conn, &mut batch, bus, commits);
+        commit_and_answer(&mut conn, &mut batch, bus, reads);
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer(&mut conn, &mut batch, bus, commits);
+    commit_and_answer(&mut conn, &mut batch, bus, reads);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -214,12 +213,12 @@ fn commit_and_answer(
     conn: &mut Connection,
     batch: &mut Vec<Pending>,
     bus: &EventBus,
-    commits: &AtomicU64,
+    reads: &FastReads,
 ) {
     if batch.is_empty() {
         return;
     }
-    let outcomes = apply_batch(conn, batch, commits);
+    let outcomes = apply_batch(conn, batch, reads);
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
             bus.publish(event);
@@ -235,7 +234,7 @@ fn commit_and_answer(
 fn apply_batch(
     conn: &mut Connection,
     batch: &[Pending],
-    commits: &AtomicU64,
+    reads: &FastReads,
 ) -> Vec<Result<Applied, StoreError>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = failed(e);
@@ -245,12 +244,8 @@ fn apply_batch(
         .iter()
         .map(|(write, _)| apply(conn, write).map_err(failed))
         .collect();
-    // The commit count goes odd while the commit becomes visible and even again after it (see
-    // `sqlite_reads.rs`): readers keep no snapshot begun in between, and the second step comes before anyone
-    // is answered, so a read that follows an answer never reuses an older snapshot.
-    commits.fetch_add(1, Ordering::AcqRel);
-    let committed = conn.execute_batch("COMMIT");
-    commits.fetch_add(1, Ordering::AcqRel);
+    // Counted for the readers' snapshots (see `sqlite_reads.rs`), before anyone is answered.
+    let committed = reads.count_commit(|| conn.execute_batch("COMMIT"));
     if let Err(e) = committed {
         let _ = conn.execute_batch("ROLLBACK");
         let e = failed(e);
