@@ -104,6 +104,7 @@ conformance!(
     concurrent_claims_take_a_message_once,
     chunks_reach_subscribers_before_the_stored_reply,
     large_events_arrive_whole,
+    a_write_failing_halfway_changes_nothing,
 );
 
 // ---------------------------------------------------------------------------------------------------------
@@ -955,6 +956,65 @@ async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn SessionStore>
     let r4 = agent_reply(&s, &m4, "re: four", at(90_001));
     assert!(!store.finish_reply(m4.id, Some(&r4), vec![]).await.unwrap());
     assert_eq!(claim(90_002).await, None);
+}
+
+/// A write whose second statement fails (a message reusing a stored message's id) reports the error and keeps
+/// nothing of its first statement: the session stays at its version, and the claim stays open.
+async fn a_write_failing_halfway_changes_nothing(store: Arc<dyn SessionStore>) {
+    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
+    store.insert_session(&s).await.unwrap();
+    let m = record(&*store, &mut s, "one", at(1_000)).await;
+
+    let mut next = s.clone();
+    next.version += 1;
+    let clash = Message {
+        id: m.id,
+        ..user_message(&next, "again", at(2_000))
+    };
+    let recorded = store.record_message(&next, s.version, &clash, vec![]).await;
+    assert!(recorded.is_err(), "{recorded:?}");
+    assert_eq!(store.get_session(s.id).await.unwrap(), Some(s.clone()));
+    assert!(
+        touch(&*store, &mut s, at(3_000)).await,
+        "still at its version"
+    );
+
+    assert_eq!(
+        store.claim_reply(s.id, at(4_000), at(0)).await.unwrap(),
+        Some(m.clone())
+    );
+    let clash = Message {
+        id: m.id,
+        ..agent_reply(&s, &m, "re: one", at(5_000))
+    };
+    let finished = store
+        .finish_reply(m.id, Some(&clash), vec![SessionEvent::message(&clash)])
+        .await;
+    assert!(finished.is_err(), "{finished:?}");
+    let reply = agent_reply(&s, &m, "re: one", at(6_000));
+    assert!(
+        store
+            .finish_reply(m.id, Some(&reply), vec![SessionEvent::message(&reply)])
+            .await
+            .unwrap(),
+        "the claim is still open"
+    );
+    let history = store
+        .list_messages(s.id, MessageWindow::default(), Order::OldestFirst, 100)
+        .await
+        .unwrap();
+    assert_eq!(ids(&history), vec![m.id, reply.id]);
+    let kinds: Vec<EventKind> = store
+        .events_after(s.id, 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![EventKind::Message, EventKind::Session, EventKind::Message]
+    );
 }
 
 async fn concurrent_claims_take_a_message_once(store: Arc<dyn SessionStore>) {
