@@ -106,6 +106,10 @@ pub(super) fn spawn(
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
     let checkpointer = Connection::open(path)?;
+    let database_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
     // Spin, don't sleep, and give up soon: see `restart_wal`.
     checkpointer.busy_handler(Some(spin_briefly))?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
@@ -119,7 +123,7 @@ pub(super) fn spawn(
         })?;
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || checkpoint_until(checkpointer, &reads, writer_gone))?;
+        .spawn(move || checkpoint_until(checkpointer, &database_file, &reads, writer_gone))?;
     Ok(tx)
 }
 
@@ -128,6 +132,7 @@ pub(super) fn spawn(
 /// stops.
 fn checkpoint_until(
     conn: Connection,
+    database_file: &std::fs::File,
     reads: &FastReads,
     writer_gone: std::sync::mpsc::Receiver<()>,
 ) {
@@ -137,9 +142,9 @@ fn checkpoint_until(
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(INTERVAL) {
         round = round.wrapping_add(1);
         let result = if round.is_multiple_of(RESTART_EVERY) {
-            restart_wal(&conn, reads)
+            restart_wal(&conn, database_file, reads)
         } else {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+            passive_checkpoint(&conn, database_file)
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "WAL checkpoint failed");
@@ -158,10 +163,28 @@ fn checkpoint_until(
 /// past 1 GB. A RESTART checkpoint holds off the writer while it copies the few frames the last PASSIVE round
 /// left and waits for the readers still in the WAL, which `release_snapshots_for` makes a matter of
 /// microseconds.
-fn restart_wal(conn: &Connection, reads: &FastReads) -> rusqlite::Result<()> {
+fn restart_wal(
+    conn: &Connection,
+    database_file: &std::fs::File,
+    reads: &FastReads,
+) -> rusqlite::Result<()> {
     // Copy what is there without holding off anyone first, so that RESTART has little left to copy.
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    passive_checkpoint(conn, database_file)?;
     reads.release_snapshots_for(|| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
+}
+
+/// Copies what it can of the WAL into the database file without blocking anyone, then flushes the database
+/// file to disk. Why the flush: SQLite syncs the database file only at the end of a checkpoint that copied the
+/// whole WAL, which under continuous writes is only the RESTART of `restart_wal`, and that one holds off the
+/// writer. It then had a second of copied pages to flush (14 to 17 ms measured with strace, 19 ms median for the
+/// RESTART), all of it a stall of every write. Flushed here, outside SQLite's locks, the RESTART's own sync has
+/// only its last few pages to write (6 ms median for the RESTART). An extra sync never weakens durability.
+fn passive_checkpoint(conn: &Connection, database_file: &std::fs::File) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    if let Err(e) = database_file.sync_data() {
+        tracing::warn!(error = %e, "syncing the database file after a checkpoint failed");
+    }
+    Ok(())
 }
 
 /// The checkpoint connection's busy handler: retry at once (yielding the CPU) rather than sleep, and give up
