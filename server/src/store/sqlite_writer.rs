@@ -139,12 +139,13 @@ fn checkpoint_until(
     const INTERVAL: Duration = Duration::from_millis(200);
     const RESTART_EVERY: u32 = 5;
     let mut round = 0u32;
+    let mut copied = 0;
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(INTERVAL) {
         round = round.wrapping_add(1);
         let result = if round.is_multiple_of(RESTART_EVERY) {
-            restart_wal(&conn, database_file, reads)
+            restart_wal(&conn, database_file, reads, &mut copied)
         } else {
-            passive_checkpoint(&conn, database_file)
+            passive_checkpoint(&conn, database_file, &mut copied)
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "WAL checkpoint failed");
@@ -167,22 +168,31 @@ fn restart_wal(
     conn: &Connection,
     database_file: &std::fs::File,
     reads: &FastReads,
+    copied: &mut i64,
 ) -> rusqlite::Result<()> {
     // Copy what is there without holding off anyone first, so that RESTART has little left to copy.
-    passive_checkpoint(conn, database_file)?;
+    passive_checkpoint(conn, database_file, copied)?;
     reads.release_snapshots_for(|| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
 }
 
 /// Copies what it can of the WAL into the database file without blocking anyone, then flushes the database
-/// file to disk. Why the flush: SQLite syncs the database file only at the end of a checkpoint that copied the
-/// whole WAL, which under continuous writes is only the RESTART of `restart_wal`, and that one holds off the
-/// writer. It then had a second of copied pages to flush (14 to 17 ms measured with strace, 19 ms median for the
-/// RESTART), all of it a stall of every write. Flushed here, outside SQLite's locks, the RESTART's own sync has
-/// only its last few pages to write (6 ms median for the RESTART). An extra sync never weakens durability.
-fn passive_checkpoint(conn: &Connection, database_file: &std::fs::File) -> rusqlite::Result<()> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-    if let Err(e) = database_file.sync_data() {
-        tracing::warn!(error = %e, "syncing the database file after a checkpoint failed");
+/// file to disk if that copied anything. Why the flush: SQLite syncs the database file only at the end of a
+/// checkpoint that copied the whole WAL, which under continuous writes is only the RESTART of `restart_wal`, and
+/// that one holds off the writer. It then had a second of copied pages to flush (14 to 17 ms measured with
+/// strace, 19 ms median for the RESTART), all of it a stall of every write. Flushed here, outside SQLite's
+/// locks, the RESTART's own sync has only its last few pages to write (6 ms median for the RESTART). An extra
+/// sync never weakens durability. `copied` is the WAL position copied so far, kept between calls.
+fn passive_checkpoint(
+    conn: &Connection,
+    database_file: &std::fs::File,
+    copied: &mut i64,
+) -> rusqlite::Result<()> {
+    let now_copied: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(2))?;
+    if now_copied != *copied {
+        *copied = now_copied;
+        if let Err(e) = database_file.sync_data() {
+            tracing::warn!(error = %e, "syncing the database file after a checkpoint failed");
+        }
     }
     Ok(())
 }
