@@ -307,7 +307,7 @@ impl Write {
     }
 }
 
-/// Applies one write; one of several statements runs inside a savepoint of its own. Why: when a statement
+/// Applies one write; a write of several statements runs inside a savepoint of its own. Why: when a statement
 /// fails, SQLite undoes that statement only, so without the savepoint the write's earlier statements (a
 /// claim marked answered, a session renewed) would commit with the rest of the batch while its caller is
 /// told it failed.
