@@ -105,13 +105,7 @@ pub(super) fn spawn(
     // When the WAL restarts after a burst, it is truncated back to this size (bytes) instead of keeping its peak.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
-    let checkpointer = Connection::open(path)?;
-    let database_file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)?;
-    // Spin, don't sleep, and give up soon: see `restart_wal`.
-    checkpointer.busy_handler(Some(spin_briefly))?;
+    let checkpointer = Checkpointer::open(path)?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
     let writer_reads = reads.clone();
@@ -123,78 +117,97 @@ pub(super) fn spawn(
         })?;
     std::thread::Builder::new()
         .name("sqlite-checkpoint".into())
-        .spawn(move || checkpoint_until(checkpointer, &database_file, &reads, writer_gone))?;
+        .spawn(move || checkpointer.run_until(&reads, writer_gone))?;
     Ok(tx)
 }
 
-/// Copies committed WAL pages into the database file every `INTERVAL`, without blocking the writer or readers
-/// (PASSIVE), and starts the WAL over every `RESTART_EVERY` of them (see `restart_wal`); stops when the writer
-/// stops.
-fn checkpoint_until(
+/// The checkpoint thread's state: its own connection, the database file (to flush it, see `passive`), and how
+/// far the WAL has been copied into the database file.
+struct Checkpointer {
     conn: Connection,
-    database_file: &std::fs::File,
-    reads: &FastReads,
-    writer_gone: std::sync::mpsc::Receiver<()>,
-) {
-    const INTERVAL: Duration = Duration::from_millis(200);
-    const RESTART_EVERY: u32 = 5;
-    let mut round = 0u32;
-    let mut copied = 0;
-    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = writer_gone.recv_timeout(INTERVAL) {
-        round = round.wrapping_add(1);
-        let result = if round.is_multiple_of(RESTART_EVERY) {
-            restart_wal(&conn, database_file, reads, &mut copied)
-        } else {
-            passive_checkpoint(&conn, database_file, &mut copied)
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "WAL checkpoint failed");
-        }
-    }
-    // A last, full checkpoint so a cleanly stopped store leaves a small WAL.
-    reads.release_snapshots_for(|| {
-        let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    });
+    database_file: std::fs::File,
+    copied: i64,
 }
 
-/// Makes the next write start the WAL over from its beginning, so that the WAL stays small under continuous
-/// load. SQLite restarts the WAL only when a write begins with every frame copied into the database and no
-/// reader holding a snapshot in the WAL. Under continuous writes that moment never comes by itself (a commit
-/// always follows a PASSIVE checkpoint, and some reader always holds a recent snapshot): measured WALs grew
-/// past 1 GB. A RESTART checkpoint holds off the writer while it copies the few frames the last PASSIVE round
-/// left and waits for the readers still in the WAL, which `release_snapshots_for` makes a matter of
-/// microseconds.
-fn restart_wal(
-    conn: &Connection,
-    database_file: &std::fs::File,
-    reads: &FastReads,
-    copied: &mut i64,
-) -> rusqlite::Result<()> {
-    // Copy what is there without holding off anyone first, so that RESTART has little left to copy.
-    passive_checkpoint(conn, database_file, copied)?;
-    reads.release_snapshots_for(|| conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())))
-}
-
-/// Copies what it can of the WAL into the database file without blocking anyone, then flushes the database
-/// file to disk if that copied anything. Why the flush: SQLite syncs the database file only at the end of a
-/// checkpoint that copied the whole WAL, which under continuous writes is only the RESTART of `restart_wal`, and
-/// that one holds off the writer. It then had a second of copied pages to flush (14 to 17 ms measured with
-/// strace, 19 ms median for the RESTART), all of it a stall of every write. Flushed here, outside SQLite's
-/// locks, the RESTART's own sync has only its last few pages to write (6 ms median for the RESTART). An extra
-/// sync never weakens durability. `copied` is the WAL position copied so far, kept between calls.
-fn passive_checkpoint(
-    conn: &Connection,
-    database_file: &std::fs::File,
-    copied: &mut i64,
-) -> rusqlite::Result<()> {
-    let now_copied: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(2))?;
-    if now_copied != *copied {
-        *copied = now_copied;
-        if let Err(e) = database_file.sync_data() {
-            tracing::warn!(error = %e, "syncing the database file after a checkpoint failed");
-        }
+impl Checkpointer {
+    fn open(path: &Path) -> anyhow::Result<Self> {
+        let conn = Connection::open(path)?;
+        // Spin, don't sleep, and give up soon: see `restart_wal`.
+        conn.busy_handler(Some(spin_briefly))?;
+        let database_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        Ok(Self {
+            conn,
+            database_file,
+            copied: 0,
+        })
     }
-    Ok(())
+
+    /// Copies committed WAL pages into the database file every `INTERVAL`, without blocking the writer or
+    /// readers (PASSIVE), and starts the WAL over every `RESTART_EVERY` of them (see `restart_wal`); stops when
+    /// the writer stops.
+    fn run_until(mut self, reads: &FastReads, writer_gone: std::sync::mpsc::Receiver<()>) {
+        const INTERVAL: Duration = Duration::from_millis(200);
+        const RESTART_EVERY: u32 = 5;
+        let mut round = 0u32;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            writer_gone.recv_timeout(INTERVAL)
+        {
+            round = round.wrapping_add(1);
+            let result = if round.is_multiple_of(RESTART_EVERY) {
+                self.restart_wal(reads)
+            } else {
+                self.passive()
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+        // A last, full checkpoint so a cleanly stopped store leaves a small WAL.
+        reads.release_snapshots_for(|| {
+            let _ = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        });
+    }
+
+    /// Makes the next write start the WAL over from its beginning, so that the WAL stays small under continuous
+    /// load. SQLite restarts the WAL only when a write begins with every frame copied into the database and no
+    /// reader holding a snapshot in the WAL. Under continuous writes that moment never comes by itself (a commit
+    /// always follows a PASSIVE checkpoint, and some reader always holds a recent snapshot): measured WALs grew
+    /// past 1 GB. A RESTART checkpoint holds off the writer while it copies the few frames the last PASSIVE
+    /// round left and waits for the readers still in the WAL, which `release_snapshots_for` makes a matter of
+    /// microseconds.
+    fn restart_wal(&mut self, reads: &FastReads) -> rusqlite::Result<()> {
+        // Copy what is there without holding off anyone first, so that RESTART has little left to copy.
+        self.passive()?;
+        reads.release_snapshots_for(|| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+        })
+    }
+
+    /// Copies what it can of the WAL into the database file without blocking anyone, then flushes the database
+    /// file to disk if that copied anything. Why the flush: SQLite syncs the database file only at the end of a
+    /// checkpoint that copied the whole WAL, which under continuous writes is only the RESTART of
+    /// `restart_wal`, and that one holds off the writer. It then had a second of copied pages to flush (14 to
+    /// 17 ms measured with strace, 19 ms median for the RESTART), all of it a stall of every write. Flushed
+    /// here, outside SQLite's locks, the RESTART's own sync has only its last few pages to write (6 ms median
+    /// for the RESTART). An extra sync never weakens durability.
+    fn passive(&mut self) -> rusqlite::Result<()> {
+        let copied: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(2))?;
+        if copied != self.copied {
+            self.copied = copied;
+            if let Err(e) = self.database_file.sync_data() {
+                tracing::warn!(error = %e, "syncing the database file after a checkpoint failed");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The checkpoint connection's busy handler: retry at once (yielding the CPU) rather than sleep, and give up
