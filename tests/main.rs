@@ -8,6 +8,7 @@ mod messaging;
 mod multi_instance;
 mod pg;
 mod restart;
+mod robustness;
 mod spec_agreement;
 mod sqlite_wal;
 mod store_conformance;

@@ -105,6 +105,8 @@ conformance!(
     chunks_reach_subscribers_before_the_stored_reply,
     large_events_arrive_whole,
     a_write_failing_halfway_changes_nothing,
+    unanswered_messages_are_counted,
+    a_setting_is_written_once,
 );
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1015,6 +1017,48 @@ async fn a_write_failing_halfway_changes_nothing(store: Arc<dyn SessionStore>) {
         kinds,
         vec![EventKind::Message, EventKind::Session, EventKind::Message]
     );
+}
+
+async fn unanswered_messages_are_counted(store: Arc<dyn SessionStore>) {
+    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
+    store.insert_session(&s).await.unwrap();
+    let other = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
+    store.insert_session(&other).await.unwrap();
+    assert_eq!(store.count_unanswered(s.id).await.unwrap(), 0);
+    let m1 = record(&*store, &mut s, "one", at(1_000)).await;
+    record(&*store, &mut s, "two", at(2_000)).await;
+    assert_eq!(store.count_unanswered(s.id).await.unwrap(), 2);
+    // A claimed message still waits for its reply; an answered one does not.
+    let claimed = store.claim_reply(s.id, at(3_000), at(0)).await.unwrap();
+    assert_eq!(claimed.map(|m| m.id), Some(m1.id));
+    assert_eq!(store.count_unanswered(s.id).await.unwrap(), 2);
+    let reply = agent_reply(&s, &m1, "re: one", at(4_000));
+    assert!(store
+        .finish_reply(m1.id, Some(&reply), vec![])
+        .await
+        .unwrap());
+    assert_eq!(store.count_unanswered(s.id).await.unwrap(), 1);
+    assert_eq!(store.count_unanswered(other.id).await.unwrap(), 0);
+}
+
+/// The first value stored wins, also when several callers race on an empty store.
+async fn a_setting_is_written_once(store: Arc<dyn SessionStore>) {
+    let racing = futures::future::join_all((0..8).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .setting_or_insert("secret", &format!("v{i}"))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert!(racing.iter().all(|v| v == &racing[0]), "{racing:?}");
+    assert_eq!(
+        store.setting_or_insert("secret", "later").await.unwrap(),
+        racing[0]
+    );
+    assert_eq!(store.setting_or_insert("other", "x").await.unwrap(), "x");
 }
 
 async fn concurrent_claims_take_a_message_once(store: Arc<dyn SessionStore>) {

@@ -36,6 +36,7 @@ pub enum ErrorCode {
     AgentError,
     AgentTimeout,
     InternalServerError,
+    ServiceUnavailable,
 }
 
 /// The body of every error response.
@@ -167,6 +168,14 @@ impl From<SessionError> for ApiError {
                 message,
             ),
             SessionError::Store(e) => ApiError::internal(&e),
+            SessionError::Unavailable(_) => {
+                tracing::error!(error = %message, "unhealthy");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::ServiceUnavailable,
+                    message,
+                )
+            }
         }
     }
 }
@@ -245,6 +254,7 @@ fn describe(status: u16) -> &'static str {
         415 => "Content-Type is not application/json (`INVALID_CONTENT_TYPE`)",
         500 => "Internal error (`INTERNAL_SERVER_ERROR`); details carry a request id",
         502 => "The agent failed to answer (`AGENT_ERROR`); the user message stays stored",
+        503 => "The server cannot store anything right now (`SERVICE_UNAVAILABLE`)",
         504 => "The agent did not answer in time (`AGENT_TIMEOUT`); the user message stays stored",
         _ => "Error",
     }
@@ -288,6 +298,7 @@ macro_rules! error_statuses {
 
 error_statuses! {
     ServerOnly = [500];
+    HealthErrors = [500, 503];
     CreateSessionErrors = [400, 404, 413, 415, 500];
     ListErrors = [400, 500];
     LookupErrors = [404, 410, 500];

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::body::JsonBody;
 use super::error::{
-    CreateSessionErrors, DeleteErrors, Failure, ListErrors, LookupErrors, RenewErrors, ServerOnly,
-    UpdateTimeoutErrors,
+    CreateSessionErrors, DeleteErrors, Failure, HealthErrors, ListErrors, LookupErrors,
+    RenewErrors, UpdateTimeoutErrors,
 };
 use super::json_out::JsonOut;
 use super::models::{
@@ -47,7 +47,10 @@ impl SessionsApi {
         method = "get",
         operation_id = "getSessionsHealth"
     )]
-    async fn health(&self, service: Service<'_>) -> Result<Json<HealthBody>, Failure<ServerOnly>> {
+    async fn health(
+        &self,
+        service: Service<'_>,
+    ) -> Result<Json<HealthBody>, Failure<HealthErrors>> {
         Ok(Json(service.health().await?.into()))
     }
 

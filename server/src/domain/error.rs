@@ -26,6 +26,9 @@ pub enum SessionError {
     RenewalFailed { id: String, reason: String },
     #[error("storage failure")]
     Store(#[from] StoreError),
+    /// The server cannot do its job at all right now (e.g. the store takes no writes); health reports it.
+    #[error("The server cannot store anything right now: {0}")]
+    Unavailable(String),
 }
 
 impl SessionError {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::timeout::{minutes_to_ms, TimeoutConfig};
+use super::timeout::{add_saturating, minutes_duration, minutes_to_ms, TimeoutConfig};
 
 /// A stored session. `expires_at` is derived from the other fields, but kept so that the store can index it.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,19 +98,24 @@ impl Session {
         } else {
             self.last_renewal
         };
-        let by_timeout = base + Duration::milliseconds(minutes_to_ms(self.timeout.timeout_minutes));
+        let by_timeout = add_saturating(base, minutes_duration(self.timeout.timeout_minutes));
         by_timeout.min(self.hard_cap())
     }
 
     /// The instant past which nothing can keep the session alive.
     pub fn hard_cap(&self) -> DateTime<Utc> {
-        self.created_at + Duration::milliseconds(minutes_to_ms(self.timeout.max_duration_minutes))
+        add_saturating(
+            self.created_at,
+            minutes_duration(self.timeout.max_duration_minutes),
+        )
     }
 
     /// When the session enters its warning threshold.
     pub fn warn_at(&self) -> DateTime<Utc> {
-        self.expires_at
-            - Duration::milliseconds(minutes_to_ms(self.timeout.warning_threshold_minutes))
+        add_saturating(
+            self.expires_at,
+            -minutes_duration(self.timeout.warning_threshold_minutes),
+        )
     }
 
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
@@ -120,7 +125,7 @@ impl Session {
     pub fn liveness(&self, now: DateTime<Utc>, retention: Duration) -> Liveness {
         if !self.is_expired(now) {
             Liveness::Active
-        } else if now < self.expires_at + retention {
+        } else if now < add_saturating(self.expires_at, retention) {
             Liveness::Expired
         } else {
             Liveness::Gone

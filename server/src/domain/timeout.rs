@@ -91,13 +91,18 @@ impl TimeoutPolicy {
     }
 
     /// The reference's cross-field rules: the max duration is at least the timeout and at most twice the
-    /// max timeout; the warning threshold is at least one minute.
+    /// max timeout; the warning threshold is at least one minute. The threshold is also at most the max
+    /// duration: no session has more time left than that, so a larger threshold means the same (always near
+    /// expiration), and unbounded it overflowed the expiry arithmetic (`warningThresholdMinutes: 1e12`).
     fn normalize(&self, mut c: TimeoutConfig) -> TimeoutConfig {
         c.max_duration_minutes = c
             .max_duration_minutes
             .min(2.0 * self.max_timeout_minutes)
             .max(c.timeout_minutes);
-        c.warning_threshold_minutes = c.warning_threshold_minutes.max(1.0);
+        c.warning_threshold_minutes = c
+            .warning_threshold_minutes
+            .min(c.max_duration_minutes)
+            .max(1.0);
         c
     }
 }
@@ -131,9 +136,34 @@ pub struct TimeoutConfigPatch {
     pub warning_threshold_minutes: Option<f64>,
 }
 
-/// Converts minutes to whole milliseconds, the store's and the wire's resolution.
+/// The longest span any setting or session field can stand for: a hundred years. Every conversion of minutes
+/// to a duration is clamped to it, so that no input, however large, can overflow the date arithmetic (chrono
+/// panics on an out-of-range duration or instant).
+pub const MAX_SPAN_MINUTES: f64 = 100.0 * 366.0 * 24.0 * 60.0;
+
+/// Converts minutes to whole milliseconds, the store's and the wire's resolution, clamped to
+/// ±[`MAX_SPAN_MINUTES`]; NaN counts as zero.
 pub fn minutes_to_ms(minutes: f64) -> i64 {
-    (minutes * 60_000.0).round() as i64
+    let minutes = if minutes.is_nan() { 0.0 } else { minutes };
+    (minutes.clamp(-MAX_SPAN_MINUTES, MAX_SPAN_MINUTES) * 60_000.0).round() as i64
+}
+
+/// Minutes as a duration, clamped like [`minutes_to_ms`].
+pub fn minutes_duration(minutes: f64) -> chrono::Duration {
+    chrono::Duration::milliseconds(minutes_to_ms(minutes))
+}
+
+/// `t + d`, saturating at the ends of chrono's range instead of panicking.
+pub fn add_saturating(
+    t: chrono::DateTime<chrono::Utc>,
+    d: chrono::Duration,
+) -> chrono::DateTime<chrono::Utc> {
+    t.checked_add_signed(d)
+        .unwrap_or(if d < chrono::Duration::zero() {
+            chrono::DateTime::<chrono::Utc>::MIN_UTC
+        } else {
+            chrono::DateTime::<chrono::Utc>::MAX_UTC
+        })
 }
 
 #[cfg(test)]
@@ -207,6 +237,41 @@ mod tests {
         assert_eq!(c.timeout_minutes, 10.0);
         assert!(!c.auto_renew);
         assert_eq!(c.warning_threshold_minutes, 5.0);
+    }
+
+    #[test]
+    fn huge_and_odd_minutes_never_overflow() {
+        let p = TimeoutPolicy::default();
+        let none = TimeoutConfigPatch::default();
+        let c = p.resolve(
+            &TimeoutConfigPatch {
+                warning_threshold_minutes: Some(1e12),
+                max_duration_minutes: Some(f64::MAX),
+                timeout_minutes: Some(f64::MAX),
+                auto_renew: None,
+            },
+            &none,
+        );
+        assert_eq!(c.timeout_minutes, 1440.0);
+        assert_eq!(c.max_duration_minutes, 2880.0);
+        assert_eq!(
+            c.warning_threshold_minutes, 2880.0,
+            "at most the max duration"
+        );
+        let c = p.resolve(
+            &none,
+            &TimeoutConfigPatch {
+                warning_threshold_minutes: Some(1e300),
+                ..Default::default()
+            },
+        );
+        assert_eq!(c.warning_threshold_minutes, c.max_duration_minutes);
+        for m in [f64::MAX, f64::MIN, f64::NAN, 1e12, -1e12] {
+            let _ = minutes_duration(m);
+        }
+        assert_eq!(minutes_to_ms(f64::NAN), 0);
+        let far = chrono::DateTime::<chrono::Utc>::MAX_UTC;
+        assert_eq!(add_saturating(far, minutes_duration(1e12)), far);
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl SessionService {
             .await?;
         let counts = self
             .store
-            .count_sessions(&filter, now, now - self.retention)
+            .count_sessions(&filter, now, self.retained_after(now))
             .await?;
         Ok(SessionPage {
             sessions,
@@ -224,11 +224,17 @@ impl SessionService {
         .await
     }
 
+    /// Health figures, or `Unavailable` when the store cannot take writes (so that a server whose every write
+    /// would fail does not call itself healthy).
     pub async fn health(&self) -> Result<Health, SessionError> {
+        self.store
+            .check_writable()
+            .await
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
         let now = self.clock.now();
         let counts = self
             .store
-            .count_sessions(&SessionFilter::default(), now, now - self.retention)
+            .count_sessions(&SessionFilter::default(), now, self.retained_after(now))
             .await?;
         Ok(Health {
             counts,
@@ -314,7 +320,7 @@ impl SessionService {
         batch: u32,
         rest_factor: u32,
     ) -> Result<u64, SessionError> {
-        let cutoff = now - self.retention;
+        let cutoff = self.retained_after(now);
         let mut total = 0;
         loop {
             let started = std::time::Instant::now();
@@ -333,6 +339,11 @@ impl SessionService {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Sessions that expired at or before this instant are past retention at `now`.
+    fn retained_after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        crate::domain::timeout::add_saturating(now, -self.retention)
     }
 
     /// The stored session, unless it does not exist or is past retention (both: not found).

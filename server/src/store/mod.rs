@@ -181,6 +181,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Delivers a transient event (a reply chunk) to subscribers without storing it.
     fn publish(&self, event: &SessionEvent);
 
+    /// How many of the session's user messages still wait for a reply (pending or being answered).
+    async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError>;
+
+    /// The stored value of the setting `name`; when there is none yet, stores `value` first. Instances racing
+    /// on an empty database all get the one value that won.
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError>;
+
+    /// Whether the store can take writes right now; the error says why not (the health route reports it).
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Flushes pending writes and releases the database.
     async fn close(&self);
 }

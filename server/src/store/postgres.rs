@@ -1130,6 +1130,33 @@ impl SessionStore for PostgresStore {
         }
     }
 
+    async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM messages WHERE session_id = $1 AND reply_state IN (1, 2)",
+        )
+        .bind(session_id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
     async fn close(&self) {
         let tasks = self.tasks.lock().await.take();
         if let Some(tasks) = tasks {

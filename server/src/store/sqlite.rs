@@ -65,6 +65,17 @@ impl SqliteStore {
         })
     }
 
+    fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .fast
+            .rows(
+                "SELECT value FROM settings WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )?
+            .pop())
+    }
+
     async fn write(&self, write: Write) -> Result<Applied, StoreError> {
         let closed = || StoreError::Unavailable("store is closed".into());
         let queue = self.writes.lock().await.clone().ok_or_else(closed)?;
@@ -332,6 +343,38 @@ impl SessionStore for SqliteStore {
 
     fn publish(&self, event: &SessionEvent) {
         self.bus.publish(event);
+    }
+
+    async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
+        let n: Vec<i64> = self.fast.rows(
+            "SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND reply_state IN (1, 2)",
+            [session_id],
+            |row| row.get(0),
+        )?;
+        Ok(n.first().copied().unwrap_or(0).max(0) as u64)
+    }
+
+    async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {
+        if let Some(stored) = self.setting(name)? {
+            return Ok(stored);
+        }
+        self.write(Write::InsertSetting {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .await?;
+        self.setting(name)?
+            .ok_or_else(|| StoreError::Backend(format!("setting '{name}' was not stored")))
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        match self.writes.lock().await.as_ref() {
+            None => Err(StoreError::Unavailable("the store is closed".into())),
+            Some(queue) if queue.is_closed() => Err(StoreError::Unavailable(
+                "the SQLite writer thread has stopped: no write can be stored".into(),
+            )),
+            Some(_) => Ok(()),
+        }
     }
 
     async fn close(&self) {

@@ -45,6 +45,14 @@ pub(super) enum Write {
         stale_before: i64,
     },
     FinishReply(Uuid, Option<Box<Message>>, Vec<SessionEvent>),
+    /// Stores a setting unless it already has a value.
+    InsertSetting {
+        name: String,
+        value: String,
+    },
+    /// A write that panics halfway (after a statement), for the test that the writer survives it.
+    #[cfg(test)]
+    Panic,
 }
 
 /// `messages.reply_state` values.
@@ -242,14 +250,14 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, reads:
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer(&mut conn, &mut batch, bus, reads);
+        commit_and_answer_safely(&mut conn, &mut batch, bus, reads);
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer(&mut conn, &mut batch, bus, reads);
+    commit_and_answer_safely(&mut conn, &mut batch, bus, reads);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -257,6 +265,23 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, reads:
 }
 
 type Pending = (Write, oneshot::Sender<Result<Applied, StoreError>>);
+
+/// `commit_and_answer`, surviving a panic anywhere in it (writes panicking are already caught one by one; this
+/// is the last line of defence, for the batch's own steps). The batch's callers whose answer was not sent see
+/// their write fail; a transaction left open is rolled back so that the next batch can begin.
+fn commit_and_answer_safely(
+    conn: &mut Connection,
+    batch: &mut Vec<Pending>,
+    bus: &EventBus,
+    reads: &FastReads,
+) {
+    if caught(|| commit_and_answer(conn, batch, bus, reads)).is_err() {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        batch.clear();
+    }
+}
 
 /// Commits a batch, announces its events in commit order, then answers each caller.
 fn commit_and_answer(
@@ -292,7 +317,7 @@ fn apply_batch(
     }
     let outcomes: Vec<_> = batch
         .iter_mut()
-        .map(|(write, _)| apply_atomically(conn, write).map_err(failed))
+        .map(|(write, _)| apply_atomically(conn, write))
         .collect();
     // Counted for the readers' snapshots (see `sqlite_reads.rs`), before anyone is answered.
     let committed = reads.count_commit(|| conn.execute_batch("COMMIT"));
@@ -309,13 +334,18 @@ impl Write {
     fn is_compound(&self) -> bool {
         let persists = |events: &[SessionEvent]| events.iter().any(|e| !e.kind.is_transient());
         match self {
-            Write::InsertAgent(_) | Write::InsertSession(_) | Write::ClaimReply { .. } => false,
+            Write::InsertAgent(_)
+            | Write::InsertSession(_)
+            | Write::ClaimReply { .. }
+            | Write::InsertSetting { .. } => false,
             Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => persists(events),
             Write::DeleteAgent(_)
             | Write::DeleteSession(..)
             | Write::Purge { .. }
             | Write::RecordMessage(..)
             | Write::FinishReply(..) => true,
+            #[cfg(test)]
+            Write::Panic => true,
         }
     }
 }
@@ -324,19 +354,42 @@ impl Write {
 /// fails, SQLite undoes that statement only, so without the savepoint the write's earlier statements (a
 /// claim marked answered, a session renewed) would commit with the rest of the batch while its caller is
 /// told it failed.
-fn apply_atomically(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
-    if !write.is_compound() {
-        return apply(conn, write);
+///
+/// A write that panics fails alone, like one that errs: the panic is caught here, so that one bad write can
+/// never take the writer thread, and with it every later write of every client, down.
+fn apply_atomically(conn: &Connection, write: &mut Write) -> Result<Applied, StoreError> {
+    let compound = write.is_compound();
+    if compound {
+        conn.prepare_cached("SAVEPOINT write")
+            .and_then(|mut s| s.execute([]))
+            .map_err(failed)?;
     }
-    conn.prepare_cached("SAVEPOINT write")?.execute([])?;
-    let result = apply(conn, write).and_then(|applied| {
-        conn.prepare_cached("RELEASE write")?.execute([])?;
-        Ok(applied)
-    });
-    if result.is_err() {
+    let result = caught(|| {
+        apply(conn, write).and_then(|applied| {
+            if compound {
+                conn.prepare_cached("RELEASE write")?.execute([])?;
+            }
+            Ok(applied)
+        })
+    })
+    .and_then(|r| r.map_err(failed));
+    if result.is_err() && compound {
         let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
     }
     result
+}
+
+/// Runs `f`, turning a panic into a `StoreError` (logged) instead of unwinding through the writer thread.
+fn caught<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        tracing::error!(panic = %what, "a store write panicked; it failed alone and the writer goes on");
+        StoreError::Backend(format!("the write panicked: {what}"))
+    })
 }
 
 /// Stores the persistent events (assigning their seq) and returns all of them for announcement.
@@ -576,6 +629,15 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
                 ..Default::default()
             }
         }
+        #[cfg(test)]
+        Write::Panic => {
+            conn.execute("INSERT INTO settings (name, value) VALUES ('half', 'done')", [])?;
+            panic!("a write panicked halfway")
+        }
+        Write::InsertSetting { name, value } => rows(
+            conn.prepare_cached("INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")?
+                .execute(params![name.as_str(), value.as_str()])?,
+        ),
         Write::FinishReply(user_message_id, reply, events) => {
             let state = if reply.is_some() {
                 reply_state::ANSWERED
@@ -600,4 +662,76 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setting(store: &Path, name: &str) -> Option<String> {
+        Connection::open(store)
+            .unwrap()
+            .query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap()
+    }
+
+    async fn submit(queue: &mpsc::Sender<Job>, write: Write) -> Result<Applied, StoreError> {
+        let (done, answer) = oneshot::channel();
+        queue
+            .send(Job::Write { write, done })
+            .await
+            .expect("writer alive");
+        answer.await.expect("answered")
+    }
+
+    /// A panicking write fails alone and leaves nothing behind; the writer thread lives and commits the writes
+    /// queued with it and after it.
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let url = format!("sqlite:{}", path.display());
+        let migrated = crate::store::SqliteStore::open(&url).await.unwrap();
+        crate::store::SessionStore::close(&migrated).await;
+        let queue = spawn(
+            &path,
+            Arc::new(EventBus::default()),
+            Arc::new(FastReads::new(path.clone())),
+        )
+        .unwrap();
+        let before = submit(
+            &queue,
+            Write::InsertSetting {
+                name: "a".into(),
+                value: "1".into(),
+            },
+        );
+        let (before, panicked) = tokio::join!(before, submit(&queue, Write::Panic));
+        assert!(before.is_ok());
+        let err = panicked.err().expect("the panicking write fails");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        submit(
+            &queue,
+            Write::InsertSetting {
+                name: "b".into(),
+                value: "2".into(),
+            },
+        )
+        .await
+        .expect("the writer lives");
+        assert!(!queue.is_closed());
+        assert_eq!(setting(&path, "a").as_deref(), Some("1"));
+        assert_eq!(setting(&path, "b").as_deref(), Some("2"));
+        assert_eq!(
+            setting(&path, "half"),
+            None,
+            "the panicking write's first statement was undone"
+        );
+        let (ack, stopped) = oneshot::channel();
+        queue.send(Job::Stop(ack)).await.unwrap();
+        stopped.await.unwrap();
+    }
 }
