@@ -27,6 +27,10 @@
 //! `create_agent`, `get_agent`, `delete_agent`. Errors come back as `Error::ErrorResponse` carrying the API's
 //! `ErrorResponse` body (`error.code`, `error.message`).
 //!
+//! **Authentication**: [`Client::with_api_key`] (an operator or backend: `X-API-KEY`) and
+//! [`Client::with_session_token`] (an end user's client, one session: `Authorization: Bearer`) authenticate every
+//! request, the event streams included. `Client::new` sends no credentials (a server without keys, on loopback).
+//!
 //! **Hand-written** (event streams, which progenitor cannot type; see [`streams`]):
 //! [`Client::send_message_stream`] (`sendMessage` with the `sse` transport) and [`Client::session_events`]
 //! (`streamSessionEvents`), each a `Stream` of typed events.
@@ -36,6 +40,8 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/codegen.rs"));
 }
 
+mod auth;
 pub mod streams;
 
+pub use auth::InvalidCredential;
 pub use generated::*;

@@ -132,6 +132,7 @@ impl Client {
         let response = self
             .client()
             .post(url)
+            .timeout(STREAM_TIMEOUT)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .json(&body)
             .send()
@@ -157,6 +158,7 @@ impl Client {
         let mut request = self
             .client()
             .get(url)
+            .timeout(STREAM_TIMEOUT)
             .header(reqwest::header::ACCEPT, "text/event-stream");
         if let Some(id) = last_event_id {
             request = request.header("Last-Event-ID", id.to_string());
@@ -175,6 +177,10 @@ impl Client {
             .boxed())
     }
 }
+
+/// A stream lasts as long as its session: the client's 15 s total timeout would cut it, so streams replace it
+/// with this (the server's keep-alives show a live connection; a dead one fails on read).
+const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 fn encode(segment: &str) -> String {
     progenitor_client::encode_path(segment)

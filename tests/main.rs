@@ -1,5 +1,6 @@
 //! The one integration-test binary: every module drives the real server through the generated SDK.
 
+mod access;
 mod agent_backends;
 mod errors;
 mod history;

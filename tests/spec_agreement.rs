@@ -35,6 +35,7 @@ pub fn diff_specs(contract: &Value, served: &Value) -> Vec<String> {
         seen: BTreeSet::new(),
     };
     differ.paths();
+    differ.security_schemes();
     differ.out
 }
 
@@ -94,6 +95,17 @@ impl Differ<'_> {
             self.content(&bctx, &ba["content"], &bb["content"]);
         }
 
+        // Which credentials an operation takes: each alternative is a set of scheme names (scopes are not used).
+        let [sa, sb] = ops.map(|op| {
+            op["security"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|alt| keys(alt).into_iter().collect::<Vec<_>>().join(" + "))
+                .collect::<BTreeSet<String>>()
+        });
+        self.sets(&format!("{ctx} security"), "requirement {}", sa, sb);
+
         let [ra, rb] = ops.map(|op| &op["responses"]);
         for status in self.sets(&format!("{ctx} responses"), "status {}", keys(ra), keys(rb)) {
             let a = self.deref(0, &ra[&status]);
@@ -103,6 +115,17 @@ impl Differ<'_> {
                 &a["content"],
                 &b["content"],
             );
+        }
+    }
+
+    /// The security schemes themselves: what each name means on the wire.
+    fn security_schemes(&mut self) {
+        let [a, b] = self.roots.map(|r| &r["components"]["securitySchemes"]);
+        for name in self.sets("securitySchemes", "scheme {}", keys(a), keys(b)) {
+            for key in ["type", "in", "name", "scheme", "bearerFormat"] {
+                let ctx = format!("security scheme {name}");
+                self.scalar(&ctx, key, &a[&name][key], &b[&name][key]);
+            }
         }
     }
 
@@ -426,6 +449,31 @@ fn contract_with_deleted_status_is_detected() {
     let wanted =
         "GET /api/messaging/sessions/{sessionId} responses: status 404 is in the server's spec";
     assert!(diffs.iter().any(|d| d.contains(wanted)), "{diffs:#?}");
+}
+
+#[test]
+fn contract_with_changed_security_is_detected() {
+    let mut contract = contract_yaml();
+    let security = contract
+        .pointer_mut("/paths/~1api~1agents/get/security")
+        .expect("openapi.yaml has no security for GET /api/agents");
+    *security = json!([{"apiKey": []}, {"sessionToken": []}]);
+    let header = contract
+        .pointer_mut("/components/securitySchemes/apiKey/name")
+        .expect("openapi.yaml has no apiKey scheme");
+    *header = json!("X-Api-Token");
+    let diffs = diff_specs(&contract, &served_spec());
+    assert!(
+        diffs.iter().any(|d| d.contains("GET /api/agents security")
+            && d.contains("requirement sessionToken is in openapi.yaml")),
+        "{diffs:#?}"
+    );
+    assert!(
+        diffs
+            .iter()
+            .any(|d| d.contains("security scheme apiKey") && d.contains("X-Api-Token")),
+        "{diffs:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use agent_sessions::streams::BoxedEvents;
 use agent_sessions::types;
 use agent_sessions::Client;
-use agent_sessions_server::api::StreamSettings;
+use agent_sessions_server::api::stream_slots::{self, StreamSlots};
+use agent_sessions_server::api::{CorsOrigins, HttpSettings, StreamSettings};
+use agent_sessions_server::auth::{Access, AccessSettings};
 use agent_sessions_server::clock::MockClock;
 use agent_sessions_server::domain::TimeoutPolicy;
 use agent_sessions_server::service::{ServiceConfig, SessionService};
@@ -18,10 +20,17 @@ use std::time::Duration as StdDuration;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+#[derive(Clone)]
 pub struct TestOptions {
     pub policy: TimeoutPolicy,
     pub retention: Duration,
     pub agent_timeout: std::time::Duration,
+    /// API keys, token settings and rate limits; no keys (an open server) by default.
+    pub access: AccessSettings,
+    pub cors: CorsOrigins,
+    pub max_pending_messages: u32,
+    /// Bounds on open event streams: per session, in total.
+    pub max_streams: (usize, usize),
 }
 
 impl Default for TestOptions {
@@ -30,11 +39,32 @@ impl Default for TestOptions {
             policy: TimeoutPolicy::default(),
             retention: Duration::hours(24),
             agent_timeout: std::time::Duration::from_secs(10),
+            access: AccessSettings::default(),
+            cors: CorsOrigins::None,
+            max_pending_messages: ServiceConfig::default().max_pending_messages,
+            max_streams: (
+                stream_slots::DEFAULT_PER_SESSION,
+                stream_slots::DEFAULT_TOTAL,
+            ),
+        }
+    }
+}
+
+impl TestOptions {
+    /// A server that requires these API keys.
+    pub fn with_keys(keys: &[&str]) -> Self {
+        Self {
+            access: AccessSettings {
+                api_keys: keys.iter().map(|k| k.to_string()).collect(),
+                ..AccessSettings::default()
+            },
+            ..Self::default()
         }
     }
 }
 
 pub struct TestContext {
+    /// The generated SDK, with the first configured API key if there is one.
     pub client: Client,
     pub base_url: String,
     pub clock: Arc<MockClock>,
@@ -92,9 +122,15 @@ impl TestContext {
                 policy: options.policy,
                 retention: options.retention,
                 agent_timeout: options.agent_timeout,
+                max_pending_messages: options.max_pending_messages,
                 ..ServiceConfig::default()
             },
         ));
+        let access = Arc::new(
+            Access::open(options.access.clone(), &*store, clock.clone())
+                .await
+                .expect("access control"),
+        );
         service.ensure_demo_agent().await.expect("demo agent");
         let agent_id = service.list_agents().await.expect("agents")[0].id;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -104,8 +140,13 @@ impl TestContext {
         let (tx, rx) = oneshot::channel::<()>();
         let app = agent_sessions_server::app(
             service.clone(),
-            StreamSettings {
-                keepalive: std::time::Duration::from_secs(15),
+            access.clone(),
+            HttpSettings {
+                streams: StreamSettings {
+                    keepalive: std::time::Duration::from_secs(15),
+                    slots: StreamSlots::new(options.max_streams.0, options.max_streams.1),
+                },
+                cors: options.cors.clone(),
             },
         );
         let server = tokio::spawn(async move {
@@ -115,8 +156,12 @@ impl TestContext {
             .await
             .expect("server runs");
         });
+        let client = match options.access.api_keys.first() {
+            Some(key) => Client::with_api_key(&base_url, key).expect("a valid key"),
+            None => Client::new(&base_url),
+        };
         Self {
-            client: Client::new(&base_url),
+            client,
             base_url,
             clock,
             service,

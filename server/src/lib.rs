@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod domain;

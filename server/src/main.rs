@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use agent_sessions_server::auth::Access;
 use agent_sessions_server::clock::SystemClock;
 use agent_sessions_server::config::Config;
 use agent_sessions_server::service::SessionService;
@@ -27,12 +28,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
 
+    // Bound first, so that protected mode judges the address actually listened on.
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+    let addr = listener.local_addr()?;
+    if let Err(refusal) = protected_mode(&config, addr) {
+        eprintln!("{refusal}");
+        std::process::exit(2);
+    }
+
     let store = store::open(&config.database_url).await?;
     let service = Arc::new(SessionService::new(
         store.clone(),
         Arc::new(SystemClock),
         config.service_config(),
     ));
+    let access = Arc::new(Access::open(config.access_settings(), &*store, service.clock()).await?);
     if let Some(agent) = service.ensure_demo_agent().await? {
         println!("Created demo echo agent: {}", agent.id);
     }
@@ -43,19 +53,42 @@ async fn main() -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = Sweeper::new(service.clone(), config.cleanup_interval()).spawn(stop_rx);
 
-    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
-    let addr = listener.local_addr()?;
-    println!("agent-sessions-server listening on http://{addr} (API docs: http://{addr}/docs)");
-    let streams = agent_sessions_server::api::StreamSettings {
-        keepalive: config.keepalive(),
+    let mode = if access.requires_credentials() {
+        "API keys required"
+    } else {
+        "open: no API key configured"
     };
-    serve(listener, app(service, streams), shutdown_signal()).await?;
+    println!(
+        "agent-sessions-server listening on http://{addr} (API docs: http://{addr}/docs; {mode})"
+    );
+    serve(
+        listener,
+        app(service, access, config.http_settings()),
+        shutdown_signal(),
+    )
+    .await?;
 
     let _ = stop_tx.send(true);
     let _ = sweeper.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Redis-style protected mode: without an API key the server is open to anyone who reaches it, which is only
+/// safe on a loopback address. Anywhere else it refuses to start, unless told that this is intended.
+fn protected_mode(config: &Config, addr: std::net::SocketAddr) -> Result<(), String> {
+    if addr.ip().is_loopback() || !config.api_keys().is_empty() || config.allow_anonymous {
+        return Ok(());
+    }
+    Err(format!(
+        "agent-sessions-server: refusing to listen on {addr} without an API key: anyone who can reach this address \
+         could read, send to and end every session.\n\
+         \x20 Set a key:             API_KEYS=<a long random key> (or --api-key; ELIZA_SERVER_AUTH_TOKEN also works),\n\
+         \x20                        then send it as X-API-KEY: <key> or Authorization: Bearer <key>\n\
+         \x20 Or listen on loopback: SERVER_HOST=127.0.0.1 (or --host 127.0.0.1)\n\
+         \x20 Or run open anyway:    --allow-anonymous (ALLOW_ANONYMOUS=true), e.g. behind a proxy that authenticates"
+    ))
 }
 
 async fn shutdown_signal() {

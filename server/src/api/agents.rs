@@ -7,8 +7,9 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
+use super::access::{Authorized, OperatorOnly};
 use super::body::JsonBody;
-use super::error::{AgentLookupErrors, CreateAgentErrors, Failure, ServerOnly};
+use super::error::{AgentListErrors, AgentLookupErrors, CreateAgentErrors, Failure};
 use super::models::{AgentBody, AgentListBody, CreateAgentRequest, DeleteBody};
 use super::ApiTags;
 use crate::service::SessionService;
@@ -28,7 +29,11 @@ pub struct AgentsApi;
 impl AgentsApi {
     /// List agents, oldest first.
     #[oai(path = "/api/agents", method = "get", operation_id = "listAgents")]
-    async fn list(&self, service: Service<'_>) -> Result<Json<AgentListBody>, Failure<ServerOnly>> {
+    async fn list(
+        &self,
+        _auth: Authorized<OperatorOnly>,
+        service: Service<'_>,
+    ) -> Result<Json<AgentListBody>, Failure<AgentListErrors>> {
         let agents: Vec<AgentBody> = service
             .list_agents()
             .await?
@@ -45,6 +50,7 @@ impl AgentsApi {
     #[oai(path = "/api/agents", method = "post", operation_id = "createAgent")]
     async fn create(
         &self,
+        _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         body: JsonBody<CreateAgentRequest>,
     ) -> Result<CreatedAgent, Failure<CreateAgentErrors>> {
@@ -60,6 +66,7 @@ impl AgentsApi {
     )]
     async fn get(
         &self,
+        _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         #[oai(name = "agentId")] agent_id: Path<String>,
     ) -> Result<Json<AgentBody>, Failure<AgentLookupErrors>> {
@@ -74,6 +81,7 @@ impl AgentsApi {
     )]
     async fn delete(
         &self,
+        _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         #[oai(name = "agentId")] agent_id: Path<String>,
     ) -> Result<Json<DeleteBody>, Failure<AgentLookupErrors>> {

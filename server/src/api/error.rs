@@ -6,7 +6,7 @@
 
 use std::marker::PhantomData;
 
-use poem::http::{Method, StatusCode};
+use poem::http::{HeaderName, Method, StatusCode};
 use poem::{IntoResponse, Response};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
@@ -33,6 +33,7 @@ pub enum ErrorCode {
     SessionRenewalFailed,
     RateLimitExceeded,
     Unauthorized,
+    Forbidden,
     AgentError,
     AgentTimeout,
     InternalServerError,
@@ -62,6 +63,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Option<Map<String, Value>>,
+    /// Headers the error carries (`WWW-Authenticate` on a 401, `Retry-After` on a 429).
+    pub headers: Vec<(HeaderName, String)>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -79,7 +82,13 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -128,10 +137,19 @@ impl poem::error::ResponseError for ApiError {
 
     fn as_response(&self) -> Response {
         let body = self.body().to_json().unwrap_or(Value::Null);
-        Response::builder()
+        let mut builder = Response::builder()
             .status(self.status)
-            .content_type("application/json; charset=utf-8")
-            .body(serde_json::to_vec(&body).unwrap_or_default())
+            .content_type("application/json; charset=utf-8");
+        for (name, value) in &self.headers {
+            builder = builder.header(name.clone(), value.as_str());
+        }
+        builder.body(serde_json::to_vec(&body).unwrap_or_default())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        poem::error::ResponseError::as_response(&self)
     }
 }
 
@@ -168,6 +186,13 @@ impl From<SessionError> for ApiError {
                 message,
             ),
             SessionError::Store(e) => ApiError::internal(&e),
+            SessionError::TooManyPending { limit } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimitExceeded,
+                message,
+            )
+            .with_details(serde_json::json!({ "unansweredLimit": limit }))
+            .with_header(poem::http::header::RETRY_AFTER, "1"),
             SessionError::Unavailable(_) => {
                 tracing::error!(error = %message, "unhealthy");
                 ApiError::new(
@@ -193,6 +218,7 @@ pub fn from_poem_error(err: poem::Error, method: &Method, path: &str) -> ApiErro
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::InvalidContentType,
         StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
         StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimitExceeded,
         s if s.is_server_error() => return ApiError::internal(&err),
         _ => ErrorCode::ValidationError,
@@ -248,6 +274,11 @@ impl<S> IntoResponse for Failure<S> {
 fn describe(status: u16) -> &'static str {
     match status {
         400 => "Invalid input (`VALIDATION_ERROR`, or `SESSION_RENEWAL_FAILED` for renewal)",
+        401 => {
+            "Missing or invalid credentials (`UNAUTHORIZED`); `WWW-Authenticate` names the scheme"
+        }
+        403 => "The credentials do not cover this operation or this session (`FORBIDDEN`)",
+        429 => "Too many requests (`RATE_LIMIT_EXCEEDED`); `Retry-After` says when to retry",
         404 => "Not found (`SESSION_NOT_FOUND`, `AGENT_NOT_FOUND`)",
         410 => "The session has expired (`SESSION_EXPIRED`)",
         413 => "Request body too large (`PAYLOAD_TOO_LARGE`)",
@@ -297,17 +328,18 @@ macro_rules! error_statuses {
 }
 
 error_statuses! {
-    ServerOnly = [500];
-    HealthErrors = [500, 503];
-    CreateSessionErrors = [400, 404, 413, 415, 500];
-    ListErrors = [400, 500];
-    LookupErrors = [404, 410, 500];
-    DeleteErrors = [404, 500];
-    RenewErrors = [400, 404, 410, 500];
-    UpdateTimeoutErrors = [400, 404, 410, 413, 415, 500];
-    CreateAgentErrors = [400, 413, 415, 500];
-    SendErrors = [400, 404, 410, 413, 415, 500, 502, 504];
-    MessagesErrors = [400, 404, 410, 500];
-    EventsErrors = [400, 404, 410, 500];
-    AgentLookupErrors = [404, 500];
+    HealthErrors = [429, 500, 503];
+    CreateSessionErrors = [400, 401, 403, 404, 413, 415, 429, 500];
+    ListErrors = [400, 401, 403, 429, 500];
+    LookupErrors = [401, 403, 404, 410, 429, 500];
+    DeleteErrors = [401, 403, 404, 429, 500];
+    RenewErrors = [400, 401, 403, 404, 410, 429, 500];
+    UpdateTimeoutErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500];
+    TokenErrors = [401, 403, 404, 410, 429, 500];
+    CreateAgentErrors = [400, 401, 403, 413, 415, 429, 500];
+    AgentListErrors = [401, 403, 429, 500];
+    SendErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500, 502, 504];
+    MessagesErrors = [400, 401, 403, 404, 410, 429, 500];
+    EventsErrors = [400, 401, 403, 404, 410, 429, 500, 503];
+    AgentLookupErrors = [401, 403, 404, 429, 500];
 }

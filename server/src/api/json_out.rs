@@ -132,8 +132,20 @@ mod tests {
             renewal_count: 3,
             time_remaining: 61_000,
             is_near_expiration: false,
+            session_token: None,
+            session_token_expires_at: None,
         };
         same(&session);
+        same(&SessionBody {
+            session_token: Some("t.o.k".into()),
+            session_token_expires_at: Some(at(1_735_689_660_000)),
+            ..session.clone()
+        });
+        same(&SessionTokenBody {
+            session_id: Uuid::new_v4(),
+            session_token: "t.o.k".into(),
+            session_token_expires_at: at(5),
+        });
         same(&SessionListBody {
             sessions: vec![session.clone(), session],
             total: 2,

@@ -13,6 +13,7 @@ use poem_openapi::payload::EventStream;
 use poem_openapi::{ApiResponse, OpenApi};
 use serde_json::Value;
 
+use super::access::{Authorized, OwnSession, OwnSessionEvents};
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
 use super::json_out::JsonOut;
@@ -21,6 +22,7 @@ use super::models::{
     MessageResponseData, MessageStreamEvent, MessageStreamEventName, SendMessageRequest,
     SessionEventName, SessionStatusBody, SessionStreamEvent,
 };
+use super::stream_slots::StreamSlots;
 use super::types::Timestamp;
 use super::ApiTags;
 use crate::agents::AgentError;
@@ -32,10 +34,25 @@ use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService};
 type Service<'a> = Data<&'a Arc<SessionService>>;
 
 /// HTTP settings of the streaming endpoints.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StreamSettings {
     /// Interval of keep-alive comments, so that proxies do not cut idle streams.
     pub keepalive: Duration,
+    /// The bounds on open event streams.
+    pub slots: Arc<StreamSlots>,
+}
+
+impl StreamSettings {
+    /// Keep-alives at `keepalive`, with the default bounds on open streams.
+    pub fn new(keepalive: Duration) -> Self {
+        Self {
+            keepalive,
+            slots: StreamSlots::new(
+                super::stream_slots::DEFAULT_PER_SESSION,
+                super::stream_slots::DEFAULT_TOTAL,
+            ),
+        }
+    }
 }
 
 type MessageStream = EventStream<BoxStream<'static, MessageStreamEvent>>;
@@ -63,6 +80,7 @@ impl MessagesApi {
     )]
     async fn send(
         &self,
+        _auth: Authorized<OwnSession>,
         service: Service<'_>,
         settings: Data<&StreamSettings>,
         #[oai(name = "sessionId")] session_id: Path<String>,
@@ -115,6 +133,7 @@ impl MessagesApi {
     )]
     async fn messages(
         &self,
+        _auth: Authorized<OwnSession>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
         /// Page size, clamped to 1-100 (default 50).
@@ -156,6 +175,7 @@ impl MessagesApi {
     )]
     async fn events(
         &self,
+        _auth: Authorized<OwnSessionEvents>,
         service: Service<'_>,
         settings: Data<&StreamSettings>,
         #[oai(name = "sessionId")] session_id: Path<String>,
@@ -176,16 +196,22 @@ impl MessagesApi {
                 )
             })?),
         };
+        // The session is checked (404, 410) before a slot is taken, so that unknown ids count against nothing.
+        let session = service.get(&session_id).await?.session;
+        let slot = settings.slots.acquire(session.id)?;
         let rx = service.subscribe(&session_id, last).await?;
-        let events = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) })
-            .filter_map(|e: SessionEvent| async move {
-                Some(SessionStreamEvent {
-                    id: e.seq,
-                    event: session_event_name(e.kind)?,
-                    data: e.data,
-                })
+        // The slot lives as long as the stream: dropped when it ends or when the client goes away.
+        let events = stream::unfold((rx, slot), |(mut rx, slot)| async move {
+            rx.recv().await.map(|e| (e, (rx, slot)))
+        })
+        .filter_map(|e: SessionEvent| async move {
+            Some(SessionStreamEvent {
+                id: e.seq,
+                event: session_event_name(e.kind)?,
+                data: e.data,
             })
-            .boxed();
+        })
+        .boxed();
         Ok(EventStream::new(events)
             .keep_alive(settings.keepalive)
             .to_event(|e| {

@@ -1,13 +1,16 @@
 //! The HTTP layer: poem-openapi handlers, wire models, `ApiError`, and `app()`, which assembles the routes, the
 //! documentation endpoints and the middleware that makes every error the API's JSON shape. Never touches SQL.
 
+pub mod access;
 mod agents;
 mod body;
+pub mod browser;
 pub mod error;
 mod json_out;
 mod messages;
 pub mod models;
 mod sessions;
+pub mod stream_slots;
 pub mod types;
 
 use std::sync::{Arc, OnceLock};
@@ -18,6 +21,7 @@ use poem::web::Html;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{OpenApiService, Tags};
 
+use crate::auth::Access;
 use crate::service::SessionService;
 use error::{ApiError, ErrorCode};
 
@@ -33,7 +37,16 @@ pub enum ApiTags {
     Agents,
 }
 
+pub use browser::CorsOrigins;
 pub use messages::StreamSettings;
+
+/// The HTTP side's settings.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub streams: StreamSettings,
+    /// Origins that may call the API from a browser.
+    pub cors: CorsOrigins,
+}
 
 type Apis = (
     sessions::SessionsApi,
@@ -68,14 +81,20 @@ pub fn contract_json() -> &'static str {
     })
 }
 
-/// The whole HTTP application over a service.
-pub fn app(service_state: Arc<SessionService>, streams: StreamSettings) -> impl Endpoint {
+/// The whole HTTP application over a service. Layers, outermost first: CORS (with the origin filter), security
+/// headers, panic catching, access control (authentication and rate limits, before any route runs), the JSON
+/// error shape, then the routes.
+pub fn app(
+    service_state: Arc<SessionService>,
+    access: Arc<Access>,
+    settings: HttpSettings,
+) -> impl Endpoint {
     let api = service();
     // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec.
     let docs = api
         .swagger_ui_html()
         .replacen(&api.spec(), contract_json(), 1);
-    Route::new()
+    let routes = Route::new()
         .nest_no_strip("/api", api)
         .at(
             "/openapi.json",
@@ -103,12 +122,16 @@ pub fn app(service_state: Arc<SessionService>, streams: StreamSettings) -> impl 
             poem::endpoint::make_sync(move |_| Html(docs.clone())),
         )
         .data(service_state)
-        .data(streams)
+        .data(access.clone())
+        .data(settings.streams)
         .around(json_errors)
+        .with(access::AccessControl::new(access))
         .with(
             CatchPanic::new()
                 .with_handler(|_| ApiError::internal(&"handler panicked").as_poem_response()),
         )
+        .around(browser::security_headers);
+    browser::with_cors(routes, settings.cors)
 }
 
 impl ApiError {
@@ -135,7 +158,7 @@ fn unknown_id_in_path(path: &str) -> Option<ApiError> {
     Some(ApiError::new(StatusCode::NOT_FOUND, code, message))
 }
 
-fn percent_decode(s: &str) -> Vec<u8> {
+pub(crate) fn percent_decode(s: &str) -> Vec<u8> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -61,6 +61,26 @@ pub struct SessionBody {
     pub time_remaining: i64,
     /// True while the remaining time is within the warning threshold.
     pub is_near_expiration: bool,
+    /// createSession only: a token for this session's own routes, to hand to the end user's client (send it as
+    /// `Authorization: Bearer <token>`).
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// createSession only: when `sessionToken` expires, at the latest the session's hard end.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token_expires_at: Option<Timestamp>,
+}
+
+/// A session token: admits its holder to that session's own routes (get, heartbeat, renew, send, messages,
+/// events, delete) until it expires, at the latest at the session's hard end.
+#[derive(Object, Serialize, Debug, Clone)]
+#[oai(rename = "SessionToken", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
+pub struct SessionTokenBody {
+    pub session_id: Uuid,
+    pub session_token: String,
+    pub session_token_expires_at: Timestamp,
 }
 
 #[derive(Object, Debug, Clone)]
@@ -243,6 +263,8 @@ impl SessionBody {
             renewal_count: s.renewal_count,
             time_remaining: s.time_remaining_ms(now),
             is_near_expiration: s.is_near_expiration(now),
+            session_token: None,
+            session_token_expires_at: None,
         }
     }
 }

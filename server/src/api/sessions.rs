@@ -8,20 +8,26 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
+use super::access::{Authorized, OperatorOnly, OwnSession};
 use super::body::JsonBody;
 use super::error::{
-    CreateSessionErrors, DeleteErrors, Failure, HealthErrors, ListErrors, LookupErrors,
-    RenewErrors, UpdateTimeoutErrors,
+    ApiError, CreateSessionErrors, DeleteErrors, Failure, HealthErrors, ListErrors, LookupErrors,
+    RenewErrors, TokenErrors, UpdateTimeoutErrors,
 };
 use super::json_out::JsonOut;
 use super::models::{
-    CreateSessionRequest, DeleteBody, HealthBody, SessionBody, SessionListBody, TimeoutConfigInput,
+    CreateSessionRequest, DeleteBody, HealthBody, SessionBody, SessionListBody, SessionTokenBody,
+    TimeoutConfigInput,
 };
+use super::types::Timestamp;
 use super::ApiTags;
+use crate::auth::{Access, IssuedToken};
+use crate::domain::Session;
 use crate::service::{SessionService, SessionView};
 use crate::store::SessionFilter;
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
+type AccessData<'a> = Data<&'a Arc<Access>>;
 
 /// Default page size of `listSessions`.
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -35,6 +41,13 @@ pub enum CreatedSession {
 
 fn session(view: SessionView) -> JsonOut<SessionBody> {
     JsonOut(SessionBody::from_view(view))
+}
+
+fn token(access: &Access, session: &Session) -> Result<IssuedToken, ApiError> {
+    access
+        .tokens()
+        .issue(session)
+        .map_err(|e| ApiError::internal(&e))
 }
 
 pub struct SessionsApi;
@@ -64,11 +77,17 @@ impl SessionsApi {
     )]
     async fn create(
         &self,
+        _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
+        access: AccessData<'_>,
         body: JsonBody<CreateSessionRequest>,
     ) -> Result<CreatedSession, Failure<CreateSessionErrors>> {
         let view = service.create(body.value).await?;
-        Ok(CreatedSession::Created(session(view)))
+        let issued = token(&access, &view.session)?;
+        let mut body = SessionBody::from_view(view);
+        body.session_token = Some(issued.token);
+        body.session_token_expires_at = Some(Timestamp(issued.expires_at));
+        Ok(CreatedSession::Created(JsonOut(body)))
     }
 
     /// List active sessions, newest first.
@@ -79,6 +98,7 @@ impl SessionsApi {
     )]
     async fn list(
         &self,
+        _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         /// Only sessions with this agent.
         #[oai(name = "agentId")]
@@ -114,6 +134,7 @@ impl SessionsApi {
     )]
     async fn get(
         &self,
+        _auth: Authorized<OwnSession>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
     ) -> Result<JsonOut<SessionBody>, Failure<LookupErrors>> {
@@ -128,6 +149,7 @@ impl SessionsApi {
     )]
     async fn delete(
         &self,
+        _auth: Authorized<OwnSession>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
     ) -> Result<JsonOut<DeleteBody>, Failure<DeleteErrors>> {
@@ -146,6 +168,7 @@ impl SessionsApi {
     )]
     async fn renew(
         &self,
+        _auth: Authorized<OwnSession>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
     ) -> Result<JsonOut<SessionBody>, Failure<RenewErrors>> {
@@ -160,6 +183,7 @@ impl SessionsApi {
     )]
     async fn update_timeout(
         &self,
+        _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
         body: JsonBody<TimeoutConfigInput>,
@@ -177,9 +201,32 @@ impl SessionsApi {
     )]
     async fn heartbeat(
         &self,
+        _auth: Authorized<OwnSession>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
     ) -> Result<JsonOut<SessionBody>, Failure<LookupErrors>> {
         Ok(session(service.heartbeat(&session_id).await?))
+    }
+
+    /// Issue a fresh session token for an active session (API key only), e.g. for a client whose token expired.
+    #[oai(
+        path = "/api/messaging/sessions/:sessionId/token",
+        method = "post",
+        operation_id = "issueSessionToken"
+    )]
+    async fn issue_token(
+        &self,
+        _auth: Authorized<OperatorOnly>,
+        service: Service<'_>,
+        access: AccessData<'_>,
+        #[oai(name = "sessionId")] session_id: Path<String>,
+    ) -> Result<JsonOut<SessionTokenBody>, Failure<TokenErrors>> {
+        let view = service.get(&session_id).await?;
+        let issued = token(&access, &view.session)?;
+        Ok(JsonOut(SessionTokenBody {
+            session_id: view.session.id,
+            session_token: issued.token,
+            session_token_expires_at: Timestamp(issued.expires_at),
+        }))
     }
 }

@@ -26,6 +26,9 @@ pub enum SessionError {
     RenewalFailed { id: String, reason: String },
     #[error("storage failure")]
     Store(#[from] StoreError),
+    /// The session already has `limit` messages waiting for the agent.
+    #[error("The session already has {limit} unanswered messages: wait for the agent's replies before sending more")]
+    TooManyPending { limit: u32 },
     /// The server cannot do its job at all right now (e.g. the store takes no writes); health reports it.
     #[error("The server cannot store anything right now: {0}")]
     Unavailable(String),

@@ -39,7 +39,8 @@ pub struct MessagePage {
 
 impl SessionService {
     /// Stores the user's message (renewing the session), pending a reply behind the session's earlier ones,
-    /// and makes sure a worker answers it. Checks, in order: transport, content type, session, content length, metadata, attachments.
+    /// and makes sure a worker answers it. Checks, in order: transport, content type, session, content length, metadata, attachments, the bound on
+    /// unanswered messages.
     pub async fn send(&self, id: &str, body: Value) -> Result<SendOutcome, SessionError> {
         let body = validate::send_message_body(body)?;
         let now = self.clock.now();
@@ -47,6 +48,13 @@ impl SessionService {
         validate::content(&body.content)?;
         let metadata = validate::metadata(body.metadata)?;
         let attachments = validate::attachments(body.attachments)?;
+        // Backpressure: a client that sends faster than its agent answers gets told to wait, instead of growing
+        // the queue without bound.
+        if self.store.count_unanswered(current.id).await? >= u64::from(self.max_pending_messages) {
+            return Err(SessionError::TooManyPending {
+                limit: self.max_pending_messages,
+            });
+        }
         // Listen before storing, so that no step of the reply can happen before we watch for it.
         let mut feed = match body.transport {
             Transport::WebSocket => None,

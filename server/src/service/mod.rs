@@ -73,6 +73,8 @@ pub struct ServiceConfig {
     pub agent_timeout: std::time::Duration,
     /// How many earlier messages an agent gets as context.
     pub history_limit: u32,
+    /// Most unanswered messages a session may have before sends are refused.
+    pub max_pending_messages: u32,
 }
 
 impl Default for ServiceConfig {
@@ -82,6 +84,7 @@ impl Default for ServiceConfig {
             retention: Duration::hours(24),
             agent_timeout: std::time::Duration::from_secs(60),
             history_limit: 20,
+            max_pending_messages: 100,
         }
     }
 }
@@ -91,6 +94,7 @@ pub struct SessionService {
     clock: Arc<dyn Clock>,
     policy: TimeoutPolicy,
     retention: Duration,
+    max_pending_messages: u32,
     started: DateTime<Utc>,
     replies: Arc<replies::Replier>,
 }
@@ -110,6 +114,7 @@ impl SessionService {
             clock,
             policy: config.policy,
             retention: config.retention,
+            max_pending_messages: config.max_pending_messages,
             started,
             replies,
         }
@@ -339,6 +344,11 @@ impl SessionService {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The clock every operation reads (access control uses it too, for token expiry and rate-limit windows).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
     }
 
     /// Sessions that expired at or before this instant are past retention at `now`.

@@ -1,0 +1,262 @@
+//! Who is calling: API keys (the operator), session tokens (an end user's client, for one session), and the
+//! per-principal rate limits. `Access` turns a request's credentials into a `Principal`; which routes a principal
+//! may use is the API's business (`api/access.rs`), which applies this before anything reads the body or the store.
+//!
+//! With no key configured the server is open, as the elizaOS reference is: every caller acts as the operator.
+//! `main` allows that only on a loopback address unless told otherwise (protected mode).
+
+mod keys;
+mod limits;
+mod tokens;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+pub use keys::{ApiKeys, KeyId};
+pub use limits::{LimitKey, RateDecision, RateLimitSettings, RateLimits};
+pub use tokens::{shared_secret, IssuedToken, SessionTokens, TokenClaims, TokenError};
+
+use crate::clock::Clock;
+use crate::store::SessionStore;
+
+/// Access settings, from configuration.
+#[derive(Clone, Default)]
+pub struct AccessSettings {
+    pub api_keys: Vec<String>,
+    /// The token signing secret; None: generated once and kept in the store.
+    pub token_secret: Option<String>,
+    /// A cap on session tokens' lifetime; None: until the session's hard end.
+    pub token_ttl: Option<chrono::Duration>,
+    pub limits: RateLimitSettings,
+    /// Read the client IP from `X-Forwarded-For` (behind a proxy that sets it).
+    pub trust_forwarded_for: bool,
+}
+
+impl std::fmt::Debug for AccessSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessSettings")
+            .field(
+                "api_keys",
+                &format_args!("{} redacted", self.api_keys.len()),
+            )
+            .field(
+                "token_secret",
+                &self.token_secret.as_ref().map(|_| "redacted"),
+            )
+            .field("token_ttl", &self.token_ttl)
+            .field("limits", &self.limits)
+            .field("trust_forwarded_for", &self.trust_forwarded_for)
+            .finish()
+    }
+}
+
+/// Who a request comes from, as its credentials say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The operator: a valid API key, or any caller of a server with no key configured (`key` None).
+    Operator { key: Option<KeyId> },
+    /// An end user's client, admitted to one session's routes.
+    Session(TokenClaims),
+    /// No credentials.
+    Anonymous,
+    /// Credentials that are not valid.
+    Rejected(Rejection),
+}
+
+impl Principal {
+    /// The kind of caller, for logs: never the credential itself.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Principal::Operator { key: Some(_) } => "api_key",
+            Principal::Operator { key: None } => "open",
+            Principal::Session(_) => "session_token",
+            Principal::Anonymous => "anonymous",
+            Principal::Rejected(_) => "rejected",
+        }
+    }
+}
+
+/// Why credentials were refused; the message never repeats them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    UnknownKey,
+    InvalidToken,
+    ExpiredToken(DateTime<Utc>),
+}
+
+impl Rejection {
+    pub fn message(&self) -> String {
+        match self {
+            Rejection::UnknownKey => "Invalid API key".to_string(),
+            Rejection::InvalidToken => {
+                "Invalid credentials: the bearer token is neither an API key nor a session token of this server"
+                    .to_string()
+            }
+            Rejection::ExpiredToken(at) => {
+                format!("The session token expired at {}", crate::domain::iso(*at))
+            }
+        }
+    }
+}
+
+/// The credentials a request presented.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    /// `X-API-KEY`.
+    pub api_key: Option<&'a str>,
+    /// `Authorization: Bearer …` (or, on the events route only, `?access_token=`).
+    pub bearer: Option<&'a str>,
+}
+
+pub struct Access {
+    keys: ApiKeys,
+    tokens: SessionTokens,
+    limits: RateLimits,
+    trust_forwarded_for: bool,
+}
+
+impl Access {
+    /// Builds access control over `store` (which keeps the generated token secret) and `clock` (token expiry,
+    /// rate-limit windows).
+    pub async fn open(
+        settings: AccessSettings,
+        store: &dyn SessionStore,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let secret = shared_secret(settings.token_secret.as_deref(), store).await?;
+        Ok(Self::new(settings, &secret, clock))
+    }
+
+    pub fn new(settings: AccessSettings, secret: &[u8], clock: Arc<dyn Clock>) -> Self {
+        Self {
+            keys: ApiKeys::new(&settings.api_keys),
+            tokens: SessionTokens::new(secret, clock.clone(), settings.token_ttl),
+            limits: RateLimits::new(settings.limits, clock),
+            trust_forwarded_for: settings.trust_forwarded_for,
+        }
+    }
+
+    /// True when API keys are configured: then every non-public route needs credentials.
+    pub fn requires_credentials(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
+    pub fn tokens(&self) -> &SessionTokens {
+        &self.tokens
+    }
+
+    pub fn limits(&self) -> &RateLimits {
+        &self.limits
+    }
+
+    pub fn trust_forwarded_for(&self) -> bool {
+        self.trust_forwarded_for
+    }
+
+    /// The principal `credentials` make. Any invalid credential is a rejection (it is never silently ignored in
+    /// favour of another), except on a server without keys, which is open anyway and, like the reference, ignores
+    /// keys it was not given; a valid session token still scopes its caller to that session there.
+    pub fn authenticate(&self, credentials: Credentials<'_>) -> Principal {
+        let open = self.keys.is_empty();
+        if let Some(key) = credentials.api_key {
+            if let Some(id) = self.keys.find(key) {
+                return Principal::Operator { key: Some(id) };
+            }
+            if !open {
+                return Principal::Rejected(Rejection::UnknownKey);
+            }
+        }
+        if let Some(bearer) = credentials.bearer {
+            if let Some(id) = self.keys.find(bearer) {
+                return Principal::Operator { key: Some(id) };
+            }
+            match self.tokens.verify(bearer) {
+                Ok(claims) => return Principal::Session(claims),
+                Err(_) if open => {}
+                Err(TokenError::Invalid) => return Principal::Rejected(Rejection::InvalidToken),
+                Err(TokenError::Expired(at)) => {
+                    return Principal::Rejected(Rejection::ExpiredToken(at))
+                }
+            }
+        }
+        if open {
+            Principal::Operator { key: None }
+        } else {
+            Principal::Anonymous
+        }
+    }
+
+    /// The rate-limit bucket of a request from `principal` at client address `ip`.
+    pub fn limit_key(principal: &Principal, ip: std::net::IpAddr) -> LimitKey {
+        match principal {
+            Principal::Operator { key: Some(id) } => LimitKey::Key(*id),
+            Principal::Operator { key: None } => LimitKey::Open(LimitKey::client(ip)),
+            Principal::Session(claims) => LimitKey::Session(claims.session_id),
+            Principal::Anonymous | Principal::Rejected(_) => {
+                LimitKey::Anonymous(LimitKey::client(ip))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::MockClock;
+
+    fn access(keys: &[&str]) -> Access {
+        Access::new(
+            AccessSettings {
+                api_keys: keys.iter().map(|k| k.to_string()).collect(),
+                ..Default::default()
+            },
+            &[1; 32],
+            Arc::new(MockClock::default()),
+        )
+    }
+
+    fn creds<'a>(api_key: Option<&'a str>, bearer: Option<&'a str>) -> Credentials<'a> {
+        Credentials { api_key, bearer }
+    }
+
+    #[test]
+    fn keys_configured_every_bad_credential_is_rejected() {
+        let a = access(&["k1", "k2"]);
+        assert!(a.requires_credentials());
+        assert_eq!(
+            a.authenticate(creds(Some("k2"), None)),
+            Principal::Operator {
+                key: Some(KeyId(1))
+            }
+        );
+        assert_eq!(
+            a.authenticate(creds(None, Some("k1"))),
+            Principal::Operator {
+                key: Some(KeyId(0))
+            }
+        );
+        assert_eq!(a.authenticate(creds(None, None)), Principal::Anonymous);
+        assert_eq!(
+            a.authenticate(creds(Some("nope"), Some("k1"))),
+            Principal::Rejected(Rejection::UnknownKey)
+        );
+        assert_eq!(
+            a.authenticate(creds(None, Some("nope"))),
+            Principal::Rejected(Rejection::InvalidToken)
+        );
+    }
+
+    #[test]
+    fn without_keys_everyone_is_the_operator() {
+        let a = access(&[]);
+        assert!(!a.requires_credentials());
+        for c in [
+            creds(None, None),
+            creds(Some("x"), None),
+            creds(None, Some("y")),
+        ] {
+            assert_eq!(a.authenticate(c), Principal::Operator { key: None });
+        }
+    }
+}
