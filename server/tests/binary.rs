@@ -79,7 +79,12 @@ fn a_key_or_allow_anonymous_starts_it_and_loopback_needs_neither() {
     for (host, extra, env, mode) in [
         ("0.0.0.0", vec!["--allow-anonymous"], vec![], "open"),
         ("0.0.0.0", vec![], vec![("ALLOW_ANONYMOUS", "true")], "open"),
-        ("0.0.0.0", vec![], vec![("API_KEYS", "a-key,another")], "API keys required"),
+        (
+            "0.0.0.0",
+            vec![],
+            vec![("API_KEYS", "a-key,another")],
+            "API keys required",
+        ),
         (
             "0.0.0.0",
             vec![],
