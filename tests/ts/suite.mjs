@@ -2,104 +2,23 @@
 // real agent-sessions-server, unchanged. `defineSuite` declares it: `sessions.test.mjs` runs it against an open
 // server (no API key, as on loopback), `sessions-api-key.test.mjs` against a server with API keys, the SDK given
 // `apiKey` (it sends `X-API-KEY`). Every `client.sessions` method must resolve to the value its TypeScript type
-// promises, and every error must arrive as the SDK's `ApiError` with our code and status.
-//
-// The server binary is `SERVER_BIN` (default: ../../target/debug/agent-sessions-server, relative to this file). It is
-// started on 127.0.0.1, port 0, over a fresh SQLite file in a temporary directory; its stdout tells us the demo echo
-// agent's id and the address it listens on.
+// promises, and every error must arrive as the SDK's `ApiError` with our code and status. The server is the real
+// binary, started by ../server.mjs.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 
 import { ApiError, ElizaClient } from '@elizaos/api-client';
 
-const HERE = dirname(fileURLToPath(import.meta.url));
-const SERVER_BIN = process.env.SERVER_BIN
-  ? resolve(process.env.SERVER_BIN)
-  : resolve(HERE, '../../target/debug/agent-sessions-server');
-const STARTUP_TIMEOUT_MS = 30_000;
+import { startServer, stopServer } from '../server.mjs';
+
 const TEST_TIMEOUT_MS = 30_000;
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-// ---------------------------------------------------------------------------------------------------------------
-// The server process
-// ---------------------------------------------------------------------------------------------------------------
-
-/**
- * Starts the server and resolves once it has printed both the demo agent's id and its address.
- * Rejects (with the output so far) if it exits first or does not get there within STARTUP_TIMEOUT_MS.
- */
-export function startServer(dataDir, apiKey) {
-  if (!existsSync(SERVER_BIN)) {
-    throw new Error(
-      `server binary not found at ${SERVER_BIN}: run \`cargo build -p agent-sessions-server\` or set SERVER_BIN`,
-    );
-  }
-  const child = spawn(
-    SERVER_BIN,
-    ['--host', '127.0.0.1', '--port', '0', '--database-url', `sqlite:${join(dataDir, 's.db')}`],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NO_COLOR: '1', API_KEYS: apiKey ?? '', ELIZA_SERVER_AUTH_TOKEN: '' },
-    },
-  );
-  const output = []; // every line, both streams, for failure messages
-  const remember = (line) => {
-    output.push(line);
-    if (output.length > 200) output.shift();
-  };
-  createInterface({ input: child.stderr }).on('line', remember);
-  const stdout = createInterface({ input: child.stdout });
-
-  const ready = new Promise((resolveReady, rejectReady) => {
-    let agentId;
-    let baseUrl;
-    const fail = (why) => {
-      clearTimeout(timer);
-      rejectReady(new Error(`${why}\nserver output:\n${output.join('\n')}`));
-    };
-    const timer = setTimeout(
-      () => fail(`server did not report its demo agent and address within ${STARTUP_TIMEOUT_MS} ms`),
-      STARTUP_TIMEOUT_MS,
-    );
-    child.once('error', (err) => fail(`could not start ${SERVER_BIN}: ${err.message}`));
-    // 'close' (not 'exit'): by then every line of its output has been read.
-    child.once('close', (code, signal) => fail(`server exited early (code ${code}, signal ${signal})`));
-    stdout.on('line', (line) => {
-      remember(line);
-      const agent = line.match(/Created demo echo agent: ([0-9a-f-]{36})/i);
-      if (agent) agentId = agent[1];
-      const listening = line.match(/agent-sessions-server listening on (http:\/\/[^\s]+)/);
-      if (listening) baseUrl = listening[1];
-      if (agentId && baseUrl) {
-        clearTimeout(timer);
-        resolveReady({ agentId, baseUrl });
-      }
-    });
-  });
-  return { child, ready, output };
-}
-
-/** Stops the server (SIGTERM, then SIGKILL if it has not exited within 10 s) and resolves once it has exited. */
-export function stopServer(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  return new Promise((resolveStop) => {
-    const force = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    child.once('exit', () => {
-      clearTimeout(force);
-      resolveStop();
-    });
-    child.kill('SIGTERM');
-  });
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
@@ -159,7 +78,7 @@ export function defineSuite({ apiKey } = {}) {
 
   before(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'agent-sessions-ts-'));
-    server = startServer(dataDir, apiKey);
+    server = startServer(dataDir, { env: { API_KEYS: apiKey ?? '' } });
     const ready = await server.ready;
     agentId = ready.agentId;
     client = new ElizaClient({ baseUrl: ready.baseUrl, apiKey });
