@@ -107,7 +107,7 @@ pub struct Config {
     )]
     pub session_token_ttl_minutes: f64,
 
-    /// Requests per minute per API key (0: unlimited). Also the limit per client IP of a server without keys.
+    /// Requests per minute per API key (0: unlimited).
     #[arg(long, env = "RATE_LIMIT_KEY_PER_MINUTE", default_value_t = RateLimitSettings::default().key_per_minute)]
     pub rate_limit_key_per_minute: u32,
 

@@ -233,10 +233,10 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
             self.access.authenticate(Credentials { api_key, bearer })
         };
         let ip = client_ip(&req, self.access.trust_forwarded_for());
-        let decision = self
-            .access
-            .limits()
-            .check(&Access::limit_key(&principal, ip));
+        let decision = match Access::limit_key(&principal, ip) {
+            Some(key) => self.access.limits().check(&key),
+            None => RateDecision::Unlimited,
+        };
         if let RateDecision::Limited {
             limit,
             retry_after_secs,

@@ -23,7 +23,7 @@ use crate::clock::Clock;
 /// Requests per minute for each kind of caller; 0 means unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimitSettings {
-    /// Per API key (also per client IP for callers of a server without keys, who act as the operator).
+    /// Per API key.
     pub key_per_minute: u32,
     /// Per session token.
     pub session_per_minute: u32,
@@ -45,8 +45,6 @@ impl Default for RateLimitSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitKey {
     Key(KeyId),
-    /// A caller of a server without keys (open on loopback), by client IP, at the key quota.
-    Open(IpAddr),
     Session(Uuid),
     Anonymous(IpAddr),
 }
@@ -171,7 +169,6 @@ impl<K: std::hash::Hash + Eq + Clone> Family<K> {
 pub struct RateLimits {
     clock: LimiterClock,
     keys: Option<Family<KeyId>>,
-    open: Option<Family<IpAddr>>,
     sessions: Option<Family<Uuid>>,
     anonymous: Option<Family<IpAddr>>,
     checks: AtomicU64,
@@ -186,7 +183,6 @@ impl RateLimits {
         let clock = LimiterClock::new(clock);
         Self {
             keys: Family::new(settings.key_per_minute, &clock),
-            open: Family::new(settings.key_per_minute, &clock),
             sessions: Family::new(settings.session_per_minute, &clock),
             anonymous: Family::new(settings.anonymous_per_minute, &clock),
             clock,
@@ -201,7 +197,6 @@ impl RateLimits {
         }
         let decision = match key {
             LimitKey::Key(id) => self.keys.as_ref().map(|f| f.check(id, &self.clock)),
-            LimitKey::Open(ip) => self.open.as_ref().map(|f| f.check(ip, &self.clock)),
             LimitKey::Session(id) => self.sessions.as_ref().map(|f| f.check(id, &self.clock)),
             LimitKey::Anonymous(ip) => self.anonymous.as_ref().map(|f| f.check(ip, &self.clock)),
         };
@@ -210,9 +205,6 @@ impl RateLimits {
 
     fn forget_idle(&self) {
         if let Some(f) = &self.keys {
-            f.forget_idle();
-        }
-        if let Some(f) = &self.open {
             f.forget_idle();
         }
         if let Some(f) = &self.sessions {

@@ -187,16 +187,18 @@ impl Access {
         }
     }
 
-    /// The rate-limit bucket of a request from `principal` at client address `ip`.
-    pub fn limit_key(principal: &Principal, ip: std::net::IpAddr) -> LimitKey {
-        match principal {
+    /// The rate-limit bucket of a request from `principal` at client address `ip`. None for the callers of a
+    /// server without keys: it is on loopback (a developer's machine, a benchmark) or, with `--allow-anonymous`,
+    /// behind a proxy that authenticates, whose limits are the ones that can tell clients apart.
+    pub fn limit_key(principal: &Principal, ip: std::net::IpAddr) -> Option<LimitKey> {
+        Some(match principal {
             Principal::Operator { key: Some(id) } => LimitKey::Key(*id),
-            Principal::Operator { key: None } => LimitKey::Open(LimitKey::client(ip)),
+            Principal::Operator { key: None } => return None,
             Principal::Session(claims) => LimitKey::Session(claims.session_id),
             Principal::Anonymous | Principal::Rejected(_) => {
                 LimitKey::Anonymous(LimitKey::client(ip))
             }
-        }
+        })
     }
 }
 
