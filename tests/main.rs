@@ -1,7 +1,9 @@
 //! The one integration-test binary: every module drives the real server through the generated SDK.
 
 mod agent_backends;
+mod egress;
 mod errors;
+mod fake_backend;
 mod history;
 mod lifecycle;
 mod messaging;

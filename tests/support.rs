@@ -6,6 +6,7 @@ use std::sync::Arc;
 use agent_sessions::streams::BoxedEvents;
 use agent_sessions::types;
 use agent_sessions::Client;
+use agent_sessions_server::agents::EgressPolicy;
 use agent_sessions_server::api::StreamSettings;
 use agent_sessions_server::clock::MockClock;
 use agent_sessions_server::domain::TimeoutPolicy;
@@ -22,6 +23,7 @@ pub struct TestOptions {
     pub policy: TimeoutPolicy,
     pub retention: Duration,
     pub agent_timeout: std::time::Duration,
+    pub egress: EgressPolicy,
 }
 
 impl Default for TestOptions {
@@ -30,6 +32,7 @@ impl Default for TestOptions {
             policy: TimeoutPolicy::default(),
             retention: Duration::hours(24),
             agent_timeout: std::time::Duration::from_secs(10),
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -92,6 +95,7 @@ impl TestContext {
                 policy: options.policy,
                 retention: options.retention,
                 agent_timeout: options.agent_timeout,
+                egress: options.egress,
                 ..ServiceConfig::default()
             },
         ));

@@ -26,12 +26,14 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    // Before the store is opened, so that a bad setting (e.g. an unreadable --agent-ca-file) creates nothing.
+    let service_config = config.service_config()?;
 
     let store = store::open(&config.database_url).await?;
     let service = Arc::new(SessionService::new(
         store.clone(),
         Arc::new(SystemClock),
-        config.service_config(),
+        service_config,
     ));
     if let Some(agent) = service.ensure_demo_agent().await? {
         println!("Created demo echo agent: {}", agent.id);

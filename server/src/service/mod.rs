@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::agents::Backends;
+use crate::agents::{Backends, EgressPolicy};
 use crate::clock::Clock;
 use crate::domain::validate::{self, CreateAgentBody};
 use crate::domain::{
@@ -73,6 +73,8 @@ pub struct ServiceConfig {
     pub agent_timeout: std::time::Duration,
     /// How many earlier messages an agent gets as context.
     pub history_limit: u32,
+    /// What agent backends may reach and use (secrets, hosts, reply size, CA roots).
+    pub egress: EgressPolicy,
 }
 
 impl Default for ServiceConfig {
@@ -82,6 +84,7 @@ impl Default for ServiceConfig {
             retention: Duration::hours(24),
             agent_timeout: std::time::Duration::from_secs(60),
             history_limit: 20,
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -92,16 +95,18 @@ pub struct SessionService {
     policy: TimeoutPolicy,
     retention: Duration,
     started: DateTime<Utc>,
+    backends: Backends,
     replies: Arc<replies::Replier>,
 }
 
 impl SessionService {
     pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Self {
         let started = clock.now();
+        let backends = Backends::new(config.egress);
         let replies = Arc::new(replies::Replier::new(
             store.clone(),
             clock.clone(),
-            Backends::new(),
+            backends.clone(),
             config.agent_timeout,
             config.history_limit,
         ));
@@ -111,6 +116,7 @@ impl SessionService {
             policy: config.policy,
             retention: config.retention,
             started,
+            backends,
             replies,
         }
     }
@@ -249,6 +255,10 @@ impl SessionService {
             backend,
             session_defaults,
         } = validate::create_agent_body(body)?;
+        self.backends
+            .policy()
+            .check_backend(&backend)
+            .map_err(|refusal| SessionError::invalid_field(refusal.message, refusal.field))?;
         self.insert_agent(name, backend, session_defaults).await
     }
 
