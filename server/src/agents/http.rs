@@ -22,8 +22,8 @@ impl AgentHttp {
         Self::with_lookup(policy, Arc::new(SystemLookup))
     }
 
-    /// Never fails: a machine without CA certificates makes the platform verifier refuse to build, and that must
-    /// not stop a server whose agents may all be plain http (or built in).
+    /// Does not give up when the platform's roots cannot be loaded: on a machine without CA certificates the
+    /// platform verifier refuses to build, and that must not stop a server whose agents may all be plain http.
     pub(crate) fn with_lookup(policy: Arc<EgressPolicy>, lookup: Arc<dyn Lookup>) -> Self {
         let extra = || -> Vec<reqwest::Certificate> {
             policy
@@ -46,7 +46,8 @@ impl AgentHttp {
                      --agent-ca-file only{}",
                     if has_roots { "" } else { " (not set: they will fail)" }
                 );
-                // Only the CA file's roots (maybe none): the same verification, just fewer trusted issuers.
+                // Only the CA file's roots (maybe none): the same verification, just fewer trusted issuers. The last
+                // resort reads no file and parses nothing, so it cannot fail.
                 let client = builder()
                     .tls_certs_only(extra())
                     .build()
