@@ -1,140 +1,26 @@
 //! The `webhook` and `openai` agent backends against real local HTTP servers: request bodies, streamed and
-//! whole replies, and failures. The servers speak HTTP/1.1 by hand so each test controls every byte and write.
+//! whole replies, failures, and the reply size limit. The servers (`fake_backend`) speak HTTP/1.1 by hand so each
+//! test controls every byte and write.
 
-use std::future::Future;
 use std::sync::Once;
 use std::time::Duration;
 
-use agent_sessions_server::agents::{AgentError, AgentRequest, Backends};
+use agent_sessions_server::agents::{AgentError, AgentRequest, Backends, EgressPolicy};
 use agent_sessions_server::domain::{
     iso, Agent, AgentBackend, AgentReply, Attachment, AttachmentKind, Message, Session,
     TimeoutConfigPatch, TimeoutPolicy,
 };
 use chrono::DateTime;
-use serde_json::{json, Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use serde_json::{json, Map};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-/// How long any single wait may take before the test fails instead of hanging.
-const WAIT: Duration = Duration::from_secs(10);
+use crate::fake_backend::*;
+
 /// Shorter than `WAIT`, so that a chunk that never comes fails on the fake server's assertion, which says what
 /// went wrong, rather than on the backend's overall wait.
 const CHUNK_WAIT: Duration = Duration::from_secs(5);
-
-/// A request as the fake server saw it.
-#[derive(Debug)]
-struct Captured {
-    method: String,
-    path: String,
-    /// Lowercased names.
-    headers: Vec<(String, String)>,
-    body: Value,
-}
-
-impl Captured {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Reads one HTTP/1.1 request with a `Content-Length` body (what reqwest sends for `.json()`).
-async fn read_request(stream: &mut TcpStream) -> Captured {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        let mut piece = [0u8; 4096];
-        let n = stream.read(&mut piece).await.expect("read request");
-        assert!(n > 0, "client closed before sending a whole request");
-        buf.extend_from_slice(&piece[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).expect("UTF-8 head");
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().expect("request line").split(' ');
-    let method = request_line.next().expect("method").to_string();
-    let path = request_line.next().expect("path").to_string();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .map(|(_, v)| v.parse().expect("numeric content-length"))
-        .expect("request has a content-length");
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < length {
-        let mut piece = [0u8; 4096];
-        let n = stream.read(&mut piece).await.expect("read body");
-        assert!(n > 0, "client closed mid-body");
-        body.extend_from_slice(&piece[..n]);
-    }
-    Captured {
-        method,
-        path,
-        headers,
-        body: serde_json::from_slice(&body).expect("request body is JSON"),
-    }
-}
-
-/// A fake server for one exchange: accepts one connection, reads the request, and hands it with the socket to
-/// `respond`. The handle yields `respond`'s result, so a server-side assertion failure fails the test.
-async fn serve_once<F, Fut, T>(respond: F) -> (String, JoinHandle<T>)
-where
-    F: FnOnce(Captured, TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = T> + Send,
-    T: Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let handle = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.expect("accept");
-        let captured = read_request(&mut stream).await;
-        respond(captured, stream).await
-    });
-    (base, handle)
-}
-
-async fn respond_whole(stream: &mut TcpStream, status: &str, content_type: &str, body: &str) {
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream
-        .write_all(response.as_bytes())
-        .await
-        .expect("write response");
-    stream.flush().await.expect("flush");
-}
-
-/// Starts a chunked response; each `write_piece` is then one separate network write.
-async fn start_stream(stream: &mut TcpStream, content_type: &str) {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.expect("write head");
-    stream.flush().await.expect("flush");
-}
-
-async fn write_piece(stream: &mut TcpStream, bytes: &[u8]) {
-    let mut framed = format!("{:x}\r\n", bytes.len()).into_bytes();
-    framed.extend_from_slice(bytes);
-    framed.extend_from_slice(b"\r\n");
-    stream.write_all(&framed).await.expect("write piece");
-    stream.flush().await.expect("flush");
-}
-
-async fn end_stream(stream: &mut TcpStream) {
-    stream.write_all(b"0\r\n\r\n").await.expect("write end");
-    stream.flush().await.expect("flush");
-}
 
 /// Waits for the next chunk the backend relays; fails instead of hanging if it never comes.
 async fn next_chunk(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
@@ -144,20 +30,24 @@ async fn next_chunk(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
         .expect("chunk channel open")
 }
 
-async fn joined<T>(handle: JoinHandle<T>) -> T {
-    tokio::time::timeout(WAIT, handle)
-        .await
-        .expect("fake server finishes within the wait")
-        .expect("fake server assertions hold")
-}
-
-/// Asks the backend configured by `backend` to answer `request`.
+/// Asks the backend configured by `backend` to answer `request`, under the default egress policy.
 async fn ask(
     backend: &AgentBackend,
     request: &AgentRequest,
     tx: &mpsc::UnboundedSender<String>,
 ) -> Result<AgentReply, AgentError> {
-    tokio::time::timeout(WAIT, Backends::new().for_agent(backend).reply(request, tx))
+    ask_under(EgressPolicy::default(), backend, request, tx).await
+}
+
+async fn ask_under(
+    policy: EgressPolicy,
+    backend: &AgentBackend,
+    request: &AgentRequest,
+    tx: &mpsc::UnboundedSender<String>,
+) -> Result<AgentReply, AgentError> {
+    let backends = Backends::new(policy);
+    let answering = backends.for_agent(backend)?;
+    tokio::time::timeout(WAIT, answering.reply(request, tx))
         .await
         .expect("backend answers within the wait")
 }
@@ -448,11 +338,15 @@ async fn webhook_connection_refused_fails_without_leaking_the_url() {
     let backend = webhook(format!("http://{addr}/hook?token=s3cr3t-token"));
     let (tx, _rx) = mpsc::unbounded_channel();
     let message = failure(ask(&backend, &exchange(backend.clone()), &tx).await);
-    assert!(message.contains("webhook"), "{message}");
+    assert!(
+        message.starts_with("webhook could not connect: tcp connect error: Connection refused"),
+        "names the cause: {message}"
+    );
     assert!(!message.contains("s3cr3t-token"), "{message}");
 }
 
-const KEY_VAR: &str = "AGENT_BACKENDS_TEST_OPENAI_KEY_5A1F";
+/// Under `AGENT_SECRET_`, so that the default egress policy lets an agent name it.
+const KEY_VAR: &str = "AGENT_SECRET_BACKENDS_TEST_OPENAI_KEY_5A1F";
 const KEY: &str = "sk-test-5a1f-not-a-real-key";
 
 fn set_key_once() {
@@ -552,7 +446,7 @@ async fn openai_accepts_a_whole_json_completion_and_sends_no_key_when_unset() {
     let backend = AgentBackend::OpenAi {
         base_url: format!("{base}/v1"),
         model: "local".into(),
-        api_key_env: Some("AGENT_BACKENDS_TEST_UNSET_VAR_5A1F".into()),
+        api_key_env: Some("AGENT_SECRET_BACKENDS_TEST_UNSET_5A1F".into()),
         system_prompt: None,
     };
     let request = exchange(backend.clone());
@@ -597,4 +491,217 @@ async fn openai_error_answer_fails_with_status_and_message() {
     assert!(message.contains("401"), "{message}");
     assert!(message.contains("bad key"), "{message}");
     assert!(drain(&mut rx).is_empty());
+}
+
+/// The reply size limit of the tests below: small, so that going past it is quick.
+const LIMIT: usize = 64 * 1024;
+/// How much a flooding fake server sends at most; far past `LIMIT` and past what socket buffers hold, so that a
+/// backend that kept reading would be seen reading it all.
+const FLOOD_CAP: usize = 64 * 1024 * 1024;
+
+fn limited() -> EgressPolicy {
+    EgressPolicy {
+        max_reply_bytes: LIMIT,
+        ..EgressPolicy::default()
+    }
+}
+
+/// Writes `first`, then `piece` over and over as chunks, until a write fails because the client hung up; returns
+/// how many bytes went out. Panics if the client took `FLOOD_CAP` bytes without hanging up.
+async fn flood<S>(stream: &mut S, first: &[u8], piece: &[u8]) -> usize
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    let mut sent = 0;
+    // An empty chunk would end the chunked body.
+    if !first.is_empty() {
+        if try_write_piece(stream, first).await.is_err() {
+            return sent;
+        }
+        sent += first.len();
+    }
+    while sent < FLOOD_CAP {
+        if try_write_piece(stream, piece).await.is_err() {
+            return sent;
+        }
+        sent += piece.len();
+    }
+    panic!("the client read {FLOOD_CAP} bytes without hanging up");
+}
+
+/// A webhook streaming `first` then `piece` forever as `content_type` must fail at the limit and hang up.
+async fn webhook_flood_fails(content_type: &'static str, first: &'static [u8], piece: Vec<u8>) {
+    let (base, server) = serve_once(move |_captured, mut stream| async move {
+        start_stream(&mut stream, content_type).await;
+        flood(&mut stream, first, &piece).await
+    })
+    .await;
+    let backend = webhook(format!("{base}/hook"));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let message = failure(ask_under(limited(), &backend, &exchange(backend.clone()), &tx).await);
+    assert_eq!(
+        message, "webhook reply exceeded 65536 bytes",
+        "{content_type}"
+    );
+    let sent = joined(server).await;
+    assert!(
+        sent > LIMIT,
+        "{content_type}: the server got {sent} bytes out"
+    );
+}
+
+#[tokio::test]
+async fn webhook_json_reply_past_the_limit_fails_and_stops_reading() {
+    // Several MB in pieces, no newline anywhere.
+    webhook_flood_fails("application/json", b"{\"text\":\"", vec![b'x'; 16 * 1024]).await;
+}
+
+#[tokio::test]
+async fn webhook_stream_with_an_endless_line_fails_at_the_limit() {
+    // The SSE parser buffers until a newline; without the cap this line would grow without bound.
+    webhook_flood_fails(
+        "text/event-stream",
+        b"data: {\"text\":\"",
+        vec![b'y'; 16 * 1024],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn webhook_stream_of_many_frames_fails_at_the_limit() {
+    let frames = "data: {\"text\":\"z\"}\n\n".repeat(512).into_bytes();
+    webhook_flood_fails("text/event-stream", b": start\n\n", frames).await;
+}
+
+#[tokio::test]
+async fn webhook_reply_announced_past_the_limit_is_not_read() {
+    let (base, server) = serve_once(|_captured, mut stream| async move {
+        use tokio::io::AsyncWriteExt;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {FLOOD_CAP}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        let piece = vec![b' '; 16 * 1024];
+        let mut sent = 0;
+        while sent < FLOOD_CAP {
+            if stream.write_all(&piece).await.is_err() {
+                return sent;
+            }
+            sent += piece.len();
+        }
+        panic!("the client read the whole announced body");
+    })
+    .await;
+    let backend = webhook(format!("{base}/hook"));
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let message = failure(ask_under(limited(), &backend, &exchange(backend.clone()), &tx).await);
+    assert_eq!(message, "webhook reply exceeded 65536 bytes");
+    joined(server).await;
+}
+
+#[tokio::test]
+async fn webhook_reply_of_exactly_the_limit_passes_and_one_byte_more_fails() {
+    for (extra, ok) in [(0, true), (1, false)] {
+        let (base, server) = serve_once(move |_captured, mut stream| async move {
+            // `{"text":"…"}` of LIMIT + extra bytes, in two chunks, so the count spans reads.
+            let body = format!("{{\"text\":\"{}\"}}", "a".repeat(LIMIT + extra - 11));
+            start_stream(&mut stream, "application/json").await;
+            let (a, b) = body.as_bytes().split_at(LIMIT / 2);
+            write_piece(&mut stream, a).await;
+            let _ = try_write_piece(&mut stream, b).await;
+            let _ = end_stream_quietly(&mut stream).await;
+        })
+        .await;
+        let backend = webhook(format!("{base}/hook"));
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let result = ask_under(limited(), &backend, &exchange(backend.clone()), &tx).await;
+        joined(server).await;
+        match result {
+            Ok(reply) if ok => assert_eq!(reply.text.len(), LIMIT - 11),
+            Err(AgentError::Failed(message)) if !ok => {
+                assert_eq!(message, "webhook reply exceeded 65536 bytes")
+            }
+            other => panic!("{} bytes: {other:?}", LIMIT + extra),
+        }
+    }
+}
+
+async fn end_stream_quietly<S>(stream: &mut S) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(b"0\r\n\r\n").await?;
+    stream.flush().await
+}
+
+fn openai_at(base: &str) -> AgentBackend {
+    AgentBackend::OpenAi {
+        base_url: format!("{base}/v1"),
+        model: "m".into(),
+        api_key_env: None,
+        system_prompt: None,
+    }
+}
+
+/// An OpenAI-compatible server answering `status` with a `content_type` body that floods.
+async fn openai_flood_fails(
+    status: &'static str,
+    content_type: &'static str,
+    first: &'static [u8],
+    piece: Vec<u8>,
+    expected: &str,
+) {
+    let (base, server) = serve_once(move |_captured, mut stream| async move {
+        use tokio::io::AsyncWriteExt;
+        let head = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.expect("head");
+        flood(&mut stream, first, &piece).await
+    })
+    .await;
+    let backend = openai_at(&base);
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let message = failure(ask_under(limited(), &backend, &exchange(backend.clone()), &tx).await);
+    assert_eq!(message, expected);
+    let sent = joined(server).await;
+    assert!(sent > LIMIT, "the server got {sent} bytes out");
+}
+
+#[tokio::test]
+async fn openai_stream_past_the_limit_fails() {
+    let delta = "data: {\"choices\":[{\"delta\":{\"content\":\"token \"}}]}\n\n".repeat(256);
+    openai_flood_fails(
+        "200 OK",
+        "text/event-stream",
+        b"",
+        delta.into_bytes(),
+        "openai reply exceeded 65536 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn openai_whole_completion_past_the_limit_fails() {
+    openai_flood_fails(
+        "200 OK",
+        "application/json",
+        b"{\"choices\":[{\"message\":{\"content\":\"",
+        vec![b'w'; 16 * 1024],
+        "openai reply exceeded 65536 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn openai_error_body_past_the_limit_fails_with_the_status() {
+    openai_flood_fails(
+        "500 Internal Server Error",
+        "application/json",
+        b"{\"error\":{\"message\":\"",
+        vec![b'e'; 16 * 1024],
+        "openai endpoint answered 500 Internal Server Error, and its reply exceeded 65536 bytes",
+    )
+    .await;
 }

@@ -2,7 +2,9 @@
 
 mod access;
 mod agent_backends;
+mod egress;
 mod errors;
+mod fake_backend;
 mod history;
 mod lifecycle;
 mod messaging;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use agent_sessions::streams::BoxedEvents;
 use agent_sessions::types;
 use agent_sessions::Client;
+use agent_sessions_server::agents::EgressPolicy;
 use agent_sessions_server::api::stream_slots::{self, StreamSlots};
 use agent_sessions_server::api::{CorsOrigins, HttpSettings, StreamSettings};
 use agent_sessions_server::auth::{Access, AccessSettings};
@@ -31,6 +32,8 @@ pub struct TestOptions {
     pub max_pending_messages: u32,
     /// Bounds on open event streams: per session, in total.
     pub max_streams: (usize, usize),
+    /// What agent backends may reach and use.
+    pub egress: EgressPolicy,
 }
 
 impl Default for TestOptions {
@@ -46,6 +49,7 @@ impl Default for TestOptions {
                 stream_slots::DEFAULT_PER_SESSION,
                 stream_slots::DEFAULT_TOTAL,
             ),
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -123,6 +127,7 @@ impl TestContext {
                 retention: options.retention,
                 agent_timeout: options.agent_timeout,
                 max_pending_messages: options.max_pending_messages,
+                egress: options.egress,
                 ..ServiceConfig::default()
             },
         ));

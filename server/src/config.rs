@@ -1,7 +1,10 @@
 //! Server configuration: command-line flags with environment-variable fallbacks, in one struct.
 
+use std::path::PathBuf;
+
 use clap::Parser;
 
+use crate::agents::egress::{self, EgressPolicy, HostPattern};
 use crate::api::stream_slots::StreamSlots;
 use crate::api::{CorsOrigins, HttpSettings, StreamSettings};
 use crate::auth::{AccessSettings, RateLimitSettings};
@@ -68,6 +71,33 @@ pub struct Config {
     /// How many earlier messages an agent receives as context.
     #[arg(long, env = "AGENT_HISTORY_MESSAGES", default_value_t = 20)]
     pub agent_history_messages: u32,
+
+    /// PEM file of extra root certificates (one or more) that https agent backends are verified against, besides
+    /// the platform's; for backends behind a private CA. Read at startup: a bad file stops the server.
+    #[arg(long, env = "AGENT_CA_FILE")]
+    pub agent_ca_file: Option<PathBuf>,
+
+    /// Environment variables an openai agent's `apiKeyEnv` may name, comma-separated, besides those starting with
+    /// AGENT_SECRET_ (always allowed). Any other name is refused, so that no agent can have another secret of the
+    /// server sent to its endpoint.
+    #[arg(long, env = "AGENT_SECRET_ENV", value_parser = comma_list(egress::parse_secret_env_name))]
+    pub agent_secret_env: Option<CommaList<String>>,
+
+    /// Hosts agent backends may call, comma-separated: host names, IP addresses, or `*.example.com` for every
+    /// name under example.com. Unset: any host. A host listed exactly may also be link-local or a cloud metadata
+    /// address (169.254.0.0/16, fe80::/10, fd00:ec2::254, 100.100.100.200), which are refused otherwise.
+    #[arg(long, env = "AGENT_ALLOWED_HOSTS", value_parser = comma_list(str::parse::<HostPattern>))]
+    pub agent_allowed_hosts: Option<CommaList<HostPattern>>,
+
+    /// Largest response body read from an agent backend, in bytes (JSON replies, streams, error bodies); a
+    /// larger reply fails with `AGENT_ERROR`.
+    #[arg(
+        long,
+        env = "AGENT_MAX_REPLY_BYTES",
+        default_value_t = egress::DEFAULT_MAX_REPLY_BYTES as u64,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub agent_max_reply_bytes: u64,
 
     /// Interval of keep-alive comments on idle event streams, in seconds.
     #[arg(long, env = "EVENTS_KEEPALIVE_SECONDS", default_value_t = 15.0, value_parser = finite)]
@@ -180,6 +210,27 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A comma-separated setting. Empty entries are skipped, so that a trailing comma or an empty variable
+/// (`AGENT_ALLOWED_HOSTS=` in a compose file) means "none" rather than an error.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommaList<T>(pub Vec<T>);
+
+fn comma_list<T, F>(
+    parse: F,
+) -> impl Fn(&str) -> Result<CommaList<T>, String> + Clone + Send + Sync + 'static
+where
+    F: Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static,
+{
+    move |raw: &str| {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(&parse)
+            .collect::<Result<Vec<T>, String>>()
+            .map(CommaList)
+    }
+}
+
 /// A number setting: any finite value (each setting then clamps it to its own range).
 fn finite(raw: &str) -> Result<f64, String> {
     match raw.trim().parse::<f64>() {
@@ -204,8 +255,9 @@ impl Config {
         chrono::Duration::milliseconds(crate::domain::timeout::minutes_to_ms(minutes))
     }
 
-    pub fn service_config(&self) -> ServiceConfig {
-        ServiceConfig {
+    /// The service's settings. Fails when `--agent-ca-file` cannot be used, with a message naming the file.
+    pub fn service_config(&self) -> anyhow::Result<ServiceConfig> {
+        Ok(ServiceConfig {
             policy: self.timeout_policy(),
             retention: self.retention(),
             agent_timeout: std::time::Duration::from_secs_f64(
@@ -213,7 +265,30 @@ impl Config {
             ),
             history_limit: self.agent_history_messages.min(1000),
             max_pending_messages: self.max_pending_messages.max(1),
-        }
+            egress: self.egress_policy()?,
+        })
+    }
+
+    pub fn egress_policy(&self) -> anyhow::Result<EgressPolicy> {
+        let extra_roots = match &self.agent_ca_file {
+            Some(path) => egress::read_ca_file(path)?,
+            None => Vec::new(),
+        };
+        Ok(EgressPolicy {
+            secret_env: self
+                .agent_secret_env
+                .clone()
+                .map(|list| list.0)
+                .unwrap_or_default(),
+            // An empty list is no list: refusing every backend host is never what an empty setting means.
+            allowed_hosts: self
+                .agent_allowed_hosts
+                .clone()
+                .map(|list| list.0)
+                .filter(|hosts| !hosts.is_empty()),
+            max_reply_bytes: usize::try_from(self.agent_max_reply_bytes).unwrap_or(usize::MAX),
+            extra_roots,
+        })
     }
 
     /// Every configured API key: `API_KEYS` / `--api-key` and `ELIZA_SERVER_AUTH_TOKEN`.
@@ -269,7 +344,161 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+
+    /// The environment is the process's: tests that set it take turns, and leave it as they found it.
+    static ENV: Mutex<()> = Mutex::new(());
+
+    const EGRESS_VARS: [&str; 4] = [
+        "AGENT_CA_FILE",
+        "AGENT_SECRET_ENV",
+        "AGENT_ALLOWED_HOSTS",
+        "AGENT_MAX_REPLY_BYTES",
+    ];
+
+    fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
+        let _turn = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let saved: Vec<_> = EGRESS_VARS
+            .iter()
+            .map(|name| (*name, std::env::var_os(name)))
+            .collect();
+        for name in EGRESS_VARS {
+            std::env::remove_var(name);
+        }
+        for (name, value) in vars {
+            std::env::set_var(name, value);
+        }
+        let out = f();
+        for (name, value) in saved {
+            match value {
+                Some(v) => std::env::set_var(name, v),
+                None => std::env::remove_var(name),
+            }
+        }
+        out
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("agent-sessions-server").chain(args.iter().copied()))
+    }
+
+    fn hosts(list: &[&str]) -> Option<CommaList<HostPattern>> {
+        Some(CommaList(list.iter().map(|h| h.parse().unwrap()).collect()))
+    }
+
+    fn names(list: &[&str]) -> Option<CommaList<String>> {
+        Some(CommaList(list.iter().map(|n| n.to_string()).collect()))
+    }
+
+    #[test]
+    fn egress_defaults() {
+        let config = with_env(&[], || parse(&[])).unwrap();
+        assert_eq!(config.agent_ca_file, None);
+        assert_eq!(config.agent_secret_env, None);
+        assert_eq!(config.agent_allowed_hosts, None);
+        assert_eq!(config.agent_max_reply_bytes, 1_048_576);
+        let policy = config.egress_policy().unwrap();
+        assert_eq!(policy.max_reply_bytes, 1_048_576);
+        assert!(policy.extra_roots.is_empty() && policy.secret_env.is_empty());
+        assert_eq!(policy.allowed_hosts, None);
+    }
+
+    #[test]
+    fn empty_egress_variables_count_as_unset() {
+        let env = [("AGENT_ALLOWED_HOSTS", ""), ("AGENT_SECRET_ENV", "")];
+        let policy = with_env(&env, || parse(&[]))
+            .unwrap()
+            .egress_policy()
+            .unwrap();
+        assert_eq!(policy.allowed_hosts, None);
+        assert!(policy.secret_env.is_empty());
+        let policy = with_env(&[], || parse(&["--agent-allowed-hosts", " , "]))
+            .unwrap()
+            .egress_policy()
+            .unwrap();
+        assert_eq!(policy.allowed_hosts, None);
+    }
+
+    #[test]
+    fn egress_flags_parse() {
+        let config = with_env(&[], || {
+            parse(&[
+                "--agent-secret-env",
+                "OPENAI_API_KEY, GROQ_KEY",
+                "--agent-allowed-hosts",
+                "localhost,*.example.com,[fe80::1],",
+                "--agent-max-reply-bytes",
+                "65536",
+                "--agent-ca-file",
+                "/etc/agent-ca.pem",
+            ])
+        })
+        .unwrap();
+        assert_eq!(
+            config.agent_secret_env,
+            names(&["OPENAI_API_KEY", "GROQ_KEY"])
+        );
+        assert_eq!(
+            config.agent_allowed_hosts,
+            hosts(&["localhost", "*.example.com", "fe80::1"])
+        );
+        assert_eq!(config.agent_max_reply_bytes, 65_536);
+        assert_eq!(
+            config.agent_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/agent-ca.pem"))
+        );
+    }
+
+    #[test]
+    fn egress_settings_parse_from_the_environment_and_flags_win() {
+        let env = [
+            ("AGENT_SECRET_ENV", "OPENAI_API_KEY"),
+            ("AGENT_ALLOWED_HOSTS", "api.openai.com,*.internal.test"),
+            ("AGENT_MAX_REPLY_BYTES", "2048"),
+            ("AGENT_CA_FILE", "/srv/ca.pem"),
+        ];
+        let config = with_env(&env, || parse(&[])).unwrap();
+        assert_eq!(config.agent_secret_env, names(&["OPENAI_API_KEY"]));
+        assert_eq!(
+            config.agent_allowed_hosts,
+            hosts(&["api.openai.com", "*.internal.test"])
+        );
+        assert_eq!(config.agent_max_reply_bytes, 2048);
+        assert_eq!(
+            config.agent_ca_file.as_deref(),
+            Some(std::path::Path::new("/srv/ca.pem"))
+        );
+        let config = with_env(&env, || parse(&["--agent-max-reply-bytes", "4096"])).unwrap();
+        assert_eq!(config.agent_max_reply_bytes, 4096);
+    }
+
+    #[test]
+    fn bad_egress_settings_are_refused_at_startup() {
+        for args in [
+            &["--agent-max-reply-bytes", "0"][..],
+            &["--agent-max-reply-bytes", "lots"],
+            &["--agent-allowed-hosts", "http://example.com"],
+            &["--agent-allowed-hosts", "a.com,*,b.com"],
+            &["--agent-allowed-hosts", "example.com:443"],
+            &["--agent-secret-env", "NOT-A-NAME"],
+        ] {
+            assert!(with_env(&[], || parse(args)).is_err(), "{args:?}");
+        }
+        let e = with_env(&[("AGENT_ALLOWED_HOSTS", "*")], || parse(&[])).unwrap_err();
+        assert!(e.to_string().contains("'*' is not a host"), "{e}");
+
+        let config = with_env(&[], || {
+            parse(&["--agent-ca-file", "/nonexistent/agent-ca.pem"])
+        })
+        .unwrap();
+        let e = format!("{:#}", config.service_config().unwrap_err());
+        assert!(
+            e.contains("--agent-ca-file /nonexistent/agent-ca.pem"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn access_settings_from_flags_and_secrets_stay_hidden() {

@@ -5,7 +5,8 @@
 //! - [`service`]: `SessionService`, the one place that reads the clock and calls the store.
 //! - [`domain`]: sessions, agents, timeout rules, validation; pure, no HTTP, no SQL.
 //! - [`store`]: the `SessionStore` trait and its backends.
-//! - [`agents`]: agent backends (echo, webhook, openai) behind the `ReplyBackend` trait.
+//! - [`agents`]: agent backends (echo, webhook, openai) behind the `ReplyBackend` trait, and the egress policy
+//!   (secrets, hosts, reply size, CA roots) their HTTP calls follow.
 //! - [`clock`]: `Clock`, `SystemClock`, `MockClock`.
 //! - [`sweeper`]: the background purge of sessions past retention.
 //! - [`config`]: flags and environment variables.

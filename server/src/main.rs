@@ -27,6 +27,8 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
+    // Before the store is opened, so that a bad setting (e.g. an unreadable --agent-ca-file) creates nothing.
+    let service_config = config.service_config()?;
 
     // Bound first, so that protected mode judges the address actually listened on.
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
@@ -40,7 +42,7 @@ async fn main() -> anyhow::Result<()> {
     let service = Arc::new(SessionService::new(
         store.clone(),
         Arc::new(SystemClock),
-        config.service_config(),
+        service_config,
     ));
     let access = Arc::new(Access::open(config.access_settings(), &*store, service.clock()).await?);
     if let Some(agent) = service.ensure_demo_agent().await? {

@@ -1,11 +1,16 @@
 //! Agent backends: what produces a reply to a user's message. One trait, one implementation per backend kind
-//! (`echo` built in, `webhook`, `openai`), chosen from the agent's stored `AgentBackend` config.
+//! (`echo` built in, `webhook`, `openai`), chosen from the agent's stored `AgentBackend` config, under the
+//! operator's egress policy (`egress`).
 
 mod echo;
+pub mod egress;
+mod http;
 mod openai;
+mod resolve;
 mod sse;
 mod webhook;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::domain::{Agent, AgentBackend, AgentReply, Message, Session};
 
 pub use echo::EchoAgent;
+pub use egress::{EgressPolicy, HostPattern, Refusal};
 pub use openai::OpenAiAgent;
 pub use webhook::WebhookAgent;
 
@@ -50,48 +56,84 @@ pub trait ReplyBackend: Send + Sync {
     ) -> Result<AgentReply, AgentError>;
 }
 
-/// Builds backends from agent configs, sharing one HTTP client (connection pool) among them.
+/// Builds backends from agent configs under the operator's egress policy, sharing one HTTP client (connection
+/// pool) among them.
 #[derive(Clone)]
 pub struct Backends {
     http: reqwest::Client,
+    policy: Arc<EgressPolicy>,
+    has_roots: bool,
 }
 
 impl Default for Backends {
     fn default() -> Self {
-        Self::new()
+        Self::new(EgressPolicy::default())
     }
 }
 
 impl Backends {
-    pub fn new() -> Self {
+    pub fn new(policy: EgressPolicy) -> Self {
+        let policy = Arc::new(policy);
+        let http = http::AgentHttp::new(policy.clone());
         Self {
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10))
-                // A redirected POST would be replayed as a GET; an agent endpoint that moved is an error.
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("HTTP client builds"),
+            http: http.client,
+            policy,
+            has_roots: http.has_roots,
         }
     }
 
-    pub fn for_agent(&self, backend: &AgentBackend) -> Box<dyn ReplyBackend> {
-        match backend {
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    /// The backend that answers for an agent configured with `backend`, or why it may not: the policy is checked
+    /// again here because a stored agent may predate it, and before any connection, so that nothing (a refused
+    /// secret above all) is ever sent.
+    pub fn for_agent(&self, backend: &AgentBackend) -> Result<Box<dyn ReplyBackend>, AgentError> {
+        self.policy
+            .check_backend(backend)
+            .map_err(|refusal| AgentError::Failed(refusal.message))?;
+        let max_reply_bytes = self.policy.max_reply_bytes;
+        Ok(match backend {
             AgentBackend::Echo => Box::new(EchoAgent),
             AgentBackend::Webhook { url } => {
-                Box::new(WebhookAgent::new(self.http.clone(), url.clone()))
+                self.check_tls(url)?;
+                Box::new(WebhookAgent::new(
+                    self.http.clone(),
+                    url.clone(),
+                    max_reply_bytes,
+                ))
             }
             AgentBackend::OpenAi {
                 base_url,
                 model,
                 api_key_env,
                 system_prompt,
-            } => Box::new(OpenAiAgent::new(
-                self.http.clone(),
-                base_url.clone(),
-                model.clone(),
-                api_key_env.clone(),
-                system_prompt.clone(),
-            )),
+            } => {
+                self.check_tls(base_url)?;
+                Box::new(OpenAiAgent::new(
+                    self.http.clone(),
+                    base_url.clone(),
+                    model.clone(),
+                    api_key_env.clone(),
+                    system_prompt.clone(),
+                    max_reply_bytes,
+                ))
+            }
+        })
+    }
+
+    fn check_tls(&self, url: &str) -> Result<(), AgentError> {
+        let https = url
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+        if https && !self.has_roots {
+            return Err(AgentError::Failed(
+                "https backends need CA certificates: this machine has none, and --agent-ca-file (AGENT_CA_FILE) \
+                 is not set"
+                    .into(),
+            ));
         }
+        Ok(())
     }
 }

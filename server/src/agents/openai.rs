@@ -15,15 +15,18 @@ pub struct OpenAiAgent {
     model: String,
     api_key_env: Option<String>,
     system_prompt: Option<String>,
+    max_reply_bytes: usize,
 }
 
 impl OpenAiAgent {
+    /// `api_key_env` must already have passed the egress policy (`Backends::for_agent` checks it).
     pub fn new(
         http: reqwest::Client,
         base_url: String,
         model: String,
         api_key_env: Option<String>,
         system_prompt: Option<String>,
+        max_reply_bytes: usize,
     ) -> Self {
         Self {
             http,
@@ -31,6 +34,7 @@ impl OpenAiAgent {
             model,
             api_key_env,
             system_prompt,
+            max_reply_bytes,
         }
     }
 
@@ -97,32 +101,40 @@ impl ReplyBackend for OpenAiAgent {
 
         let status = response.status();
         if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
-            let detail = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| error_message(&v).map(|m| sse::truncate(m, 200)));
-            return Err(failed(match detail {
-                Some(message) => format!("openai endpoint answered {status}: {message}"),
-                None => format!("openai endpoint answered {status}"),
+            let body = sse::read_body(response, self.max_reply_bytes).await;
+            return Err(failed(match body {
+                Err(too_large @ sse::BodyError::TooLarge(_)) => {
+                    format!("openai endpoint answered {status}, and its {too_large}")
+                }
+                Err(sse::BodyError::Broken(_)) => format!("openai endpoint answered {status}"),
+                Ok(body) => match serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| error_message(&v).map(|m| sse::truncate(m, 200)))
+                {
+                    Some(message) => format!("openai endpoint answered {status}: {message}"),
+                    None => format!("openai endpoint answered {status}"),
+                },
             }));
         }
 
         if sse::is_json(&sse::media_type(&response)) {
-            return whole_completion(response, chunks).await;
+            return whole_completion(response, self.max_reply_bytes, chunks).await;
         }
-        streamed_completion(response, chunks).await
+        streamed_completion(response, self.max_reply_bytes, chunks).await
     }
 }
 
 /// A server that ignored `stream: true` and answered one completion.
 async fn whole_completion(
     response: reqwest::Response,
+    max_bytes: usize,
     chunks: &ChunkSender,
 ) -> Result<AgentReply, AgentError> {
-    let body: Value = response
-        .json()
+    let body = sse::read_body(response, max_bytes)
         .await
-        .map_err(|_| failed("openai reply is not valid JSON"))?;
+        .map_err(|e| e.into_agent_error("openai"))?;
+    let body: Value =
+        serde_json::from_slice(&body).map_err(|_| failed("openai reply is not valid JSON"))?;
     if let Some(message) = error_message(&body) {
         return Err(failed(format!(
             "openai endpoint reported an error: {}",
@@ -146,13 +158,14 @@ async fn whole_completion(
 
 async fn streamed_completion(
     response: reqwest::Response,
+    max_bytes: usize,
     chunks: &ChunkSender,
 ) -> Result<AgentReply, AgentError> {
     let mut text = String::new();
     // A body that never carried a completion chunk (an HTML page, an empty 200) is a failure, not an empty
     // answer; a completion whose deltas are all empty is a legitimate empty answer.
     let mut saw_completion = false;
-    sse::read_events(response, "openai", |frame| {
+    sse::read_events(response, "openai", max_bytes, |frame| {
         let data = frame.data.trim();
         if data == "[DONE]" {
             return Ok(Flow::Stop);
@@ -204,6 +217,7 @@ mod tests {
             "m".into(),
             None,
             None,
+            1024,
         )
     }
 

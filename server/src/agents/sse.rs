@@ -1,6 +1,6 @@
 //! Reply plumbing shared by the HTTP backends (`webhook`, `openai`): the incremental server-sent-events parser
-//! fed with whatever byte slices the network delivers, the loop that drives it over a response body, and the
-//! secret-free descriptions of HTTP failures.
+//! fed with whatever byte slices the network delivers, the loop that drives it over a response body and the
+//! whole-body read, both within the reply size limit, and the secret-free descriptions of HTTP failures.
 
 use std::error::Error as _;
 
@@ -112,10 +112,13 @@ pub enum Flow {
 }
 
 /// Reads `response`'s body as an SSE stream, handing each frame to `on_event` as soon as it is complete.
-/// Stops at end of stream, when `on_event` says so, or at its first error. `who` names the backend in errors.
+/// Stops at end of stream, when `on_event` says so, at its first error, or once the body passes `max_bytes`
+/// (which also bounds the parser's buffer, however long a line the server sends). `who` names the backend in
+/// errors.
 pub async fn read_events<F>(
     response: reqwest::Response,
     who: &str,
+    max_bytes: usize,
     mut on_event: F,
 ) -> Result<(), AgentError>
 where
@@ -123,9 +126,13 @@ where
 {
     let mut parser = SseParser::new();
     let mut body = response.bytes_stream();
+    let mut left = max_bytes;
     while let Some(read) = body.next().await {
         let bytes = read
             .map_err(|e| AgentError::Failed(format!("{who} stream broke off: {}", describe(e))))?;
+        left = left
+            .checked_sub(bytes.len())
+            .ok_or_else(|| BodyError::TooLarge(max_bytes).into_agent_error(who))?;
         for event in parser.push(&bytes) {
             if let Flow::Stop = on_event(event)? {
                 return Ok(());
@@ -140,8 +147,63 @@ where
     Ok(())
 }
 
-/// A short description of a request failure for logs and `error` events. The URL is dropped, since a webhook
-/// URL may carry a token; the innermost cause (e.g. "Connection refused") is what an operator needs.
+/// Why a whole response body was not read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// The body is larger than this many bytes; reading stopped there.
+    TooLarge(usize),
+    /// The connection failed mid-body (described without secrets).
+    Broken(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(max) => write!(f, "reply exceeded {max} bytes"),
+            BodyError::Broken(why) => write!(f, "reply {why}"),
+        }
+    }
+}
+
+impl BodyError {
+    pub fn into_agent_error(self, who: &str) -> AgentError {
+        AgentError::Failed(format!("{who} {self}"))
+    }
+}
+
+/// Reads a whole response body of at most `max_bytes`. A body announced as larger is refused before reading; one
+/// that grows past the limit is dropped at the read that crosses it, which closes the connection.
+pub async fn read_body(
+    response: reqwest::Response,
+    max_bytes: usize,
+) -> Result<Vec<u8>, BodyError> {
+    let announced = response.content_length().unwrap_or(0);
+    if announced > max_bytes as u64 {
+        return Err(BodyError::TooLarge(max_bytes));
+    }
+    let mut body = Vec::with_capacity(announced as usize);
+    let mut stream = response.bytes_stream();
+    while let Some(read) = stream.next().await {
+        let bytes = read.map_err(|e| BodyError::Broken(describe(e)))?;
+        if bytes.len() > max_bytes - body.len() {
+            return Err(BodyError::TooLarge(max_bytes));
+        }
+        if body.capacity() - body.len() < bytes.len() {
+            // Doubling as `Vec` does, but never allocating past the limit.
+            let target = (body.len() + bytes.len())
+                .max(body.capacity() * 2)
+                .min(max_bytes);
+            body.reserve_exact(target - body.len());
+        }
+        body.extend_from_slice(&bytes);
+    }
+    Ok(body)
+}
+
+/// A short description of a request failure for logs and `error` events: what failed, then the first specific
+/// step and the innermost cause of the source chain (e.g. "could not connect: tcp connect error: Connection
+/// refused (os error 111)", "could not connect: invalid peer certificate: UnknownIssuer"). The URL is dropped,
+/// since a webhook URL may carry a token; request headers, where a key travels, are never part of the chain.
 pub fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let kind = if e.is_connect() {
@@ -153,13 +215,23 @@ pub fn describe(e: reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let Some(mut cause) = e.source() else {
-        return kind.to_string();
-    };
-    while let Some(next) = cause.source() {
-        cause = next;
+    let mut causes: Vec<String> = Vec::new();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        // hyper's client error only repeats the kind ("client error (Connect)"), and an `io::Error` wrapping
+        // another error shows that error's text again.
+        if !text.starts_with("client error (") && causes.last() != Some(&text) {
+            causes.push(text);
+        }
+        next = cause.source();
     }
-    format!("{kind}: {}", truncate(&cause.to_string(), 200))
+    let detail = match causes.as_slice() {
+        [] => return kind.to_string(),
+        [only] => only.clone(),
+        [first, .., last] => format!("{first}: {last}"),
+    };
+    format!("{kind}: {}", truncate(&detail, 300))
 }
 
 /// The media type of a response without parameters, lowercased (`text/event-stream; charset=utf-8` ->

@@ -12,11 +12,16 @@ use crate::domain::{iso, AgentReply, Message};
 pub struct WebhookAgent {
     http: reqwest::Client,
     url: String,
+    max_reply_bytes: usize,
 }
 
 impl WebhookAgent {
-    pub fn new(http: reqwest::Client, url: String) -> Self {
-        Self { http, url }
+    pub fn new(http: reqwest::Client, url: String, max_reply_bytes: usize) -> Self {
+        Self {
+            http,
+            url,
+            max_reply_bytes,
+        }
     }
 }
 
@@ -106,14 +111,13 @@ impl ReplyBackend for WebhookAgent {
         }
         let media_type = sse::media_type(&response);
         if media_type == "text/event-stream" {
-            return streamed_reply(response, chunks).await;
+            return streamed_reply(response, self.max_reply_bytes, chunks).await;
         }
         // Anything else is read as JSON: some frameworks label JSON `text/plain` or not at all, and a body that
         // is not JSON fails below anyway.
-        let body = response
-            .bytes()
+        let body = sse::read_body(response, self.max_reply_bytes)
             .await
-            .map_err(|e| failed(format!("webhook reply {}", sse::describe(e))))?;
+            .map_err(|e| e.into_agent_error("webhook"))?;
         let reply: JsonReply = serde_json::from_slice(&body).map_err(|e| {
             let what = if media_type.is_empty() {
                 "no content type".to_string()
@@ -138,11 +142,12 @@ impl ReplyBackend for WebhookAgent {
 
 async fn streamed_reply(
     response: reqwest::Response,
+    max_bytes: usize,
     chunks: &ChunkSender,
 ) -> Result<AgentReply, AgentError> {
     let mut reply = AgentReply::default();
     let mut saw_text = false;
-    sse::read_events(response, "webhook", |frame| {
+    sse::read_events(response, "webhook", max_bytes, |frame| {
         let event_name = frame.event.as_deref().unwrap_or("message");
         let event: StreamEvent = if frame.data.trim().is_empty() {
             StreamEvent::default()

@@ -14,7 +14,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::agents::Backends;
+use crate::agents::{Backends, EgressPolicy};
 use crate::clock::Clock;
 use crate::domain::validate::{self, CreateAgentBody};
 use crate::domain::{
@@ -75,6 +75,8 @@ pub struct ServiceConfig {
     pub history_limit: u32,
     /// Most unanswered messages a session may have before sends are refused.
     pub max_pending_messages: u32,
+    /// What agent backends may reach and use (secrets, hosts, reply size, CA roots).
+    pub egress: EgressPolicy,
 }
 
 impl Default for ServiceConfig {
@@ -85,6 +87,7 @@ impl Default for ServiceConfig {
             agent_timeout: std::time::Duration::from_secs(60),
             history_limit: 20,
             max_pending_messages: 100,
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -96,16 +99,18 @@ pub struct SessionService {
     retention: Duration,
     max_pending_messages: u32,
     started: DateTime<Utc>,
+    backends: Backends,
     replies: Arc<replies::Replier>,
 }
 
 impl SessionService {
     pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Self {
         let started = clock.now();
+        let backends = Backends::new(config.egress);
         let replies = Arc::new(replies::Replier::new(
             store.clone(),
             clock.clone(),
-            Backends::new(),
+            backends.clone(),
             config.agent_timeout,
             config.history_limit,
         ));
@@ -116,6 +121,7 @@ impl SessionService {
             retention: config.retention,
             max_pending_messages: config.max_pending_messages,
             started,
+            backends,
             replies,
         }
     }
@@ -254,6 +260,10 @@ impl SessionService {
             backend,
             session_defaults,
         } = validate::create_agent_body(body)?;
+        self.backends
+            .policy()
+            .check_backend(&backend)
+            .map_err(|refusal| SessionError::invalid_field(refusal.message, refusal.field))?;
         self.insert_agent(name, backend, session_defaults).await
     }
 

@@ -191,7 +191,7 @@ impl Replier {
             .recent_messages(session.id, message.seq, self.history_limit)
             .await
             .map_err(|_| failed("could not load the history"))?;
-        let backend = self.backends.for_agent(&agent.backend);
+        let backend = self.backends.for_agent(&agent.backend)?;
         let request = AgentRequest {
             agent,
             session: session.clone(),
