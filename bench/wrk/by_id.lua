@@ -24,6 +24,10 @@ function init(args)
   method = args[2] or "GET"
   suffix = args[3] or ""
   body = args[4]
+  -- Headers given to wrk with -H (an X-API-KEY, say) go on every request too.
+  for name, value in pairs(wrk.headers) do
+    headers[name] = value
+  end
   if body ~= nil then
     headers["Content-Type"] = "application/json"
   end

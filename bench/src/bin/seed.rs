@@ -1,8 +1,9 @@
 //! Seeding of a running server over HTTP before the measurements of `bench/run`: creates sessions for the random
 //! ids of `getSession`, `sessionHeartbeat` and `sendMessage`, and sessions with a message history (`--messages`
 //! exchanges with the echo agent over the http transport: a user message and its reply each) for `getMessages`.
-//! Writes `session-ids.txt`, `message-session-ids.txt` (one id a line) and `session.json` (one real `getSession`
-//! response body, the baseline's body) into `--out-dir`.
+//! Writes `session-ids.txt`, `message-session-ids.txt` (one id a line), `session.json` (one real `getSession`
+//! response body, the baseline's body) and `session-token.txt` (a session token of the first session) into
+//! `--out-dir`. With `--api-key`, every request sends it (a server with keys).
 //!
 //! Seeded sessions have a 1440-minute timeout, so that none expires or enters its warning window (which would
 //! make the sweeper update them all) during a long run.
@@ -38,6 +39,9 @@ struct Args {
     concurrency: usize,
     #[arg(long)]
     out_dir: PathBuf,
+    /// An API key to send as `X-API-KEY` (for a server with keys).
+    #[arg(long)]
+    api_key: Option<String>,
 }
 
 struct Seeder {
@@ -90,6 +94,28 @@ impl Seeder {
         Ok(())
     }
 
+    async fn issue_token(&self, session: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!(
+                "{}/api/messaging/sessions/{session}/token",
+                self.base
+            ))
+            .send()
+            .await
+            .context("issueSessionToken")?;
+        let status = response.status();
+        let text = response.text().await?;
+        if status.as_u16() != 200 {
+            bail!("issueSessionToken answered {status}: {text}");
+        }
+        let token: Value = serde_json::from_str(&text)?;
+        token["sessionToken"]
+            .as_str()
+            .map(str::to_string)
+            .context("issueSessionToken: no sessionToken in the answer")
+    }
+
     async fn get_session(&self, session: &str) -> anyhow::Result<Vec<u8>> {
         let response = self
             .http
@@ -134,9 +160,14 @@ fn write_ids(path: PathBuf, ids: &[String]) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let concurrency = args.concurrency.max(1);
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(key) = &args.api_key {
+        headers.insert("x-api-key", key.parse().context("--api-key")?);
+    }
     let seeder = Arc::new(Seeder {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
+            .default_headers(headers)
             .build()?,
         base: args.url.trim_end_matches('/').to_string(),
     });
@@ -147,6 +178,8 @@ async fn main() -> anyhow::Result<()> {
     write_ids(args.out_dir.join("session-ids.txt"), &ids)?;
     let body = seeder.get_session(&ids[0]).await?;
     std::fs::write(args.out_dir.join("session.json"), &body)?;
+    let token = seeder.issue_token(&ids[0]).await?;
+    std::fs::write(args.out_dir.join("session-token.txt"), token)?;
 
     let history = create_many(&seeder, args.message_sessions.max(1), concurrency).await?;
     // One session's messages go in order (its replies are answered one at a time anyway); sessions in parallel.
