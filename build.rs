@@ -4,6 +4,10 @@
 //! progenitor types one success body per operation and cannot type `text/event-stream`, so responses that are
 //! only an event stream are left out of what it sees, and an operation with no other success (the events
 //! stream) is left out entirely. `client/` has hand-written, typed methods for those (`client/streams.rs`).
+//!
+//! String constraints (`pattern`, `minLength`, `maxLength`) are left out of what progenitor sees too: it would
+//! turn every constrained string into a validating newtype (`SendMessageRequestContent`), so that callers could
+//! no longer write `content: "hi".into()`. The server checks them and answers 400 with the field named.
 
 use std::path::Path;
 
@@ -17,6 +21,7 @@ fn main() {
     let text = std::fs::read_to_string(&src).expect("read openapi.yaml");
     let mut doc: Value = serde_yaml::from_str(&text).expect("openapi.yaml is valid YAML");
     let skipped = without_event_streams(&mut doc);
+    without_string_constraints(&mut doc);
     let spec: openapiv3::OpenAPI =
         serde_json::from_value(doc).expect("openapi.yaml is a valid OpenAPI 3.0 document");
     let mut generator = progenitor::Generator::new(
@@ -36,6 +41,22 @@ fn main() {
          pub const HAND_WRITTEN_OPERATIONS: &[&str] = &{skipped:?};\n"
     ));
     std::fs::write(out, code).expect("write codegen.rs");
+}
+
+/// Removes `pattern`, `minLength` and `maxLength` wherever they appear (they only ever constrain strings here).
+fn without_string_constraints(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for key in ["pattern", "minLength", "maxLength"] {
+                if map.get(key).is_some_and(|v| !v.is_object()) {
+                    map.remove(key);
+                }
+            }
+            map.values_mut().for_each(without_string_constraints);
+        }
+        Value::Array(items) => items.iter_mut().for_each(without_string_constraints),
+        _ => {}
+    }
 }
 
 /// Removes event-stream-only responses; removes operations left without a success response. Returns the

@@ -41,6 +41,7 @@ mod generated {
 }
 
 mod auth;
+mod convert;
 pub mod streams;
 
 pub use auth::InvalidCredential;

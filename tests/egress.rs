@@ -47,7 +47,7 @@ async fn create_agent(ctx: &TestContext, backend: types::AgentBackend) -> Uuid {
         .create_agent()
         .body(types::CreateAgentRequest {
             name: "egress".into(),
-            backend: Some(backend),
+            backend: Some(backend.into()),
             session_defaults: None,
         })
         .send()

@@ -865,14 +865,17 @@ async fn create_webhook_agent_without_url_is_400_through_the_sdk() {
         .create_agent()
         .body(types::CreateAgentRequest {
             name: "hook".into(),
-            backend: Some(types::AgentBackend {
-                type_: types::AgentBackendType::Webhook,
-                url: None,
-                api_key_env: None,
-                base_url: None,
-                model: None,
-                system_prompt: None,
-            }),
+            backend: Some(
+                types::AgentBackend {
+                    type_: types::AgentBackendType::Webhook,
+                    url: None,
+                    api_key_env: None,
+                    base_url: None,
+                    model: None,
+                    system_prompt: None,
+                }
+                .into(),
+            ),
             session_defaults: None,
         })
         .send()

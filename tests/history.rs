@@ -860,14 +860,17 @@ async fn agent_is_asked_one_message_at_a_time_in_stored_order() {
         .create_agent()
         .body(types::CreateAgentRequest {
             name: "lingering hook".into(),
-            backend: Some(types::AgentBackend {
-                type_: types::AgentBackendType::Webhook,
-                url: Some(url),
-                api_key_env: None,
-                base_url: None,
-                model: None,
-                system_prompt: None,
-            }),
+            backend: Some(
+                types::AgentBackend {
+                    type_: types::AgentBackendType::Webhook,
+                    url: Some(url),
+                    api_key_env: None,
+                    base_url: None,
+                    model: None,
+                    system_prompt: None,
+                }
+                .into(),
+            ),
             session_defaults: None,
         })
         .send()

@@ -299,14 +299,17 @@ async fn agents_crud_and_session_defaults() {
         .create_agent()
         .body(types::CreateAgentRequest {
             name: "Hooked".into(),
-            backend: Some(types::AgentBackend {
-                type_: types::AgentBackendType::Webhook,
-                url: Some("http://127.0.0.1:9/hook".into()),
-                base_url: None,
-                model: None,
-                api_key_env: None,
-                system_prompt: None,
-            }),
+            backend: Some(
+                types::AgentBackend {
+                    type_: types::AgentBackendType::Webhook,
+                    url: Some("http://127.0.0.1:9/hook".into()),
+                    base_url: None,
+                    model: None,
+                    api_key_env: None,
+                    system_prompt: None,
+                }
+                .into(),
+            ),
             session_defaults: Some(types::TimeoutConfigInput {
                 timeout_minutes: Some(90.0),
                 auto_renew: Some(false),
@@ -353,6 +356,27 @@ async fn agents_crud_and_session_defaults() {
     assert_eq!(s.timeout_config.timeout_minutes, 90.0);
     assert!(s.timeout_config.auto_renew);
 
+    // Not while one of its sessions is active: the conversation would lose its agent.
+    let (status, code, message) = api_error(
+        ctx.client
+            .delete_agent()
+            .agent_id(created.id.to_string())
+            .send()
+            .await,
+    );
+    assert_eq!(
+        (status, code),
+        (409, types::ErrorCode::AgentInUse),
+        "{message}"
+    );
+    ctx.client
+        .get_session()
+        .session_id(s.session_id.to_string())
+        .send()
+        .await
+        .expect("the session is still there");
+    // Once its sessions have expired, the agent goes, and they go with it.
+    ctx.advance_minutes(91);
     let del = ctx
         .client
         .delete_agent()

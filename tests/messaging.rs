@@ -578,7 +578,7 @@ async fn agent(ctx: &TestContext, backend: types::AgentBackend) -> Uuid {
         .create_agent()
         .body(types::CreateAgentRequest {
             name: "remote".into(),
-            backend: Some(backend),
+            backend: Some(backend.into()),
             session_defaults: None,
         })
         .send()

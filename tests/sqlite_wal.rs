@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_sessions_server::domain::{Session, TimeoutConfig};
+use agent_sessions_server::domain::{
+    Agent, AgentBackend, Session, TimeoutConfig, TimeoutConfigPatch,
+};
 use agent_sessions_server::store::{SessionStore, SqliteStore};
 use chrono::DateTime;
 use serde_json::Map;
@@ -30,8 +32,11 @@ fn session() -> Session {
     };
     // A fixed instant: the store does not look at the clock.
     let created = DateTime::from_timestamp(1_735_689_600, 0).unwrap();
-    Session::new(Uuid::new_v4(), Uuid::new_v4(), Map::new(), config, created)
+    Session::new(AGENT, Uuid::new_v4(), Map::new(), config, created)
 }
+
+/// The one agent of these sessions (stored first: sessions are only stored for an existing agent).
+const AGENT: Uuid = Uuid::from_u128(0xa6e7);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wal_starts_over_under_continuous_writes_and_reads() {
@@ -42,6 +47,16 @@ async fn wal_starts_over_under_continuous_writes_and_reads() {
             .await
             .unwrap(),
     );
+    store
+        .insert_agent(&Agent {
+            id: AGENT,
+            name: "wal".into(),
+            backend: AgentBackend::Echo,
+            session_defaults: TimeoutConfigPatch::default(),
+            created_at: DateTime::from_timestamp(1_735_689_600, 0).unwrap(),
+        })
+        .await
+        .unwrap();
     let shm = dir.path().join("store.db-shm");
     let stop = Arc::new(AtomicBool::new(false));
     // Writers and readers that never pause: the load under which the WAL used to grow forever.

@@ -13,7 +13,8 @@ use agent_sessions_server::domain::{
     SessionEvent, TimeoutConfig, TimeoutConfigPatch,
 };
 use agent_sessions_server::store::{
-    MessageWindow, Order, PostgresStore, SessionCounts, SessionFilter, SessionStore, SqliteStore,
+    AgentDeletion, MessageWindow, Order, PostgresStore, SessionCounts, SessionFilter, SessionStore,
+    SqliteStore,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
@@ -206,6 +207,20 @@ async fn record(
     m
 }
 
+/// Stores `s`, with an agent of its `agent_id` first if the store has none (sessions are only stored for agents
+/// that exist).
+async fn insert(store: &dyn SessionStore, s: &Session) {
+    if store.get_agent(s.agent_id).await.unwrap().is_none() {
+        let mut agent = new_agent("owner", s.created_at);
+        agent.id = s.agent_id;
+        store.insert_agent(&agent).await.unwrap();
+    }
+    assert!(
+        store.insert_session(s).await.unwrap(),
+        "the session is stored"
+    );
+}
+
 /// Stores `s` again at version + 1 with one `session` event; the caller's copy follows.
 async fn touch(store: &dyn SessionStore, s: &mut Session, now: DateTime<Utc>) -> bool {
     let mut next = s.clone();
@@ -323,14 +338,33 @@ async fn agents_insert_get_list_delete(store: Arc<dyn SessionStore>) {
 
     let mut doomed = new_session(first.id, Uuid::new_v4(), at(0));
     let mut kept = new_session(second.id, Uuid::new_v4(), at(0));
-    store.insert_session(&doomed).await.unwrap();
-    store.insert_session(&kept).await.unwrap();
+    insert(&*store, &doomed).await;
+    insert(&*store, &kept).await;
     record(&*store, &mut doomed, "bye", at(10)).await;
     touch(&*store, &mut doomed, at(20)).await;
     let kept_message = record(&*store, &mut kept, "hi", at(10)).await;
 
-    assert!(store.delete_agent(first.id).await.unwrap());
-    assert!(!store.delete_agent(first.id).await.unwrap(), "already gone");
+    // An agent with an active session stays; once its sessions have expired, it goes with them.
+    assert_eq!(
+        store.delete_agent(first.id, at(20)).await.unwrap(),
+        AgentDeletion::InUse(1)
+    );
+    assert!(store.get_agent(first.id).await.unwrap().is_some());
+    assert!(store.get_session(doomed.id).await.unwrap().is_some());
+    let after_expiry = doomed.expires_at;
+    assert_eq!(
+        store.delete_agent(first.id, after_expiry).await.unwrap(),
+        AgentDeletion::Deleted
+    );
+    assert_eq!(
+        store.delete_agent(first.id, after_expiry).await.unwrap(),
+        AgentDeletion::NotFound,
+        "already gone"
+    );
+    // No session is stored for an agent that does not exist.
+    let orphan = new_session(first.id, Uuid::new_v4(), at(30));
+    assert!(!store.insert_session(&orphan).await.unwrap());
+    assert_eq!(store.get_session(orphan.id).await.unwrap(), None);
     assert_eq!(store.get_agent(first.id).await.unwrap(), None);
     assert_eq!(store.get_session(doomed.id).await.unwrap(), None);
     let window = MessageWindow::default();
@@ -362,7 +396,7 @@ async fn agents_insert_get_list_delete(store: Arc<dyn SessionStore>) {
 /// Readers on other tasks keep the pooled connections' snapshots warm throughout.
 async fn reads_see_every_acknowledged_write(store: Arc<dyn SessionStore>) {
     let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
         .map(|_| {
@@ -408,7 +442,7 @@ async fn sessions_round_trip_and_update_with_version_check(store: Arc<dyn Sessio
         "nested".into(),
         json!({"a": [1, 2.5, "x\u{0}y"], "b": null}),
     );
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     assert_eq!(store.get_session(s.id).await.unwrap(), Some(s.clone()));
     assert_eq!(store.get_session(Uuid::new_v4()).await.unwrap(), None);
 
@@ -447,7 +481,7 @@ async fn sessions_round_trip_and_update_with_version_check(store: Arc<dyn Sessio
 
 async fn concurrent_version_checked_increments_lose_nothing(store: Arc<dyn SessionStore>) {
     let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     version_checked_increments(std::slice::from_ref(&store), s.id, 50).await;
     let stored = store.get_session(s.id).await.unwrap().unwrap();
     assert_eq!(stored.renewal_count, 50);
@@ -467,7 +501,7 @@ async fn active_sessions_filter_order_and_page(store: Arc<dyn SessionStore>) {
     let mut expired = new_session(agent_a, user_1, at(4_000));
     expired.expires_at = at(10_000); // exactly `active_at`: no longer active
     for s in [&s1, &s2, &s3, &s4, &expired] {
-        store.insert_session(s).await.unwrap();
+        insert(&*store, s).await;
     }
     // Newest first; equal creation times by id, descending.
     let (first_tie, second_tie) = if s2.id > s4.id {
@@ -533,7 +567,7 @@ async fn session_counts(store: Arc<dyn SessionStore>) {
     let gone = session_expiring(agent, 0, now - retention, 60_000);
     let other = session_expiring(Uuid::new_v4(), 0, now + 30_000, 60_000);
     for s in [&calm, &warned, &retained, &gone, &other] {
-        store.insert_session(s).await.unwrap();
+        insert(&*store, s).await;
     }
     let by_agent = SessionFilter {
         agent_id: Some(agent),
@@ -586,12 +620,12 @@ async fn purge_in_batches_takes_messages_and_events(store: Arc<dyn SessionStore>
     let mut expired = Vec::new();
     for i in 0..5 {
         let mut s = session_expiring(agent, 0, 1_000 + i * 100, 0);
-        store.insert_session(&s).await.unwrap();
+        insert(&*store, &s).await;
         record(&*store, &mut s, "old", at(10)).await;
         expired.push(s);
     }
     let mut live = session_expiring(agent, 0, 1_000_000, 0);
-    store.insert_session(&live).await.unwrap();
+    insert(&*store, &live).await;
     let live_message = record(&*store, &mut live, "new", at(10)).await;
 
     let cutoff = at(5_000);
@@ -644,7 +678,7 @@ async fn sessions_due_notice(store: Arc<dyn SessionStore>) {
         &announced,
         &silent_expired,
     ] {
-        store.insert_session(s).await.unwrap();
+        insert(&*store, s).await;
     }
     let due = store.sessions_due_notice(at(now), 10).await.unwrap();
     assert_eq!(
@@ -659,7 +693,7 @@ async fn sessions_due_notice(store: Arc<dyn SessionStore>) {
 
 async fn messages_record_reply_list_and_recent(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     let m2 = record(&*store, &mut s, "two", at(2_000)).await;
     let m3 = record(&*store, &mut s, "three, same time", at(2_000)).await;
@@ -747,7 +781,7 @@ async fn messages_record_reply_list_and_recent(store: Arc<dyn SessionStore>) {
 
 async fn events_after_returns_persisted_events_only(store: Arc<dyn SessionStore>) {
     let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let mut next = s.clone();
     next.version += 1;
     let events = vec![
@@ -785,8 +819,8 @@ async fn events_after_returns_persisted_events_only(store: Arc<dyn SessionStore>
 async fn subscribers_get_committed_events_in_commit_order(store: Arc<dyn SessionStore>) {
     let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
     let other = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
-    store.insert_session(&other).await.unwrap();
+    insert(&*store, &s).await;
+    insert(&*store, &other).await;
     let mut rx = store.subscribe(s.id);
 
     // Concurrent writers: every committed event arrives once, in commit order, with the seq it was stored with.
@@ -826,7 +860,7 @@ async fn subscribers_get_committed_events_in_commit_order(store: Arc<dyn Session
 
 async fn delete_session_removes_everything_and_announces(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let m = record(&*store, &mut s, "hi", at(10)).await;
     let mut rx = store.subscribe(s.id);
     let deleted = SessionEvent::deleted(s.id, at(20));
@@ -855,7 +889,7 @@ async fn delete_session_removes_everything_and_announces(store: Arc<dyn SessionS
 
 async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     let m2 = record(&*store, &mut s, "two", at(2_000)).await;
     let m3 = record(&*store, &mut s, "three", at(3_000)).await;
@@ -964,7 +998,7 @@ async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn SessionStore>
 /// nothing of its first statement: the session stays at its version, and the claim stays open.
 async fn a_write_failing_halfway_changes_nothing(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let m = record(&*store, &mut s, "one", at(1_000)).await;
 
     let mut next = s.clone();
@@ -1021,9 +1055,9 @@ async fn a_write_failing_halfway_changes_nothing(store: Arc<dyn SessionStore>) {
 
 async fn unanswered_messages_are_counted(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let other = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&other).await.unwrap();
+    insert(&*store, &other).await;
     assert_eq!(store.count_unanswered(s.id).await.unwrap(), 0);
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     record(&*store, &mut s, "two", at(2_000)).await;
@@ -1063,7 +1097,7 @@ async fn a_setting_is_written_once(store: Arc<dyn SessionStore>) {
 
 async fn concurrent_claims_take_a_message_once(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     record(&*store, &mut s, "two", at(1_000)).await;
     let winners = concurrent_claims(std::slice::from_ref(&store), s.id, 16).await;
@@ -1092,7 +1126,7 @@ async fn concurrent_claims(stores: &[Arc<dyn SessionStore>], id: Uuid, n: usize)
 
 async fn chunks_reach_subscribers_before_the_stored_reply(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let m = record(&*store, &mut s, "tell me", at(1_000)).await;
     let mut rx = store.subscribe(s.id);
     assert_eq!(
@@ -1132,7 +1166,7 @@ fn awkward_text(len: usize) -> String {
 
 async fn large_events_arrive_whole(store: Arc<dyn SessionStore>) {
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    store.insert_session(&s).await.unwrap();
+    insert(&*store, &s).await;
     let mut rx = store.subscribe(s.id);
 
     // A persisted event far over a NOTIFY payload.
@@ -1255,7 +1289,7 @@ mod postgres_instances {
         };
         let (a, b) = (&stores[0], &stores[1]);
         let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-        a.insert_session(&s).await.unwrap();
+        super::insert(&**a, &s).await;
         let mut on_a = a.subscribe(s.id);
         let mut on_b = b.subscribe(s.id);
 
@@ -1299,7 +1333,7 @@ mod postgres_instances {
             return;
         };
         let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-        stores[0].insert_session(&s).await.unwrap();
+        super::insert(&*stores[0], &s).await;
         let mut on_b = stores[1].subscribe(s.id);
         version_checked_increments(&stores, s.id, 50).await;
         let stored = stores[1].get_session(s.id).await.unwrap().unwrap();
@@ -1321,7 +1355,7 @@ mod postgres_instances {
             return;
         };
         let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-        stores[0].insert_session(&s).await.unwrap();
+        super::insert(&*stores[0], &s).await;
         let m1 = record(&*stores[0], &mut s, "one", at(1_000)).await;
         let m2 = record(&*stores[1], &mut s, "two", at(1_000)).await;
         assert_eq!(concurrent_claims(&stores, s.id, 20).await, vec![m1.clone()]);
@@ -1342,11 +1376,11 @@ mod postgres_instances {
         let agent = Uuid::new_v4();
         for i in 0..40 {
             let mut s = session_expiring(agent, 0, 1_000 + i, 0);
-            stores[0].insert_session(&s).await.unwrap();
+            super::insert(&*stores[0], &s).await;
             record(&*stores[0], &mut s, "x", at(1)).await;
         }
         let live = session_expiring(agent, 0, 1_000_000, 0);
-        stores[0].insert_session(&live).await.unwrap();
+        super::insert(&*stores[0], &live).await;
         let sweeps: Vec<_> = stores
             .iter()
             .map(|store| {
@@ -1384,7 +1418,7 @@ mod postgres_instances {
         };
         let store = &stores[0];
         let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-        store.insert_session(&s).await.unwrap();
+        super::insert(&**store, &s).await;
         let mut rx = store.subscribe(s.id);
         assert!(touch(&**store, &mut s, at(1)).await);
         let first = next_event(&mut rx).await;

@@ -179,6 +179,15 @@ pub struct Config {
     #[arg(long, env = "MAX_PENDING_MESSAGES", default_value_t = 100)]
     pub max_pending_messages: u32,
 
+    /// Most active sessions one user may have; further creates get 429 `QUOTA_EXCEEDED` (0: no limit).
+    #[arg(long, env = "MAX_SESSIONS_PER_USER", default_value_t = 1000)]
+    pub max_sessions_per_user: u32,
+
+    /// Most messages (user messages and replies) one session may hold; further sends get 429
+    /// `QUOTA_EXCEEDED` (0: no limit).
+    #[arg(long, env = "MAX_MESSAGES_PER_SESSION", default_value_t = 10_000)]
+    pub max_messages_per_session: u32,
+
     /// Most event streams open at once on one session.
     #[arg(long, env = "MAX_STREAMS_PER_SESSION", default_value_t = crate::api::stream_slots::DEFAULT_PER_SESSION)]
     pub max_streams_per_session: usize,
@@ -265,6 +274,8 @@ impl Config {
             ),
             history_limit: self.agent_history_messages.min(1000),
             max_pending_messages: self.max_pending_messages.max(1),
+            max_sessions_per_user: self.max_sessions_per_user,
+            max_messages_per_session: self.max_messages_per_session,
             egress: self.egress_policy()?,
         })
     }

@@ -9,7 +9,9 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::access::{Authorized, OperatorOnly};
 use super::body::JsonBody;
-use super::error::{AgentListErrors, AgentLookupErrors, CreateAgentErrors, Failure};
+use super::error::{
+    AgentListErrors, AgentLookupErrors, CreateAgentErrors, DeleteAgentErrors, Failure,
+};
 use super::models::{AgentBody, AgentListBody, CreateAgentRequest, DeleteBody};
 use super::ApiTags;
 use crate::service::SessionService;
@@ -73,7 +75,7 @@ impl AgentsApi {
         Ok(Json((&service.get_agent(&agent_id).await?).into()))
     }
 
-    /// Delete an agent and its sessions.
+    /// Delete an agent and its sessions; refused (409 `AGENT_IN_USE`) while some of them are active.
     #[oai(
         path = "/api/agents/:agentId",
         method = "delete",
@@ -84,7 +86,7 @@ impl AgentsApi {
         _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         #[oai(name = "agentId")] agent_id: Path<String>,
-    ) -> Result<Json<DeleteBody>, Failure<AgentLookupErrors>> {
+    ) -> Result<Json<DeleteBody>, Failure<DeleteAgentErrors>> {
         service.delete_agent(&agent_id).await?;
         Ok(Json(DeleteBody::new(format!(
             "Agent {} deleted successfully",

@@ -38,6 +38,8 @@ pub enum ErrorCode {
     AgentTimeout,
     InternalServerError,
     ServiceUnavailable,
+    AgentInUse,
+    QuotaExceeded,
 }
 
 /// The body of every error response.
@@ -186,6 +188,15 @@ impl From<SessionError> for ApiError {
                 message,
             ),
             SessionError::Store(e) => ApiError::internal(&e),
+            SessionError::AgentInUse { sessions, .. } => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::AgentInUse, message)
+                    .with_details(serde_json::json!({ "activeSessions": sessions }))
+            }
+            SessionError::QuotaExceeded(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QuotaExceeded,
+                message,
+            ),
             SessionError::TooManyPending { limit } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimitExceeded,
@@ -278,8 +289,9 @@ fn describe(status: u16) -> &'static str {
             "Missing or invalid credentials (`UNAUTHORIZED`); `WWW-Authenticate` names the scheme"
         }
         403 => "The credentials do not cover this operation or this session (`FORBIDDEN`)",
-        429 => "Too many requests (`RATE_LIMIT_EXCEEDED`); `Retry-After` says when to retry",
+        429 => "Too many requests (`RATE_LIMIT_EXCEEDED`, `Retry-After` says when to retry), or a quota reached (`QUOTA_EXCEEDED`)",
         404 => "Not found (`SESSION_NOT_FOUND`, `AGENT_NOT_FOUND`)",
+        409 => "The agent still has active sessions (`AGENT_IN_USE`)",
         410 => "The session has expired (`SESSION_EXPIRED`)",
         413 => "Request body too large (`PAYLOAD_TOO_LARGE`)",
         415 => "Content-Type is not application/json (`INVALID_CONTENT_TYPE`)",
@@ -342,4 +354,5 @@ error_statuses! {
     MessagesErrors = [400, 401, 403, 404, 410, 429, 500];
     EventsErrors = [400, 401, 403, 404, 410, 429, 500, 503];
     AgentLookupErrors = [401, 403, 404, 429, 500];
+    DeleteAgentErrors = [401, 403, 404, 409, 429, 500];
 }

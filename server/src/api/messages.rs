@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::access::{Authorized, OwnSession, OwnSessionEvents};
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
+use super::event_stream::SseStream;
 use super::json_out::JsonOut;
 use super::models::{
     AgentResponseBody, CursorsBody, MessageBody, MessageListBody, MessageResponseBody,
@@ -23,7 +24,7 @@ use super::models::{
     SessionEventName, SessionStatusBody, SessionStreamEvent,
 };
 use super::stream_slots::StreamSlots;
-use super::types::Timestamp;
+use super::types::{Cursor, EventData, EventId, LastEventId, Timestamp};
 use super::ApiTags;
 use crate::agents::AgentError;
 use crate::domain::event::{message_json, reply_json};
@@ -55,8 +56,8 @@ impl StreamSettings {
     }
 }
 
-type MessageStream = EventStream<BoxStream<'static, MessageStreamEvent>>;
-type SessionEventStream = EventStream<BoxStream<'static, SessionStreamEvent>>;
+type MessageStream = SseStream<MessageStreamEvent>;
+type SessionEventStream = SseStream<SessionStreamEvent>;
 
 #[derive(ApiResponse)]
 pub enum SendMessageResponse {
@@ -111,16 +112,16 @@ impl MessagesApi {
             },
             Transport::Sse => {
                 let keepalive = settings.keepalive;
-                Ok(SendMessageResponse::Stream(
+                Ok(SendMessageResponse::Stream(SseStream(
                     EventStream::new(exchange_stream(
                         message_json(&outcome.user_message),
                         outcome.reply,
                     ))
                     .keep_alive(keepalive)
                     .to_event(|e| {
-                        Event::message(e.data.to_string()).event_type(message_event_name(e.event))
+                        Event::message(e.data.0.to_string()).event_type(message_event_name(e.event))
                     }),
-                ))
+                )))
             }
         }
     }
@@ -138,17 +139,18 @@ impl MessagesApi {
         #[oai(name = "sessionId")] session_id: Path<String>,
         /// Page size, clamped to 1-100 (default 50).
         limit: Query<Option<i64>>,
-        /// Only messages older than this: epoch milliseconds or ISO-8601.
-        before: Query<Option<String>>,
-        /// Only messages newer than this: epoch milliseconds or ISO-8601. Alone, pages forward from it.
-        after: Query<Option<String>>,
+        /// Only messages older than this: epoch milliseconds or an ISO-8601 date-time (empty: no bound).
+        before: Query<Option<Cursor>>,
+        /// Only messages newer than this: epoch milliseconds or an ISO-8601 date-time (empty: no bound). Alone,
+        /// pages forward from it.
+        after: Query<Option<Cursor>>,
     ) -> Result<JsonOut<MessageListBody>, Failure<MessagesErrors>> {
         let page = service
             .messages(
                 &session_id,
                 limit.0,
-                before.0.as_deref(),
-                after.0.as_deref(),
+                before.0.as_ref().map(|c| c.0.as_str()),
+                after.0.as_ref().map(|c| c.0.as_str()),
             )
             .await?;
         let cursors = match (page.messages.last(), page.messages.first()) {
@@ -179,16 +181,30 @@ impl MessagesApi {
         service: Service<'_>,
         settings: Data<&StreamSettings>,
         #[oai(name = "sessionId")] session_id: Path<String>,
-        /// The id of the last event received (set by EventSource clients on reconnect).
+        /// The id of the last event received (set by EventSource clients on reconnect); empty: none.
         #[oai(name = "Last-Event-ID")]
-        last_event_id_header: Header<Option<String>>,
+        last_event_id_header: Header<Option<LastEventId>>,
         /// The same as the `Last-Event-ID` header, for clients that cannot set headers.
         #[oai(name = "lastEventId")]
-        last_event_id: Query<Option<String>>,
+        last_event_id: Query<Option<LastEventId>>,
     ) -> Result<SessionEventStream, Failure<EventsErrors>> {
-        let last = match last_event_id.0.or(last_event_id_header.0) {
+        let last = match last_event_id
+            .0
+            .or(last_event_id_header.0)
+            .map(|id| id.0)
+            .filter(|id| !id.is_empty())
+        {
             None => None,
-            Some(raw) => Some(raw.trim().parse::<i64>().map_err(|_| {
+            // Only the digits the contract describes: `+5` or ` 5` would parse, but are not event ids.
+            Some(raw) if !raw.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ValidationError,
+                    format!("Invalid Last-Event-ID '{raw}': expected an event id"),
+                )
+                .into())
+            }
+            Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     ErrorCode::ValidationError,
@@ -206,22 +222,24 @@ impl MessagesApi {
         })
         .filter_map(|e: SessionEvent| async move {
             Some(SessionStreamEvent {
-                id: e.seq,
+                id: e.seq.map(EventId),
                 event: session_event_name(e.kind)?,
-                data: e.data,
+                data: EventData(e.data),
             })
         })
         .boxed();
-        Ok(EventStream::new(events)
-            .keep_alive(settings.keepalive)
-            .to_event(|e| {
-                let event =
-                    Event::message(e.data.to_string()).event_type(event_kind(e.event).as_str());
-                match e.id {
-                    Some(id) => event.id(id.to_string()),
-                    None => event,
-                }
-            }))
+        Ok(SseStream(
+            EventStream::new(events)
+                .keep_alive(settings.keepalive)
+                .to_event(|e| {
+                    let event = Event::message(e.data.0.to_string())
+                        .event_type(event_kind(e.event).as_str());
+                    match e.id {
+                        Some(id) => event.id(id.0.to_string()),
+                        None => event,
+                    }
+                }),
+        ))
     }
 }
 
@@ -273,7 +291,7 @@ fn exchange_stream(
 ) -> BoxStream<'static, MessageStreamEvent> {
     let first = MessageStreamEvent {
         event: MessageStreamEventName::UserMessage,
-        data: user_message,
+        data: EventData(user_message),
     };
     let rest = stream::unfold(reply, |reply| async move {
         let mut reply = reply?;
@@ -291,6 +309,7 @@ fn exchange_stream(
                 )
             }
         };
+        let data = EventData(data);
         Some((MessageStreamEvent { event, data }, Some(reply)))
     });
     stream::once(async move { first }).chain(rest).boxed()

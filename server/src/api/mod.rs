@@ -3,9 +3,11 @@
 
 pub mod access;
 mod agents;
+mod allow;
 mod body;
 pub mod browser;
 pub mod error;
+mod event_stream;
 mod json_out;
 mod messages;
 pub mod models;
@@ -204,7 +206,13 @@ async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Respons
                     return Ok(resp.as_poem_response());
                 }
             }
-            Ok(error::from_poem_error(err, &method, path).as_poem_response())
+            let mut error = error::from_poem_error(err, &method, path);
+            if error.status == StatusCode::METHOD_NOT_ALLOWED {
+                if let Some(methods) = allow::allowed(path) {
+                    error = error.with_header(poem::http::header::ALLOW, methods);
+                }
+            }
+            Ok(error.as_poem_response())
         }
     }
 }

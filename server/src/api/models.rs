@@ -3,11 +3,11 @@
 //! models of the hot endpoints also derive `Serialize`, mirroring their `oai` attributes, for `JsonOut` (see
 //! `body.rs`); a test holds the two serializations equal.
 
-use poem_openapi::{Enum, Object};
+use poem_openapi::{Enum, Object, Union};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::types::{JsonObject, Minutes, Timestamp};
+use super::types::{EventData, EventId, JsonObject, Minutes, Timestamp};
 use crate::domain::{Agent, AgentBackend, Session, TimeoutConfig, TimeoutConfigPatch};
 use crate::service::{Health, SessionPage, SessionView};
 
@@ -38,6 +38,20 @@ pub struct TimeoutConfigInput {
     pub max_duration_minutes: Option<Minutes>,
     #[oai(skip_serializing_if_is_none)]
     pub warning_threshold_minutes: Option<Minutes>,
+}
+
+/// A change of a session's timeout configuration: every field optional, omitted ones keep their value.
+/// `timeoutMinutes` must lie within the server's bounds (`SESSION_MIN_TIMEOUT_MINUTES` to
+/// `SESSION_MAX_TIMEOUT_MINUTES`, 5 to 1440 by default; the schema states the defaults); the other fields are
+/// clamped as on create.
+#[derive(Object, Debug, Clone, Default)]
+#[oai(rename = "TimeoutConfigUpdate", rename_all = "camelCase")]
+pub struct TimeoutConfigUpdate {
+    #[oai(validator(minimum(value = "5"), maximum(value = "1440")))]
+    pub timeout_minutes: Option<f64>,
+    pub auto_renew: Option<bool>,
+    pub max_duration_minutes: Option<f64>,
+    pub warning_threshold_minutes: Option<f64>,
 }
 
 /// A conversation between one user and one agent, with its expiry state as of the response.
@@ -199,13 +213,65 @@ pub struct AgentBody {
     pub created_at: Timestamp,
 }
 
+/// The built-in echo backend: answers `Echo: <text>`, streamed word by word.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "EchoBackend", rename_all = "camelCase")]
+pub struct EchoBackendInput {}
+
+/// A webhook backend: each message is POSTed to `url`.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "WebhookBackend", rename_all = "camelCase")]
+pub struct WebhookBackendInput {
+    /// An http or https URL (host names: IP addresses work too, but link-local and cloud-metadata ones are
+    /// refused unless the operator allows them).
+    #[oai(validator(
+        pattern = r"^https?://[a-z]([a-z0-9-]*[a-z0-9])?(\.[a-z]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$"
+    ))]
+    pub url: String,
+}
+
+/// An OpenAI-compatible chat-completions backend.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "OpenAiBackend", rename_all = "camelCase")]
+pub struct OpenAiBackendInput {
+    /// The API's base URL (`/chat/completions` is appended), as `url` of a webhook.
+    #[oai(validator(
+        pattern = r"^https?://[a-z]([a-z0-9-]*[a-z0-9])?(\.[a-z]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$"
+    ))]
+    pub base_url: String,
+    #[oai(validator(min_length = 1, pattern = r"^[^\u0000]*$"))]
+    pub model: String,
+    /// The environment variable of the server that holds the API key: starting with `AGENT_SECRET_`, or one the
+    /// operator listed in `--agent-secret-env`.
+    #[oai(validator(pattern = r"^AGENT_SECRET_[A-Za-z0-9_]+$"))]
+    pub api_key_env: Option<String>,
+    #[oai(validator(min_length = 1, pattern = r"^[^\u0000]*$"))]
+    pub system_prompt: Option<String>,
+}
+
+/// How a new agent produces replies, by `type`.
+#[derive(Union, Debug, Clone)]
+#[oai(rename = "AgentBackendInput", discriminator_name = "type", one_of)]
+pub enum AgentBackendInput {
+    #[oai(mapping = "echo")]
+    Echo(EchoBackendInput),
+    #[oai(mapping = "webhook")]
+    Webhook(WebhookBackendInput),
+    #[oai(mapping = "openai")]
+    OpenAi(OpenAiBackendInput),
+}
+
 #[derive(Object, Debug, Clone)]
 #[oai(rename = "CreateAgentRequest", rename_all = "camelCase")]
 pub struct CreateAgentRequest {
-    /// Display name, 1 to 100 characters.
+    /// Display name, 1 to 100 characters, not only blanks.
+    #[oai(validator(
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff][^\u0000]*$"
+    ))]
     pub name: String,
     /// Defaults to `{"type": "echo"}`.
-    pub backend: Option<AgentBackendBody>,
+    pub backend: Option<AgentBackendInput>,
     pub session_defaults: Option<TimeoutConfigInput>,
 }
 
@@ -362,6 +428,7 @@ pub struct AttachmentBody {
     #[oai(rename = "type")]
     #[serde(rename = "type")]
     pub kind: AttachmentType,
+    #[oai(validator(min_length = 1))]
     pub url: String,
     #[oai(skip_serializing_if_is_none)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -416,8 +483,15 @@ pub enum ResponseMode {
 #[derive(Object, Debug, Clone)]
 #[oai(rename = "SendMessageRequest", rename_all = "camelCase")]
 pub struct SendMessageRequest {
-    /// The message, 1 to 4000 characters.
+    /// The message, 1 to 4000 characters, not only blanks.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 4000,
+        pattern = r"^[^\u0000]*[^\u0000\t-\r \u001c-\u001f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff][^\u0000]*$"
+    ))]
     pub content: String,
+    /// At most 20.
+    #[oai(validator(max_items = 20))]
     pub attachments: Option<Vec<AttachmentBody>>,
     /// A JSON object of at most 10 240 bytes.
     pub metadata: Option<JsonObject>,
@@ -515,12 +589,12 @@ pub enum MessageStreamEventName {
 }
 
 /// One frame of the `sse` transport: `event: <event>` and `data: <data as JSON>`. `user_message` carries the
-/// stored Message, `chunk` a ReplyChunk, `done` a MessageStreamDone, `error` `{"error": "<message>"}`.
+/// stored Message, `chunk` a ReplyChunk, `done` a MessageStreamDone, `error` `{"error": "<message>", "code"}`.
 #[derive(Object, Debug, Clone)]
 #[oai(rename = "MessageStreamEvent", rename_all = "camelCase")]
 pub struct MessageStreamEvent {
     pub event: MessageStreamEventName,
-    pub data: serde_json::Value,
+    pub data: EventData,
 }
 
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -542,9 +616,9 @@ pub enum SessionEventName {
 #[oai(rename = "SessionStreamEvent", rename_all = "camelCase")]
 pub struct SessionStreamEvent {
     #[oai(skip_serializing_if_is_none)]
-    pub id: Option<i64>,
+    pub id: Option<EventId>,
     pub event: SessionEventName,
-    pub data: serde_json::Value,
+    pub data: EventData,
 }
 
 impl From<&crate::domain::Attachment> for AttachmentBody {

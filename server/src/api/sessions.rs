@@ -17,7 +17,7 @@ use super::error::{
 use super::json_out::JsonOut;
 use super::models::{
     CreateSessionRequest, DeleteBody, HealthBody, SessionBody, SessionListBody, SessionTokenBody,
-    TimeoutConfigInput,
+    TimeoutConfigUpdate,
 };
 use super::types::Timestamp;
 use super::ApiTags;
@@ -110,6 +110,7 @@ impl SessionsApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
         /// Sessions to skip (default 0).
+        #[oai(validator(minimum(value = "0")))]
         offset: Query<Option<u64>>,
     ) -> Result<JsonOut<SessionListBody>, Failure<ListErrors>> {
         let filter = SessionFilter {
@@ -186,7 +187,7 @@ impl SessionsApi {
         _auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
-        body: JsonBody<TimeoutConfigInput>,
+        body: JsonBody<TimeoutConfigUpdate>,
     ) -> Result<JsonOut<SessionBody>, Failure<UpdateTimeoutErrors>> {
         Ok(session(
             service.update_timeout(&session_id, body.value).await?,

@@ -122,6 +122,98 @@ serialize_as!(JsonObject, |o: &JsonObject, s: S| {
     serde::Serialize::serialize(&o.0, s)
 });
 
+/// The `data` of an event-stream frame: a JSON value, sent as its JSON text (as a client's SSE parser sees it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventData(pub Value);
+
+wire_scalar!(
+    EventData,
+    "string_event_data",
+    MetaSchema {
+        description: Some("The event's payload, as JSON text"),
+        ..MetaSchema::new("string")
+    },
+    to: |d: &EventData| Value::String(d.0.to_string()),
+    from: |v: Value| match v {
+        Value::String(s) => serde_json::from_str(&s)
+            .map(EventData)
+            .map_err(|e| ParseError::custom(e.to_string())),
+        other => Err(ParseError::expected_type(other)),
+    }
+);
+
+/// The `id` of an event-stream frame: a decimal event id, which `Last-Event-ID` sends back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventId(pub i64);
+
+wire_scalar!(
+    EventId,
+    "string_event_id",
+    MetaSchema {
+        pattern: Some("^[0-9]+$".to_string()),
+        ..MetaSchema::new("string")
+    },
+    to: |id: &EventId| Value::String(id.0.to_string()),
+    from: |v: Value| match v {
+        Value::String(s) => s
+            .parse::<i64>()
+            .map(EventId)
+            .map_err(|e| ParseError::custom(e.to_string())),
+        other => Err(ParseError::expected_type(other)),
+    }
+);
+
+/// A text parameter whose schema states a pattern for documentation and generated clients, while the handler
+/// reads any text and answers a value outside it with its own, clearer error (or, for cursors, also accepts
+/// forms the pattern leaves out, such as the 29th to 31st of a month, which a pattern cannot tell from the 30th
+/// of February).
+macro_rules! documented_text {
+    ($ty:ident, $name:literal, $pattern:expr) => {
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $ty(pub String);
+
+        impl Type for $ty {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
+
+            fn name() -> Cow<'static, str> {
+                $name.into()
+            }
+
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new(MetaSchema {
+                    pattern: Some($pattern.to_string()),
+                    ..MetaSchema::new("string")
+                }))
+            }
+
+            fn as_raw_value(&self) -> Option<&Self> {
+                Some(self)
+            }
+
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+                Box::new(std::iter::once(self))
+            }
+        }
+
+        impl poem_openapi::types::ParseFromParameter for $ty {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                Ok($ty(value.to_string()))
+            }
+        }
+    };
+}
+
+/// Epoch milliseconds, or an ISO-8601 date-time; empty: no bound. The pattern keeps to days 01 to 28 so that
+/// every value it describes is a real date; the server reads any valid date (and dates without a zone as UTC).
+pub const CURSOR_PATTERN: &str = r"^(|-?[0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$";
+
+documented_text!(Cursor, "string_cursor", CURSOR_PATTERN);
+
+// An event id as `Last-Event-ID` sends it back; empty: none.
+documented_text!(LastEventId, "string_last_event_id", r"^[0-9]{0,18}$");
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,12 @@ pub enum SessionError {
     RenewalFailed { id: String, reason: String },
     #[error("storage failure")]
     Store(#[from] StoreError),
+    /// The agent still has active sessions, so it is not deleted.
+    #[error("Agent '{id}' still has {sessions} active session(s): it can be deleted once they have ended or been deleted")]
+    AgentInUse { id: String, sessions: u64 },
+    /// A quota of the operator's (sessions per user, messages per session) is reached; the text says which.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// The session already has `limit` messages waiting for the agent.
     #[error("The session already has {limit} unanswered messages: wait for the agent's replies before sending more")]
     TooManyPending { limit: u32 },

@@ -13,6 +13,19 @@ pub const MAX_METADATA_BYTES: usize = 10_240;
 /// Longest accepted agent name, in characters.
 pub const MAX_AGENT_NAME_CHARS: usize = 100;
 
+/// Whitespace as any of the usual definitions counts it (Unicode White_Space, ECMAScript's `\s` with U+FEFF,
+/// Python's `isspace` with U+001C to U+001F). A text needs one character outside this set to be non-blank,
+/// which is exactly what the contract's `pattern` for names and message content says, whatever regex engine a
+/// client validates it with.
+pub fn is_blank_char(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{FEFF}' | '\u{1C}'..='\u{1F}')
+}
+
+/// Not empty, and not only blank characters.
+pub fn has_visible_char(text: &str) -> bool {
+    text.chars().any(|c| !is_blank_char(c) && c != '\0')
+}
+
 /// Accepts only the canonical hyphenated form (8-4-4-4-12 hex), like the reference's validator.
 pub fn parse_uuid(s: &str) -> Option<Uuid> {
     if s.len() != 36 {
@@ -164,7 +177,7 @@ pub fn create_agent_body(body: Value) -> Result<CreateAgentBody, SessionError> {
                 "name",
             ))
         }
-        Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+        Some(Value::String(s)) if has_visible_char(s) => s.clone(),
         Some(_) => {
             return Err(SessionError::invalid_field(
                 "name must be a non-empty string",
@@ -178,12 +191,14 @@ pub fn create_agent_body(body: Value) -> Result<CreateAgentBody, SessionError> {
             "name",
         ));
     }
+    // Counted as sent (the contract's maxLength), then stored without surrounding blanks.
     if name.chars().count() > MAX_AGENT_NAME_CHARS {
         return Err(SessionError::invalid_field(
             format!("name must be at most {MAX_AGENT_NAME_CHARS} characters"),
             "name",
         ));
     }
+    let name = name.trim_matches(is_blank_char).to_string();
     let backend = match map.remove("backend") {
         None => AgentBackend::Echo,
         Some(v) => backend(v)?,
@@ -206,10 +221,12 @@ fn backend(value: Value) -> Result<AgentBackend, SessionError> {
             ))
         }
     };
+    // Absent optional fields are None; present ones must be non-empty strings (null included is refused, as the
+    // contract does not declare them nullable).
     let string = |name: &str, required: bool| -> Result<Option<String>, SessionError> {
         match map.get(name) {
-            None | Some(Value::Null) if !required => Ok(None),
-            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            None if !required => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => Ok(Some(s.clone())),
             _ => Err(SessionError::invalid_field(
                 format!("backend.{name} must be a non-empty string"),
                 &format!("backend.{name}"),
@@ -404,7 +421,7 @@ pub fn content(content: &str) -> Result<(), SessionError> {
         ));
     }
     let n = content.chars().count();
-    if content.trim().is_empty() || n > MAX_CONTENT_CHARS {
+    if !has_visible_char(content) || n > MAX_CONTENT_CHARS {
         return Err(SessionError::invalid_field(
             format!("Content must be between 1 and {MAX_CONTENT_CHARS} characters (got {n})"),
             "content",
@@ -463,6 +480,24 @@ pub fn attachments(value: Option<Value>) -> Result<Option<Vec<super::Attachment>
                     format!("{field}.url must be a non-empty string"),
                     &format!("{field}.url"),
                 ));
+            }
+            // Optional fields, when present, have their declared type (null is not one of them).
+            for (key, is_type) in [
+                ("name", Value::is_string as fn(&Value) -> bool),
+                ("mimeType", Value::is_string),
+                ("size", Value::is_number),
+            ] {
+                if map.get(key).is_some_and(|v| !is_type(v)) {
+                    let what = if key == "size" {
+                        "a number"
+                    } else {
+                        "a string"
+                    };
+                    return Err(SessionError::invalid_field(
+                        format!("{field}.{key} must be {what}"),
+                        &format!("{field}.{key}"),
+                    ));
+                }
             }
             serde_json::from_value(item.clone()).map_err(|e| {
                 SessionError::invalid_field(format!("{field} is invalid: {e}"), &field)

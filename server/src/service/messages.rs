@@ -55,6 +55,18 @@ impl SessionService {
                 limit: self.max_pending_messages,
             });
         }
+        if self.max_messages_per_session > 0
+            && self
+                .store
+                .count_messages(current.id, self.max_messages_per_session)
+                .await?
+                >= u64::from(self.max_messages_per_session)
+        {
+            return Err(SessionError::QuotaExceeded(format!(
+                "Session '{}' holds {} messages, the most allowed: start a new session",
+                current.id, self.max_messages_per_session
+            )));
+        }
         // Listen before storing, so that no step of the reply can happen before we watch for it.
         let mut feed = match body.transport {
             Transport::WebSocket => None,
@@ -116,8 +128,15 @@ impl SessionService {
         before: Option<&str>,
         after: Option<&str>,
     ) -> Result<MessagePage, SessionError> {
-        let before = before.map(|b| validate::cursor(b, "before")).transpose()?;
-        let after = after.map(|a| validate::cursor(a, "after")).transpose()?;
+        // An empty cursor (`?before=`) is no cursor.
+        let before = before
+            .filter(|b| !b.is_empty())
+            .map(|b| validate::cursor(b, "before"))
+            .transpose()?;
+        let after = after
+            .filter(|a| !a.is_empty())
+            .map(|a| validate::cursor(a, "after"))
+            .transpose()?;
         let now = self.clock.now();
         let session = self.live(id, now).await?;
         let limit = limit

@@ -21,7 +21,7 @@ use crate::domain::{
     Agent, AgentBackend, Liveness, RenewRefused, Session, SessionError, SessionEvent,
     TimeoutConfigPatch, TimeoutPolicy,
 };
-use crate::store::{SessionCounts, SessionFilter, SessionStore};
+use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
 pub use events::EventSubscription;
 pub use messages::{MessagePage, SendOutcome};
@@ -75,6 +75,10 @@ pub struct ServiceConfig {
     pub history_limit: u32,
     /// Most unanswered messages a session may have before sends are refused.
     pub max_pending_messages: u32,
+    /// Most active sessions one user may have (0: no limit).
+    pub max_sessions_per_user: u32,
+    /// Most messages (user messages and replies) one session may hold (0: no limit).
+    pub max_messages_per_session: u32,
     /// What agent backends may reach and use (secrets, hosts, reply size, CA roots).
     pub egress: EgressPolicy,
 }
@@ -87,6 +91,8 @@ impl Default for ServiceConfig {
             agent_timeout: std::time::Duration::from_secs(60),
             history_limit: 20,
             max_pending_messages: 100,
+            max_sessions_per_user: 1000,
+            max_messages_per_session: 10_000,
             egress: EgressPolicy::default(),
         }
     }
@@ -98,6 +104,8 @@ pub struct SessionService {
     policy: TimeoutPolicy,
     retention: Duration,
     max_pending_messages: u32,
+    max_sessions_per_user: u32,
+    max_messages_per_session: u32,
     started: DateTime<Utc>,
     backends: Backends,
     replies: Arc<replies::Replier>,
@@ -120,6 +128,8 @@ impl SessionService {
             policy: config.policy,
             retention: config.retention,
             max_pending_messages: config.max_pending_messages,
+            max_sessions_per_user: config.max_sessions_per_user,
+            max_messages_per_session: config.max_messages_per_session,
             started,
             backends,
             replies,
@@ -149,8 +159,23 @@ impl SessionService {
         let metadata = validate::metadata(body.metadata)?;
         let requested = validate::timeout_patch(body.timeout_config, "timeoutConfig")?;
         let timeout = self.policy.resolve(&requested, &agent.session_defaults);
+        if self.max_sessions_per_user > 0
+            && self
+                .store
+                .count_active_sessions_of_user(body.user_id, now)
+                .await?
+                >= u64::from(self.max_sessions_per_user)
+        {
+            return Err(SessionError::QuotaExceeded(format!(
+                "User '{}' already has {} active sessions, the most allowed: end one first",
+                body.user_id, self.max_sessions_per_user
+            )));
+        }
         let session = Session::new(body.agent_id, body.user_id, metadata, timeout, now);
-        self.store.insert_session(&session).await?;
+        // The agent may have been deleted since it was read: then nothing is stored.
+        if !self.store.insert_session(&session).await? {
+            return Err(SessionError::AgentNotFound(body.agent_id.to_string()));
+        }
         Ok(SessionView { session, now })
     }
 
@@ -316,12 +341,17 @@ impl SessionService {
         self.store.get_agent(uuid).await?.ok_or_else(not_found)
     }
 
+    /// Deletes an agent and its sessions, unless some of them are still active (`AgentInUse`): an agent is not
+    /// pulled from under a live conversation.
     pub async fn delete_agent(&self, id: &str) -> Result<(), SessionError> {
         let agent = self.get_agent(id).await?;
-        if self.store.delete_agent(agent.id).await? {
-            Ok(())
-        } else {
-            Err(SessionError::AgentNotFound(id.to_string()))
+        match self.store.delete_agent(agent.id, self.clock.now()).await? {
+            AgentDeletion::Deleted => Ok(()),
+            AgentDeletion::NotFound => Err(SessionError::AgentNotFound(id.to_string())),
+            AgentDeletion::InUse(sessions) => Err(SessionError::AgentInUse {
+                id: agent.id.to_string(),
+                sessions,
+            }),
         }
     }
 

@@ -31,6 +31,15 @@ pub enum StoreError {
     Backend(String),
 }
 
+/// What `delete_agent` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentDeletion {
+    Deleted,
+    NotFound,
+    /// Nothing deleted: the agent has this many active sessions.
+    InUse(u64),
+}
+
 /// Which sessions a listing or a count looks at.
 #[derive(Debug, Clone, Default)]
 pub struct SessionFilter {
@@ -71,10 +80,17 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError>;
     /// All agents, oldest first.
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError>;
-    /// Deletes the agent and its sessions. False if there was no such agent.
-    async fn delete_agent(&self, id: Uuid) -> Result<bool, StoreError>;
+    /// Deletes the agent with its sessions, unless one of them is still active (`expires_at > active_at`): then
+    /// nothing changes. Atomic against concurrent `insert_session` for the agent: a session is either refused or
+    /// seen here.
+    async fn delete_agent(
+        &self,
+        id: Uuid,
+        active_at: DateTime<Utc>,
+    ) -> Result<AgentDeletion, StoreError>;
 
-    async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;
+    /// Stores a new session, only if its agent exists (checked atomically with the insert); false if it does not.
+    async fn insert_session(&self, session: &Session) -> Result<bool, StoreError>;
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError>;
     /// Stores `session` only if the stored row is still at `expected_version` (optimistic concurrency, safe
     /// across processes), with `events` in the same transaction. False when someone else updated or deleted
@@ -180,6 +196,17 @@ pub trait SessionStore: Send + Sync + 'static {
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent>;
     /// Delivers a transient event (a reply chunk) to subscribers without storing it.
     fn publish(&self, event: &SessionEvent);
+
+    /// The sessions of `user_id` still active at `now` (`expires_at > now`).
+    async fn count_active_sessions_of_user(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// How many messages the session holds, counting no further than `up_to` (so that the count stays cheap
+    /// for long histories).
+    async fn count_messages(&self, session_id: Uuid, up_to: u32) -> Result<u64, StoreError>;
 
     /// How many of the session's user messages still wait for a reply (pending or being answered).
     async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError>;

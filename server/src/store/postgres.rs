@@ -38,8 +38,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{
-    from_ms, to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore,
-    StoreError,
+    from_ms, to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
+    SessionStore, StoreError,
 };
 use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
 
@@ -705,33 +705,60 @@ impl SessionStore for PostgresStore {
         all(&rows, agent_from_row)
     }
 
-    async fn delete_agent(&self, id: Uuid) -> Result<bool, StoreError> {
+    async fn delete_agent(
+        &self,
+        id: Uuid,
+        active_at: DateTime<Utc>,
+    ) -> Result<AgentDeletion, StoreError> {
         let mut tx = self.pool.begin().await.map_err(backend)?;
-        let n = sqlx::query("DELETE FROM agents WHERE id = $1")
+        // The row lock waits for any session insert for this agent in flight (they hold a key-share lock on
+        // it, see `insert_session`), so that every session of the agent is counted or refused.
+        let exists = sqlx::query("SELECT 1 FROM agents WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?
+            .is_some();
+        if !exists {
+            return Ok(AgentDeletion::NotFound);
+        }
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE agent_id = $1 AND expires_at > $2",
+        )
+        .bind(id)
+        .bind(to_ms(active_at))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(backend)?;
+        if active > 0 {
+            return Ok(AgentDeletion::InUse(active as u64));
+        }
+        let sessions: Vec<Uuid> =
+            sqlx::query_scalar("DELETE FROM sessions WHERE agent_id = $1 RETURNING id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend)?;
+        delete_children(&mut tx, &sessions).await.map_err(backend)?;
+        sqlx::query("DELETE FROM agents WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await
-            .map_err(backend)?
-            .rows_affected();
-        if n > 0 {
-            let sessions: Vec<Uuid> =
-                sqlx::query_scalar("DELETE FROM sessions WHERE agent_id = $1 RETURNING id")
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(backend)?;
-            delete_children(&mut tx, &sessions).await.map_err(backend)?;
-        }
+            .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        Ok(n > 0)
+        Ok(AgentDeletion::Deleted)
     }
 
-    async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
-        sqlx::query(
+    async fn insert_session(&self, s: &Session) -> Result<bool, StoreError> {
+        // Inserted only while the agent row exists, holding a key-share lock on it until commit: a concurrent
+        // `delete_agent` either waits for this insert (and then sees the session) or has already removed the
+        // agent (and this inserts nothing).
+        let inserted = sqlx::query(
             "INSERT INTO sessions (id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
              expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, \
              metadata, renewal_count, version, notice, warn_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17 \
+             FROM agents WHERE id = $3 FOR KEY SHARE",
         )
         .bind(s.id)
         .bind(s.channel_id)
@@ -752,8 +779,8 @@ impl SessionStore for PostgresStore {
         .bind(to_ms(s.warn_at()))
         .execute(&self.pool)
         .await
-        .map(drop)
-        .map_err(backend)
+        .map_err(backend)?;
+        Ok(inserted.rows_affected() > 0)
     }
 
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
@@ -1128,6 +1155,34 @@ impl SessionStore for PostgresStore {
         if self.outgoing.send(Outgoing::Event(event.clone())).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    async fn count_active_sessions_of_user(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM sessions WHERE user_id = $1 AND expires_at > $2",
+        )
+        .bind(user_id)
+        .bind(to_ms(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn count_messages(&self, session_id: Uuid, up_to: u32) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = $1 LIMIT $2) AS m",
+        )
+        .bind(session_id)
+        .bind(i64::from(up_to))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(n.max(0) as u64)
     }
 
     async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {

@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::sqlite_reads::{self as reads, FastReads};
 use super::sqlite_writer::{self, Applied, Job, Write};
 use super::{
-    to_ms, EventBus, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore, StoreError,
+    to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
+    SessionStore, StoreError,
 };
 use crate::domain::{Agent, Message, Session, SessionEvent};
 
@@ -116,14 +117,25 @@ impl SessionStore for SqliteStore {
         )
     }
 
-    async fn delete_agent(&self, id: Uuid) -> Result<bool, StoreError> {
-        Ok(self.write(Write::DeleteAgent(id)).await?.rows > 0)
+    async fn delete_agent(
+        &self,
+        id: Uuid,
+        active_at: DateTime<Utc>,
+    ) -> Result<AgentDeletion, StoreError> {
+        let applied = self.write(Write::DeleteAgent(id, to_ms(active_at))).await?;
+        Ok(match (applied.rows, applied.seq) {
+            (0, Some(active)) => AgentDeletion::InUse(active.max(0) as u64),
+            (0, None) => AgentDeletion::NotFound,
+            _ => AgentDeletion::Deleted,
+        })
     }
 
-    async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
-        self.write(Write::InsertSession(Box::new(session.clone())))
-            .await
-            .map(drop)
+    async fn insert_session(&self, session: &Session) -> Result<bool, StoreError> {
+        Ok(self
+            .write(Write::InsertSession(Box::new(session.clone())))
+            .await?
+            .rows
+            > 0)
     }
 
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
@@ -343,6 +355,28 @@ impl SessionStore for SqliteStore {
 
     fn publish(&self, event: &SessionEvent) {
         self.bus.publish(event);
+    }
+
+    async fn count_active_sessions_of_user(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let n: Vec<i64> = self.fast.rows(
+            "SELECT COUNT(*) FROM sessions WHERE user_id = ?1 AND expires_at > ?2",
+            rusqlite::params![user_id, to_ms(now)],
+            |row| row.get(0),
+        )?;
+        Ok(n.first().copied().unwrap_or(0).max(0) as u64)
+    }
+
+    async fn count_messages(&self, session_id: Uuid, up_to: u32) -> Result<u64, StoreError> {
+        let n: Vec<i64> = self.fast.rows(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE session_id = ?1 LIMIT ?2)",
+            rusqlite::params![session_id, up_to],
+            |row| row.get(0),
+        )?;
+        Ok(n.first().copied().unwrap_or(0).max(0) as u64)
     }
 
     async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {

@@ -29,7 +29,8 @@ const QUEUE_DEPTH: usize = 4096;
 /// One write, as data, so that the writer can apply many of them in one transaction.
 pub(super) enum Write {
     InsertAgent(Agent),
-    DeleteAgent(Uuid),
+    /// Deletes an agent without active sessions (at the given epoch ms) with its sessions.
+    DeleteAgent(Uuid, i64),
     InsertSession(Box<Session>),
     UpdateSession(Box<Session>, i64, Vec<SessionEvent>),
     DeleteSession(Uuid, Vec<SessionEvent>),
@@ -339,7 +340,7 @@ impl Write {
             | Write::ClaimReply { .. }
             | Write::InsertSetting { .. } => false,
             Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => persists(events),
-            Write::DeleteAgent(_)
+            Write::DeleteAgent(..)
             | Write::DeleteSession(..)
             | Write::Purge { .. }
             | Write::RecordMessage(..)
@@ -499,26 +500,39 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
                 to_ms(a.created_at),
             ])?,
         ),
-        Write::DeleteAgent(id) => {
-            let id = *id;
-            let n = conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?;
-            if n > 0 {
-                for sql in [
-                    "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
-                    "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
-                    "DELETE FROM sessions WHERE agent_id = ?1",
-                ] {
-                    conn.prepare_cached(sql)?.execute(params![id])?;
-                }
+        Write::DeleteAgent(id, active_at) => {
+            let (id, active_at) = (*id, *active_at);
+            let exists = conn
+                .prepare_cached("SELECT 1 FROM agents WHERE id = ?1")?
+                .query_row(params![id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(Applied::default());
             }
-            rows(n)
+            let active: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM sessions WHERE agent_id = ?1 AND expires_at > ?2")?
+                .query_row(params![id, active_at], |row| row.get(0))?;
+            if active > 0 {
+                // Reported through `seq`: how many active sessions kept the agent.
+                return Ok(Applied { seq: Some(active), ..Default::default() });
+            }
+            for sql in [
+                "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
+                "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
+                "DELETE FROM sessions WHERE agent_id = ?1",
+            ] {
+                conn.prepare_cached(sql)?.execute(params![id])?;
+            }
+            rows(conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?.execute(params![id])?)
         }
         Write::InsertSession(s) => rows(
             conn.prepare_cached(
                 "INSERT INTO sessions (id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
                  expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, \
                  metadata, renewal_count, version, notice, warn_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17 \
+                 WHERE EXISTS (SELECT 1 FROM agents WHERE id = ?3)",
             )?
             .execute(params![
                 s.id,
