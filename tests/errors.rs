@@ -955,27 +955,36 @@ async fn wrong_methods_are_405() {
     let ctx = TestContext::new().await;
     let session = ctx.create_session(None).await;
     let id = session.session_id;
+    // With the `Allow` header RFC 9110 requires: the methods the contract documents for the path.
     let cases = [
-        (Method::PUT, SESSIONS.to_string()),
-        (Method::DELETE, SESSIONS.to_string()),
-        (Method::PATCH, SESSIONS.to_string()),
-        (Method::POST, format!("{SESSIONS}/{id}")),
-        (Method::PUT, format!("{SESSIONS}/{id}")),
-        (Method::GET, format!("{SESSIONS}/{id}/renew")),
-        (Method::GET, format!("{SESSIONS}/{id}/heartbeat")),
-        (Method::POST, format!("{SESSIONS}/{id}/timeout")),
-        (Method::POST, format!("{SESSIONS}/health")),
-        (Method::PUT, "/api/agents".to_string()),
+        (Method::PUT, SESSIONS.to_string(), "GET, POST"),
+        (Method::DELETE, SESSIONS.to_string(), "GET, POST"),
+        (Method::PATCH, SESSIONS.to_string(), "GET, POST"),
+        (Method::POST, format!("{SESSIONS}/{id}"), "GET, DELETE"),
+        (Method::PUT, format!("{SESSIONS}/{id}"), "GET, DELETE"),
+        (Method::GET, format!("{SESSIONS}/{id}/renew"), "POST"),
+        (Method::GET, format!("{SESSIONS}/{id}/heartbeat"), "POST"),
+        (Method::POST, format!("{SESSIONS}/{id}/timeout"), "PATCH"),
+        (Method::POST, format!("{SESSIONS}/health"), "GET"),
+        (Method::TRACE, format!("{SESSIONS}/{id}/messages"), "GET, POST"),
+        (Method::PUT, "/api/agents".to_string(), "GET, POST"),
     ];
-    for (method, path) in cases {
-        let resp = raw(
-            method.clone(),
-            &ctx.url(&path),
-            Some("application/json"),
-            "{}",
-        )
-        .await;
-        assert_error(&resp, 405, "METHOD_NOT_ALLOWED");
+    for (method, path, allow) in cases {
+        let resp = reqwest::Client::new()
+            .request(method.clone(), ctx.url(&path))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(
+            resp.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED", "{method} {path}");
     }
     // None of that touched the session.
     let got = get_session(&ctx, id).await;

@@ -224,7 +224,10 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
         let principal = {
             let headers = req.headers();
             let api_key = header(headers, &HeaderName::from_static("x-api-key"));
-            let mut bearer = header(headers, &AUTHORIZATION).and_then(bearer_token);
+            // An `Authorization` header that is not `Bearer <token>` is passed on whole: it then fails as a
+            // credential instead of being ignored.
+            let mut bearer =
+                header(headers, &AUTHORIZATION).map(|value| bearer_token(value).unwrap_or(value));
             let query_token;
             if api_key.is_none() && bearer.is_none() && is_events_route(req.method(), path) {
                 query_token = access_token(req.uri().query());
@@ -233,7 +236,16 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
             self.access.authenticate(Credentials { api_key, bearer })
         };
         let ip = client_ip(&req, self.access.trust_forwarded_for());
-        let decision = match Access::limit_key(&principal, ip) {
+        // Callers without valid credentials are limited where they are served, on the public operations.
+        // Elsewhere they get their 401 at once: it costs a digest, reads nothing, and a key cannot be guessed,
+        // while a 429 in its place would hide why they are refused.
+        let limited = match principal {
+            Principal::Anonymous | Principal::Rejected(_) => {
+                super::routes::is_public(req.method(), req.uri().path())
+            }
+            _ => true,
+        };
+        let decision = match Access::limit_key(&principal, ip).filter(|_| limited) {
             Some(key) => self.access.limits().check(&key),
             None => RateDecision::Unlimited,
         };

@@ -24,7 +24,7 @@ use super::models::{
     SessionEventName, SessionStatusBody, SessionStreamEvent,
 };
 use super::stream_slots::StreamSlots;
-use super::types::{Cursor, EventData, EventId, LastEventId, Timestamp};
+use super::types::{Cursor, EventData, EventId, LastEventId, Timestamp, WideInt};
 use super::ApiTags;
 use crate::agents::AgentError;
 use crate::domain::event::{message_json, reply_json};
@@ -137,8 +137,8 @@ impl MessagesApi {
         _auth: Authorized<OwnSession>,
         service: Service<'_>,
         #[oai(name = "sessionId")] session_id: Path<String>,
-        /// Page size, clamped to 1-100 (default 50).
-        limit: Query<Option<i64>>,
+        /// Page size, clamped to 1-100 (default 50): any integer is read and clamped.
+        limit: Query<Option<WideInt<false>>>,
         /// Only messages older than this: epoch milliseconds or an ISO-8601 date-time (empty: no bound).
         before: Query<Option<Cursor>>,
         /// Only messages newer than this: epoch milliseconds or an ISO-8601 date-time (empty: no bound). Alone,
@@ -148,7 +148,7 @@ impl MessagesApi {
         let page = service
             .messages(
                 &session_id,
-                limit.0,
+                limit.0.map(|l| l.0),
                 before.0.as_ref().map(|c| c.0.as_str()),
                 after.0.as_ref().map(|c| c.0.as_str()),
             )
@@ -188,22 +188,23 @@ impl MessagesApi {
         #[oai(name = "lastEventId")]
         last_event_id: Query<Option<LastEventId>>,
     ) -> Result<SessionEventStream, Failure<EventsErrors>> {
-        let last = match last_event_id
-            .0
-            .or(last_event_id_header.0)
-            .map(|id| id.0)
-            .filter(|id| !id.is_empty())
+        // Both forms are checked, whichever is used: a malformed one is an error even next to a good one.
+        let ids = [last_event_id.0, last_event_id_header.0].map(|id| id.map(|id| id.0));
+        if let Some(bad) = ids
+            .iter()
+            .flatten()
+            .find(|id| id.len() > 18 || !id.bytes().all(|b| b.is_ascii_digit()))
         {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::ValidationError,
+                format!("Invalid Last-Event-ID '{bad}': expected an event id"),
+            )
+            .into());
+        }
+        let [query_id, header_id] = ids;
+        let last = match query_id.or(header_id).filter(|id| !id.is_empty()) {
             None => None,
-            // Only the digits the contract describes: `+5` or ` 5` would parse, but are not event ids.
-            Some(raw) if !raw.bytes().all(|b| b.is_ascii_digit()) => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::ValidationError,
-                    format!("Invalid Last-Event-ID '{raw}': expected an event id"),
-                )
-                .into())
-            }
             Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,

@@ -3,7 +3,6 @@
 
 pub mod access;
 mod agents;
-mod allow;
 mod body;
 pub mod browser;
 pub mod error;
@@ -11,6 +10,7 @@ mod event_stream;
 mod json_out;
 mod messages;
 pub mod models;
+pub mod routes;
 mod sessions;
 pub mod stream_slots;
 pub mod types;
@@ -208,7 +208,7 @@ async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Respons
             }
             let mut error = error::from_poem_error(err, &method, path);
             if error.status == StatusCode::METHOD_NOT_ALLOWED {
-                if let Some(methods) = allow::allowed(path) {
+                if let Some(methods) = routes::allowed(path) {
                     error = error.with_header(poem::http::header::ALLOW, methods);
                 }
             }

@@ -109,8 +109,8 @@ impl SessionsApi {
         /// Page size (1 to 1000, default 100).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<u32>>,
-        /// Sessions to skip (default 0).
-        #[oai(validator(minimum(value = "0")))]
+        /// Sessions to skip (default 0), at most 10^15.
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000000000000000")))]
         offset: Query<Option<u64>>,
     ) -> Result<JsonOut<SessionListBody>, Failure<ListErrors>> {
         let filter = SessionFilter {

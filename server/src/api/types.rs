@@ -205,6 +205,66 @@ macro_rules! documented_text {
     };
 }
 
+/// An integer query parameter read whole, however large: values beyond 64 bits saturate (a page size or an
+/// offset that large means "all", and the contract calls every integer valid). `NONNEGATIVE` refuses a sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WideInt<const NONNEGATIVE: bool>(pub i64);
+
+impl<const NONNEGATIVE: bool> Type for WideInt<NONNEGATIVE> {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "integer_wide".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            minimum: NONNEGATIVE.then_some(0.0),
+            ..MetaSchema::new("integer")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl<const NONNEGATIVE: bool> poem_openapi::types::ParseFromParameter for WideInt<NONNEGATIVE> {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        let (negative, digits) = match value.strip_prefix('-') {
+            Some(rest) if !NONNEGATIVE => (true, rest),
+            _ => (false, value),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            let expected = if NONNEGATIVE {
+                "a non-negative integer"
+            } else {
+                "an integer"
+            };
+            return Err(ParseError::custom(format!(
+                "expected {expected}, got '{value}'"
+            )));
+        }
+        // Parsed with its sign, so that i64::MIN itself reads exactly; beyond 64 bits it saturates.
+        let signed = if negative {
+            format!("-{digits}")
+        } else {
+            digits.to_string()
+        };
+        Ok(WideInt(signed.parse::<i64>().unwrap_or(if negative {
+            i64::MIN
+        } else {
+            i64::MAX
+        })))
+    }
+}
+
 /// Epoch milliseconds, or an ISO-8601 date-time; empty: no bound. The pattern keeps to days 01 to 28 so that
 /// every value it describes is a real date; the server reads any valid date (and dates without a zone as UTC).
 pub const CURSOR_PATTERN: &str = r"^(|-?[0-9]{1,15}|[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9]))$";
@@ -231,5 +291,21 @@ mod tests {
             Timestamp(t).to_json(),
             Some(Value::String("2025-01-01T00:00:00.007Z".into()))
         );
+    }
+
+    #[test]
+    fn wide_integers_saturate_and_refuse_what_is_not_an_integer() {
+        use poem_openapi::types::ParseFromParameter;
+        let signed = |v: &str| WideInt::<false>::parse_from_parameter(v).map(|w| w.0).ok();
+        let unsigned = |v: &str| WideInt::<true>::parse_from_parameter(v).map(|w| w.0).ok();
+        assert_eq!(signed("42"), Some(42));
+        assert_eq!(signed("-7"), Some(-7));
+        assert_eq!(signed("129897819649475317860401152"), Some(i64::MAX));
+        assert_eq!(signed("-129897819649475317860401152"), Some(i64::MIN));
+        for bad in ["", "-", "1.5", "1e3", "+5", " 5", "abc"] {
+            assert_eq!(signed(bad), None, "{bad:?}");
+        }
+        assert_eq!(unsigned("-1"), None);
+        assert_eq!(unsigned("99999999999999999999"), Some(i64::MAX));
     }
 }

@@ -27,7 +27,7 @@ pub struct RateLimitSettings {
     pub key_per_minute: u32,
     /// Per session token.
     pub session_per_minute: u32,
-    /// Per client IP, for callers without valid credentials.
+    /// Per client IP, for callers without valid credentials (of the public operations: see `api/access.rs`).
     pub anonymous_per_minute: u32,
 }
 

@@ -156,34 +156,38 @@ impl Access {
 
     /// The principal `credentials` make. Any invalid credential is a rejection (it is never silently ignored in
     /// favour of another), except on a server without keys, which is open anyway and, like the reference, ignores
-    /// keys it was not given; a valid session token still scopes its caller to that session there.
+    /// keys it was not given; a valid session token still scopes its caller to that session there. With both a
+    /// valid key and a valid token, the key decides.
     pub fn authenticate(&self, credentials: Credentials<'_>) -> Principal {
         let open = self.keys.is_empty();
-        if let Some(key) = credentials.api_key {
-            if let Some(id) = self.keys.find(key) {
-                return Principal::Operator { key: Some(id) };
-            }
-            if !open {
+        let key = credentials.api_key.map(|k| self.keys.find(k));
+        let bearer = credentials.bearer.map(|b| match self.keys.find(b) {
+            Some(id) => Ok(Principal::Operator { key: Some(id) }),
+            None => self.tokens.verify(b).map(Principal::Session),
+        });
+        if !open {
+            // Every credential sent must be valid: a bad one next to a good one is still refused, so that a
+            // client's mistake (a stale token, a mistyped header) shows instead of passing unnoticed.
+            if key == Some(None) {
                 return Principal::Rejected(Rejection::UnknownKey);
             }
-        }
-        if let Some(bearer) = credentials.bearer {
-            if let Some(id) = self.keys.find(bearer) {
-                return Principal::Operator { key: Some(id) };
-            }
-            match self.tokens.verify(bearer) {
-                Ok(claims) => return Principal::Session(claims),
-                Err(_) if open => {}
-                Err(TokenError::Invalid) => return Principal::Rejected(Rejection::InvalidToken),
-                Err(TokenError::Expired(at)) => {
-                    return Principal::Rejected(Rejection::ExpiredToken(at))
+            match &bearer {
+                Some(Err(TokenError::Invalid)) => {
+                    return Principal::Rejected(Rejection::InvalidToken)
                 }
+                Some(Err(TokenError::Expired(at))) => {
+                    return Principal::Rejected(Rejection::ExpiredToken(*at))
+                }
+                _ => {}
             }
         }
-        if open {
-            Principal::Operator { key: None }
-        } else {
-            Principal::Anonymous
+        if let Some(Some(id)) = key {
+            return Principal::Operator { key: Some(id) };
+        }
+        match bearer {
+            Some(Ok(principal)) => principal,
+            _ if open => Principal::Operator { key: None },
+            _ => Principal::Anonymous,
         }
     }
 
