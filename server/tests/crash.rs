@@ -95,9 +95,10 @@ async fn sqlite_read_only_then_kill_9_under_load() {
 
     // The file stops taking writes (root only: immutable files stop root and open files too).
     let files = vec![db.clone(), PathBuf::from(format!("{}-wal", db.display()))];
+    // Before the files change: the first failure may be logged at once.
+    let fault = Instant::now();
     if chattr("+i", &files) {
         let immutable = Immutable(files);
-        let fault = Instant::now();
         load.wait_for("503s", WAIT, |r| r.count(0, 503, fault) >= 50)
             .await;
         let failed = load.inspect(|r| r.count(0, 503, fault));

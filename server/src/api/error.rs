@@ -111,13 +111,13 @@ impl ApiError {
         .with_details(serde_json::json!({ "requestId": request_id.to_string() }))
     }
 
-    /// A 503: the store cannot serve the request right now (unreachable, restarting, out of space). The body
+    /// A 503: the store cannot serve the request right now (unreachable, restarting, out of space, read-only). The body
     /// says only that; the cause was logged by the store, once per outage.
     pub fn unavailable() -> Self {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ServiceUnavailable,
-            "The server cannot reach its database right now; retry later",
+            "The database is unavailable right now; retry later",
         )
         .with_header(
             poem::http::header::RETRY_AFTER,
@@ -308,8 +308,8 @@ fn describe(status: u16) -> &'static str {
         500 => "Internal error (`INTERNAL_SERVER_ERROR`); details carry a request id",
         502 => "The agent failed to answer (`AGENT_ERROR`); the user message stays stored",
         503 => {
-            "The server cannot reach its database right now (`SERVICE_UNAVAILABLE`); `Retry-After` says when \
-             to retry"
+            "The database is unavailable right now (`SERVICE_UNAVAILABLE`), e.g. unreachable, restarting, full \
+             or read-only; `Retry-After` says when to retry"
         }
         504 => "The agent did not answer in time (`AGENT_TIMEOUT`); the user message stays stored",
         _ => "Error",

@@ -191,7 +191,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// on an empty database all get the one value that won.
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError>;
 
-    /// Whether the store can take writes right now; the error says why not (the health route reports it).
+    /// Whether the store can take writes right now; the error says why not (the health route reports it, as
+    /// 503). Load balancers poll it: it must stay cheap, and answer quickly when the database is away.
     async fn check_writable(&self) -> Result<(), StoreError> {
         Ok(())
     }

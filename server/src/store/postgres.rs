@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -115,7 +115,7 @@ struct Shared {
     saturation: OutageLog,
     /// Whether the listener is connected and caught up. While it is not, writes do not wait for their events
     /// to come back through it (they are replayed to subscribers once it is back).
-    listening: std::sync::atomic::AtomicBool,
+    listening: AtomicBool,
     /// Cuts the listener's reconnection backoff short once a request has reached the database again.
     reachable_again: Notify,
 }
@@ -318,7 +318,7 @@ impl PostgresStore {
             acks: StdMutex::new(HashMap::new()),
             outage: OutageLog::new("PostgreSQL"),
             saturation: OutageLog::new("PostgreSQL connection pool"),
-            listening: std::sync::atomic::AtomicBool::new(true),
+            listening: AtomicBool::new(true),
             reachable_again: Notify::new(),
         });
         let (stop_listener, stopped) = oneshot::channel();

@@ -131,7 +131,8 @@ fn output(cmd: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// The postmaster refuses to run as root: as root, run it as the `postgres` user (Debian's package makes it).
+/// The postmaster refuses to run as root: as root, run it as the `postgres` user (Debian's package makes it),
+/// or a system user of its own made for the purpose.
 fn server_user() -> Result<Option<String>, String> {
     if output(Command::new("id").arg("-u"))? != "0" {
         return Ok(None);
@@ -141,7 +142,14 @@ fn server_user() -> Result<Option<String>, String> {
             return Ok(Some(user.to_string()));
         }
     }
-    Err("running as root, and there is no postgres user to run PostgreSQL as".into())
+    output(Command::new("useradd").args([
+        "--system",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        "agent_sessions_pg",
+    ]))?;
+    Ok(Some("agent_sessions_pg".to_string()))
 }
 
 fn as_user(user: &Option<String>, program: &Path) -> Command {
