@@ -966,7 +966,11 @@ async fn wrong_methods_are_405() {
         (Method::GET, format!("{SESSIONS}/{id}/heartbeat"), "POST"),
         (Method::POST, format!("{SESSIONS}/{id}/timeout"), "PATCH"),
         (Method::POST, format!("{SESSIONS}/health"), "GET"),
-        (Method::TRACE, format!("{SESSIONS}/{id}/messages"), "GET, POST"),
+        (
+            Method::TRACE,
+            format!("{SESSIONS}/{id}/messages"),
+            "GET, POST",
+        ),
         (Method::PUT, "/api/agents".to_string(), "GET, POST"),
     ];
     for (method, path, allow) in cases {
@@ -984,7 +988,10 @@ async fn wrong_methods_are_405() {
             "{method} {path}"
         );
         let body: serde_json::Value = resp.json().await.unwrap();
-        assert_eq!(body["error"]["code"], "METHOD_NOT_ALLOWED", "{method} {path}");
+        assert_eq!(
+            body["error"]["code"], "METHOD_NOT_ALLOWED",
+            "{method} {path}"
+        );
     }
     // None of that touched the session.
     let got = get_session(&ctx, id).await;

@@ -5,6 +5,7 @@ mod agent_backends;
 mod egress;
 mod errors;
 mod fake_backend;
+mod faults;
 mod history;
 mod lifecycle;
 mod messaging;

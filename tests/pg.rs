@@ -10,6 +10,9 @@
 //!
 //! When no server can be had, `postgres_url()` returns None and PostgreSQL tests skip, unless
 //! `AGENT_SESSIONS_REQUIRE_POSTGRES=1` (CI), which turns that into a failure.
+//!
+//! `DedicatedServer` is a server of one test's own, started the same way, that the test may stop and start
+//! again (the fault tests: a database outage under load).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -184,12 +187,12 @@ fn as_user(user: &Option<String>, program: &Path) -> Command {
 }
 
 /// The keeper: starts the server, says `ready`, then waits for end-of-file on stdin (this process has
-/// exited) to stop it and remove its directory. It ignores the terminal's signals so that a Ctrl-C of the
-/// test run still ends in that clean-up rather than killing the keeper first.
+/// exited, or dropped its `DedicatedServer`) to stop it and remove its directory. It ignores the terminal's
+/// signals so that a Ctrl-C of the test run still ends in that clean-up rather than killing the keeper first.
 const KEEPER: &str = r#"
 trap '' INT TERM HUP
-pg_ctl="$1"; data="$2"; port="$3"; dir="$4"
-if "$pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c wal_level=minimal -c max_wal_senders=0 -c max_connections=200" start >/dev/null 2>&1; then
+pg_ctl="$1"; data="$2"; opts="$3"; dir="$4"
+if "$pg_ctl" -D "$data" -l "$dir/postgres.log" -w -t 60 -o "$opts" start >/dev/null 2>&1; then
   echo ready
 else
   echo failed
@@ -201,7 +204,35 @@ while read -r _line; do :; done
 rm -rf "$dir"
 "#;
 
+/// The postmaster's options: this port, sockets in `dir`, loopback only, no durability (a test server).
+fn server_options(port: u16, dir: &Path) -> String {
+    format!(
+        "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c wal_level=minimal \
+         -c max_wal_senders=0 -c max_connections=200",
+        dir.display()
+    )
+}
+
 fn start_server() -> Result<Server, String> {
+    let launched = launch()?;
+    Ok(Server {
+        port: launched.port,
+        _keeper: Arc::new(launched.keeper),
+    })
+}
+
+/// A server started by `launch`, and what it takes to stop and start it again.
+struct Launched {
+    bin: PathBuf,
+    user: Option<String>,
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+    keeper: ChildStdin,
+}
+
+/// `initdb` into a new temp dir and start a server there, under a keeper (see `KEEPER`).
+fn launch() -> Result<Launched, String> {
     let bin = find_bin_dir().ok_or(
         "initdb not found on PATH or under /usr/lib/postgresql/*/bin (apt-get install postgresql)",
     )?;
@@ -245,7 +276,7 @@ fn start_server() -> Result<Server, String> {
             .arg("sh")
             .arg(bin.join("pg_ctl"))
             .arg(&data)
-            .arg(port.to_string())
+            .arg(server_options(port, &dir))
             .arg(&dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -261,9 +292,13 @@ fn start_server() -> Result<Server, String> {
         if line.trim() == "ready" {
             // Nothing is ever written: the pipe only has to stay open while this process lives.
             let _ = stdin.flush();
-            return Ok(Server {
+            return Ok(Launched {
+                bin,
+                user,
+                dir,
+                data,
                 port,
-                _keeper: Arc::new(stdin),
+                keeper: stdin,
             });
         }
         let _ = keeper.wait();
@@ -274,6 +309,76 @@ fn start_server() -> Result<Server, String> {
         }
     }
     Err(format!("pg_ctl start failed: {last_error}"))
+}
+
+/// A PostgreSQL server of one test's own, which it may stop and start again (same port, same data). Dropping
+/// it stops the server and deletes its files (its keeper sees end-of-file).
+pub struct DedicatedServer {
+    launched: Launched,
+}
+
+impl DedicatedServer {
+    /// A new server; None if PostgreSQL cannot be had and is not required (as `postgres_url`).
+    pub async fn start() -> Option<Self> {
+        match tokio::task::spawn_blocking(launch).await {
+            Ok(Ok(launched)) => Some(Self { launched }),
+            Ok(Err(why)) if std::env::var(REQUIRE_VAR).as_deref() != Ok("1") => {
+                eprintln!("no PostgreSQL for tests: {why}");
+                None
+            }
+            Ok(Err(why)) => panic!("{REQUIRE_VAR}=1 but no PostgreSQL for tests: {why}"),
+            Err(e) => panic!("starting PostgreSQL panicked: {e}"),
+        }
+    }
+
+    /// The URL of `database` as the superuser `postgres`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.launched.port
+        )
+    }
+
+    /// The URL of `database` as `user`.
+    pub fn url_as(&self, user: &str, database: &str) -> String {
+        format!(
+            "postgres://{user}@127.0.0.1:{}/{database}",
+            self.launched.port
+        )
+    }
+
+    /// `pg_ctl stop -m <mode>` (`fast`: connections are told and closed; `immediate`: every server process
+    /// quits at once, as in a crash), waiting until the server is gone.
+    pub async fn stop(&self, mode: &str) {
+        self.pg_ctl(&["-m", mode, "-w", "stop"]).await;
+    }
+
+    /// `pg_ctl start` on the same port and data, waiting until it accepts connections.
+    pub async fn start_again(&self) {
+        let log = self.launched.dir.join("postgres.log");
+        let options = server_options(self.launched.port, &self.launched.dir);
+        self.pg_ctl(&[
+            "-l",
+            log.to_str().expect("a UTF-8 path"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            &options,
+            "start",
+        ])
+        .await;
+    }
+
+    async fn pg_ctl(&self, args: &[&str]) {
+        let l = &self.launched;
+        let mut cmd = as_user(&l.user, &l.bin.join("pg_ctl"));
+        cmd.arg("-D").arg(&l.data).args(args);
+        tokio::task::spawn_blocking(move || output(&mut cmd))
+            .await
+            .expect("pg_ctl runs")
+            .unwrap_or_else(|e| panic!("pg_ctl {args:?}: {e}"));
+    }
 }
 
 #[tokio::test]

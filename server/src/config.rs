@@ -10,6 +10,7 @@ use crate::api::{CorsOrigins, HttpSettings, StreamSettings};
 use crate::auth::{AccessSettings, RateLimitSettings};
 use crate::domain::TimeoutPolicy;
 use crate::service::ServiceConfig;
+use crate::store::StoreOptions;
 
 /// elizaOS-compatible Sessions API server.
 #[derive(Debug, Clone, Parser)]
@@ -30,6 +31,16 @@ pub struct Config {
         default_value = "sqlite:data/agent-sessions.db"
     )]
     pub database_url: String,
+
+    /// Longest a request waits for a PostgreSQL connection, in seconds (clamped to 0.1-60); then it fails with
+    /// 503 `SERVICE_UNAVAILABLE`. While the database is known to be down, requests fail within half a second.
+    #[arg(
+        long,
+        env = "DATABASE_ACQUIRE_TIMEOUT_SECONDS",
+        default_value_t = crate::store::DEFAULT_ACQUIRE_TIMEOUT.as_secs_f64(),
+        value_parser = finite
+    )]
+    pub database_acquire_timeout_seconds: f64,
 
     /// Inactivity timeout of a new session, in minutes (clamped to 1-10080).
     #[arg(long, env = "SESSION_DEFAULT_TIMEOUT_MINUTES", default_value_t = 30.0, value_parser = finite)]
@@ -257,6 +268,15 @@ impl Config {
             self.session_max_duration_minutes,
             self.session_warning_threshold_minutes,
         )
+    }
+
+    /// How the store deals with a database that is slow to answer or away.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            acquire_timeout: std::time::Duration::from_secs_f64(
+                self.database_acquire_timeout_seconds.clamp(0.1, 60.0),
+            ),
+        }
     }
 
     pub fn retention(&self) -> chrono::Duration {
@@ -508,6 +528,29 @@ mod tests {
         assert!(
             e.contains("--agent-ca-file /nonexistent/agent-ca.pem"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_acquire_timeout_is_short_by_default_and_clamped() {
+        let timeout = |args: &[&str]| {
+            with_env(&[], || parse(args))
+                .unwrap()
+                .store_options()
+                .acquire_timeout
+        };
+        assert_eq!(timeout(&[]), std::time::Duration::from_secs(3));
+        assert_eq!(
+            timeout(&["--database-acquire-timeout-seconds", "1.5"]),
+            std::time::Duration::from_millis(1500)
+        );
+        assert_eq!(
+            timeout(&["--database-acquire-timeout-seconds", "0"]),
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(
+            timeout(&["--database-acquire-timeout-seconds", "1e9"]),
+            std::time::Duration::from_secs(60)
         );
     }
 

@@ -9,6 +9,7 @@
 //!   (secrets, hosts, reply size, CA roots) their HTTP calls follow.
 //! - [`clock`]: `Clock`, `SystemClock`, `MockClock`.
 //! - [`sweeper`]: the background purge of sessions past retention.
+//! - [`outage`]: retry pacing and once-per-burst failure logs, for living through database outages.
 //! - [`config`]: flags and environment variables.
 
 pub mod agents;
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod outage;
 pub mod service;
 pub mod store;
 pub mod sweeper;

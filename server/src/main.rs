@@ -15,6 +15,11 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The log filter without `RUST_LOG`. sqlx's own warnings are left out: during a database outage its pool
+/// warns once per connection it finds broken and per slow acquisition, where the store already logs the
+/// outage once (and pool saturation once per burst); `RUST_LOG=info,sqlx=warn` brings them back.
+const DEFAULT_LOG: &str = "info,sqlx=error";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -24,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .init();
     // Before the store is opened, so that a bad setting (e.g. an unreadable --agent-ca-file) creates nothing.
@@ -38,7 +43,7 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(2);
     }
 
-    let store = store::open(&config.database_url).await?;
+    let store = store::open_with(&config.database_url, &config.store_options()).await?;
     let service = Arc::new(SessionService::new(
         store.clone(),
         Arc::new(SystemClock),

@@ -1,6 +1,10 @@
 //! The background sweeper: announces expiry warnings and expirations to subscribers as the clock crosses them,
 //! restarts replies whose worker died, and purges sessions past their retention period. Expiry itself is decided on every request from
 //! `expiresAt` and the clock; the sweeper only announces and reclaims space.
+//!
+//! While the store is unavailable (a database outage), passes fail: the sweeper then waits longer between
+//! them (bounded exponential backoff, up to `MAX_BACKOFF`), logs the outage once rather than every pass, and
+//! goes back to its usual pace by itself with the first pass that succeeds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +13,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::domain::SessionError;
+use crate::outage::{Backoff, OutageLog};
 use crate::service::SessionService;
 
 /// Sessions deleted per transaction: small enough that requests queued behind a purge wait milliseconds.
@@ -20,6 +25,9 @@ pub const PURGE_BATCH: u32 = 250;
 pub const PURGE_REST_FACTOR: u32 = 4;
 /// How often due warnings and expirations are announced: the lateness of a `warning` or `expired` event.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest pause between announcement passes while they fail: the most a `warning` or `expired` event is
+/// late (beyond the outage itself) once the store is back.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,25 +69,36 @@ impl Sweeper {
         tokio::spawn(async move {
             let mut announce_stop = stop.clone();
             let announcing = async {
-                let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
-                announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let outage = OutageLog::new("sweeper (expiry announcements)");
+                let mut backoff = Backoff::new(ANNOUNCE_INTERVAL, MAX_BACKOFF);
+                let mut pause = ANNOUNCE_INTERVAL;
                 loop {
+                    // The pace of announcements, and the backoff while the store is away: production waits.
                     tokio::select! {
-                        _ = announce.tick() => {
-                            let now = self.service.now();
-                            if let Err(e) = self.service.announce_due(now).await {
-                                tracing::warn!(error = %e, "announcing expiries failed");
-                            }
-                            if let Err(e) = self.service.recover_stalled_replies(now).await {
-                                tracing::warn!(error = %e, "recovering stalled replies failed");
-                            }
-                        }
+                        _ = tokio::time::sleep(pause) => {}
                         _ = announce_stop.changed() => return,
+                    }
+                    let now = self.service.now();
+                    let pass = async {
+                        self.service.announce_due(now).await?;
+                        self.service.recover_stalled_replies(now).await
+                    };
+                    match pass.await {
+                        Ok(_) => {
+                            outage.recovered();
+                            backoff.reset();
+                            pause = ANNOUNCE_INTERVAL;
+                        }
+                        Err(e) => {
+                            report(&outage, &e);
+                            pause = backoff.failed();
+                        }
                     }
                 }
             };
             let mut purge_stop = stop;
             let purging = async {
+                let outage = OutageLog::new("sweeper (purge)");
                 let mut purge = tokio::time::interval(self.purge_interval);
                 purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
@@ -90,9 +109,13 @@ impl Sweeper {
                     let now = self.service.now();
                     tokio::select! {
                         purged = self.service.purge_expired(now, PURGE_BATCH, PURGE_REST_FACTOR) => match purged {
-                            Ok(0) => {}
-                            Ok(n) => tracing::info!(purged = n, "sweeper purged expired sessions"),
-                            Err(e) => tracing::warn!(error = %e, "purge failed"),
+                            Ok(n) => {
+                                outage.recovered();
+                                if n > 0 {
+                                    tracing::info!(purged = n, "sweeper purged expired sessions");
+                                }
+                            }
+                            Err(e) => report(&outage, &e),
                         },
                         _ = purge_stop.changed() => return,
                     }
@@ -100,5 +123,18 @@ impl Sweeper {
             };
             tokio::join!(announcing, purging);
         })
+    }
+}
+
+/// A failed pass: an unavailable store is logged by the store itself (once per outage), so here only at debug
+/// level; anything else once per burst of failures.
+fn report(outage: &OutageLog, e: &SessionError) {
+    match e {
+        SessionError::Store(crate::store::StoreError::Unavailable(cause)) => {
+            tracing::debug!(error = %cause, "sweeper pass failed: store unavailable");
+        }
+        e => {
+            outage.failed(&format_args!("{e:?}"));
+        }
     }
 }

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::types::{JsonObject, Timestamp};
 use crate::clock::{Clock, SystemClock};
 use crate::domain::SessionError;
+use crate::store::StoreError;
 
 /// Every error code the API answers with.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,7 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Option<Map<String, Value>>,
-    /// Headers the error carries (`WWW-Authenticate` on a 401, `Retry-After` on a 429).
+    /// Headers the error carries (`WWW-Authenticate` on a 401, `Retry-After` on a 429 or a 503).
     pub headers: Vec<(HeaderName, String)>,
 }
 
@@ -112,6 +113,20 @@ impl ApiError {
         .with_details(serde_json::json!({ "requestId": request_id.to_string() }))
     }
 
+    /// A 503: the store cannot serve the request right now (unreachable, restarting, out of space, read-only). The body
+    /// says only that; the cause was logged by the store, once per outage.
+    pub fn unavailable() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServiceUnavailable,
+            "The database is unavailable right now; retry later",
+        )
+        .with_header(
+            poem::http::header::RETRY_AFTER,
+            UNAVAILABLE_RETRY_AFTER_SECS.to_string(),
+        )
+    }
+
     /// The code as it appears on the wire.
     pub fn code_str(&self) -> String {
         self.code
@@ -155,6 +170,10 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `Retry-After` of a 503 from the store: a database restart or failover takes seconds, and a client that
+/// comes back sooner only adds to the 503s.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 2;
+
 /// The one place a domain error gets an HTTP status.
 impl From<SessionError> for ApiError {
     fn from(e: SessionError) -> Self {
@@ -187,6 +206,12 @@ impl From<SessionError> for ApiError {
                 ErrorCode::SessionRenewalFailed,
                 message,
             ),
+            // Logged per request at debug level only: the store logs the outage itself, once when it starts
+            // and once when it ends, where a line per request would flood the log for as long as it lasts.
+            SessionError::Store(StoreError::Unavailable(cause)) => {
+                tracing::debug!(error = %cause, "store unavailable");
+                ApiError::unavailable()
+            }
             SessionError::Store(e) => ApiError::internal(&e),
             SessionError::AgentInUse { sessions, .. } => {
                 ApiError::new(StatusCode::CONFLICT, ErrorCode::AgentInUse, message)
@@ -204,13 +229,10 @@ impl From<SessionError> for ApiError {
             )
             .with_details(serde_json::json!({ "unansweredLimit": limit }))
             .with_header(poem::http::header::RETRY_AFTER, "1"),
-            SessionError::Unavailable(_) => {
-                tracing::error!(error = %message, "unhealthy");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ErrorCode::ServiceUnavailable,
-                    message,
-                )
+            // The health check, polled: the same reasoning as above.
+            SessionError::Unavailable(cause) => {
+                tracing::debug!(error = %cause, "unhealthy");
+                ApiError::unavailable()
             }
         }
     }
@@ -297,7 +319,10 @@ fn describe(status: u16) -> &'static str {
         415 => "Content-Type is not application/json (`INVALID_CONTENT_TYPE`)",
         500 => "Internal error (`INTERNAL_SERVER_ERROR`); details carry a request id",
         502 => "The agent failed to answer (`AGENT_ERROR`); the user message stays stored",
-        503 => "The server cannot store anything right now (`SERVICE_UNAVAILABLE`)",
+        503 => {
+            "The database is unavailable right now (`SERVICE_UNAVAILABLE`), e.g. unreachable, restarting, full \
+             or read-only; `Retry-After` says when to retry"
+        }
         504 => "The agent did not answer in time (`AGENT_TIMEOUT`); the user message stays stored",
         _ => "Error",
     }
@@ -339,20 +364,52 @@ macro_rules! error_statuses {
     };
 }
 
+// Every operation reads or writes the store, so every one may answer 503 while the database is away.
 error_statuses! {
     HealthErrors = [429, 500, 503];
-    CreateSessionErrors = [400, 401, 403, 404, 413, 415, 429, 500];
-    ListErrors = [400, 401, 403, 429, 500];
-    LookupErrors = [401, 403, 404, 410, 429, 500];
-    DeleteErrors = [401, 403, 404, 429, 500];
-    RenewErrors = [400, 401, 403, 404, 410, 429, 500];
-    UpdateTimeoutErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500];
-    TokenErrors = [401, 403, 404, 410, 429, 500];
-    CreateAgentErrors = [400, 401, 403, 413, 415, 429, 500];
-    AgentListErrors = [401, 403, 429, 500];
-    SendErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500, 502, 504];
-    MessagesErrors = [400, 401, 403, 404, 410, 429, 500];
+    CreateSessionErrors = [400, 401, 403, 404, 413, 415, 429, 500, 503];
+    ListErrors = [400, 401, 403, 429, 500, 503];
+    LookupErrors = [401, 403, 404, 410, 429, 500, 503];
+    DeleteErrors = [401, 403, 404, 429, 500, 503];
+    RenewErrors = [400, 401, 403, 404, 410, 429, 500, 503];
+    UpdateTimeoutErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500, 503];
+    TokenErrors = [401, 403, 404, 410, 429, 500, 503];
+    CreateAgentErrors = [400, 401, 403, 413, 415, 429, 500, 503];
+    AgentListErrors = [401, 403, 429, 500, 503];
+    SendErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500, 502, 503, 504];
+    MessagesErrors = [400, 401, 403, 404, 410, 429, 500, 503];
     EventsErrors = [400, 401, 403, 404, 410, 429, 500, 503];
-    AgentLookupErrors = [401, 403, 404, 429, 500];
-    DeleteAgentErrors = [401, 403, 404, 409, 429, 500];
+    AgentLookupErrors = [401, 403, 404, 429, 500, 503];
+    DeleteAgentErrors = [401, 403, 404, 409, 429, 500, 503];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store that cannot serve right now is a 503 with `Retry-After`, whose body says nothing of the cause;
+    /// any other store failure stays a 500.
+    #[test]
+    fn an_unavailable_store_is_a_503_without_internal_text() {
+        let cause =
+            "error communicating with database: Connection refused (os error 111) at 10.0.0.7:5432";
+        for e in [
+            SessionError::Store(StoreError::Unavailable(cause.into())),
+            SessionError::Unavailable(cause.into()),
+        ] {
+            let api = ApiError::from(e);
+            assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(api.code_str(), "SERVICE_UNAVAILABLE");
+            assert!(!api.message.contains("10.0.0.7") && !api.message.contains("refused"));
+            assert_eq!(api.details, None);
+            let response = poem::error::ResponseError::as_response(&api);
+            assert_eq!(
+                response.headers().get(poem::http::header::RETRY_AFTER),
+                Some(&poem::http::HeaderValue::from_static("2"))
+            );
+        }
+        let api = ApiError::from(SessionError::Store(StoreError::Backend(cause.into())));
+        assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!api.message.contains("refused"));
+    }
 }

@@ -29,6 +29,14 @@ impl EventBus {
             .subscribe()
     }
 
+    /// Whether anyone here listens to the session's events.
+    pub fn has_subscribers(&self, session_id: Uuid) -> bool {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        channels
+            .get(&session_id)
+            .is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
     pub fn publish(&self, event: &SessionEvent) {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = channels.get(&event.session_id) {

@@ -8,6 +8,7 @@ mod sqlite_reads;
 mod sqlite_writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -23,7 +24,9 @@ pub use sqlite::SqliteStore;
 /// What persistence can say went wrong. Cloneable because one failed group commit answers many callers.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// The database cannot be reached or is shutting down.
+    /// The database cannot serve this right now, but may soon: it cannot be reached, is shutting down or
+    /// restarting, takes no writes (a full disk, a read-only file or standby), or no connection came free in
+    /// time. The API answers 503 with `Retry-After`; nothing was stored.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     /// Anything else the backend reported (I/O, corruption, a bad row).
@@ -215,7 +218,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// on an empty database all get the one value that won.
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError>;
 
-    /// Whether the store can take writes right now; the error says why not (the health route reports it).
+    /// Whether the store can take writes right now; the error says why not (the health route reports it, as
+    /// 503). Load balancers poll it: it must stay cheap, and answer quickly when the database is away.
     async fn check_writable(&self) -> Result<(), StoreError> {
         Ok(())
     }
@@ -224,12 +228,37 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn close(&self);
 }
 
-/// Opens the store a `DATABASE_URL` names: `sqlite:PATH` or `postgres://…` (`postgresql://…`).
+/// How a store deals with a database that is slow to answer or away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Longest a request waits for a database connection (PostgreSQL) before it fails with `Unavailable`
+    /// (503). Short, so that while the database is down requests fail fast instead of hanging: sqlx's own
+    /// default is 30 s.
+    pub acquire_timeout: Duration,
+}
+
+/// `--database-acquire-timeout-seconds`' default.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
+/// Opens the store a `DATABASE_URL` names, with the default options.
 pub async fn open(url: &str) -> anyhow::Result<Arc<dyn SessionStore>> {
+    open_with(url, &StoreOptions::default()).await
+}
+
+/// Opens the store a `DATABASE_URL` names: `sqlite:PATH` or `postgres://…` (`postgresql://…`).
+pub async fn open_with(url: &str, options: &StoreOptions) -> anyhow::Result<Arc<dyn SessionStore>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::open(url).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::open(url).await?))
+        Ok(Arc::new(PostgresStore::open_with(url, options).await?))
     } else {
         anyhow::bail!("unsupported database URL '{url}': expected sqlite:PATH or postgres://USER:PASSWORD@HOST/DB")
     }

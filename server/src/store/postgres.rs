@@ -18,10 +18,16 @@
 //! the listeners; a larger transient event is split into parts that the listeners join again, so chunks of any
 //! size arrive whole (see [`Wire`]). If the listener's connection drops, it reconnects and replays, for every
 //! session subscribed here, the stored events committed meanwhile; transient events of that moment are lost.
+//!
+//! Outages: every query takes its connection through `conn`, which waits at most the configured acquire
+//! timeout (and only `UNREACHABLE_WAIT` while the database is known to be unreachable), so that requests fail
+//! fast with `StoreError::Unavailable` (503) instead of hanging. The listener reconnects with a bounded
+//! exponential backoff, cut short as soon as a request reaches the database again; an outage is logged once
+//! when it starts and once when it ends (`OutageLog`).
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -29,19 +35,21 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{
     PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions, PgRow, Postgres,
 };
 use sqlx::{ConnectOptions, Connection, Executor, QueryBuilder, Row};
-use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use super::{
     from_ms, to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
-    SessionStore, StoreError,
+    SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use crate::outage::{Backoff, OutageLog};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -57,9 +65,18 @@ const POOL_SIZE: u32 = 10;
 const RECOVERY_BATCH: u32 = 500;
 /// Longest a write waits for its events to come back through the listener before returning anyway.
 const LOOPBACK_WAIT: Duration = Duration::from_secs(5);
+/// How long a request waits for a connection while the database is known to be unreachable: enough to
+/// connect to one that is back (each request is also a probe), short enough that an outage answers 503 at
+/// once rather than after the full acquire timeout.
+const UNREACHABLE_WAIT: Duration = Duration::from_millis(500);
+/// The listener's reconnection pacing: quick after a blip, at most every few seconds during an outage.
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 pub struct PostgresStore {
     pool: PgPool,
+    /// Longest a query waits for a connection (`StoreOptions::acquire_timeout`).
+    acquire_timeout: Duration,
     shared: Arc<Shared>,
     /// Transient events waiting for the publisher task, in `publish` order.
     outgoing: mpsc::UnboundedSender<Outgoing>,
@@ -90,6 +107,17 @@ struct Shared {
     next_ack: AtomicU64,
     /// Writers waiting for their events to be delivered here.
     acks: StdMutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Whether the database answers, as requests and the listener last found: logs an outage once, and makes
+    /// requests fail fast while it lasts.
+    outage: OutageLog,
+    /// Bursts of requests that found every connection of the pool busy for the whole acquire timeout (load,
+    /// not an outage), logged once each.
+    saturation: OutageLog,
+    /// Whether the listener is connected and caught up. While it is not, writes do not wait for their events
+    /// to come back through it (they are replayed to subscribers once it is back).
+    listening: AtomicBool,
+    /// Cuts the listener's reconnection backoff short once a request has reached the database again.
+    reachable_again: Notify,
 }
 
 impl Shared {
@@ -118,6 +146,13 @@ impl Shared {
     /// connection) and when the listener stops.
     fn acknowledge_all(&self) {
         lock(&self.acks).clear();
+    }
+
+    /// A request reached the database after failures: wakes the listener if it is waiting to reconnect.
+    fn reached_again(&self) {
+        if !self.listening.load(Ordering::Acquire) {
+            self.reachable_again.notify_one();
+        }
     }
 }
 
@@ -198,31 +233,54 @@ impl Drop for Loopback {
     }
 }
 
+/// Sorts an error into "the database cannot serve this right now" (503) and anything else (500).
 fn backend(e: sqlx::Error) -> StoreError {
-    match &e {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// Errors of a database that is away, restarting, refusing connections or writes, or out of resources, as
+/// opposed to errors of the request or the data.
+fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => StoreError::Unavailable(e.to_string()),
-        // Class 08 (connection exception) and 57P01..57P03 (shutdown, cannot connect now).
-        sqlx::Error::Database(db)
-            if db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")) =>
-        {
-            StoreError::Unavailable(e.to_string())
-        }
-        _ => StoreError::Backend(e.to_string()),
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 57P01..57P05: admin shutdown, crash shutdown, cannot connect now
+            // (starting up, shutting down), database dropped, idle session timeout; 53: insufficient
+            // resources (disk full, out of memory, too many connections); 25006: a read-only transaction (a
+            // standby, or `default_transaction_read_only` during maintenance); 28: the role may not connect
+            // (now).
+            ["08", "57P", "53", "28"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "25006"
+        }),
+        _ => false,
     }
 }
 
 impl PostgresStore {
-    /// Connects to the database a `postgres://` URL names, runs the migrations (under sqlx's advisory lock, so
-    /// instances starting together take turns) and starts listening for events.
+    /// `open_with` the default options.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
-        let options = PgConnectOptions::from_str(url)?
-            .application_name("agent-sessions-server")
-            .disable_statement_logging();
+        Self::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// Connects to the database a `postgres://` URL names, runs the migrations (under sqlx's advisory lock, so
+    /// instances starting together take turns) and starts listening for events. The URL's
+    /// `application_name`, if any, names the instance's connections (`pg_stat_activity`).
+    pub async fn open_with(url: &str, store_options: &StoreOptions) -> anyhow::Result<Self> {
+        let mut options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+        if options.get_application_name().is_none() {
+            options = options.application_name("agent-sessions-server");
+        }
+        let acquire_timeout = store_options.acquire_timeout;
         // A connection of its own: a failed migration keeps the advisory lock until its connection closes.
         let mut conn = PgConnection::connect_with(&options).await?;
         MIGRATOR.run(&mut conn).await?;
@@ -230,12 +288,14 @@ impl PostgresStore {
 
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
+            .acquire_timeout(acquire_timeout)
             .connect_with(options.clone())
             .await?;
         // The listener's connection lives in a pool of one, so that it reconnects even while queries hold
         // every connection of the main pool.
         let listener_pool = PgPoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(acquire_timeout)
             .idle_timeout(None)
             .max_lifetime(None)
             .connect_with(options)
@@ -256,19 +316,30 @@ impl PostgresStore {
             id: Uuid::new_v4(),
             next_ack: AtomicU64::new(0),
             acks: StdMutex::new(HashMap::new()),
+            outage: OutageLog::new("PostgreSQL"),
+            saturation: OutageLog::new("PostgreSQL connection pool"),
+            listening: AtomicBool::new(true),
+            reachable_again: Notify::new(),
         });
         let (stop_listener, stopped) = oneshot::channel();
         let listener = tokio::spawn(run_listener(
             listener,
+            listener_pool.clone(),
             pool.clone(),
             shared.clone(),
             stopped,
         ));
         let (outgoing, queue) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicU64::new(0));
-        let publisher = tokio::spawn(run_publisher(pool.clone(), queue, pending.clone()));
+        let publisher = tokio::spawn(run_publisher(
+            pool.clone(),
+            shared.clone(),
+            queue,
+            pending.clone(),
+        ));
         Ok(Self {
             pool,
+            acquire_timeout,
             shared,
             outgoing,
             pending,
@@ -279,6 +350,58 @@ impl PostgresStore {
                 listener_pool,
             })),
         })
+    }
+
+    /// A connection for one operation. Waits at most the acquire timeout for one, and only `UNREACHABLE_WAIT`
+    /// while the database is known to be unreachable; either way a database that cannot be reached answers
+    /// `Unavailable` quickly, never after sqlx's 30 s default.
+    async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        let unreachable = self.shared.outage.is_failing();
+        let wait = if unreachable {
+            UNREACHABLE_WAIT.min(self.acquire_timeout)
+        } else {
+            self.acquire_timeout
+        };
+        match tokio::time::timeout(wait, self.pool.acquire()).await {
+            Ok(Ok(conn)) => {
+                self.shared.outage.recovered();
+                self.shared.saturation.recovered();
+                if unreachable {
+                    self.shared.reached_again();
+                }
+                Ok(conn)
+            }
+            Ok(Err(e)) => Err(self.acquire_failed(e)),
+            Err(_) => Err(self.acquire_failed(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    /// Why no connection came: the database cannot be reached (an outage: logged once), or every connection
+    /// is busy (load: nothing to log).
+    fn acquire_failed(&self, e: sqlx::Error) -> StoreError {
+        // The pool opens connections as needed up to its size: a timeout below it means that none could be
+        // opened. (Idle connections found dead are closed first, so after an outage the pool is small.)
+        let could_not_connect =
+            !matches!(e, sqlx::Error::PoolTimedOut) || self.pool.size() < POOL_SIZE;
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            let message = if could_not_connect {
+                "could not connect to the database"
+            } else {
+                "every database connection stayed busy"
+            };
+            let e = StoreError::Unavailable(message.into());
+            if could_not_connect {
+                self.shared.outage.failed(&e);
+            } else {
+                self.shared.saturation.failed(&e);
+            }
+            return e;
+        }
+        let e = backend(e);
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.shared.outage.failed(&e);
+        }
+        e
     }
 
     /// Waits until every transient event published so far has been sent. Writes with events call it first, so
@@ -298,27 +421,32 @@ impl PostgresStore {
     /// made after it returns never receives its events.
     async fn commit_announcing(
         &self,
-        mut tx: sqlx::Transaction<'static, Postgres>,
+        mut tx: sqlx::Transaction<'_, Postgres>,
         events: &[SessionEvent],
     ) -> Result<(), StoreError> {
         if events.is_empty() {
             return tx.commit().await.map_err(backend);
         }
+        // Checked before committing: if the listener is away now, it replays these events when it is back.
+        let listening = self.shared.listening.load(Ordering::Acquire);
         let (ack, loopback) = self.shared.loopback();
         notify(&mut *tx, events, Some(ack)).await.map_err(backend)?;
         tx.commit().await.map_err(backend)?;
-        loopback.wait().await;
+        if listening {
+            loopback.wait().await;
+        }
         Ok(())
     }
 
-    async fn begin_with_events(
+    /// A connection for a write with `events`, once the transient events published before them are out.
+    async fn conn_with_events(
         &self,
         events: &[SessionEvent],
-    ) -> Result<sqlx::Transaction<'static, Postgres>, StoreError> {
+    ) -> Result<PoolConnection<Postgres>, StoreError> {
         if !events.is_empty() {
             self.flush_transient().await;
         }
-        self.pool.begin().await.map_err(backend)
+        self.conn().await
     }
 }
 
@@ -646,19 +774,22 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &SessionFilter) {
     }
 }
 
-async fn events_after(
-    pool: &PgPool,
+async fn events_after<'e, E>(
+    conn: E,
     session_id: Uuid,
     after_seq: i64,
     limit: u32,
-) -> Result<Vec<SessionEvent>, StoreError> {
+) -> Result<Vec<SessionEvent>, StoreError>
+where
+    E: Executor<'e, Database = Postgres>,
+{
     let rows = sqlx::query(&format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
     ))
     .bind(session_id)
     .bind(after_seq)
     .bind(i64::from(limit))
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
     .map_err(backend)?;
     all(&rows, event_from_row)
@@ -675,7 +806,7 @@ impl SessionStore for PostgresStore {
         .bind(serde_json::to_string(&a.backend).unwrap_or_default())
         .bind(serde_json::to_string(&a.session_defaults).unwrap_or_default())
         .bind(to_ms(a.created_at))
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map(drop)
         .map_err(backend)
@@ -686,7 +817,7 @@ impl SessionStore for PostgresStore {
             "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         row.as_ref()
@@ -699,7 +830,7 @@ impl SessionStore for PostgresStore {
         let rows = sqlx::query(
             "SELECT id, name, backend, session_defaults, created_at FROM agents ORDER BY created_at, id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         all(&rows, agent_from_row)
@@ -710,7 +841,8 @@ impl SessionStore for PostgresStore {
         id: Uuid,
         active_at: DateTime<Utc>,
     ) -> Result<AgentDeletion, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         // The row lock waits for any session insert for this agent in flight (they hold a key-share lock on
         // it, see `insert_session`), so that every session of the agent is counted or refused.
         let exists = sqlx::query("SELECT 1 FROM agents WHERE id = $1 FOR UPDATE")
@@ -777,7 +909,7 @@ impl SessionStore for PostgresStore {
         .bind(s.version)
         .bind(s.notice as i16)
         .bind(to_ms(s.warn_at()))
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         Ok(inserted.rows_affected() > 0)
@@ -788,7 +920,7 @@ impl SessionStore for PostgresStore {
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"
         ))
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         row.as_ref()
@@ -803,7 +935,8 @@ impl SessionStore for PostgresStore {
         expected_version: i64,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_with_events(&events).await?;
+        let mut conn = self.conn_with_events(&events).await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         if update_session_row(&mut tx, session, expected_version)
             .await
             .map_err(backend)?
@@ -821,7 +954,8 @@ impl SessionStore for PostgresStore {
         id: Uuid,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_with_events(&events).await?;
+        let mut conn = self.conn_with_events(&events).await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         // The session row first: its lock makes a concurrent reply wait, and then find no session, instead of
         // adding a message after the messages were deleted.
         let n = sqlx::query("DELETE FROM sessions WHERE id = $1")
@@ -852,7 +986,11 @@ impl SessionStore for PostgresStore {
             .push_bind(i64::from(limit))
             .push(" OFFSET ")
             .push_bind(i64::try_from(offset).unwrap_or(i64::MAX));
-        let rows = q.build().fetch_all(&self.pool).await.map_err(backend)?;
+        let rows = q
+            .build()
+            .fetch_all(&mut *self.conn().await?)
+            .await
+            .map_err(backend)?;
         all(&rows, session_from_row)
     }
 
@@ -872,7 +1010,11 @@ impl SessionStore for PostgresStore {
             .push(") FROM sessions WHERE expires_at > ")
             .push_bind(to_ms(retained_after));
         push_filter(&mut q, filter);
-        let row = q.build().fetch_one(&self.pool).await.map_err(backend)?;
+        let row = q
+            .build()
+            .fetch_one(&mut *self.conn().await?)
+            .await
+            .map_err(backend)?;
         let get = |i: usize| {
             row.try_get::<i64, _>(i)
                 .map(|n| n.max(0) as u64)
@@ -886,7 +1028,8 @@ impl SessionStore for PostgresStore {
     }
 
     async fn purge_sessions(&self, cutoff: DateTime<Utc>, limit: u32) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         // SKIP LOCKED: the sweepers of several instances each take sessions nobody else holds, so none is
         // processed twice and a sweeper never waits behind a request (or another sweeper) holding a row.
         let ids: Vec<Uuid> = sqlx::query_scalar(
@@ -918,7 +1061,7 @@ impl SessionStore for PostgresStore {
         ))
         .bind(to_ms(now))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         all(&rows, session_from_row)
@@ -931,7 +1074,8 @@ impl SessionStore for PostgresStore {
         message: &Message,
         events: Vec<SessionEvent>,
     ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.begin_with_events(&events).await?;
+        let mut conn = self.conn_with_events(&events).await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         if update_session_row(&mut tx, session, expected_version)
             .await
             .map_err(backend)?
@@ -952,7 +1096,8 @@ impl SessionStore for PostgresStore {
         message: &Message,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_with_events(&events).await?;
+        let mut conn = self.conn_with_events(&events).await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         if !lock_session(&mut tx, message.session_id)
             .await
             .map_err(backend)?
@@ -973,7 +1118,8 @@ impl SessionStore for PostgresStore {
         now: DateTime<Utc>,
         stale_before: DateTime<Utc>,
     ) -> Result<Option<Message>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(backend)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         // The session's row lock makes check-then-claim atomic across instances: claims, finishes and new
         // messages of one session all take it, so two workers never see the session idle at the same time.
         if !lock_session(&mut tx, session_id).await.map_err(backend)? {
@@ -1019,7 +1165,8 @@ impl SessionStore for PostgresStore {
         reply: Option<&Message>,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.begin_with_events(&events).await?;
+        let mut conn = self.conn_with_events(&events).await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
         let session_id: Option<Uuid> =
             sqlx::query_scalar("SELECT session_id FROM messages WHERE id = $1")
                 .bind(user_message_id)
@@ -1071,7 +1218,7 @@ impl SessionStore for PostgresStore {
         )
         .bind(to_ms(stale_before))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(backend)
     }
@@ -1101,7 +1248,11 @@ impl SessionStore for PostgresStore {
             " ORDER BY created_at {direction}, seq {direction} LIMIT "
         ))
         .push_bind(i64::from(limit));
-        let rows = q.build().fetch_all(&self.pool).await.map_err(backend)?;
+        let rows = q
+            .build()
+            .fetch_all(&mut *self.conn().await?)
+            .await
+            .map_err(backend)?;
         all(&rows, message_from_row)
     }
 
@@ -1117,7 +1268,7 @@ impl SessionStore for PostgresStore {
         .bind(session_id)
         .bind(before_seq)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         let mut messages = all(&rows, message_from_row)?;
@@ -1131,7 +1282,7 @@ impl SessionStore for PostgresStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<SessionEvent>, StoreError> {
-        events_after(&self.pool, session_id, after_seq, limit).await
+        events_after(&mut *self.conn().await?, session_id, after_seq, limit).await
     }
 
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
@@ -1167,7 +1318,7 @@ impl SessionStore for PostgresStore {
         )
         .bind(user_id)
         .bind(to_ms(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         Ok(n.max(0) as u64)
@@ -1179,7 +1330,7 @@ impl SessionStore for PostgresStore {
         )
         .bind(session_id)
         .bind(i64::from(up_to))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         Ok(n.max(0) as u64)
@@ -1190,7 +1341,7 @@ impl SessionStore for PostgresStore {
             "SELECT COUNT(*) FROM messages WHERE session_id = $1 AND reply_state IN (1, 2)",
         )
         .bind(session_id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         Ok(n.max(0) as u64)
@@ -1202,14 +1353,40 @@ impl SessionStore for PostgresStore {
         )
         .bind(name)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&mut *self.conn().await?)
         .await
         .map_err(backend)?;
         sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
             .bind(name)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn().await?)
             .await
             .map_err(backend)
+    }
+
+    /// A connection (fast to fail while the database is away) and one round trip: cheap enough for a polled
+    /// health check, and it also notices a database that takes no writes (a standby after a failover).
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let read_only = tokio::time::timeout(
+            self.acquire_timeout,
+            sqlx::query_scalar::<_, String>("SELECT current_setting('transaction_read_only')")
+                .fetch_one(&mut *conn),
+        )
+        .await;
+        match read_only {
+            Ok(Ok(read_only)) if read_only == "off" => Ok(()),
+            Ok(Ok(_)) => Err(StoreError::Unavailable(
+                "the database is read-only (a standby?)".into(),
+            )),
+            Ok(Err(e)) => Err(backend(e)),
+            Err(_) => {
+                // Whatever holds up the connection may hold up the next user: don't hand it back.
+                conn.close_on_drop();
+                Err(StoreError::Unavailable(
+                    "the database did not answer in time".into(),
+                ))
+            }
+        }
     }
 
     async fn close(&self) {
@@ -1234,8 +1411,11 @@ fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
 // Background tasks.
 
 /// Sends transient events in the order they were published, batching whatever is queued into one statement.
+/// While the database is away they are dropped (they are live only), each batch after at most the pool's
+/// acquire timeout; the outage is logged once, by `Shared::outage`.
 async fn run_publisher(
     pool: PgPool,
+    shared: Arc<Shared>,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     pending: Arc<AtomicU64>,
 ) {
@@ -1254,7 +1434,12 @@ async fn run_publisher(
             }
         }
         if let Err(e) = notify_payloads(&pool, payloads).await {
-            tracing::warn!(error = %e, dropped = sent, "could not send transient events");
+            if is_unavailable(&e) {
+                shared.outage.failed(&e);
+                tracing::debug!(error = %e, dropped = sent, "could not send transient events");
+            } else {
+                tracing::warn!(error = %e, dropped = sent, "could not send transient events");
+            }
         }
         pending.fetch_sub(sent, Ordering::AcqRel);
         for done in flushes {
@@ -1263,9 +1448,12 @@ async fn run_publisher(
     }
 }
 
-/// Receives the channel and feeds the local bus, until `stop` fires (or the store is dropped).
+/// Receives the channel and feeds the local bus, until `stop` fires (or the store is dropped). When the
+/// connection is lost it starts over with a new one (backing off while the database is away), and replays
+/// what the subscribers here missed meanwhile before going on.
 async fn run_listener(
     mut listener: PgListener,
+    listener_pool: PgPool,
     pool: PgPool,
     shared: Arc<Shared>,
     mut stop: oneshot::Receiver<()>,
@@ -1279,55 +1467,69 @@ async fn run_listener(
     }
     let _release = ReleaseAll(shared.clone());
     let mut parts: HashMap<Uuid, Vec<String>> = HashMap::new();
-    let mut recover = false;
-    let mut backoff = Duration::from_millis(50);
     loop {
-        if recover {
-            // Make sure the connection is back and listening before reading the log, so that an event
-            // committed in between is either in the log or notified (and then dropped as a duplicate).
-            let ready = tokio::select! {
-                r = (&mut listener).execute("SELECT 1") => r.is_ok(),
+        let lost = loop {
+            let received = tokio::select! {
+                r = listener.try_recv() => r,
                 _ = &mut stop => return,
             };
-            if ready && recover_missed(&pool, &shared).await.is_ok() {
-                shared.acknowledge_all();
-                recover = false;
-                backoff = Duration::from_millis(50);
-                parts.clear();
-            } else {
-                // Reconnect backoff of a lost database connection (production pacing, not a test's wait).
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {} // backoff before retrying the database
-                    _ = &mut stop => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        }
-        let received = tokio::select! {
-            r = listener.try_recv() => r,
-            _ = &mut stop => return,
-        };
-        match received {
-            Ok(Some(notification)) => match serde_json::from_str::<Wire>(notification.payload()) {
-                Ok(wire) => {
-                    if !receive(wire, &pool, &shared, &mut parts).await {
-                        recover = true;
+            match received {
+                Ok(Some(notification)) => {
+                    match serde_json::from_str::<Wire>(notification.payload()) {
+                        Ok(wire) => {
+                            if !receive(wire, &pool, &shared, &mut parts).await {
+                                break "a notified event could not be fetched".to_string();
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "undecodable event notification"),
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "undecodable event notification"),
-            },
-            // The connection was lost (and, eagerly, re-established): notifications in between are gone.
-            Ok(None) => {
-                tracing::warn!("event listener reconnected; replaying missed events");
-                recover = true;
+                // The connection was lost (and maybe re-established): notifications in between are gone.
+                Ok(None) => break "the event listener's connection was lost".to_string(),
+                Err(e) => break format!("the event listener's connection failed: {e}"),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "event listener lost its connection");
-                recover = true;
+        };
+        // Writers waiting for their events are released now: they are replayed once the listener is back.
+        shared.listening.store(false, Ordering::Release);
+        shared.acknowledge_all();
+        shared.outage.failed(&lost);
+        parts.clear();
+        // A new listener rather than sqlx's reconnection: a connection that failed with an error (such as
+        // the server's "terminating connection due to administrator command") stays in a PgListener.
+        drop(listener);
+        let mut backoff = Backoff::new(RECONNECT_FIRST, RECONNECT_MAX);
+        listener = loop {
+            match relisten(&listener_pool, &pool, &shared).await {
+                Ok(listener) => break listener,
+                Err(e) => tracing::debug!(error = %e, "event listener: still no database"),
             }
-        }
+            // Reconnection pacing while the database is away (a production wait, not a test's).
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.failed()) => {}
+                _ = shared.reachable_again.notified() => {}
+                _ = &mut stop => return,
+            }
+        };
+        shared.listening.store(true, Ordering::Release);
+        shared.acknowledge_all();
+        shared.outage.recovered();
     }
+}
+
+/// A new listener, listening, with the events committed while there was none delivered.
+async fn relisten(
+    listener_pool: &PgPool,
+    pool: &PgPool,
+    shared: &Shared,
+) -> Result<PgListener, StoreError> {
+    let mut listener = PgListener::connect_with(listener_pool)
+        .await
+        .map_err(backend)?;
+    // Listening before reading the log, so that an event committed in between is either in the log or
+    // notified (and then dropped as a duplicate).
+    listener.listen(CHANNEL).await.map_err(backend)?;
+    recover_missed(pool, shared).await?;
+    Ok(listener)
 }
 
 /// Handles one notification; false if an event could not be delivered and a replay is needed.
@@ -1441,10 +1643,13 @@ fn deliver(shared: &Shared, event: SessionEvent) {
 /// After the listener's connection came back: delivers, for every session subscribed here, the stored events
 /// committed while it was away. Transient events of that time (chunks) are lost: they are live only.
 async fn recover_missed(pool: &PgPool, shared: &Shared) -> Result<(), StoreError> {
-    let sessions: Vec<(Uuid, Watch)> = lock(&shared.watched)
-        .iter()
-        .map(|(id, w)| (*id, *w))
-        .collect();
+    let sessions: Vec<(Uuid, Watch)> = {
+        let mut watched = lock(&shared.watched);
+        // Sessions nobody here listens to any more have nobody to replay to (a later subscriber catches up
+        // from its own Last-Event-ID): forgetting them keeps a recovery to one query per open stream.
+        watched.retain(|id, _| shared.bus.has_subscribers(*id));
+        watched.iter().map(|(id, w)| (*id, *w)).collect()
+    };
     for (session_id, watch) in sessions {
         let mut after = watch.delivered.unwrap_or(watch.floor);
         loop {
@@ -1465,6 +1670,25 @@ async fn recover_missed(pool: &PgPool, shared: &Shared) -> Result<(), StoreError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_failures_are_unavailable_and_query_errors_are_not() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        for e in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(refused),
+        ] {
+            assert!(matches!(backend(e), StoreError::Unavailable(_)));
+        }
+        for e in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("x".into()),
+            sqlx::Error::Protocol("unexpected message".into()),
+        ] {
+            assert!(matches!(backend(e), StoreError::Backend(_)));
+        }
+    }
 
     fn awkward(len: usize) -> String {
         "a\"b\\c\nd\u{1}e€f🙂g\u{7f}"

@@ -4,6 +4,7 @@
 //! to one writer thread with group commit (`sqlite_writer.rs`): both because sqlx's per-statement thread
 //! hand-offs dominated the profiles of those paths. WAL lets all readers run beside the writer.
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use super::{
     SessionStore, StoreError,
 };
 use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::outage::OutageLog;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -32,6 +34,30 @@ pub struct SqliteStore {
     writes: Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
     bus: Arc<EventBus>,
+    /// Whether commits fail for lack of space or access (a full disk, a read-only file), as the writer last
+    /// found: logged once per outage, and the health check looks closer while it lasts.
+    write_outage: Arc<OutageLog>,
+    /// The directory of the database file, whose file system's free space the health check looks at.
+    dir: PathBuf,
+}
+
+/// Free space below which a store whose writes failed is taken to be on a full disk: a small write may still
+/// fit in the WAL's old frames then, but anything that needs new space fails.
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`; None where that is unknown.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        rustix::fs::statvfs(dir)
+            .ok()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
 }
 
 impl SqliteStore {
@@ -58,11 +84,18 @@ impl SqliteStore {
         migrator.close().await?;
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
-        let writes = sqlite_writer::spawn(&file, bus.clone(), fast.clone())?;
+        let write_outage = Arc::new(OutageLog::new("SQLite writes"));
+        let writes = sqlite_writer::spawn(&file, bus.clone(), fast.clone(), write_outage.clone())?;
+        let dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         Ok(Self {
             fast,
             writes: Mutex::new(Some(writes)),
             bus,
+            write_outage,
+            dir,
         })
     }
 
@@ -87,6 +120,26 @@ impl SqliteStore {
             .map_err(|_| closed())?;
         rx.await
             .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
+    }
+}
+
+/// Sorts a SQLite error into "the database cannot serve this right now" (503: a full disk, a file that
+/// became read-only or unreadable, a lock held too long by another process) and anything else (500).
+pub(super) fn store_error(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode::*;
+    match e.sqlite_error_code() {
+        Some(
+            DiskFull
+            | ReadOnly
+            | SystemIoFailure
+            | CannotOpen
+            | PermissionDenied
+            | DatabaseBusy
+            | DatabaseLocked
+            | FileLockingProtocolFailed
+            | OutOfMemory,
+        ) => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Backend(e.to_string()),
     }
 }
 
@@ -401,14 +454,28 @@ impl SessionStore for SqliteStore {
             .ok_or_else(|| StoreError::Backend(format!("setting '{name}' was not stored")))
     }
 
+    /// Free while commits succeed. After a commit failed for lack of space or access: the free space, then a
+    /// one-row write, so that the health check reports the outage, and notices its end, even when no request
+    /// writes meanwhile. (The free space first: on a full disk a one-row write may still fit in the WAL.)
     async fn check_writable(&self) -> Result<(), StoreError> {
         match self.writes.lock().await.as_ref() {
-            None => Err(StoreError::Unavailable("the store is closed".into())),
-            Some(queue) if queue.is_closed() => Err(StoreError::Unavailable(
-                "the SQLite writer thread has stopped: no write can be stored".into(),
-            )),
-            Some(_) => Ok(()),
+            None => return Err(StoreError::Unavailable("the store is closed".into())),
+            Some(queue) if queue.is_closed() => {
+                return Err(StoreError::Unavailable(
+                    "the SQLite writer thread has stopped: no write can be stored".into(),
+                ))
+            }
+            Some(_) => {}
         }
+        if self.write_outage.in_burst() {
+            if let Some(free) = free_bytes(&self.dir).filter(|&free| free < MIN_FREE_BYTES) {
+                return Err(StoreError::Unavailable(format!(
+                    "the disk holding the database has {free} bytes free"
+                )));
+            }
+            self.write(Write::Probe).await?;
+        }
+        Ok(())
     }
 
     async fn close(&self) {
@@ -418,6 +485,42 @@ impl SessionStore for SqliteStore {
             if queue.send(Job::Stop(ack)).await.is_ok() {
                 let _ = stopped.await;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_full_disk_or_a_read_only_file_is_unavailable_and_corruption_is_not() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_CANTOPEN,
+            ffi::SQLITE_BUSY,
+        ] {
+            assert!(
+                matches!(store_error(sqlite(code)), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        for code in [
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_ERROR,
+        ] {
+            assert!(
+                matches!(store_error(sqlite(code)), StoreError::Backend(_)),
+                "{code}"
+            );
         }
     }
 }

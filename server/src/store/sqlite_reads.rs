@@ -72,7 +72,7 @@ pub struct FastReads {
 }
 
 fn failed(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    super::sqlite::store_error(e)
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {

@@ -8,6 +8,10 @@
 //! each statement on a worker thread of its own (two thread hand-offs per statement). Profiling heartbeats
 //! under load showed the writer's channel hand-offs and the resulting task switches as the largest cost, far
 //! above the fsync itself. Executed in place, a statement takes microseconds.
+//!
+//! When the disk is full or the file stops taking writes, the batch fails whole (nothing of it stays behind),
+//! its callers get `StoreError::Unavailable` (503), and the outage is logged once (`OutageLog`) until a commit
+//! succeeds again; the writer itself goes on and recovers with the disk.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use uuid::Uuid;
 use super::sqlite_reads::{message, FastReads};
 use super::{to_ms, EventBus, StoreError};
 use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::outage::OutageLog;
 
 /// Most writes committed together; bounds the time one commit holds the write lock.
 const MAX_BATCH: usize = 512;
@@ -51,6 +56,8 @@ pub(super) enum Write {
         name: String,
         value: String,
     },
+    /// Changes one row, to learn whether a commit reaches the disk now (the health check, after failures).
+    Probe,
     /// A write that panics halfway (after a statement), for the test that the writer survives it.
     #[cfg(test)]
     Panic,
@@ -87,15 +94,18 @@ pub(super) enum Job {
 }
 
 fn failed(e: rusqlite::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    super::sqlite::store_error(e)
 }
 
 /// Opens the write connection and starts the writer thread; returns the queue to it. The writer counts its
 /// commits with `reads.count_commit`, which is how reads know when their snapshot is out of date.
+///
+/// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access.
 pub(super) fn spawn(
     path: &Path,
     bus: Arc<EventBus>,
     reads: Arc<FastReads>,
+    outage: Arc<OutageLog>,
 ) -> anyhow::Result<mpsc::Sender<Job>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -114,14 +124,14 @@ pub(super) fn spawn(
     // When the WAL restarts after a burst, it is truncated back to this size (bytes) instead of keeping its peak.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
-    let checkpointer = Checkpointer::open(path)?;
+    let checkpointer = Checkpointer::open(path, outage.clone())?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
     let writer_reads = reads.clone();
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
-            run(conn, rx, &bus, &writer_reads);
+            run(conn, rx, &bus, &writer_reads, &outage);
             drop(alive);
         })?;
     std::thread::Builder::new()
@@ -136,10 +146,12 @@ struct Checkpointer {
     conn: Connection,
     database_file: std::fs::File,
     copied: i64,
+    /// The writer's: a checkpoint failing for lack of space or access is the same outage as a failing commit.
+    outage: Arc<OutageLog>,
 }
 
 impl Checkpointer {
-    fn open(path: &Path) -> anyhow::Result<Self> {
+    fn open(path: &Path, outage: Arc<OutageLog>) -> anyhow::Result<Self> {
         let conn = Connection::open(path)?;
         // Spin, don't sleep, and give up soon: see `restart_wal`.
         conn.busy_handler(Some(spin_briefly))?;
@@ -151,6 +163,7 @@ impl Checkpointer {
             conn,
             database_file,
             copied: 0,
+            outage,
         })
     }
 
@@ -170,8 +183,15 @@ impl Checkpointer {
             } else {
                 self.passive()
             };
+            // Every 200 ms: a full disk must not write a line each time. Only a commit ends the outage (a
+            // checkpoint may succeed with nothing to copy while writes still fail).
             if let Err(e) = result {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
+                match failed(e) {
+                    e @ StoreError::Unavailable(_) => {
+                        self.outage.failed(&format_args!("WAL checkpoint: {e}"));
+                    }
+                    e => tracing::warn!(error = %e, "WAL checkpoint failed"),
+                }
             }
         }
         // A last, full checkpoint so a cleanly stopped store leaves a small WAL.
@@ -212,7 +232,9 @@ impl Checkpointer {
         if copied != self.copied {
             self.copied = copied;
             if let Err(e) = self.database_file.sync_data() {
-                tracing::warn!(error = %e, "syncing the database file after a checkpoint failed");
+                self.outage.failed(&format_args!(
+                    "syncing the database file after a checkpoint: {e}"
+                ));
             }
         }
         Ok(())
@@ -230,7 +252,13 @@ fn spin_briefly(attempts: i32) -> bool {
     attempts < MAX_ATTEMPTS
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, reads: &FastReads) {
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    bus: &EventBus,
+    reads: &FastReads,
+    outage: &OutageLog,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopped = None;
     while stopped.is_none() {
@@ -251,14 +279,14 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, bus: &EventBus, reads:
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer_safely(&mut conn, &mut batch, bus, reads);
+        commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer_safely(&mut conn, &mut batch, bus, reads);
+    commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -275,8 +303,9 @@ fn commit_and_answer_safely(
     batch: &mut Vec<Pending>,
     bus: &EventBus,
     reads: &FastReads,
+    outage: &OutageLog,
 ) {
-    if caught(|| commit_and_answer(conn, batch, bus, reads)).is_err() {
+    if caught(|| commit_and_answer(conn, batch, bus, reads, outage)).is_err() {
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -290,11 +319,26 @@ fn commit_and_answer(
     batch: &mut Vec<Pending>,
     bus: &EventBus,
     reads: &FastReads,
+    outage: &OutageLog,
 ) {
     if batch.is_empty() {
         return;
     }
     let outcomes = apply_batch(conn, batch, reads);
+    // One line when writes start failing for lack of space or access, one when a commit succeeds again.
+    match outcomes.iter().find_map(|o| {
+        o.as_ref()
+            .err()
+            .filter(|e| matches!(e, StoreError::Unavailable(_)))
+    }) {
+        Some(e) => {
+            outage.failed(e);
+        }
+        None if outcomes.iter().any(Result::is_ok) => {
+            outage.recovered();
+        }
+        None => {}
+    }
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
             bus.publish(event);
@@ -316,10 +360,21 @@ fn apply_batch(
         let e = failed(e);
         return batch.iter().map(|_| Err(e.clone())).collect();
     }
-    let outcomes: Vec<_> = batch
-        .iter_mut()
-        .map(|(write, _)| apply_atomically(conn, write))
-        .collect();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (write, _) in batch.iter_mut() {
+        let outcome = apply_atomically(conn, write);
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back, as it may on a full disk or an I/O error: the writes
+            // applied before this one are undone too, and the ones after it would each commit on their own
+            // (while their callers are told the batch failed). So the whole batch fails, and nothing of it
+            // stays.
+            let e = outcome.err().unwrap_or_else(|| {
+                StoreError::Unavailable("the transaction was rolled back".into())
+            });
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        outcomes.push(outcome);
+    }
     // Counted for the readers' snapshots (see `sqlite_reads.rs`), before anyone is answered.
     let committed = reads.count_commit(|| conn.execute_batch("COMMIT"));
     if let Err(e) = committed {
@@ -338,7 +393,8 @@ impl Write {
             Write::InsertAgent(_)
             | Write::InsertSession(_)
             | Write::ClaimReply { .. }
-            | Write::InsertSetting { .. } => false,
+            | Write::InsertSetting { .. }
+            | Write::Probe => false,
             Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => persists(events),
             Write::DeleteAgent(..)
             | Write::DeleteSession(..)
@@ -648,6 +704,13 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
             conn.execute("INSERT INTO settings (name, value) VALUES ('half', 'done')", [])?;
             panic!("a write panicked halfway")
         }
+        Write::Probe => rows(
+            conn.prepare_cached(
+                "INSERT INTO settings (name, value) VALUES ('write_probe', '0') \
+                 ON CONFLICT (name) DO UPDATE SET value = CAST(settings.value AS INTEGER) + 1",
+            )?
+            .execute([])?,
+        ),
         Write::InsertSetting { name, value } => rows(
             conn.prepare_cached("INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING")?
                 .execute(params![name.as_str(), value.as_str()])?,
@@ -714,6 +777,7 @@ mod tests {
             &path,
             Arc::new(EventBus::default()),
             Arc::new(FastReads::new(path.clone())),
+            Arc::new(OutageLog::new("SQLite writes")),
         )
         .unwrap();
         let before = submit(
