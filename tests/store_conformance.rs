@@ -108,6 +108,8 @@ conformance!(
     a_write_failing_halfway_changes_nothing,
     unanswered_messages_are_counted,
     a_setting_is_written_once,
+    deleting_an_agent_leaves_no_orphans_under_racing_inserts,
+    quotas_are_counted,
 );
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1073,6 +1075,72 @@ async fn unanswered_messages_are_counted(store: Arc<dyn SessionStore>) {
         .unwrap());
     assert_eq!(store.count_unanswered(s.id).await.unwrap(), 1);
     assert_eq!(store.count_unanswered(other.id).await.unwrap(), 0);
+}
+
+/// Sessions inserted for an agent while it is deleted either count (and, expired, go with it) or are refused:
+/// never is a session left whose agent is gone. Repeated, so that the race lands both ways.
+async fn deleting_an_agent_leaves_no_orphans_under_racing_inserts(store: Arc<dyn SessionStore>) {
+    for round in 0..5 {
+        let agent = new_agent("contested", at(0));
+        store.insert_agent(&agent).await.unwrap();
+        let inserts = futures::future::join_all((0..20).map(|_| {
+            let store = store.clone();
+            let s = new_session(agent.id, Uuid::new_v4(), at(0));
+            async move { (s.id, store.insert_session(&s).await.unwrap()) }
+        }));
+        // Deleted as of long after those sessions would have expired, so that only the race decides.
+        let delete = store.delete_agent(agent.id, at(100 * 3_600_000));
+        let (inserted, deleted) = tokio::join!(inserts, delete);
+        assert_eq!(deleted.unwrap(), AgentDeletion::Deleted, "round {round}");
+        assert_eq!(store.get_agent(agent.id).await.unwrap(), None);
+        for (id, _) in &inserted {
+            assert_eq!(
+                store.get_session(*id).await.unwrap(),
+                None,
+                "round {round}: a session outlived its agent"
+            );
+        }
+        let filter = SessionFilter {
+            agent_id: Some(agent.id),
+            user_id: None,
+        };
+        let left = store.count_sessions(&filter, at(0), at(-1)).await.unwrap();
+        assert_eq!(left.total, 0, "round {round}");
+    }
+}
+
+async fn quotas_are_counted(store: Arc<dyn SessionStore>) {
+    let user = Uuid::new_v4();
+    let agent = Uuid::new_v4();
+    let mut live = new_session(agent, user, at(0));
+    insert(&*store, &live).await;
+    insert(&*store, &new_session(agent, user, at(0))).await;
+    insert(&*store, &new_session(agent, Uuid::new_v4(), at(0))).await;
+    assert_eq!(
+        store
+            .count_active_sessions_of_user(user, at(1))
+            .await
+            .unwrap(),
+        2
+    );
+    let after_expiry = live.expires_at;
+    assert_eq!(
+        store
+            .count_active_sessions_of_user(user, after_expiry)
+            .await
+            .unwrap(),
+        0,
+        "expired sessions do not count"
+    );
+    for i in 0..5 {
+        record(&*store, &mut live, &format!("m{i}"), at(10 + i)).await;
+    }
+    assert_eq!(store.count_messages(live.id, 100).await.unwrap(), 5);
+    assert_eq!(
+        store.count_messages(live.id, 3).await.unwrap(),
+        3,
+        "counted no further"
+    );
 }
 
 /// The first value stored wins, also when several callers race on an empty store.

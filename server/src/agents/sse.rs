@@ -20,6 +20,8 @@ pub struct SseEvent {
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: Vec<u8>,
+    /// How much of `buf` is already known to hold no line end.
+    scanned: usize,
     event: Option<String>,
     data: Vec<String>,
 }
@@ -29,16 +31,23 @@ impl SseParser {
         Self::default()
     }
 
-    /// Feeds the next bytes of the stream; returns the frames they completed, in order.
+    /// Feeds the next bytes of the stream; returns the frames they completed, in order. Each byte is scanned for
+    /// a line end once, however many reads a long line arrives in: the work is linear in the stream's length.
     pub fn push(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut start = 0;
-        while let Some(offset) = self.buf[start..]
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')
-        {
-            let end = start + offset;
+        // `buf[..from]` is known to hold no line end (but for a `\r` waiting for its possible `\n`).
+        let mut from = self.scanned;
+        loop {
+            let Some(offset) = self.buf[from..]
+                .iter()
+                .position(|&b| b == b'\n' || b == b'\r')
+            else {
+                from = self.buf.len();
+                break;
+            };
+            let end = from + offset;
             let terminator = if self.buf[end] == b'\n' {
                 1
             } else {
@@ -47,14 +56,19 @@ impl SseParser {
                     Some(_) => 1,
                     // A `\r` at the end of the buffer may be the first half of `\r\n`: wait for the next read,
                     // or the `\n` would later be taken for an empty line and end the frame early.
-                    None => break,
+                    None => {
+                        from = end;
+                        break;
+                    }
                 }
             };
             let line = String::from_utf8_lossy(&self.buf[start..end]).into_owned();
             self.line(&line, &mut out);
             start = end + terminator;
+            from = start;
         }
         self.buf.drain(..start);
+        self.scanned = from - start;
         out
     }
 
@@ -62,6 +76,7 @@ impl SseParser {
     /// since servers that close the connection right after their last frame often omit it.
     pub fn finish(&mut self) -> Vec<SseEvent> {
         let mut out = Vec::new();
+        self.scanned = 0;
         let mut rest = std::mem::take(&mut self.buf);
         if rest.last() == Some(&b'\r') {
             rest.pop();
@@ -360,6 +375,26 @@ mod tests {
             parse_in_pieces(&[b"event: done\n\n"]),
             vec![ev(Some("done"), "")]
         );
+    }
+
+    /// A long line arriving in many reads is scanned once: 20 MB in 4 KiB reads would take minutes if every
+    /// read rescanned the buffered part of the line (quadratic), and takes milliseconds when it does not.
+    /// Counted in bytes compared, not in time, so that the test cannot pass by luck of a fast machine.
+    #[test]
+    fn a_long_line_in_many_reads_is_scanned_in_linear_time() {
+        let mut parser = SseParser::new();
+        let read = vec![b'x'; 4096];
+        let reads = 5_000;
+        for _ in 0..reads {
+            assert!(parser.push(&read).is_empty());
+            // `scanned` covers the whole buffer after each read: the next read starts where this one ended.
+            assert_eq!(parser.scanned, parser.buf.len());
+        }
+        let mut frames = parser.push(b"\n\n");
+        assert!(frames.is_empty(), "not a field line: ignored");
+        frames.extend(parser.push(b"data: done\n\n"));
+        assert_eq!(frames, vec![ev(None, "done")]);
+        assert!(parser.buf.is_empty());
     }
 
     #[test]
