@@ -30,6 +30,8 @@ pub struct TestOptions {
     pub access: AccessSettings,
     pub cors: CorsOrigins,
     pub max_pending_messages: u32,
+    /// Quotas: active sessions per user, messages per session (0: none).
+    pub quotas: (u32, u32),
     /// Bounds on open event streams: per session, in total.
     pub max_streams: (usize, usize),
     /// What agent backends may reach and use.
@@ -45,6 +47,10 @@ impl Default for TestOptions {
             access: AccessSettings::default(),
             cors: CorsOrigins::None,
             max_pending_messages: ServiceConfig::default().max_pending_messages,
+            quotas: (
+                ServiceConfig::default().max_sessions_per_user,
+                ServiceConfig::default().max_messages_per_session,
+            ),
             max_streams: (
                 stream_slots::DEFAULT_PER_SESSION,
                 stream_slots::DEFAULT_TOTAL,
@@ -127,6 +133,8 @@ impl TestContext {
                 retention: options.retention,
                 agent_timeout: options.agent_timeout,
                 max_pending_messages: options.max_pending_messages,
+                max_sessions_per_user: options.quotas.0,
+                max_messages_per_session: options.quotas.1,
                 egress: options.egress,
                 ..ServiceConfig::default()
             },

@@ -321,3 +321,91 @@ fn api_error_of<T>(
         Ok(_) => panic!("expected an API error, got a stream"),
     }
 }
+
+/// Quotas: a user's active sessions and a session's stored messages, each refused beyond its bound with 429
+/// `QUOTA_EXCEEDED`, which names it; an ended session makes room again.
+#[tokio::test]
+async fn quotas_of_sessions_per_user_and_messages_per_session() {
+    let ctx = TestContext::with_options(TestOptions {
+        quotas: (2, 4),
+        ..TestOptions::default()
+    })
+    .await;
+    let user = Uuid::new_v4();
+    let create = || {
+        let ctx = &ctx;
+        async move {
+            call(
+                ctx,
+                Method::POST,
+                "/api/messaging/sessions",
+                &[],
+                Some(&json!({"agentId": ctx.agent_id, "userId": user})),
+            )
+            .await
+        }
+    };
+    let first = create().await;
+    assert_eq!(first.status, 201);
+    assert_eq!(create().await.status, 201);
+    let refused = create().await;
+    refused.assert_error(429, "QUOTA_EXCEEDED", "a third session of one user");
+    assert!(refused.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 active sessions"));
+    let other = call(
+        &ctx,
+        Method::POST,
+        "/api/messaging/sessions",
+        &[],
+        Some(&json!({"agentId": ctx.agent_id, "userId": Uuid::new_v4()})),
+    )
+    .await;
+    assert_eq!(other.status, 201, "another user has a quota of their own");
+    let id = first.body["sessionId"].as_str().unwrap().to_string();
+    ctx.client
+        .delete_session()
+        .session_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(create().await.status, 201, "an ended session makes room");
+
+    // Messages: two exchanges (4 stored messages) fill the session.
+    let session = ctx.create_session(None).await.session_id.to_string();
+    for i in 0..2 {
+        ctx.client
+            .send_message()
+            .session_id(&session)
+            .body(message(&format!("m{i}"), types::TransportType::Http))
+            .send()
+            .await
+            .unwrap();
+    }
+    let (status, code, text) = api_error(
+        ctx.client
+            .send_message()
+            .session_id(&session)
+            .body(message("one too many", types::TransportType::Http))
+            .send()
+            .await,
+    );
+    assert_eq!(
+        (status, code),
+        (429, types::ErrorCode::QuotaExceeded),
+        "{text}"
+    );
+    let history = ctx
+        .client
+        .get_messages()
+        .session_id(&session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        history.messages.len(),
+        4,
+        "nothing stored for the refused message"
+    );
+}
