@@ -6,6 +6,7 @@ mod egress;
 mod errors;
 mod fake_backend;
 mod history;
+mod hygiene;
 mod lifecycle;
 mod messaging;
 mod multi_instance;
