@@ -1,8 +1,8 @@
 //! Hostile and departed clients: slow request heads are cut at the header timeout while others are served, idle
-//! keep-alive connections close at the idle timeout, the connection cap makes newcomers wait without stopping
-//! the clients already in, a thousand idle event streams leave room for ordinary requests, a departed stream
-//! client frees its slot at once, the DNS-rebinding guard, and sends that wait for a reply end at once when
-//! their session is deleted.
+//! keep-alive connections close at the idle timeout, at the connection cap idle connections give way to newcomers
+//! and busy ones keep flowing while newcomers wait, a thousand idle event streams leave room for ordinary
+//! requests, a departed stream client frees its slot at once, the DNS-rebinding guard, and sends that wait for a
+//! reply end at once when their session is deleted.
 //!
 //! Figures (latencies, cut times) are printed; run with `--nocapture` to see them.
 
@@ -197,9 +197,23 @@ async fn a_kept_alive_connection_closes_at_the_idle_timeout_not_the_header_timeo
     assert!(after < idle + Duration::from_secs(3), "{after:?}");
 }
 
+/// Reads from an open event stream until `needle` arrives.
+async fn until_received(socket: &mut TcpStream, needle: &str) {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = tokio::time::timeout(WAIT, socket.read(&mut buf))
+            .await
+            .expect("the event arrives in time")
+            .expect("read");
+        assert!(n > 0, "the stream ended before {needle:?}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_the_connection_cap_newcomers_wait_while_connected_clients_are_served() {
-    const CAP: usize = 8;
+async fn beyond_the_connection_cap_idle_connections_give_way_and_busy_ones_keep_flowing() {
+    const CAP: usize = 6;
     let ctx = TestContext::with_options(TestOptions {
         connections: short_clocks(Duration::from_secs(10), Duration::from_secs(60), CAP),
         ..Default::default()
@@ -208,54 +222,59 @@ async fn beyond_the_connection_cap_newcomers_wait_while_connected_clients_are_se
     let addr = host_port(&ctx);
     let session = ctx.create_session(None).await.session_id;
     let health = ctx.url("/api/messaging/sessions/health");
-    // A client with a kept-alive connection, then event streams in every place but one (the SDK's connection
-    // from creating the session may still hold that one).
-    let regular = reqwest::Client::new();
-    assert_eq!(regular.get(&health).send().await.unwrap().status(), 200);
+    // A hoarder: one request, then its connection idles, kept alive (for a minute, were the server not full).
+    let mut hoarder = TcpStream::connect(&addr).await.unwrap();
+    let request = format!("GET /api/messaging/sessions/health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    hoarder.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = hoarder.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // Event streams in every other place: the cap is full.
     let mut streams = Vec::new();
-    for _ in 0..CAP - 2 {
+    for _ in 0..CAP - 1 {
         streams.push(open_stream(&addr, &session).await);
     }
-    // Two more newcomers: at least one finds the cap full.
-    let mut filler = tokio::spawn({
-        let addr = addr.clone();
-        async move { open_stream(&addr, &session).await }
-    });
-    let mut newcomer = tokio::spawn({
-        let health = health.clone();
-        async move {
-            reqwest::Client::new()
-                .get(&health)
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
-    // The client already connected is served at once, on its connection.
+    // A newcomer is served at once: idle connections give way to it.
     let started = Instant::now();
-    assert_eq!(regular.get(&health).send().await.unwrap().status(), 200);
-    let regular_latency = started.elapsed();
+    let newcomer = tokio::time::timeout(WAIT, reqwest::get(&health))
+        .await
+        .expect("the newcomer is served")
+        .unwrap();
+    assert_eq!(newcomer.status(), 200);
+    let newcomer_latency = started.elapsed();
+    drop(newcomer);
+    let hoarder_closed = closed_after(&mut hoarder, started).await;
+
+    // Now every place is busy: a newcomer waits, while the streams already open keep flowing.
+    streams.push(open_stream(&addr, &session).await);
+    let mut waiting = tokio::spawn({
+        let health = health.clone();
+        async move { reqwest::get(&health).await.unwrap().status() }
+    });
+    ctx.service
+        .heartbeat(&session.to_string())
+        .await
+        .expect("a heartbeat, straight through the service (no place for it over HTTP)");
+    for stream in &mut streams {
+        until_received(stream, "event: session").await;
+    }
     assert!(
-        tokio::time::timeout(
-            Duration::from_millis(300),
-            futures::future::join(&mut filler, &mut newcomer)
-        )
-        .await
-        .is_err(),
-        "with the cap full, a newcomer waits"
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "with every place busy, the newcomer waits"
     );
-    // Places come back as connections close: every newcomer is then served.
     let freeing = Instant::now();
-    drop(streams);
-    let (filler, newcomer) = tokio::time::timeout(WAIT, futures::future::join(filler, newcomer))
+    streams.pop();
+    let status = tokio::time::timeout(WAIT, waiting)
         .await
-        .expect("newcomers are served once places free");
-    let _stream = filler.unwrap();
-    assert_eq!(newcomer.unwrap(), 200);
+        .expect("served once a place frees")
+        .unwrap();
+    assert_eq!(status, 200);
     println!(
-        "connection cap {CAP}: a connected client answered in {regular_latency:?} with the cap full; waiting \
-         newcomers answered {:?} after places freed",
+        "connection cap {CAP}: with the cap full of streams and an idle connection, a newcomer was answered in \
+         {newcomer_latency:?} (the idle one closed after {hoarder_closed:?}); with every place busy, streams kept \
+         flowing and a newcomer waited, then was answered {:?} after a place freed",
         freeing.elapsed()
     );
 }

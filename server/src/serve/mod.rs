@@ -22,7 +22,7 @@ use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Addr, Endpoint, EndpointExt, Response};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -37,7 +37,8 @@ pub struct ConnectionSettings {
     pub header_read_timeout: Duration,
     /// How long a kept-alive connection may wait for its next request before it is closed.
     pub idle_timeout: Duration,
-    /// Most connections open at once; beyond it, new ones wait in the listen backlog until one closes.
+    /// Most connections open at once; beyond it, new ones wait in the listen backlog until one closes, and
+    /// meanwhile idle connections close at once and request heads get at most a second.
     pub max_connections: usize,
     /// How long a shutdown waits for open connections to finish before it cuts them.
     pub drain_timeout: Duration,
@@ -90,20 +91,24 @@ pub async fn serve_with(
     let cut = CancellationToken::new();
     // Whether the cap was reached and said so, so that it is logged once per episode, not per connection.
     let mut full = false;
+    // True while a newcomer waits for a place: idle connections then give way (see `Timers::expired`).
+    let (crowding, crowded) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 full = false;
+                crowding.send_if_modified(|crowded| std::mem::replace(crowded, false));
                 permit
             }
             Err(_) => {
                 if !std::mem::replace(&mut full, true) {
                     tracing::warn!(
                         max_connections = settings.max_connections,
-                        "connection limit reached: new connections wait until one closes"
+                        "connection limit reached: new connections wait until one closes, idle ones close"
                     );
                 }
+                crowding.send_if_modified(|crowded| !std::mem::replace(crowded, true));
                 tokio::select! {
                     _ = &mut shutdown => break,
                     permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
@@ -132,6 +137,7 @@ pub async fn serve_with(
             remote,
             app: app.clone(),
             settings: settings.clone(),
+            crowded: crowded.clone(),
             closing: closing.clone(),
             cut: cut.clone(),
             _permit: permit,
@@ -179,6 +185,8 @@ struct Connection {
     remote: SocketAddr,
     app: Arc<BoxEndpoint<'static, Response>>,
     settings: Arc<ConnectionSettings>,
+    /// Whether newcomers wait for a place.
+    crowded: watch::Receiver<bool>,
     /// Shutdown: finish the requests in flight, then close.
     closing: CancellationToken,
     /// The drain timed out: drop everything now.
@@ -187,7 +195,7 @@ struct Connection {
     _permit: OwnedSemaphorePermit,
 }
 
-async fn connection(c: Connection) {
+async fn connection(mut c: Connection) {
     // Replies and event frames are small writes that must leave at once, not wait for the previous one's ACK.
     let _ = c.socket.set_nodelay(true);
     let timers = Timers::new(c.settings.header_read_timeout, c.settings.idle_timeout);
@@ -224,7 +232,7 @@ async fn connection(c: Connection) {
                 }
                 return;
             }
-            expiry = timers.expired(), if !finishing => match expiry {
+            expiry = timers.expired(&mut c.crowded), if !finishing => match expiry {
                 Expiry::Header => {
                     tracing::debug!(remote = %c.remote, "no complete request head in time: connection cut");
                     return;
