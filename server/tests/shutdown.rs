@@ -1,7 +1,8 @@
 //! Stopping the `agent-sessions-server` binary with SIGTERM, in each state it can be in: idle; with open event
 //! streams (they end at once, cleanly); with `sse` and `http` sends waiting for a slow agent (an `error` frame and a
 //! 503, never a cut connection); and with a request that never completes (cut at the bound). In every case the
-//! process exits with success within its bound (`SHUTDOWN_TIMEOUT_SECONDS`, 10 s by default).
+//! process exits with success within its bound (`SHUTDOWN_TIMEOUT_SECONDS`, 10 s by default); a second signal
+//! exits at once, with failure.
 //!
 //! A test binary of its own, next to `binary.rs`: only here does cargo provide the path of the binary it built.
 //! Figures are printed; run with `--nocapture` to see them.
@@ -26,6 +27,8 @@ const PROMPT: Duration = Duration::from_secs(3);
 struct Server {
     child: Child,
     base: String,
+    /// What the server prints after its listening line.
+    lines: mpsc::UnboundedReceiver<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -38,7 +41,7 @@ impl Server {
             .env_remove("API_KEYS")
             .env_remove("ELIZA_SERVER_AUTH_TOKEN")
             .env_remove("SHUTDOWN_TIMEOUT_SECONDS")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -59,10 +62,16 @@ impl Server {
         .await
         .expect("the server reports where it listens");
         // Keep reading stdout, so that the server never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
         Self {
             child,
             base,
+            lines: rx,
             _dir: dir,
         }
     }
@@ -73,6 +82,20 @@ impl Server {
 
     fn addr(&self) -> String {
         self.base.trim_start_matches("http://").to_string()
+    }
+
+    /// Waits for a line of the server's output containing `needle`.
+    async fn printed(&mut self, needle: &str) {
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = self.lines.recv().await {
+                if line.contains(needle) {
+                    return;
+                }
+            }
+            panic!("the server's output ended before {needle:?}");
+        })
+        .await
+        .expect("the server prints it");
     }
 
     /// Sends SIGTERM; returns the moment it was sent.
@@ -286,12 +309,9 @@ async fn waiting_sends_get_an_error_frame_and_a_503_and_the_server_stops_at_once
     assert!(took < PROMPT, "{took:?}");
 }
 
-#[tokio::test]
-async fn a_request_that_never_completes_is_cut_at_the_bound() {
-    let bound = Duration::from_secs(2);
-    let mut server = Server::start(&[("SHUTDOWN_TIMEOUT_SECONDS", "2")]).await;
-    // A request whose body never arrives in full: the server waits for it (no clock runs while a request is
-    // being answered), and the drain has to give up on it.
+/// A request whose body never arrives in full: the server waits for it (no clock runs while a request is being
+/// answered), so only the bound ends the drain. Returns once the server has taken it in.
+async fn stuck_request(server: &Server) -> tokio::net::TcpStream {
     let mut socket = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
     let head = format!(
         "POST /api/messaging/sessions HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: \
@@ -304,6 +324,14 @@ async fn a_request_that_never_completes_is_cut_at_the_bound() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+    socket
+}
+
+#[tokio::test]
+async fn a_request_that_never_completes_is_cut_at_the_bound() {
+    let bound = Duration::from_secs(2);
+    let mut server = Server::start(&[("SHUTDOWN_TIMEOUT_SECONDS", "2")]).await;
+    let mut socket = stuck_request(&server).await;
 
     let since = server.terminate();
     let mut buf = Vec::new();
@@ -325,4 +353,17 @@ async fn a_request_that_never_completes_is_cut_at_the_bound() {
         cut_after > bound / 2,
         "the drain waited for the request before cutting it: {cut_after:?}"
     );
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let mut server = Server::start(&[("SHUTDOWN_TIMEOUT_SECONDS", "60")]).await;
+    let _socket = stuck_request(&server).await;
+    server.terminate();
+    server.printed("shutting down").await;
+    let since = server.terminate();
+    let (status, took) = server.exited(since).await;
+    println!("second signal: exited {took:?} after it ({status})");
+    assert_eq!(status.code(), Some(1), "not a clean stop: {status}");
+    assert!(took < PROMPT, "{took:?}");
 }

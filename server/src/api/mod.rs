@@ -93,9 +93,10 @@ pub fn app(
     access: Arc<Access>,
     settings: HttpSettings,
 ) -> impl Endpoint {
-    let host_guard = match access.requires_credentials() {
-        true => HostGuard::Off,
-        false => settings.host_guard.clone(),
+    let host_guard = if access.requires_credentials() {
+        HostGuard::Off
+    } else {
+        settings.host_guard.clone()
     };
     let api = service();
     // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec.
