@@ -7,6 +7,7 @@ mod errors;
 mod fake_backend;
 mod faults;
 mod history;
+mod hygiene;
 mod lifecycle;
 mod messaging;
 mod multi_instance;

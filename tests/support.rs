@@ -8,13 +8,14 @@ use agent_sessions::types;
 use agent_sessions::Client;
 use agent_sessions_server::agents::EgressPolicy;
 use agent_sessions_server::api::stream_slots::{self, StreamSlots};
-use agent_sessions_server::api::{CorsOrigins, HttpSettings, StreamSettings};
+use agent_sessions_server::api::{CorsOrigins, HostGuard, HttpSettings, StreamSettings};
 use agent_sessions_server::auth::{Access, AccessSettings};
 use agent_sessions_server::clock::MockClock;
 use agent_sessions_server::domain::TimeoutPolicy;
 use agent_sessions_server::service::{ServiceConfig, SessionService};
 use agent_sessions_server::store::{self, SessionStore};
 use agent_sessions_server::sweeper::Sweeper;
+use agent_sessions_server::ConnectionSettings;
 use chrono::Duration;
 use futures::StreamExt;
 use std::time::Duration as StdDuration;
@@ -36,6 +37,10 @@ pub struct TestOptions {
     pub max_streams: (usize, usize),
     /// What agent backends may reach and use.
     pub egress: EgressPolicy,
+    /// Timeouts and the cap on connections.
+    pub connections: ConnectionSettings,
+    /// Host names answered besides loopback names, when the server has no keys.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for TestOptions {
@@ -56,6 +61,8 @@ impl Default for TestOptions {
                 stream_slots::DEFAULT_TOTAL,
             ),
             egress: EgressPolicy::default(),
+            connections: ConnectionSettings::default(),
+            allowed_hosts: Vec::new(),
         }
     }
 }
@@ -83,6 +90,8 @@ pub struct TestContext {
     /// The demo echo agent created at start.
     pub agent_id: Uuid,
     pub db_path: PathBuf,
+    /// The server's bounds on open event streams (`open()` counts them).
+    pub slots: Arc<StreamSlots>,
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -146,28 +155,35 @@ impl TestContext {
         );
         service.ensure_demo_agent().await.expect("demo agent");
         let agent_id = service.list_agents().await.expect("agents")[0].id;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = agent_sessions_server::serve::bind("127.0.0.1", 0)
             .await
             .expect("bind");
-        let base_url = format!("http://{}", listener.local_addr().expect("addr"));
+        let local = listener.local_addr().expect("addr");
+        let base_url = format!("http://{local}");
         let (tx, rx) = oneshot::channel::<()>();
+        let slots = StreamSlots::new(options.max_streams.0, options.max_streams.1);
         let app = agent_sessions_server::app(
             service.clone(),
             access.clone(),
             HttpSettings {
                 streams: StreamSettings {
                     keepalive: std::time::Duration::from_secs(15),
-                    slots: StreamSlots::new(options.max_streams.0, options.max_streams.1),
+                    slots: slots.clone(),
                 },
                 cors: options.cors.clone(),
+                host_guard: HostGuard::for_listener(local, &options.allowed_hosts),
             },
         );
+        let connections = options.connections.clone();
+        let stopping = service.clone();
         let server = tokio::spawn(async move {
-            agent_sessions_server::serve(listener, app, async {
+            let shutdown = async move {
                 let _ = rx.await;
-            })
-            .await
-            .expect("server runs");
+                stopping.begin_shutdown();
+            };
+            agent_sessions_server::serve_with(listener, app, shutdown, connections)
+                .await
+                .expect("server runs");
         });
         let client = match options.access.api_keys.first() {
             Some(key) => Client::with_api_key(&base_url, key).expect("a valid key"),
@@ -181,6 +197,7 @@ impl TestContext {
             store,
             agent_id,
             db_path,
+            slots,
             dir,
             shutdown: Some(tx),
             server: Some(server),

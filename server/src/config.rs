@@ -6,9 +6,11 @@ use clap::Parser;
 
 use crate::agents::egress::{self, EgressPolicy, HostPattern};
 use crate::api::stream_slots::StreamSlots;
-use crate::api::{CorsOrigins, HttpSettings, StreamSettings};
+use crate::api::{CorsOrigins, HostGuard, HttpSettings, StreamSettings};
 use crate::auth::{AccessSettings, RateLimitSettings};
 use crate::domain::TimeoutPolicy;
+use crate::fd_limit::{self, Fitted};
+use crate::serve::ConnectionSettings;
 use crate::service::ServiceConfig;
 use crate::store::StoreOptions;
 
@@ -207,6 +209,31 @@ pub struct Config {
     #[arg(long, env = "MAX_STREAMS", default_value_t = crate::api::stream_slots::DEFAULT_TOTAL)]
     pub max_streams: usize,
 
+    /// How long a client may take to send a request's line and headers, in seconds: from opening the connection,
+    /// or from the first byte of a request on a kept-alive one. Slower clients are cut (clamped to 0.1-3600).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECONDS", default_value_t = 10.0, value_parser = finite)]
+    pub header_read_timeout_seconds: f64,
+
+    /// How long a kept-alive connection may wait for its next request, in seconds, before it is closed (clamped to
+    /// 0.1-86400). Behind a load balancer, keep it above the balancer's own idle timeout.
+    #[arg(long, env = "IDLE_TIMEOUT_SECONDS", default_value_t = 75.0, value_parser = finite)]
+    pub idle_timeout_seconds: f64,
+
+    /// Most client connections open at once; beyond it, new ones wait until one closes. 0: three quarters of the
+    /// open-file limit, at most 10 000. Lowered to fit the open-file limit when set higher.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// SIGTERM or SIGINT ends the process within this many seconds, whatever is still open (clamped to 1-3600).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10.0, value_parser = finite)]
+    pub shutdown_timeout_seconds: f64,
+
+    /// Host names that a server without API keys on a loopback address answers besides loopback names
+    /// (`localhost`, `*.localhost`, 127.0.0.1, [::1]), comma-separated: e.g. the name a local proxy forwards.
+    /// Requests addressed to any other name are refused (403), against DNS rebinding.
+    #[arg(long = "allowed-hosts", env = "ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+
     /// Print the OpenAPI document the handlers generate, and exit.
     #[arg(long)]
     pub print_openapi: bool,
@@ -347,7 +374,13 @@ impl Config {
         }
     }
 
-    pub fn http_settings(&self) -> HttpSettings {
+    /// The HTTP side's settings for a server listening on `listening`, with at most `max_streams` event streams
+    /// (from [`Config::fit`]).
+    pub fn http_settings(
+        &self,
+        listening: std::net::SocketAddr,
+        max_streams: usize,
+    ) -> HttpSettings {
         let origins: Vec<String> = self
             .cors_origins
             .iter()
@@ -357,10 +390,35 @@ impl Config {
         HttpSettings {
             streams: StreamSettings {
                 keepalive: self.keepalive(),
-                slots: StreamSlots::new(self.max_streams_per_session, self.max_streams),
+                slots: StreamSlots::new(self.max_streams_per_session, max_streams),
             },
             cors: CorsOrigins::parse(&origins),
+            host_guard: HostGuard::for_listener(listening, &self.allowed_hosts),
         }
+    }
+
+    /// The caps on connections and event streams, fitted under the open-file limit (None: unknown).
+    pub fn fit(&self, open_files: Option<u64>) -> Fitted {
+        fd_limit::fit(self.max_connections, self.max_streams, open_files)
+    }
+
+    /// How connections are served, with at most `max_connections` (from [`Config::fit`]). The drain leaves part
+    /// of the shutdown bound to stopping the background work and closing the store.
+    pub fn connection_settings(&self, max_connections: usize) -> ConnectionSettings {
+        let seconds =
+            |value: f64, max: f64| std::time::Duration::from_secs_f64(value.clamp(0.1, max));
+        let bound = self.shutdown_timeout();
+        ConnectionSettings {
+            header_read_timeout: seconds(self.header_read_timeout_seconds, 3600.0),
+            idle_timeout: seconds(self.idle_timeout_seconds, 86_400.0),
+            max_connections,
+            drain_timeout: bound - shutdown_reserve(bound),
+        }
+    }
+
+    /// The bound on a shutdown, from the signal to the end of the process.
+    pub fn shutdown_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.shutdown_timeout_seconds.clamp(1.0, 3600.0))
     }
 
     pub fn keepalive(&self) -> std::time::Duration {
@@ -373,6 +431,11 @@ impl Config {
     }
 }
 
+/// The part of the shutdown bound kept, after draining connections, for the background work and the store.
+pub fn shutdown_reserve(bound: std::time::Duration) -> std::time::Duration {
+    (bound / 5).min(std::time::Duration::from_secs(2))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -382,20 +445,25 @@ mod tests {
     /// The environment is the process's: tests that set it take turns, and leave it as they found it.
     static ENV: Mutex<()> = Mutex::new(());
 
-    const EGRESS_VARS: [&str; 4] = [
+    const SETTINGS_VARS: [&str; 9] = [
         "AGENT_CA_FILE",
         "AGENT_SECRET_ENV",
         "AGENT_ALLOWED_HOSTS",
         "AGENT_MAX_REPLY_BYTES",
+        "HEADER_READ_TIMEOUT_SECONDS",
+        "IDLE_TIMEOUT_SECONDS",
+        "SHUTDOWN_TIMEOUT_SECONDS",
+        "MAX_CONNECTIONS",
+        "ALLOWED_HOSTS",
     ];
 
     fn with_env<T>(vars: &[(&str, &str)], f: impl FnOnce() -> T) -> T {
         let _turn = ENV.lock().unwrap_or_else(|e| e.into_inner());
-        let saved: Vec<_> = EGRESS_VARS
+        let saved: Vec<_> = SETTINGS_VARS
             .iter()
             .map(|name| (*name, std::env::var_os(name)))
             .collect();
-        for name in EGRESS_VARS {
+        for name in SETTINGS_VARS {
             std::env::remove_var(name);
         }
         for (name, value) in vars {
@@ -578,12 +646,63 @@ mod tests {
         assert_eq!(a.limits.key_per_minute, 60_000);
         assert_eq!(a.token_ttl, None);
         assert_eq!(
-            c.http_settings().cors,
+            c.http_settings("127.0.0.1:0".parse().unwrap(), 512).cors,
             CorsOrigins::List(vec!["https://a.example".into()])
         );
         let printed = format!("{c:?} {a:?}");
         for secret in ["k1", "k3", "s3cr3t"] {
             assert!(!printed.contains(secret), "{secret} printed: {printed}");
         }
+    }
+
+    #[test]
+    fn connection_settings_default_clamp_and_come_from_the_environment() {
+        let c = with_env(&[], || parse(&[])).unwrap();
+        let conn = c.connection_settings(768);
+        assert_eq!(conn.header_read_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(conn.idle_timeout, std::time::Duration::from_secs(75));
+        assert_eq!(conn.max_connections, 768);
+        assert_eq!(c.shutdown_timeout(), std::time::Duration::from_secs(10));
+        // The drain leaves 2 s of the 10 s bound to the background work and the store.
+        assert_eq!(conn.drain_timeout, std::time::Duration::from_secs(8));
+        assert_eq!((c.max_connections, c.allowed_hosts.len()), (0, 0));
+
+        let c = with_env(
+            &[
+                ("HEADER_READ_TIMEOUT_SECONDS", "0"),
+                ("IDLE_TIMEOUT_SECONDS", "1e9"),
+                ("SHUTDOWN_TIMEOUT_SECONDS", "2"),
+                ("MAX_CONNECTIONS", "100"),
+                ("ALLOWED_HOSTS", "proxy.internal,app.test"),
+            ],
+            || parse(&[]),
+        )
+        .unwrap();
+        let conn = c.connection_settings(c.fit(Some(1024)).max_connections);
+        assert_eq!(
+            conn.header_read_timeout,
+            std::time::Duration::from_millis(100)
+        );
+        assert_eq!(conn.idle_timeout, std::time::Duration::from_secs(86_400));
+        assert_eq!(conn.drain_timeout, std::time::Duration::from_millis(1600));
+        assert_eq!(conn.max_connections, 100);
+        assert_eq!(
+            c.fit(Some(1024)).max_streams,
+            75,
+            "three quarters of 100 connections"
+        );
+        assert_eq!(c.allowed_hosts, ["proxy.internal", "app.test"]);
+        assert_eq!(
+            c.http_settings("127.0.0.1:3000".parse().unwrap(), 75)
+                .host_guard,
+            HostGuard::LoopbackNames {
+                extra: vec!["proxy.internal".into(), "app.test".into()]
+            }
+        );
+        assert_eq!(
+            c.http_settings("0.0.0.0:3000".parse().unwrap(), 75)
+                .host_guard,
+            HostGuard::Off
+        );
     }
 }

@@ -10,6 +10,9 @@
 //! - [`clock`]: `Clock`, `SystemClock`, `MockClock`.
 //! - [`sweeper`]: the background purge of sessions past retention.
 //! - [`outage`]: retry pacing and once-per-burst failure logs, for living through database outages.
+//! - [`serve`]: connections: accept loop, cap, header and idle timeouts, bounded drain at shutdown.
+//! - [`fd_limit`]: the open-file limit, raised at start, and the connection budget it allows.
+//! - [`shutdown`]: the stop signals and the last-resort exit at the shutdown's bound.
 //! - [`config`]: flags and environment variables.
 
 pub mod agents;
@@ -18,29 +21,18 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod fd_limit;
 pub mod outage;
+pub mod serve;
 pub mod service;
+pub mod shutdown;
 pub mod store;
 pub mod sweeper;
 
-use std::future::Future;
-use std::time::Duration;
-
 pub use api::app;
+pub use serve::{serve, serve_with, ConnectionSettings};
 
 /// The OpenAPI document the handlers generate, as JSON.
 pub fn openapi_spec_json() -> String {
     api::generated_spec_json()
-}
-
-/// Serves `app` on an already-bound listener until `shutdown` completes, then lets in-flight requests finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: impl poem::Endpoint + 'static,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
-    poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app, shutdown, Some(Duration::from_secs(10)))
-        .await
 }

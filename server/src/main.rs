@@ -1,13 +1,15 @@
 //! The `agent-sessions-server` binary: parse config, open the store, create the demo agent if needed, serve.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use agent_sessions_server::auth::Access;
 use agent_sessions_server::clock::SystemClock;
-use agent_sessions_server::config::Config;
+use agent_sessions_server::config::{shutdown_reserve, Config};
 use agent_sessions_server::service::SessionService;
+use agent_sessions_server::shutdown::{exit_after, StopSignals};
 use agent_sessions_server::sweeper::Sweeper;
-use agent_sessions_server::{app, openapi_spec_json, serve, store};
+use agent_sessions_server::{app, fd_limit, openapi_spec_json, serve, serve_with, store};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -20,8 +22,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// outage once (and pool saturation once per burst); `RUST_LOG=info,sqlx=warn` brings them back.
 const DEFAULT_LOG: &str = "info,sqlx=error";
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long the runtime may take to stop once serving is done.
+const RUNTIME_STOP: Duration = Duration::from_millis(200);
+
+fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     if config.print_openapi {
         println!("{}", openapi_spec_json());
@@ -32,11 +36,43 @@ async fn main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(run(config));
+    // Work still blocked somewhere (a call into a database that stopped answering) must not hold the exit up.
+    runtime.shutdown_timeout(RUNTIME_STOP);
+    outcome
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     // Before the store is opened, so that a bad setting (e.g. an unreadable --agent-ca-file) creates nothing.
     let service_config = config.service_config()?;
+    let open_files = match fd_limit::raise() {
+        Ok(limit) => {
+            if limit.now > limit.was {
+                tracing::info!(
+                    was = limit.was,
+                    now = limit.now,
+                    "raised the open-file limit to its hard limit"
+                );
+            } else {
+                tracing::info!(limit = limit.now, hard = limit.hard, "open-file limit");
+            }
+            Some(limit.now)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise the open-file limit");
+            None
+        }
+    };
+    let fitted = config.fit(open_files);
+    for lowered in &fitted.lowered {
+        tracing::warn!("{lowered}");
+    }
 
     // Bound first, so that protected mode judges the address actually listened on.
-    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port)).await?;
+    let listener = serve::bind(&config.host, config.port).await?;
     let addr = listener.local_addr()?;
     if let Err(refusal) = protected_mode(&config, addr) {
         eprintln!("{refusal}");
@@ -57,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(id = %agent.id, name = %agent.name, "agent available");
     }
 
+    let mut signals = StopSignals::install()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = Sweeper::new(service.clone(), config.cleanup_interval()).spawn(stop_rx);
 
@@ -65,20 +102,60 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "open: no API key configured"
     };
+    let connections = config.connection_settings(fitted.max_connections);
+    tracing::info!(
+        max_connections = connections.max_connections,
+        max_streams = fitted.max_streams,
+        header_read_timeout = ?connections.header_read_timeout,
+        idle_timeout = ?connections.idle_timeout,
+        shutdown_timeout = ?config.shutdown_timeout(),
+        "connection limits"
+    );
     println!(
         "agent-sessions-server listening on http://{addr} (API docs: http://{addr}/docs; {mode})"
     );
-    serve(
-        listener,
-        app(service, access, config.http_settings()),
-        shutdown_signal(),
-    )
-    .await?;
+    let bound = config.shutdown_timeout();
+    let signalled = Arc::new(OnceLock::new());
+    let shutdown = {
+        let service = service.clone();
+        let signalled = signalled.clone();
+        async move {
+            signals.recv().await;
+            let _ = signalled.set(Instant::now());
+            tracing::info!("shutting down within {bound:?}");
+            exit_after(bound);
+            tokio::spawn(async move {
+                signals.recv().await;
+                eprintln!("agent-sessions-server: second signal, exiting now");
+                std::process::exit(1);
+            });
+            service.begin_shutdown();
+        }
+    };
+    let http = config.http_settings(addr, fitted.max_streams);
+    serve_with(listener, app(service, access, http), shutdown, connections).await?;
 
+    // What is left of the bound after the drain (at least the reserve), for the sweeper and the store, less a
+    // margin for the runtime's own stop below.
+    let signalled = signalled.get().copied().unwrap_or_else(Instant::now);
+    let margin = (RUNTIME_STOP + Duration::from_millis(100)).min(shutdown_reserve(bound) / 2);
+    let deadline = signalled + bound - margin;
     let _ = stop_tx.send(true);
-    let _ = sweeper.await;
-    store.close().await;
-    tracing::info!("stopped");
+    let sweeper_abort = sweeper.abort_handle();
+    if tokio::time::timeout_at(deadline.into(), sweeper)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the sweeper did not stop in time: abandoned");
+        sweeper_abort.abort();
+    }
+    if tokio::time::timeout_at(deadline.into(), store.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the store did not close in time: abandoned");
+    }
+    tracing::info!(took = ?signalled.elapsed(), "stopped");
     Ok(())
 }
 
@@ -96,19 +173,4 @@ fn protected_mode(config: &Config, addr: std::net::SocketAddr) -> Result<(), Str
          \x20 Or listen on loopback: SERVER_HOST=127.0.0.1 (or --host 127.0.0.1)\n\
          \x20 Or run open anyway:    --allow-anonymous (ALLOW_ANONYMOUS=true), e.g. behind a proxy that authenticates"
     ))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

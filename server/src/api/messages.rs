@@ -30,7 +30,7 @@ use crate::agents::AgentError;
 use crate::domain::event::{message_json, reply_json};
 use crate::domain::validate::Transport;
 use crate::domain::{AgentReply, EventKind, SessionEvent};
-use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService};
+use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService, WaitEnded};
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
 
@@ -105,6 +105,9 @@ impl MessagesApi {
                         return Ok(SendMessageResponse::Sent(JsonOut(Box::new(body))));
                     }
                     Some(ReplyProgress::Failed(e)) => return Err(agent_failure(&e).into()),
+                    Some(ReplyProgress::Ended(why)) => {
+                        return Err(wait_ended(why, &session_id).into())
+                    }
                     None => {
                         return Err(agent_failure(&AgentError::Failed("no reply".into())).into())
                     }
@@ -116,6 +119,7 @@ impl MessagesApi {
                     EventStream::new(exchange_stream(
                         message_json(&outcome.user_message),
                         outcome.reply,
+                        session_id.0.clone(),
                     ))
                     .keep_alive(keepalive)
                     .to_event(|e| {
@@ -283,37 +287,65 @@ fn agent_failure(e: &AgentError) -> ApiError {
     }
 }
 
+/// Why a waiting `http` or `sse` send got no reply, when the agent is not the reason.
+///
+/// A deleted session is a 404 `SESSION_NOT_FOUND`, not a 410: it is what every later request about the session
+/// answers (410 `SESSION_EXPIRED` is kept for sessions that timed out), so a client handles both the same way.
+fn wait_ended(why: WaitEnded, session_id: &str) -> ApiError {
+    match why {
+        WaitEnded::SessionDeleted => ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::SessionNotFound,
+            format!("Session '{session_id}' was deleted while the message waited for its reply"),
+        ),
+        WaitEnded::ShuttingDown => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ServiceUnavailable,
+            "The server is shutting down before the agent answered; the message is stored, and its reply will \
+             arrive on the events stream and in the history once the server (or another instance) answers it",
+        ),
+    }
+}
+
 /// The `sse` exchange: the stored user message, the reply's chunks, then one `done` or `error`. The watch
-/// always ends with one of those (a reply, a failure, or giving up on a queue that stopped moving), so the
-/// stream always ends.
+/// always ends with one of those (a reply, a failure, giving up on a queue that stopped moving, the session's
+/// deletion or the server's shutdown), so the stream always ends.
 fn exchange_stream(
     user_message: Value,
     reply: Option<ReplyWatch>,
+    session_id: String,
 ) -> BoxStream<'static, MessageStreamEvent> {
     let first = MessageStreamEvent {
         event: MessageStreamEventName::UserMessage,
         data: EventData(user_message),
     };
-    let rest = stream::unfold(reply, |reply| async move {
-        let mut reply = reply?;
-        let (event, data) = match reply.next().await? {
-            ReplyProgress::Chunk(data) => (MessageStreamEventName::Chunk, data),
-            ReplyProgress::Done { message, reply } => (
-                MessageStreamEventName::Done,
-                serde_json::json!({ "message": message, "agentResponse": reply_json(&reply) }),
-            ),
-            ReplyProgress::Failed(e) => {
-                let failure = agent_failure(&e);
-                (
-                    MessageStreamEventName::Error,
-                    serde_json::json!({ "error": failure.message, "code": failure.code_str() }),
-                )
-            }
-        };
-        let data = EventData(data);
-        Some((MessageStreamEvent { event, data }, Some(reply)))
+    let session_id: Arc<str> = session_id.into();
+    let rest = stream::unfold(reply, move |reply| {
+        let session_id = session_id.clone();
+        async move {
+            let mut reply = reply?;
+            let (event, data) = match reply.next().await? {
+                ReplyProgress::Chunk(data) => (MessageStreamEventName::Chunk, data),
+                ReplyProgress::Done { message, reply } => (
+                    MessageStreamEventName::Done,
+                    serde_json::json!({ "message": message, "agentResponse": reply_json(&reply) }),
+                ),
+                ReplyProgress::Failed(e) => error_frame(&agent_failure(&e)),
+                ReplyProgress::Ended(why) => error_frame(&wait_ended(why, &session_id)),
+            };
+            let data = EventData(data);
+            Some((MessageStreamEvent { event, data }, Some(reply)))
+        }
     });
     stream::once(async move { first }).chain(rest).boxed()
+}
+
+/// An `error` frame carrying what the `http` transport would answer.
+fn error_frame(failure: &ApiError) -> (MessageStreamEventName, Value) {
+    (
+        MessageStreamEventName::Error,
+        serde_json::json!({ "error": failure.message, "code": failure.code_str() }),
+    )
 }
 
 fn message_event_name(name: MessageStreamEventName) -> &'static str {

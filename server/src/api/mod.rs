@@ -7,6 +7,7 @@ mod body;
 pub mod browser;
 pub mod error;
 mod event_stream;
+pub mod host_guard;
 mod json_out;
 mod messages;
 pub mod models;
@@ -40,6 +41,7 @@ pub enum ApiTags {
 }
 
 pub use browser::CorsOrigins;
+pub use host_guard::HostGuard;
 pub use messages::StreamSettings;
 
 /// The HTTP side's settings.
@@ -48,6 +50,8 @@ pub struct HttpSettings {
     pub streams: StreamSettings,
     /// Origins that may call the API from a browser.
     pub cors: CorsOrigins,
+    /// Which `Host` names an open server answers (the DNS-rebinding guard); off when keys are required.
+    pub host_guard: HostGuard,
 }
 
 type Apis = (
@@ -83,14 +87,19 @@ pub fn contract_json() -> &'static str {
     })
 }
 
-/// The whole HTTP application over a service. Layers, outermost first: CORS (with the origin filter), security
-/// headers, panic catching, access control (authentication and rate limits, before any route runs), the JSON
-/// error shape, then the routes.
+/// The whole HTTP application over a service. Layers, outermost first: the DNS-rebinding guard (open servers on
+/// loopback only), CORS (with the origin filter), security headers, panic catching, access control
+/// (authentication and rate limits, before any route runs), the JSON error shape, then the routes.
 pub fn app(
     service_state: Arc<SessionService>,
     access: Arc<Access>,
     settings: HttpSettings,
 ) -> impl Endpoint {
+    let host_guard = if access.requires_credentials() {
+        HostGuard::Off
+    } else {
+        settings.host_guard.clone()
+    };
     let api = service();
     // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec.
     let docs = api
@@ -133,7 +142,7 @@ pub fn app(
                 .with_handler(|_| ApiError::internal(&"handler panicked").as_poem_response()),
         )
         .around(browser::security_headers);
-    browser::with_cors(routes, settings.cors)
+    browser::with_cors(routes, settings.cors).with(host_guard)
 }
 
 impl ApiError {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use poem::http::header::RETRY_AFTER;
 use poem::http::StatusCode;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::error::{ApiError, ErrorCode};
@@ -20,6 +21,9 @@ pub struct StreamSlots {
     per_session: usize,
     total: usize,
     open: Mutex<Open>,
+    /// The number of open streams, for whoever watches it (tests time how fast a departed client's slot
+    /// comes back).
+    count: watch::Sender<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +45,7 @@ impl StreamSlots {
             per_session: per_session.max(1),
             total: total.max(1),
             open: Mutex::new(Open::default()),
+            count: watch::Sender::new(0),
         })
     }
 
@@ -72,6 +77,7 @@ impl StreamSlots {
         }
         *here += 1;
         open.total += 1;
+        self.count.send_replace(open.total);
         Ok(Slot {
             slots: self.clone(),
             session,
@@ -82,12 +88,18 @@ impl StreamSlots {
     pub fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).total
     }
+
+    /// Follows the number of open streams as it changes.
+    pub fn watch(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total = open.total.saturating_sub(1);
+        self.slots.count.send_replace(open.total);
         if let Some(n) = open.by_session.get_mut(&self.session) {
             *n -= 1;
             if *n == 0 {

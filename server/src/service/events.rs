@@ -29,7 +29,9 @@ impl SessionService {
         let (tx, rx) = mpsc::channel(256);
         let store = self.store.clone();
         let session_id = session.id;
-        tokio::spawn(async move {
+        // At shutdown the stream ends, so that the drain does not wait for it.
+        let stopping = self.stopping.clone();
+        let feed = async move {
             let mut seen = last_event_id.unwrap_or(0);
             let mut live = live;
             if last_event_id.is_some() && !catch_up(&*store, session_id, &mut seen, &tx).await {
@@ -64,6 +66,12 @@ impl SessionService {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }
+            }
+        };
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = feed => {}
+                _ = stopping.cancelled() => {}
             }
         });
         Ok(rx)

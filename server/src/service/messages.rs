@@ -103,9 +103,9 @@ impl SessionService {
                 message.seq = seq;
                 self.replies.kick(current.id);
                 let agent_timeout = self.replies.agent_timeout();
-                let reply = feed
-                    .take()
-                    .map(|feed| ReplyWatch::new(feed, message.id, agent_timeout));
+                let reply = feed.take().map(|feed| {
+                    ReplyWatch::new(feed, message.id, agent_timeout, self.stopping.clone())
+                });
                 return Ok(SendOutcome {
                     transport: body.transport,
                     user_message: message,

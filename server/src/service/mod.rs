@@ -25,7 +25,7 @@ use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
 pub use events::EventSubscription;
 pub use messages::{MessagePage, SendOutcome};
-pub use replies::{ReplyProgress, ReplyWatch};
+pub use replies::{ReplyProgress, ReplyWatch, WaitEnded};
 
 /// The demo agent's id: the example `agentId` of the elizaOS reference page for `POST /api/messaging/sessions`.
 pub const DEMO_AGENT_ID: Uuid = Uuid::from_u128(0x3c90c3cc_0d44_4b50_8888_8dd25736052a);
@@ -109,18 +109,22 @@ pub struct SessionService {
     started: DateTime<Utc>,
     backends: Backends,
     replies: Arc<replies::Replier>,
+    /// Cancelled when the server starts shutting down (see [`SessionService::begin_shutdown`]).
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 impl SessionService {
     pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, config: ServiceConfig) -> Self {
         let started = clock.now();
         let backends = Backends::new(config.egress);
+        let stopping = tokio_util::sync::CancellationToken::new();
         let replies = Arc::new(replies::Replier::new(
             store.clone(),
             clock.clone(),
             backends.clone(),
             config.agent_timeout,
             config.history_limit,
+            stopping.clone(),
         ));
         Self {
             store,
@@ -133,7 +137,20 @@ impl SessionService {
             started,
             backends,
             replies,
+            stopping,
         }
+    }
+
+    /// Starts stopping, so that nothing holds the shutdown up: reply workers stop (their claims expire and the
+    /// messages are answered later), requests waiting for a reply end with "shutting down", and event streams
+    /// end (clients reconnect with `Last-Event-ID`, here after a restart or to another instance).
+    pub fn begin_shutdown(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Cancelled once [`SessionService::begin_shutdown`] is called.
+    pub fn stopping(&self) -> &tokio_util::sync::CancellationToken {
+        &self.stopping
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {

@@ -6,6 +6,10 @@
 //! instances never answer one session at the same time. Requests that wait for a reply (`http`, `sse`) follow
 //! it through the session's event feed (chunks, the stored reply, or a failure, all tagged with the message they
 //! answer), which reaches every instance; so it does not matter which instance produced it.
+//!
+//! Deleting the session ends both sides at once: the worker drops the agent call, and waiting requests hear
+//! that the session is gone. So does a shutdown: the worker leaves its claim to expire (then this server after a
+//! restart, or another instance, answers the message), and waiting requests hear that the server is stopping.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::agents::{AgentError, AgentRequest, Backends};
@@ -31,6 +36,17 @@ pub enum ReplyProgress {
         reply: AgentReply,
     },
     Failed(AgentError),
+    /// The wait ended before any reply, for a reason of the server's, not the agent's.
+    Ended(WaitEnded),
+}
+
+/// Why a wait for a reply ended without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnded {
+    /// The session was deleted (its messages with it): no reply will come.
+    SessionDeleted,
+    /// This server is shutting down; the message stays stored and is answered later.
+    ShuttingDown,
 }
 
 pub struct Replier {
@@ -42,6 +58,8 @@ pub struct Replier {
     /// Sessions with a worker on this instance; `true` when it was kicked again while running, so that it
     /// claims once more before leaving (a message stored meanwhile is then not left waiting).
     workers: Mutex<HashMap<Uuid, bool>>,
+    /// Cancelled at shutdown: workers stop where they are.
+    stopping: CancellationToken,
 }
 
 impl Replier {
@@ -51,6 +69,7 @@ impl Replier {
         backends: Backends,
         agent_timeout: Duration,
         history_limit: u32,
+        stopping: CancellationToken,
     ) -> Self {
         Self {
             store,
@@ -59,6 +78,7 @@ impl Replier {
             agent_timeout,
             history_limit,
             workers: Mutex::new(HashMap::new()),
+            stopping,
         }
     }
 
@@ -85,6 +105,15 @@ impl Replier {
     }
 
     async fn run(self: Arc<Self>, session_id: Uuid) {
+        let stopping = self.stopping.clone();
+        tokio::select! {
+            _ = self.work(session_id) => {}
+            // The claim in hand, if any, expires after its lease; then the message is answered again.
+            _ = stopping.cancelled() => {}
+        }
+    }
+
+    async fn work(&self, session_id: Uuid) {
         loop {
             let now = self.clock.now();
             match self
@@ -93,7 +122,14 @@ impl Replier {
                 .await
             {
                 Ok(Some(message)) => {
-                    self.answer(message).await;
+                    // Listening before the agent is asked, so that a deletion meanwhile is not missed.
+                    let feed = self.store.subscribe(session_id);
+                    tokio::select! {
+                        _ = self.answer(message) => {}
+                        _ = deleted(feed) => {
+                            tracing::info!(session = %session_id, "session deleted: its reply is abandoned");
+                        }
+                    }
                     continue;
                 }
                 // Nothing pending, or another worker (maybe on another instance) is answering this session: it
@@ -225,11 +261,23 @@ impl Replier {
     }
 }
 
+/// Completes when the feed announces the session's deletion.
+async fn deleted(mut feed: broadcast::Receiver<SessionEvent>) {
+    loop {
+        match feed.recv().await {
+            Ok(event) if event.kind == EventKind::Deleted => return,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
 /// A request's view of one message's reply, read from the session's event feed.
 pub struct ReplyWatch {
     events: broadcast::Receiver<SessionEvent>,
     message_id: Uuid,
     agent_timeout: Duration,
+    stopping: CancellationToken,
     finished: bool,
 }
 
@@ -238,24 +286,33 @@ impl ReplyWatch {
         events: broadcast::Receiver<SessionEvent>,
         message_id: Uuid,
         agent_timeout: Duration,
+        stopping: CancellationToken,
     ) -> Self {
         Self {
             events,
             message_id,
             agent_timeout,
+            stopping,
             finished: false,
         }
     }
 
-    /// The next step of the reply; None after `Done` or `Failed`. Gives up when the session's queue shows no
-    /// progress for longer than an agent may take (its worker is gone), so that no request waits forever.
+    /// The next step of the reply; None after `Done`, `Failed` or `Ended`. Gives up when the session's queue
+    /// shows no progress for longer than an agent may take (its worker is gone), so that no request waits
+    /// forever; ends at once when the session is deleted or the server stops.
     pub async fn next(&mut self) -> Option<ReplyProgress> {
         if self.finished {
             return None;
         }
         let idle = self.agent_timeout + Duration::from_secs(5);
         loop {
-            let event = match tokio::time::timeout(idle, self.events.recv()).await {
+            let received = tokio::select! {
+                received = tokio::time::timeout(idle, self.events.recv()) => received,
+                _ = self.stopping.cancelled() => {
+                    return self.finish(ReplyProgress::Ended(WaitEnded::ShuttingDown))
+                }
+            };
+            let event = match received {
                 Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => {
                     return self.finish(ReplyProgress::Failed(AgentError::Timeout(
                         self.agent_timeout,
@@ -265,6 +322,9 @@ impl ReplyWatch {
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
                 Ok(Ok(event)) => event,
             };
+            if event.kind == EventKind::Deleted {
+                return self.finish(ReplyProgress::Ended(WaitEnded::SessionDeleted));
+            }
             if event.in_reply_to() != Some(self.message_id) {
                 continue;
             }
