@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use agent_sessions_server::domain::{
-    Agent, AgentBackend, Attachment, AttachmentKind, EventKind, Message, Notice, Session,
-    SessionEvent, TimeoutConfig, TimeoutConfigPatch,
+    Agent, AgentBackend, Attachment, AttachmentKind, EventKind, EventPayload, Message, Notice,
+    ReplyFailure, Session, SessionChange, SessionEvent, TimeoutConfig, TimeoutConfigPatch,
 };
 use agent_sessions_server::store::{
     AgentDeletion, MessageWindow, Order, PostgresStore, SessionCounts, SessionFilter, SessionStore,
@@ -227,7 +227,7 @@ async fn insert(store: &dyn SessionStore, s: &Session) {
 async fn touch(store: &dyn SessionStore, s: &mut Session, now: DateTime<Utc>) -> bool {
     let mut next = s.clone();
     next.version += 1;
-    let event = SessionEvent::session(&next, "renewed", now);
+    let event = SessionEvent::session(&next, SessionChange::Renewed, now);
     let ok = store
         .update_session(&next, s.version, vec![event])
         .await
@@ -287,7 +287,7 @@ async fn version_checked_increments(stores: &[Arc<dyn SessionStore>], id: Uuid, 
                     let mut next = current.clone();
                     next.renewal_count += 1;
                     next.version += 1;
-                    let event = SessionEvent::session(&next, "renewed", at(0));
+                    let event = SessionEvent::session(&next, SessionChange::Renewed, at(0));
                     if store
                         .update_session(&next, current.version, vec![event])
                         .await
@@ -308,7 +308,10 @@ async fn version_checked_increments(stores: &[Arc<dyn SessionStore>], id: Uuid, 
 fn renewal_counts(events: &[SessionEvent]) -> Vec<i64> {
     events
         .iter()
-        .map(|e| e.data["session"]["renewalCount"].as_i64().expect("count"))
+        .map(|e| match &e.payload {
+            EventPayload::Session { session, .. } => session.renewal_count,
+            other => panic!("not a session event: {other:?}"),
+        })
         .collect()
 }
 
@@ -453,7 +456,7 @@ async fn sessions_round_trip_and_update_with_version_check(store: Arc<dyn Sessio
     next.notice = Notice::Warned;
     next.metadata.insert("k".into(), json!(1));
     next.version += 1;
-    let event = SessionEvent::session(&next, "renewed", at(5_000));
+    let event = SessionEvent::session(&next, SessionChange::Renewed, at(5_000));
     assert!(store
         .update_session(&next, s.version, vec![event])
         .await
@@ -464,7 +467,7 @@ async fn sessions_round_trip_and_update_with_version_check(store: Arc<dyn Sessio
     let mut stale = s.clone();
     stale.renewal_count = 99;
     stale.version += 1;
-    let event = SessionEvent::session(&stale, "renewed", at(6_000));
+    let event = SessionEvent::session(&stale, SessionChange::Renewed, at(6_000));
     assert!(!store
         .update_session(&stale, s.version, vec![event])
         .await
@@ -787,7 +790,7 @@ async fn events_after_returns_persisted_events_only(store: Arc<dyn SessionStore>
     let mut next = s.clone();
     next.version += 1;
     let events = vec![
-        SessionEvent::session(&next, "renewed", at(1_000)),
+        SessionEvent::session(&next, SessionChange::Renewed, at(1_000)),
         SessionEvent::chunk(s.id, Uuid::new_v4(), Uuid::new_v4(), "c", 0, at(1_000)),
         SessionEvent::warning(&next, at(1_000)),
     ];
@@ -843,7 +846,7 @@ async fn subscribers_get_committed_events_in_commit_order(store: Arc<dyn Session
 
     // A failed update announces nothing; the other session's events are not ours.
     let current = store.get_session(s.id).await.unwrap().unwrap();
-    let event = SessionEvent::session(&current, "renewed", at(6));
+    let event = SessionEvent::session(&current, SessionChange::Renewed, at(6));
     assert!(!store
         .update_session(&current, current.version - 1, vec![event])
         .await
@@ -945,7 +948,14 @@ async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn SessionStore>
     );
 
     assert_eq!(claim(now).await, Some(m2.clone()));
-    let failed = SessionEvent::reply_failed(s.id, m2.id, "boom", "AGENT_ERROR", at(now));
+    let failed = SessionEvent::reply_failed(
+        s.id,
+        m2.id,
+        ReplyFailure::Failed {
+            reason: "boom".into(),
+        },
+        at(now),
+    );
     assert!(store.finish_reply(m2.id, None, vec![failed]).await.unwrap());
     assert_eq!(claim(now + 1).await, Some(m3.clone()));
     // m3 is in progress, claimed at now + 1: stalled only once that is at or before `stale_before`.
@@ -980,7 +990,7 @@ async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn SessionStore>
     assert_eq!(history[3].in_reply_to, Some(m1.id));
     assert_eq!(history[4].in_reply_to, Some(m3.id));
     let events = store.events_after(s.id, 0, 100).await.unwrap();
-    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+    let kinds: Vec<EventKind> = events.iter().map(|e| e.kind()).collect();
     assert_eq!(
         kinds,
         vec![EventKind::Message; 4],
@@ -1047,7 +1057,7 @@ async fn a_write_failing_halfway_changes_nothing(store: Arc<dyn SessionStore>) {
         .await
         .unwrap()
         .iter()
-        .map(|e| e.kind)
+        .map(|e| e.kind())
         .collect();
     assert_eq!(
         kinds,
@@ -1221,8 +1231,8 @@ async fn chunks_reach_subscribers_before_the_stored_reply(store: Arc<dyn Session
         assert_eq!(&next_event(&mut rx).await, chunk);
     }
     let last = next_event(&mut rx).await;
-    assert_eq!(last.kind, EventKind::Message);
-    assert_eq!(last.data, stored.data);
+    assert_eq!(last.kind(), EventKind::Message);
+    assert_eq!(last.payload, stored.payload);
     assert!(last.seq.is_some());
 }
 
@@ -1240,8 +1250,8 @@ async fn large_events_arrive_whole(store: Arc<dyn SessionStore>) {
     // A persisted event far over a NOTIFY payload.
     let m = record(&*store, &mut s, &awkward_text(20_000), at(1_000)).await;
     let event = next_event(&mut rx).await;
-    assert_eq!(event.kind, EventKind::Message);
-    assert_eq!(event.data, SessionEvent::message(&m).data);
+    assert_eq!(event.kind(), EventKind::Message);
+    assert_eq!(event.payload, SessionEvent::message(&m).payload);
     assert_eq!(event, store.events_after(s.id, 0, 10).await.unwrap()[0]);
 
     // Transient events of every size around the limit, in order.
@@ -1265,7 +1275,6 @@ async fn large_events_arrive_whole(store: Arc<dyn SessionStore>) {
     }
     for chunk in &chunks {
         let got = next_event(&mut rx).await;
-        assert_eq!(got.data["chunk"], chunk.data["chunk"]);
         assert_eq!(&got, chunk);
     }
     expect_marker_next(&*store, &mut rx, s.id).await;
@@ -1278,16 +1287,20 @@ async fn large_events_arrive_whole(store: Arc<dyn SessionStore>) {
         .update_session(
             &big,
             s.version,
-            vec![SessionEvent::session(&big, "renewed", at(3_000))]
+            vec![SessionEvent::session(
+                &big,
+                SessionChange::Renewed,
+                at(3_000)
+            )]
         )
         .await
         .unwrap());
     assert_eq!(store.get_session(s.id).await.unwrap(), Some(big.clone()));
     let event = next_event(&mut rx).await;
-    assert_eq!(
-        event.data["session"]["metadata"]["blob"],
-        big.metadata["blob"]
-    );
+    let EventPayload::Session { session, .. } = event.payload else {
+        panic!("not a session event: {event:?}")
+    };
+    assert_eq!(session.metadata["blob"], big.metadata["blob"]);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1386,11 +1399,12 @@ mod postgres_instances {
         for rx in [&mut on_a, &mut on_b] {
             // on_b has yet to take the marker and the chunk.
             let mut next = next_event(rx).await;
-            while next.kind == EventKind::Chunk {
+            while next.kind() == EventKind::Chunk {
                 next = next_event(rx).await;
             }
-            assert_eq!(next.data["id"], json!(m.id));
-            assert_eq!(next_event(rx).await.data["id"], json!(reply.id));
+            assert_eq!(next.payload, SessionEvent::message(&m).payload);
+            let stored = next_event(rx).await.payload;
+            assert_eq!(stored, SessionEvent::message(&reply).payload);
         }
         close_all(stores).await;
     }
@@ -1491,7 +1505,10 @@ mod postgres_instances {
         assert!(touch(&**store, &mut s, at(1)).await);
         let first = next_event(&mut rx).await;
 
-        let data = json!({"reason": "renewed", "session": {"renewalCount": 7}});
+        let mut behind = s.clone();
+        behind.renewal_count = 7;
+        let event = SessionEvent::session(&behind, SessionChange::Renewed, at(2));
+        let data = event.stored_data().replace('\'', "''");
         let inserted = psql(
             &url,
             &format!(
@@ -1514,7 +1531,7 @@ mod postgres_instances {
         let missed = next_event(&mut rx).await;
         assert_eq!(missed.seq.map(|s| s.to_string()), Some(inserted));
         assert!(missed.seq > first.seq);
-        assert_eq!(missed.data, data);
+        assert_eq!(missed.payload, event.payload);
 
         // And live delivery works again, without duplicates.
         assert!(touch(&**store, &mut s, at(3)).await);

@@ -11,12 +11,12 @@ use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::EventStream;
 use poem_openapi::{ApiResponse, OpenApi};
-use serde_json::Value;
 
 use super::access::{Authorized, OwnSession, OwnSessionEvents};
 use super::body::JsonBody;
 use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
 use super::event_stream::SseStream;
+use super::event_wire;
 use super::json_out::JsonOut;
 use super::models::{
     AgentResponseBody, CursorsBody, MessageBody, MessageListBody, MessageResponseBody,
@@ -26,10 +26,8 @@ use super::models::{
 use super::stream_slots::StreamSlots;
 use super::types::{Cursor, EventData, EventId, LastEventId, Timestamp, WideInt};
 use super::ApiTags;
-use crate::agents::AgentError;
-use crate::domain::event::{message_json, reply_json};
 use crate::domain::validate::Transport;
-use crate::domain::{AgentReply, EventKind, SessionEvent};
+use crate::domain::{AgentReply, EventKind, Message, ReplyFailure, SessionEvent};
 use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService, WaitEnded};
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
@@ -109,7 +107,10 @@ impl MessagesApi {
                         return Err(wait_ended(why, &session_id).into())
                     }
                     None => {
-                        return Err(agent_failure(&AgentError::Failed("no reply".into())).into())
+                        let failure = ReplyFailure::Failed {
+                            reason: "no reply".into(),
+                        };
+                        return Err(agent_failure(&failure).into());
                     }
                 }
             },
@@ -117,14 +118,12 @@ impl MessagesApi {
                 let keepalive = settings.keepalive;
                 Ok(SendMessageResponse::Stream(SseStream(
                     EventStream::new(exchange_stream(
-                        message_json(&outcome.user_message),
+                        &outcome.user_message,
                         outcome.reply,
                         session_id.0.clone(),
                     ))
                     .keep_alive(keepalive)
-                    .to_event(|e| {
-                        Event::message(e.data.0.to_string()).event_type(message_event_name(e.event))
-                    }),
+                    .to_event(|e| Event::message(e.data.0).event_type(message_event_name(e.event))),
                 )))
             }
         }
@@ -226,10 +225,11 @@ impl MessagesApi {
             rx.recv().await.map(|e| (e, (rx, slot)))
         })
         .filter_map(|e: SessionEvent| async move {
+            let (event, data) = event_wire::session_frame(&e)?;
             Some(SessionStreamEvent {
                 id: e.seq.map(EventId),
-                event: session_event_name(e.kind)?,
-                data: EventData(e.data),
+                event,
+                data,
             })
         })
         .boxed();
@@ -237,8 +237,7 @@ impl MessagesApi {
             EventStream::new(events)
                 .keep_alive(settings.keepalive)
                 .to_event(|e| {
-                    let event = Event::message(e.data.0.to_string())
-                        .event_type(event_kind(e.event).as_str());
+                    let event = Event::message(e.data.0).event_type(event_kind(e.event).as_str());
                     match e.id {
                         Some(id) => event.id(id.0.to_string()),
                         None => event,
@@ -269,17 +268,17 @@ fn message_response(outcome: &SendOutcome, reply: Option<&AgentReply>) -> Messag
     }
 }
 
-fn agent_failure(e: &AgentError) -> ApiError {
+fn agent_failure(e: &ReplyFailure) -> ApiError {
     match e {
-        AgentError::Timeout(limit) => ApiError::new(
+        ReplyFailure::TimedOut { after_ms } => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::AgentTimeout,
             format!(
                 "The agent did not answer within {} seconds",
-                limit.as_secs_f64()
+                *after_ms as f64 / 1000.0
             ),
         ),
-        AgentError::Failed(why) => ApiError::new(
+        ReplyFailure::Failed { reason: why } => ApiError::new(
             StatusCode::BAD_GATEWAY,
             ErrorCode::AgentError,
             format!("The agent failed to answer: {why}"),
@@ -311,13 +310,13 @@ fn wait_ended(why: WaitEnded, session_id: &str) -> ApiError {
 /// always ends with one of those (a reply, a failure, giving up on a queue that stopped moving, the session's
 /// deletion or the server's shutdown), so the stream always ends.
 fn exchange_stream(
-    user_message: Value,
+    user_message: &Message,
     reply: Option<ReplyWatch>,
     session_id: String,
 ) -> BoxStream<'static, MessageStreamEvent> {
     let first = MessageStreamEvent {
         event: MessageStreamEventName::UserMessage,
-        data: EventData(user_message),
+        data: event_wire::message(user_message),
     };
     let session_id: Arc<str> = session_id.into();
     let rest = stream::unfold(reply, move |reply| {
@@ -325,15 +324,16 @@ fn exchange_stream(
         async move {
             let mut reply = reply?;
             let (event, data) = match reply.next().await? {
-                ReplyProgress::Chunk(data) => (MessageStreamEventName::Chunk, data),
+                ReplyProgress::Chunk(chunk) => {
+                    (MessageStreamEventName::Chunk, EventData::of(&chunk))
+                }
                 ReplyProgress::Done { message, reply } => (
                     MessageStreamEventName::Done,
-                    serde_json::json!({ "message": message, "agentResponse": reply_json(&reply) }),
+                    event_wire::done(&message, &reply),
                 ),
                 ReplyProgress::Failed(e) => error_frame(&agent_failure(&e)),
                 ReplyProgress::Ended(why) => error_frame(&wait_ended(why, &session_id)),
             };
-            let data = EventData(data);
             Some((MessageStreamEvent { event, data }, Some(reply)))
         }
     });
@@ -341,10 +341,10 @@ fn exchange_stream(
 }
 
 /// An `error` frame carrying what the `http` transport would answer.
-fn error_frame(failure: &ApiError) -> (MessageStreamEventName, Value) {
+fn error_frame(failure: &ApiError) -> (MessageStreamEventName, EventData) {
     (
         MessageStreamEventName::Error,
-        serde_json::json!({ "error": failure.message, "code": failure.code_str() }),
+        event_wire::failed(&failure.message, &failure.code_str()),
     )
 }
 
@@ -355,19 +355,6 @@ fn message_event_name(name: MessageStreamEventName) -> &'static str {
         MessageStreamEventName::Done => "done",
         MessageStreamEventName::Error => "error",
     }
-}
-
-/// The public name of an event; None for internal events, which subscribers never see.
-fn session_event_name(kind: EventKind) -> Option<SessionEventName> {
-    Some(match kind {
-        EventKind::Message => SessionEventName::Message,
-        EventKind::Chunk => SessionEventName::Chunk,
-        EventKind::Session => SessionEventName::Session,
-        EventKind::Warning => SessionEventName::Warning,
-        EventKind::Expired => SessionEventName::Expired,
-        EventKind::Deleted => SessionEventName::Deleted,
-        EventKind::ReplyFailed => return None,
-    })
 }
 
 fn event_kind(name: SessionEventName) -> EventKind {

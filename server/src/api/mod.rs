@@ -7,6 +7,7 @@ mod body;
 pub mod browser;
 pub mod error;
 mod event_stream;
+mod event_wire;
 pub mod host_guard;
 mod json_out;
 mod messages;

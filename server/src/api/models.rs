@@ -8,7 +8,10 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::types::{EventData, EventId, JsonObject, Minutes, Timestamp};
-use crate::domain::{Agent, AgentBackend, Session, TimeoutConfig, TimeoutConfigPatch};
+use crate::domain::session::{near_expiration, remaining_ms};
+use crate::domain::{
+    Agent, AgentBackend, Session, SessionSnapshot, TimeoutConfig, TimeoutConfigPatch,
+};
 use crate::service::{Health, SessionPage, SessionView};
 
 /// The effective timeout configuration of a session.
@@ -316,6 +319,11 @@ impl SessionBody {
     }
 
     pub fn new(s: &Session, now: chrono::DateTime<chrono::Utc>) -> Self {
+        Self::from_snapshot(SessionSnapshot::of(s), now)
+    }
+
+    /// The session as an event shows it, with its expiry state as of `now`.
+    pub fn from_snapshot(s: SessionSnapshot, now: chrono::DateTime<chrono::Utc>) -> Self {
         Self {
             session_id: s.id,
             channel_id: s.channel_id,
@@ -324,11 +332,11 @@ impl SessionBody {
             created_at: Timestamp(s.created_at),
             last_activity: Timestamp(s.last_activity),
             expires_at: Timestamp(s.expires_at),
-            metadata: JsonObject(s.metadata.clone()),
-            timeout_config: s.timeout.into(),
+            timeout_config: s.timeout_config.into(),
             renewal_count: s.renewal_count,
-            time_remaining: s.time_remaining_ms(now),
-            is_near_expiration: s.is_near_expiration(now),
+            time_remaining: remaining_ms(s.expires_at, now),
+            is_near_expiration: near_expiration(s.expires_at, &s.timeout_config, now),
+            metadata: JsonObject(s.metadata),
             session_token: None,
             session_token_expires_at: None,
         }

@@ -89,7 +89,7 @@ wire_scalar!(
     Minutes,
     "number_double",
     MetaSchema::new_with_format("number", "double"),
-    to: |m: &Minutes| crate::domain::event::minutes(m.0),
+    to: |m: &Minutes| crate::domain::timeout::minutes_json(m.0),
     from: |v: Value| v
         .as_f64()
         .map(Minutes)
@@ -97,7 +97,7 @@ wire_scalar!(
 );
 
 serialize_as!(Minutes, |m: &Minutes, s: S| {
-    serde::Serialize::serialize(&crate::domain::event::minutes(m.0), s)
+    serde::Serialize::serialize(&crate::domain::timeout::minutes_json(m.0), s)
 });
 
 /// A free-form JSON object.
@@ -122,9 +122,9 @@ serialize_as!(JsonObject, |o: &JsonObject, s: S| {
     serde::Serialize::serialize(&o.0, s)
 });
 
-/// The `data` of an event-stream frame: a JSON value, sent as its JSON text (as a client's SSE parser sees it).
+/// The `data` of an event-stream frame: a payload's JSON text (as a client's SSE parser sees it).
 #[derive(Debug, Clone, PartialEq)]
-pub struct EventData(pub Value);
+pub struct EventData(pub String);
 
 wire_scalar!(
     EventData,
@@ -133,14 +133,22 @@ wire_scalar!(
         description: Some("The event's payload, as JSON text"),
         ..MetaSchema::new("string")
     },
-    to: |d: &EventData| Value::String(d.0.to_string()),
+    to: |d: &EventData| Value::String(d.0.clone()),
     from: |v: Value| match v {
-        Value::String(s) => serde_json::from_str(&s)
-            .map(EventData)
+        Value::String(s) => serde_json::from_str::<serde::de::IgnoredAny>(&s)
+            .map(|_| EventData(s))
             .map_err(|e| ParseError::custom(e.to_string())),
         other => Err(ParseError::expected_type(other)),
     }
 );
+
+impl EventData {
+    /// The JSON text of a wire shape.
+    pub fn of<T: serde::Serialize>(payload: &T) -> Self {
+        // The wire shapes have string keys only, so serializing them does not fail.
+        Self(serde_json::to_string(payload).unwrap_or_else(|_| "null".to_string()))
+    }
+}
 
 /// The `id` of an event-stream frame: a decimal event id, which `Last-Event-ID` sends back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,13 +1,15 @@
-//! Real-time session events and their JSON payloads (the wire format of the events stream).
+//! Real-time session events: what happened to a session, as typed payloads. The store keeps them (and sends them
+//! between instances) in the serde form defined here; the API gives each its wire shape (`api/models/events.rs`).
 //!
-//! Payloads are built here, once, so that the events stream, the sse transport and the stored event log agree;
-//! tests decode them with the SDK's generated types to keep them equal to the API schemas.
+//! The stored form keeps the field names the event log used before payloads were typed, so that logs written
+//! then still read back.
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{iso, AgentReply, Message, Session};
+use super::{AgentReply, Message, Session, TimeoutConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventKind {
@@ -40,19 +42,6 @@ impl EventKind {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "message" => EventKind::Message,
-            "chunk" => EventKind::Chunk,
-            "session" => EventKind::Session,
-            "warning" => EventKind::Warning,
-            "expired" => EventKind::Expired,
-            "deleted" => EventKind::Deleted,
-            "reply_failed" => EventKind::ReplyFailed,
-            _ => return None,
-        })
-    }
-
     /// Transient events are delivered live only: they get no id and are not replayed.
     pub fn is_transient(self) -> bool {
         matches!(
@@ -72,34 +61,165 @@ impl EventKind {
     }
 }
 
+/// A piece of an agent reply as it streams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyChunk {
+    /// The id the reply will be stored under.
+    pub message_id: Uuid,
+    pub chunk: String,
+    /// 0, 1, 2, ... within one reply.
+    pub index: u64,
+    /// The user message being answered.
+    pub in_reply_to: Uuid,
+}
+
+/// Why a session's state changed (the `session` event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionChange {
+    /// Activity or an explicit renewal renewed it.
+    Renewed,
+    /// Its timeout configuration changed.
+    TimeoutUpdated,
+}
+
+impl SessionChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionChange::Renewed => "renewed",
+            SessionChange::TimeoutUpdated => "timeout_updated",
+        }
+    }
+}
+
+/// What a `session` event shows of the session: its public state at the event's instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionSnapshot {
+    #[serde(rename = "sessionId")]
+    pub id: Uuid,
+    pub channel_id: Uuid,
+    pub agent_id: Uuid,
+    pub user_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub last_activity: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    pub timeout_config: TimeoutConfig,
+    pub renewal_count: i64,
+}
+
+impl SessionSnapshot {
+    pub fn of(s: &Session) -> Self {
+        Self {
+            id: s.id,
+            channel_id: s.channel_id,
+            agent_id: s.agent_id,
+            user_id: s.user_id,
+            created_at: s.created_at,
+            last_activity: s.last_activity,
+            expires_at: s.expires_at,
+            metadata: s.metadata.clone(),
+            timeout_config: s.timeout,
+            renewal_count: s.renewal_count,
+        }
+    }
+}
+
+/// Why no reply came for a message (an agent's failure, as every instance hears of it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "code")]
+pub enum ReplyFailure {
+    /// The agent failed; the reason is for logs and for the client, and never holds a secret.
+    #[serde(rename = "AGENT_ERROR")]
+    Failed {
+        #[serde(rename = "error")]
+        reason: String,
+    },
+    /// The agent did not answer within the agent timeout.
+    #[serde(rename = "AGENT_TIMEOUT")]
+    TimedOut {
+        /// The timeout, in milliseconds.
+        #[serde(rename = "afterMs", default)]
+        after_ms: u64,
+    },
+}
+
+/// What an event says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
+pub enum EventPayload {
+    /// A stored user message or agent reply.
+    Message(Message),
+    Chunk(ReplyChunk),
+    Session {
+        reason: SessionChange,
+        session: SessionSnapshot,
+    },
+    #[serde(rename_all = "camelCase")]
+    Warning {
+        expires_at: DateTime<Utc>,
+        warning_threshold_minutes: f64,
+    },
+    #[serde(rename_all = "camelCase")]
+    Expired {
+        expired_at: DateTime<Utc>,
+    },
+    Deleted,
+    #[serde(rename_all = "camelCase")]
+    ReplyFailed {
+        in_reply_to: Uuid,
+        #[serde(flatten)]
+        failure: ReplyFailure,
+    },
+}
+
+impl EventPayload {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventPayload::Message(_) => EventKind::Message,
+            EventPayload::Chunk(_) => EventKind::Chunk,
+            EventPayload::Session { .. } => EventKind::Session,
+            EventPayload::Warning { .. } => EventKind::Warning,
+            EventPayload::Expired { .. } => EventKind::Expired,
+            EventPayload::Deleted => EventKind::Deleted,
+            EventPayload::ReplyFailed { .. } => EventKind::ReplyFailed,
+        }
+    }
+}
+
 /// One event of a session. `seq` is its id, assigned by the store when it is persisted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionEvent {
     pub seq: Option<i64>,
     pub session_id: Uuid,
-    pub kind: EventKind,
-    pub data: Value,
-    pub created_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+    pub payload: EventPayload,
 }
 
 impl SessionEvent {
-    fn new(session_id: Uuid, kind: EventKind, data: Value, now: DateTime<Utc>) -> Self {
+    fn new(session_id: Uuid, payload: EventPayload, at: DateTime<Utc>) -> Self {
         Self {
             seq: None,
             session_id,
-            kind,
-            data,
-            created_at: now,
+            at,
+            payload,
         }
     }
 
+    pub fn kind(&self) -> EventKind {
+        self.payload.kind()
+    }
+
     pub fn message(m: &Message) -> Self {
-        Self::new(
-            m.session_id,
-            EventKind::Message,
-            message_json(m),
-            m.created_at,
-        )
+        // The store's insertion order is not part of what the event says (it does not travel with it).
+        let message = Message {
+            seq: 0,
+            ..m.clone()
+        };
+        Self::new(m.session_id, EventPayload::Message(message), m.created_at)
     }
 
     /// A reply chunk: `message_id` is the reply's future id, `in_reply_to` the user message it answers.
@@ -111,136 +231,236 @@ impl SessionEvent {
         index: u64,
         now: DateTime<Utc>,
     ) -> Self {
-        let mut data = chunk_json(message_id, chunk, index);
-        data["inReplyTo"] = json!(in_reply_to);
-        Self::new(session_id, EventKind::Chunk, data, now)
+        let chunk = ReplyChunk {
+            message_id,
+            chunk: chunk.to_string(),
+            index,
+            in_reply_to,
+        };
+        Self::new(session_id, EventPayload::Chunk(chunk), now)
     }
 
-    /// No reply for `in_reply_to`: `code` is `AGENT_TIMEOUT` or `AGENT_ERROR`.
+    /// No reply for `in_reply_to`.
     pub fn reply_failed(
         session_id: Uuid,
         in_reply_to: Uuid,
-        error: &str,
-        code: &str,
+        failure: ReplyFailure,
         now: DateTime<Utc>,
     ) -> Self {
-        Self::new(
-            session_id,
-            EventKind::ReplyFailed,
-            json!({ "inReplyTo": in_reply_to, "error": error, "code": code }),
-            now,
-        )
+        let payload = EventPayload::ReplyFailed {
+            in_reply_to,
+            failure,
+        };
+        Self::new(session_id, payload, now)
     }
 
     /// The user message whose reply this event is about (chunk, reply and failure events).
     pub fn in_reply_to(&self) -> Option<Uuid> {
-        self.data
-            .get("inReplyTo")
-            .and_then(Value::as_str)
-            .and_then(|s| Uuid::parse_str(s).ok())
+        match &self.payload {
+            EventPayload::Message(m) => m.in_reply_to,
+            EventPayload::Chunk(c) => Some(c.in_reply_to),
+            EventPayload::ReplyFailed { in_reply_to, .. } => Some(*in_reply_to),
+            _ => None,
+        }
     }
 
-    /// `reason`: `renewed` (activity or explicit renewal), `activity` (activity without renewal),
-    /// `timeout_updated`.
-    pub fn session(s: &Session, reason: &str, now: DateTime<Utc>) -> Self {
-        Self::new(
-            s.id,
-            EventKind::Session,
-            json!({ "reason": reason, "session": session_json(s, now) }),
-            now,
-        )
+    pub fn session(s: &Session, reason: SessionChange, now: DateTime<Utc>) -> Self {
+        let payload = EventPayload::Session {
+            reason,
+            session: SessionSnapshot::of(s),
+        };
+        Self::new(s.id, payload, now)
     }
 
     pub fn warning(s: &Session, now: DateTime<Utc>) -> Self {
-        Self::new(
-            s.id,
-            EventKind::Warning,
-            json!({
-                "sessionId": s.id,
-                "expiresAt": iso(s.expires_at),
-                "timeRemaining": s.time_remaining_ms(now),
-                "warningThresholdMinutes": s.timeout.warning_threshold_minutes,
-            }),
-            now,
-        )
+        let payload = EventPayload::Warning {
+            expires_at: s.expires_at,
+            warning_threshold_minutes: s.timeout.warning_threshold_minutes,
+        };
+        Self::new(s.id, payload, now)
     }
 
     pub fn expired(s: &Session, now: DateTime<Utc>) -> Self {
-        Self::new(
-            s.id,
-            EventKind::Expired,
-            json!({ "sessionId": s.id, "expiredAt": iso(s.expires_at) }),
-            now,
-        )
+        let payload = EventPayload::Expired {
+            expired_at: s.expires_at,
+        };
+        Self::new(s.id, payload, now)
     }
 
     pub fn deleted(session_id: Uuid, now: DateTime<Utc>) -> Self {
-        Self::new(
+        Self::new(session_id, EventPayload::Deleted, now)
+    }
+
+    /// The `data` the store keeps for this event (its `kind` goes beside it).
+    pub fn stored_data(&self) -> String {
+        let tagged = serde_json::to_value(&self.payload).unwrap_or(Value::Null);
+        tagged
+            .get("data")
+            .map(Value::to_string)
+            .unwrap_or_else(|| "null".to_string())
+    }
+
+    /// An event as the store read it back: `kind` and `data` as `stored_data` wrote them.
+    pub fn from_stored(
+        seq: Option<i64>,
+        session_id: Uuid,
+        kind: &str,
+        data: &str,
+        at: DateTime<Utc>,
+    ) -> Result<Self, String> {
+        let data: Value = serde_json::from_str(data).map_err(|e| format!("event {kind}: {e}"))?;
+        let tagged = serde_json::json!({ "kind": kind, "data": data });
+        let mut payload: EventPayload =
+            serde_json::from_value(tagged).map_err(|e| format!("event {kind}: {e}"))?;
+        // A message's session is the event's; the stored form leaves it out.
+        if let EventPayload::Message(m) = &mut payload {
+            m.session_id = session_id;
+        }
+        Ok(Self {
+            seq,
             session_id,
-            EventKind::Deleted,
-            json!({ "sessionId": session_id }),
-            now,
+            at,
+            payload,
+        })
+    }
+}
+
+impl AgentReply {
+    /// The reply a stored agent message carries: its text, and the `thought` and `actions` of its metadata.
+    pub fn of(message: &Message) -> Self {
+        let text = |v: &Value| v.as_str().map(str::to_string);
+        Self {
+            text: message.content.clone(),
+            thought: message.metadata.get("thought").and_then(text),
+            actions: message
+                .metadata
+                .get("actions")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(text).collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{TimeoutConfigPatch, TimeoutPolicy};
+    use serde_json::json;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(1_735_689_600_000 + ms).unwrap()
+    }
+
+    fn message() -> Message {
+        Message {
+            id: Uuid::new_v4(),
+            seq: 0,
+            session_id: Uuid::new_v4(),
+            author_id: Uuid::new_v4(),
+            is_agent: true,
+            content: "hi".into(),
+            metadata: json!({"thought": "t", "actions": ["A"]})
+                .as_object()
+                .unwrap()
+                .clone(),
+            attachments: None,
+            in_reply_to: Some(Uuid::new_v4()),
+            created_at: at(7),
+        }
+    }
+
+    /// Every payload survives the store's round trip unchanged.
+    #[test]
+    fn payloads_round_trip_through_the_stored_form() {
+        let m = message();
+        let s = Session::new(
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            Map::new(),
+            TimeoutPolicy::default().resolve(
+                &TimeoutConfigPatch::default(),
+                &TimeoutConfigPatch::default(),
+            ),
+            at(0),
+        );
+        let events = [
+            SessionEvent::message(&m),
+            SessionEvent::chunk(s.id, m.id, Uuid::new_v4(), "pie", 2, at(1)),
+            SessionEvent::session(&s, SessionChange::Renewed, at(2)),
+            SessionEvent::warning(&s, at(3)),
+            SessionEvent::expired(&s, at(4)),
+            SessionEvent::deleted(s.id, at(5)),
+            SessionEvent::reply_failed(
+                s.id,
+                m.id,
+                ReplyFailure::TimedOut { after_ms: 60_000 },
+                at(6),
+            ),
+        ];
+        for event in events {
+            let back = SessionEvent::from_stored(
+                Some(3),
+                event.session_id,
+                event.kind().as_str(),
+                &event.stored_data(),
+                event.at,
+            )
+            .unwrap();
+            assert_eq!(back.payload, event.payload);
+        }
+    }
+
+    /// An event log written before payloads were typed (the wire's JSON) still reads back.
+    #[test]
+    fn the_earlier_stored_form_reads_back() {
+        let session = Uuid::new_v4();
+        let old_message = json!({
+            "id": Uuid::new_v4(), "content": "hello", "authorId": Uuid::new_v4(), "isAgent": false,
+            "createdAt": "2025-01-01T00:00:00.007Z", "metadata": {}
+        });
+        let e =
+            SessionEvent::from_stored(Some(1), session, "message", &old_message.to_string(), at(0))
+                .unwrap();
+        let EventPayload::Message(m) = e.payload else {
+            panic!("a message")
+        };
+        assert_eq!((m.content.as_str(), m.session_id), ("hello", session));
+        let old_session = json!({"reason": "renewed", "session": {
+            "sessionId": session, "channelId": session, "agentId": session, "userId": session,
+            "createdAt": "2025-01-01T00:00:00.000Z", "lastActivity": "2025-01-01T00:00:00.000Z",
+            "expiresAt": "2025-01-01T00:30:00.000Z", "metadata": {},
+            "timeoutConfig": {"timeoutMinutes": 30, "autoRenew": true, "maxDurationMinutes": 720,
+                              "warningThresholdMinutes": 5},
+            "renewalCount": 1, "timeRemaining": 1800000, "isNearExpiration": false
+        }});
+        let e =
+            SessionEvent::from_stored(Some(2), session, "session", &old_session.to_string(), at(0))
+                .unwrap();
+        assert!(matches!(
+            e.payload,
+            EventPayload::Session {
+                reason: SessionChange::Renewed,
+                ..
+            }
+        ));
+        let old_warning = json!({"sessionId": session, "expiresAt": "2025-01-01T00:30:00.000Z",
+                                 "timeRemaining": 300000, "warningThresholdMinutes": 5});
+        assert!(SessionEvent::from_stored(
+            Some(3),
+            session,
+            "warning",
+            &old_warning.to_string(),
+            at(0)
         )
+        .is_ok());
+        assert!(SessionEvent::from_stored(Some(4), session, "nonsense", "{}", at(0)).is_err());
     }
-}
 
-/// A message as the API shows it (`Message` schema).
-pub fn message_json(m: &Message) -> Value {
-    let mut v = json!({
-        "id": m.id,
-        "content": m.content,
-        "authorId": m.author_id,
-        "isAgent": m.is_agent,
-        "createdAt": iso(m.created_at),
-        "metadata": m.metadata,
-    });
-    if let Some(a) = &m.attachments {
-        v["attachments"] = serde_json::to_value(a).unwrap_or(Value::Null);
-    }
-    if let Some(r) = m.in_reply_to {
-        v["inReplyTo"] = json!(r);
-    }
-    v
-}
-
-/// A reply chunk (`ReplyChunk` schema).
-pub fn chunk_json(message_id: Uuid, chunk: &str, index: u64) -> Value {
-    json!({ "messageId": message_id, "chunk": chunk, "index": index })
-}
-
-/// An agent reply (`AgentResponse` schema).
-pub fn reply_json(r: &AgentReply) -> Value {
-    serde_json::to_value(r).unwrap_or(Value::Null)
-}
-
-/// A session as the API shows it (`Session` schema), as of `now`.
-pub fn session_json(s: &Session, now: DateTime<Utc>) -> Value {
-    json!({
-        "sessionId": s.id,
-        "channelId": s.channel_id,
-        "agentId": s.agent_id,
-        "userId": s.user_id,
-        "createdAt": iso(s.created_at),
-        "lastActivity": iso(s.last_activity),
-        "expiresAt": iso(s.expires_at),
-        "metadata": s.metadata,
-        "timeoutConfig": {
-            "timeoutMinutes": minutes(s.timeout.timeout_minutes),
-            "autoRenew": s.timeout.auto_renew,
-            "maxDurationMinutes": minutes(s.timeout.max_duration_minutes),
-            "warningThresholdMinutes": minutes(s.timeout.warning_threshold_minutes),
-        },
-        "renewalCount": s.renewal_count,
-        "timeRemaining": s.time_remaining_ms(now),
-        "isNearExpiration": s.is_near_expiration(now),
-    })
-}
-
-/// Whole minutes as integers (`30`, not `30.0`), as the API prints them.
-pub fn minutes(m: f64) -> Value {
-    if m.fract() == 0.0 && m.abs() < 9.0e15 {
-        Value::from(m as i64)
-    } else {
-        Value::from(m)
+    #[test]
+    fn a_reply_is_read_from_its_message() {
+        let reply = AgentReply::of(&message());
+        assert_eq!(reply.text, "hi");
+        assert_eq!(reply.thought.as_deref(), Some("t"));
+        assert_eq!(reply.actions, Some(vec!["A".to_string()]));
     }
 }

@@ -5,20 +5,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// One stored message.
-#[derive(Debug, Clone, PartialEq)]
+/// One stored message. Its serde form is how events carry it in the store (see `event.rs`): the store's own
+/// fields (`seq`, `session_id`) are left out, since the event's row has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Message {
     pub id: Uuid,
     /// Store-assigned insertion order (0 until stored): the stable tie-break of equal `created_at`.
+    #[serde(skip)]
     pub seq: i64,
+    #[serde(skip)]
     pub session_id: Uuid,
     /// The user's id for user messages, the agent's id for replies.
     pub author_id: Uuid,
     pub is_agent: bool,
     pub content: String,
+    #[serde(default)]
     pub metadata: Map<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Vec<Attachment>>,
     /// For agent replies: the user message answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<Uuid>,
     pub created_at: DateTime<Utc>,
 }

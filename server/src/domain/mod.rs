@@ -12,7 +12,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use agent::{Agent, AgentBackend};
 pub use error::SessionError;
-pub use event::{EventKind, SessionEvent};
+pub use event::{
+    EventKind, EventPayload, ReplyChunk, ReplyFailure, SessionChange, SessionEvent, SessionSnapshot,
+};
 pub use message::{AgentReply, Attachment, AttachmentKind, Message};
 pub use session::{Liveness, Notice, RenewRefused, Session};
 pub use timeout::{TimeoutConfig, TimeoutConfigPatch, TimeoutPolicy};

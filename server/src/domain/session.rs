@@ -134,13 +134,12 @@ impl Session {
 
     /// `max(0, expiresAt - now)` in milliseconds.
     pub fn time_remaining_ms(&self, now: DateTime<Utc>) -> i64 {
-        (self.expires_at - now).num_milliseconds().max(0)
+        remaining_ms(self.expires_at, now)
     }
 
     /// True while the remaining time is positive and within the warning threshold.
     pub fn is_near_expiration(&self, now: DateTime<Utc>) -> bool {
-        let remaining = self.time_remaining_ms(now);
-        remaining > 0 && remaining <= minutes_to_ms(self.timeout.warning_threshold_minutes)
+        near_expiration(self.expires_at, &self.timeout, now)
     }
 
     /// An explicit renewal (`POST /renew`): works whatever `autoRenew` says, but not past the max duration.
@@ -194,6 +193,21 @@ impl Session {
         }
         None
     }
+}
+
+/// Milliseconds from `now` until `expires_at`, never negative.
+pub fn remaining_ms(expires_at: DateTime<Utc>, now: DateTime<Utc>) -> i64 {
+    (expires_at - now).num_milliseconds().max(0)
+}
+
+/// True while the time left before `expires_at` is positive and within the warning threshold.
+pub fn near_expiration(
+    expires_at: DateTime<Utc>,
+    timeout: &TimeoutConfig,
+    now: DateTime<Utc>,
+) -> bool {
+    let remaining = remaining_ms(expires_at, now);
+    remaining > 0 && remaining <= minutes_to_ms(timeout.warning_threshold_minutes)
 }
 
 #[cfg(test)]

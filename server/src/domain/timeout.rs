@@ -109,7 +109,16 @@ impl TimeoutPolicy {
 
 /// Minutes as a person writes them: `5`, not `5.0`; `7.5` stays `7.5`.
 pub fn fmt_minutes(m: f64) -> String {
-    super::event::minutes(m).to_string()
+    minutes_json(m).to_string()
+}
+
+/// Minutes as the API prints them: whole minutes as integers (`30`, not `30.0`).
+pub fn minutes_json(m: f64) -> serde_json::Value {
+    if m.fract() == 0.0 && m.abs() < 9.0e15 {
+        serde_json::Value::from(m as i64)
+    } else {
+        serde_json::Value::from(m)
+    }
 }
 
 /// The effective timeout config of a session: every field set.

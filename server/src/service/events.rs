@@ -44,7 +44,7 @@ impl SessionService {
                 };
                 match event {
                     Ok(event) => {
-                        if event.kind.is_internal() {
+                        if event.kind().is_internal() {
                             continue;
                         }
                         if let Some(seq) = event.seq {
@@ -53,7 +53,7 @@ impl SessionService {
                             }
                             seen = seq;
                         }
-                        let ends = event.kind.ends_stream();
+                        let ends = event.kind().ends_stream();
                         if tx.send(event).await.is_err() || ends {
                             return;
                         }
@@ -138,7 +138,7 @@ async fn catch_up(
         let done = events.len() < BATCH as usize;
         for event in events {
             *seen = event.seq.unwrap_or(*seen);
-            let ends = event.kind.ends_stream();
+            let ends = event.kind().ends_stream();
             if tx.send(event).await.is_err() || ends {
                 return false;
             }

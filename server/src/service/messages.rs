@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::replies::ReplyWatch;
 use super::{too_contended, SessionService, MAX_UPDATE_ATTEMPTS};
 use crate::domain::validate::{self, Transport};
-use crate::domain::{Message, Session, SessionError, SessionEvent};
+use crate::domain::{Message, Session, SessionChange, SessionError, SessionEvent};
 use crate::store::{MessageWindow, Order};
 
 /// Default and largest page of `getMessages`.
@@ -93,7 +93,7 @@ impl SessionService {
             };
             let mut events = vec![SessionEvent::message(&message)];
             if was_renewed {
-                events.push(SessionEvent::session(&next, "renewed", now));
+                events.push(SessionEvent::session(&next, SessionChange::Renewed, now));
             }
             if let Some(seq) = self
                 .store

@@ -18,8 +18,8 @@ use crate::agents::{Backends, EgressPolicy};
 use crate::clock::Clock;
 use crate::domain::validate::{self, CreateAgentBody};
 use crate::domain::{
-    Agent, AgentBackend, Liveness, RenewRefused, Session, SessionError, SessionEvent,
-    TimeoutConfigPatch, TimeoutPolicy,
+    Agent, AgentBackend, Liveness, RenewRefused, Session, SessionChange, SessionError,
+    SessionEvent, TimeoutConfigPatch, TimeoutPolicy,
 };
 use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
@@ -244,7 +244,7 @@ impl SessionService {
                     reason: "maximum session duration reached".into(),
                 }
             })?;
-            Ok(vec![SessionEvent::session(s, "renewed", now)])
+            Ok(vec![SessionEvent::session(s, SessionChange::Renewed, now)])
         })
         .await
     }
@@ -253,7 +253,7 @@ impl SessionService {
         self.update(id, |s, now| {
             // Only a renewal changes what subscribers see (expiresAt, renewalCount).
             Ok(if s.record_activity(now) {
-                vec![SessionEvent::session(s, "renewed", now)]
+                vec![SessionEvent::session(s, SessionChange::Renewed, now)]
             } else {
                 Vec::new()
             })
@@ -272,7 +272,11 @@ impl SessionService {
                 )
             })?;
             s.set_timeout(timeout, now);
-            Ok(vec![SessionEvent::session(s, "timeout_updated", now)])
+            Ok(vec![SessionEvent::session(
+                s,
+                SessionChange::TimeoutUpdated,
+                now,
+            )])
         })
         .await
     }

@@ -15,27 +15,28 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::agents::{AgentError, AgentRequest, Backends};
 use crate::clock::Clock;
-use crate::domain::{AgentReply, EventKind, Message, Session, SessionEvent};
+use crate::domain::{
+    AgentReply, EventKind, EventPayload, Message, ReplyChunk, ReplyFailure, Session, SessionEvent,
+};
 use crate::store::SessionStore;
 
 /// What happens to one message's reply, as a waiting request sees it.
 #[derive(Debug, Clone)]
 pub enum ReplyProgress {
-    /// A piece of the reply; `data` is the chunk event's payload (`{messageId, chunk, index, inReplyTo}`).
-    Chunk(Value),
-    /// The stored reply: the Message as JSON, and the reply it carries.
+    /// A piece of the reply.
+    Chunk(ReplyChunk),
+    /// The stored reply message, and the reply it carries.
     Done {
-        message: Value,
+        message: Message,
         reply: AgentReply,
     },
-    Failed(AgentError),
+    Failed(ReplyFailure),
     /// The wait ended before any reply, for a reason of the server's, not the agent's.
     Ended(WaitEnded),
 }
@@ -181,17 +182,8 @@ impl Replier {
             }
             Err(e) => {
                 tracing::warn!(session = %message.session_id, message = %message.id, error = %e, "no agent reply");
-                let code = match e {
-                    AgentError::Timeout(_) => "AGENT_TIMEOUT",
-                    AgentError::Failed(_) => "AGENT_ERROR",
-                };
-                let failed = SessionEvent::reply_failed(
-                    message.session_id,
-                    message.id,
-                    &e.to_string(),
-                    code,
-                    now,
-                );
+                let failed =
+                    SessionEvent::reply_failed(message.session_id, message.id, failure_of(e), now);
                 self.store
                     .finish_reply(message.id, None, vec![failed])
                     .await
@@ -261,11 +253,21 @@ impl Replier {
     }
 }
 
+/// What every instance hears of an agent's failure.
+fn failure_of(e: AgentError) -> ReplyFailure {
+    match e {
+        AgentError::Failed(reason) => ReplyFailure::Failed { reason },
+        AgentError::Timeout(limit) => ReplyFailure::TimedOut {
+            after_ms: limit.as_millis().try_into().unwrap_or(u64::MAX),
+        },
+    }
+}
+
 /// Completes when the feed announces the session's deletion.
 async fn deleted(mut feed: broadcast::Receiver<SessionEvent>) {
     loop {
         match feed.recv().await {
-            Ok(event) if event.kind == EventKind::Deleted => return,
+            Ok(event) if event.kind() == EventKind::Deleted => return,
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
         }
@@ -314,54 +316,27 @@ impl ReplyWatch {
             };
             let event = match received {
                 Err(_) | Ok(Err(broadcast::error::RecvError::Closed)) => {
-                    return self.finish(ReplyProgress::Failed(AgentError::Timeout(
-                        self.agent_timeout,
-                    )))
+                    let timed_out = failure_of(AgentError::Timeout(self.agent_timeout));
+                    return self.finish(ReplyProgress::Failed(timed_out));
                 }
                 // Any event of the session means its queue is moving: keep waiting.
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
                 Ok(Ok(event)) => event,
             };
-            if event.kind == EventKind::Deleted {
+            if event.kind() == EventKind::Deleted {
                 return self.finish(ReplyProgress::Ended(WaitEnded::SessionDeleted));
             }
             if event.in_reply_to() != Some(self.message_id) {
                 continue;
             }
-            match event.kind {
-                EventKind::Chunk => return Some(ReplyProgress::Chunk(event.data)),
-                EventKind::Message => {
-                    let reply = AgentReply {
-                        text: event.data["content"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string(),
-                        thought: event.data["metadata"]["thought"]
-                            .as_str()
-                            .map(str::to_string),
-                        actions: event.data["metadata"]["actions"].as_array().map(|a| {
-                            a.iter()
-                                .filter_map(Value::as_str)
-                                .map(str::to_string)
-                                .collect()
-                        }),
-                    };
-                    return self.finish(ReplyProgress::Done {
-                        message: event.data,
-                        reply,
-                    });
+            match event.payload {
+                EventPayload::Chunk(chunk) => return Some(ReplyProgress::Chunk(chunk)),
+                EventPayload::Message(message) => {
+                    let reply = AgentReply::of(&message);
+                    return self.finish(ReplyProgress::Done { message, reply });
                 }
-                EventKind::ReplyFailed => {
-                    let error = match event.data["code"].as_str() {
-                        Some("AGENT_TIMEOUT") => AgentError::Timeout(self.agent_timeout),
-                        _ => AgentError::Failed(
-                            event.data["error"]
-                                .as_str()
-                                .unwrap_or("no reply")
-                                .to_string(),
-                        ),
-                    };
-                    return self.finish(ReplyProgress::Failed(error));
+                EventPayload::ReplyFailed { failure, .. } => {
+                    return self.finish(ReplyProgress::Failed(failure))
                 }
                 _ => continue,
             }

@@ -48,7 +48,7 @@ use super::{
     from_ms, to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
     SessionStore, StoreError, StoreOptions,
 };
-use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use crate::domain::{Agent, Message, Notice, Session, SessionEvent, TimeoutConfig};
 use crate::outage::{Backoff, OutageLog};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -167,7 +167,7 @@ struct Watch {
 }
 
 enum Outgoing {
-    Event(SessionEvent),
+    Event(Box<SessionEvent>),
     /// Answered once every event queued before it has been sent.
     Flush(oneshot::Sender<()>),
 }
@@ -462,14 +462,14 @@ async fn store_events(
     let mut out = Vec::with_capacity(events.len());
     for event in events {
         let mut event = event.clone();
-        if !event.kind.is_transient() {
+        if !event.kind().is_transient() {
             let seq: i64 = sqlx::query_scalar(
                 "INSERT INTO events (session_id, kind, data, created_at) VALUES ($1, $2, $3, $4) RETURNING seq",
             )
             .bind(event.session_id)
-            .bind(event.kind.as_str())
-            .bind(event.data.to_string())
-            .bind(to_ms(event.created_at))
+            .bind(event.kind().as_str())
+            .bind(event.stored_data())
+            .bind(to_ms(event.at))
             .fetch_one(&mut *conn)
             .await?;
             event.seq = Some(seq);
@@ -520,9 +520,9 @@ fn encode(event: &SessionEvent, ack: Option<Ack>) -> Vec<String> {
     let whole = Wire::Event {
         seq: event.seq,
         session: event.session_id,
-        kind: event.kind.as_str().to_owned(),
-        at: to_ms(event.created_at),
-        data: event.data.clone(),
+        kind: event.kind().as_str().to_owned(),
+        at: to_ms(event.at),
+        data: serde_json::from_str(&event.stored_data()).unwrap_or_default(),
         ack,
     };
     let whole = serde_json::to_string(&whole).unwrap_or_default();
@@ -734,14 +734,14 @@ fn message_from_row(row: &PgRow) -> Result<Message, sqlx::Error> {
 fn event_from_row(row: &PgRow) -> Result<SessionEvent, sqlx::Error> {
     let kind: String = row.try_get(2)?;
     let data: String = row.try_get(3)?;
-    Ok(SessionEvent {
-        seq: Some(row.try_get(0)?),
-        session_id: row.try_get(1)?,
-        kind: EventKind::parse(&kind)
-            .ok_or_else(|| sqlx::Error::Decode(format!("unknown event kind {kind}").into()))?,
-        data: serde_json::from_str(&data).map_err(decode)?,
-        created_at: from_ms(row.try_get(4)?),
-    })
+    SessionEvent::from_stored(
+        Some(row.try_get(0)?),
+        row.try_get(1)?,
+        &kind,
+        &data,
+        from_ms(row.try_get(4)?),
+    )
+    .map_err(|e| sqlx::Error::Decode(e.into()))
 }
 
 fn agent_from_row(row: &PgRow) -> Result<Agent, sqlx::Error> {
@@ -1303,7 +1303,7 @@ impl SessionStore for PostgresStore {
     /// (transient events are live only, and nothing waits for them).
     fn publish(&self, event: &SessionEvent) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.outgoing.send(Outgoing::Event(event.clone())).is_err() {
+        if self.outgoing.send(Outgoing::Event(Box::new(event.clone()))).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -1548,18 +1548,9 @@ async fn receive(
             data,
             ack,
         } => {
-            match EventKind::parse(&kind) {
-                Some(kind) => deliver(
-                    shared,
-                    SessionEvent {
-                        seq,
-                        session_id: session,
-                        kind,
-                        data,
-                        created_at: from_ms(at),
-                    },
-                ),
-                None => tracing::warn!(kind, "notification of an unknown event kind"),
+            match SessionEvent::from_stored(seq, session, &kind, &data.to_string(), from_ms(at)) {
+                Ok(event) => deliver(shared, event),
+                Err(error) => tracing::warn!(error, "notification of an unreadable event"),
             }
             shared.acknowledge(ack);
         }
@@ -1632,7 +1623,7 @@ fn deliver(shared: &Shared, event: SessionEvent) {
                 watch.delivered = Some(seq);
             }
         }
-        if event.kind.ends_stream() {
+        if event.kind().ends_stream() {
             // The session has nothing more to say, so nothing more to replay.
             watched.remove(&event.session_id);
         }
@@ -1736,15 +1727,25 @@ mod tests {
                     .collect()
             };
             match serde_json::from_str::<Wire>(&whole).unwrap() {
-                Wire::Event { data, ack: a, .. } => {
-                    assert_eq!(data, chunk.data);
+                Wire::Event {
+                    kind, data, ack: a, ..
+                } => {
+                    let back = SessionEvent::from_stored(
+                        None,
+                        session,
+                        &kind,
+                        &data.to_string(),
+                        from_ms(0),
+                    )
+                    .unwrap();
+                    assert_eq!(back.payload, chunk.payload);
                     assert_eq!(a, ack);
                 }
                 other => panic!("not an event: {other:?}"),
             }
 
+            // Stored events have a seq.
             let mut stored = chunk.clone();
-            stored.kind = EventKind::Message;
             stored.seq = Some(42);
             let payloads = encode(&stored, ack);
             assert_eq!(

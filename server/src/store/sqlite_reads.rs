@@ -28,7 +28,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{from_ms, MessageWindow, Order, StoreError};
-use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use crate::domain::{Agent, Message, Notice, Session, SessionEvent, TimeoutConfig};
 
 /// Idle connections kept; more are opened under load and dropped when returned beyond this.
 const KEEP_IDLE: usize = 8;
@@ -256,18 +256,16 @@ pub(super) fn agent(row: &Row<'_>) -> rusqlite::Result<Agent> {
 
 pub(super) fn event(row: &Row<'_>) -> rusqlite::Result<SessionEvent> {
     let kind: String = row.get(2)?;
-    Ok(SessionEvent {
-        seq: Some(row.get(0)?),
-        session_id: row.get(1)?,
-        kind: EventKind::parse(&kind).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                2,
-                rusqlite::types::Type::Text,
-                format!("unknown event kind {kind}").into(),
-            )
-        })?,
-        data: decode_json(3, &row.get::<_, String>(3)?)?,
-        created_at: from_ms(row.get(4)?),
+    let data: String = row.get(3)?;
+    SessionEvent::from_stored(
+        Some(row.get(0)?),
+        row.get(1)?,
+        &kind,
+        &data,
+        from_ms(row.get(4)?),
+    )
+    .map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
     })
 }
 

@@ -388,7 +388,7 @@ fn apply_batch(
 impl Write {
     /// Whether applying it takes more than one writing statement.
     fn is_compound(&self) -> bool {
-        let persists = |events: &[SessionEvent]| events.iter().any(|e| !e.kind.is_transient());
+        let persists = |events: &[SessionEvent]| events.iter().any(|e| !e.kind().is_transient());
         match self {
             Write::InsertAgent(_)
             | Write::InsertSession(_)
@@ -460,15 +460,15 @@ fn store_events(
 ) -> rusqlite::Result<Vec<SessionEvent>> {
     let mut out = Vec::with_capacity(events.len());
     for mut event in events {
-        if !event.kind.is_transient() {
+        if !event.kind().is_transient() {
             conn.prepare_cached(
                 "INSERT INTO events (session_id, kind, data, created_at) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![
                 event.session_id,
-                event.kind.as_str(),
-                event.data.to_string(),
-                to_ms(event.created_at)
+                event.kind().as_str(),
+                event.stored_data(),
+                to_ms(event.at)
             ])?;
             event.seq = Some(conn.last_insert_rowid());
         }
