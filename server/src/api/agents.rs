@@ -9,6 +9,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::access::{Authorized, OperatorOnly};
 use super::body::JsonBody;
+use super::decode;
 use super::error::{
     AgentListErrors, AgentLookupErrors, CreateAgentErrors, DeleteAgentErrors, Failure,
 };
@@ -56,7 +57,7 @@ impl AgentsApi {
         service: Service<'_>,
         body: JsonBody<CreateAgentRequest>,
     ) -> Result<CreatedAgent, Failure<CreateAgentErrors>> {
-        let agent = service.create_agent(body.value).await?;
+        let agent = service.create_agent(decode::new_agent(body.value)?).await?;
         Ok(CreatedAgent::Created(Json((&agent).into())))
     }
 

@@ -14,6 +14,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 
 use super::access::{Authorized, OwnSession, OwnSessionEvents};
 use super::body::JsonBody;
+use super::decode;
 use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
 use super::event_stream::SseStream;
 use super::event_wire;
@@ -26,9 +27,10 @@ use super::models::{
 use super::stream_slots::StreamSlots;
 use super::types::{Cursor, EventData, EventId, LastEventId, Timestamp, WideInt};
 use super::ApiTags;
-use crate::domain::validate::Transport;
 use crate::domain::{AgentReply, EventKind, Message, ReplyFailure, SessionEvent};
-use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService, WaitEnded};
+use crate::service::{
+    ReplyProgress, ReplyWatch, SendOutcome, SessionService, Transport, WaitEnded,
+};
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
 
@@ -85,7 +87,9 @@ impl MessagesApi {
         #[oai(name = "sessionId")] session_id: Path<String>,
         body: JsonBody<SendMessageRequest>,
     ) -> Result<SendMessageResponse, Failure<SendErrors>> {
-        let mut outcome = service.send(&session_id, body.value).await?;
+        let mut outcome = service
+            .send(&session_id, decode::send_message(body.value)?)
+            .await?;
         match outcome.transport {
             Transport::WebSocket => {
                 let body = message_response(&outcome, None);

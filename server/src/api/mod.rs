@@ -5,6 +5,7 @@ pub mod access;
 mod agents;
 mod body;
 pub mod browser;
+mod decode;
 pub mod error;
 mod event_stream;
 mod event_wire;

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::access::{Authorized, OperatorOnly, OwnSession};
 use super::body::JsonBody;
+use super::decode;
 use super::error::{
     ApiError, CreateSessionErrors, DeleteErrors, Failure, HealthErrors, ListErrors, LookupErrors,
     RenewErrors, TokenErrors, UpdateTimeoutErrors,
@@ -82,7 +83,7 @@ impl SessionsApi {
         access: AccessData<'_>,
         body: JsonBody<CreateSessionRequest>,
     ) -> Result<CreatedSession, Failure<CreateSessionErrors>> {
-        let view = service.create(body.value).await?;
+        let view = service.create(decode::create_session(body.value)?).await?;
         let issued = token(&access, &view.session)?;
         let mut body = SessionBody::from_view(view);
         body.session_token = Some(issued.token);
@@ -190,7 +191,9 @@ impl SessionsApi {
         body: JsonBody<TimeoutConfigUpdate>,
     ) -> Result<JsonOut<SessionBody>, Failure<UpdateTimeoutErrors>> {
         Ok(session(
-            service.update_timeout(&session_id, body.value).await?,
+            service
+                .update_timeout(&session_id, decode::timeout_patch(body.value)?)
+                .await?,
         ))
     }
 

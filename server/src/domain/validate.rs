@@ -1,12 +1,10 @@
-//! Validation of request bodies as JSON values, producing the reference's error messages in its check order.
-//!
-//! Bodies are validated by hand rather than by a derive because the order of checks and the exact messages
-//! are part of the wire contract (e.g. missing fields before malformed UUIDs before unknown agents).
+//! The rules for single request values (metadata, timeout configurations, message content, attachments,
+//! cursors), with the reference's error messages. `api/decode.rs` applies them to whole bodies.
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{AgentBackend, SessionError, TimeoutConfigPatch};
+use super::{SessionError, TimeoutConfigPatch};
 
 /// Largest accepted `metadata`, in bytes of serialized JSON.
 pub const MAX_METADATA_BYTES: usize = 10_240;
@@ -32,52 +30,6 @@ pub fn parse_uuid(s: &str) -> Option<Uuid> {
         return None;
     }
     Uuid::try_parse(s).ok()
-}
-
-fn as_object(body: Value) -> Result<Map<String, Value>, SessionError> {
-    match body {
-        Value::Object(map) => Ok(map),
-        _ => Err(SessionError::invalid("Request body must be a JSON object")),
-    }
-}
-
-/// The create-session body after the checks that come before the agent lookup.
-#[derive(Debug)]
-pub struct CreateSessionBody {
-    pub agent_id: Uuid,
-    pub user_id: Uuid,
-    pub metadata: Option<Value>,
-    pub timeout_config: Option<Value>,
-}
-
-pub fn create_session_body(body: Value) -> Result<CreateSessionBody, SessionError> {
-    let mut map = as_object(body)?;
-    // Like the reference, an empty string or null counts as missing.
-    let present = |v: Option<&Value>| {
-        !matches!(v, None | Some(Value::Null)) && v != Some(&Value::String(String::new()))
-    };
-    if !present(map.get("agentId")) || !present(map.get("userId")) {
-        return Err(SessionError::invalid(
-            "Missing required fields: agentId, userId",
-        ));
-    }
-    let uuid_field = |map: &Map<String, Value>, field: &str| {
-        map.get(field)
-            .and_then(Value::as_str)
-            .and_then(parse_uuid)
-            .ok_or_else(|| {
-                SessionError::invalid_field(
-                    format!("Invalid UUID format for field '{field}'"),
-                    field,
-                )
-            })
-    };
-    Ok(CreateSessionBody {
-        agent_id: uuid_field(&map, "agentId")?,
-        user_id: uuid_field(&map, "userId")?,
-        metadata: map.remove("metadata"),
-        timeout_config: map.remove("timeoutConfig"),
-    })
 }
 
 /// `metadata`: absent means `{}`; otherwise an object of at most [`MAX_METADATA_BYTES`].
@@ -154,262 +106,10 @@ pub fn timeout_patch(
     })
 }
 
-/// The PATCH /timeout body: the same object as create's `timeoutConfig`, every field optional.
-pub fn timeout_patch_body(body: Value) -> Result<TimeoutConfigPatch, SessionError> {
-    let map = as_object(body)?;
-    timeout_patch(Some(Value::Object(map)), "timeoutConfig")
-}
-
-/// The create-agent body.
-#[derive(Debug)]
-pub struct CreateAgentBody {
-    pub name: String,
-    pub backend: AgentBackend,
-    pub session_defaults: TimeoutConfigPatch,
-}
-
-pub fn create_agent_body(body: Value) -> Result<CreateAgentBody, SessionError> {
-    let mut map = as_object(body)?;
-    let name = match map.get("name") {
-        None | Some(Value::Null) => {
-            return Err(SessionError::invalid_field(
-                "Missing required field: name",
-                "name",
-            ))
-        }
-        Some(Value::String(s)) if has_visible_char(s) => s.clone(),
-        Some(_) => {
-            return Err(SessionError::invalid_field(
-                "name must be a non-empty string",
-                "name",
-            ))
-        }
-    };
-    if name.contains('\0') {
-        return Err(SessionError::invalid_field(
-            "name must not contain NUL characters",
-            "name",
-        ));
-    }
-    // Counted as sent (the contract's maxLength), then stored without surrounding blanks.
-    if name.chars().count() > MAX_AGENT_NAME_CHARS {
-        return Err(SessionError::invalid_field(
-            format!("name must be at most {MAX_AGENT_NAME_CHARS} characters"),
-            "name",
-        ));
-    }
-    let name = name.trim_matches(is_blank_char).to_string();
-    let backend = match map.remove("backend") {
-        None => AgentBackend::Echo,
-        Some(v) => backend(v)?,
-    };
-    let session_defaults = timeout_patch(map.remove("sessionDefaults"), "sessionDefaults")?;
-    Ok(CreateAgentBody {
-        name,
-        backend,
-        session_defaults,
-    })
-}
-
-fn backend(value: Value) -> Result<AgentBackend, SessionError> {
-    let map = match value {
-        Value::Object(map) => map,
-        _ => {
-            return Err(SessionError::invalid_field(
-                "backend must be an object",
-                "backend",
-            ))
-        }
-    };
-    // Absent optional fields are None; present ones must be non-empty strings (null included is refused, as the
-    // contract does not declare them nullable).
-    let string = |name: &str, required: bool| -> Result<Option<String>, SessionError> {
-        match map.get(name) {
-            None if !required => Ok(None),
-            Some(Value::String(s)) if !s.is_empty() && !s.contains('\0') => Ok(Some(s.clone())),
-            _ => Err(SessionError::invalid_field(
-                format!("backend.{name} must be a non-empty string"),
-                &format!("backend.{name}"),
-            )),
-        }
-    };
-    let http_url = |name: &str| -> Result<String, SessionError> {
-        let raw = string(name, true)?.unwrap_or_default();
-        match url::Url::parse(&raw) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(raw),
-            _ => Err(SessionError::invalid_field(
-                format!("backend.{name} must be an http or https URL"),
-                &format!("backend.{name}"),
-            )),
-        }
-    };
-    match map.get("type").and_then(Value::as_str) {
-        Some("echo") => Ok(AgentBackend::Echo),
-        Some("webhook") => Ok(AgentBackend::Webhook {
-            url: http_url("url")?,
-        }),
-        Some("openai") => Ok(AgentBackend::OpenAi {
-            base_url: http_url("baseUrl")?,
-            model: string("model", true)?.unwrap_or_default(),
-            api_key_env: string("apiKeyEnv", false)?,
-            system_prompt: string("systemPrompt", false)?,
-        }),
-        _ => Err(SessionError::invalid_field(
-            "backend.type must be one of: echo, webhook, openai",
-            "backend.type",
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn message(r: Result<impl std::fmt::Debug, SessionError>) -> String {
-        r.unwrap_err().to_string()
-    }
-
-    #[test]
-    fn create_checks_missing_before_format() {
-        assert_eq!(
-            message(create_session_body(json!({"agentId": "nope"}))),
-            "Missing required fields: agentId, userId"
-        );
-        assert_eq!(
-            message(create_session_body(
-                json!({"agentId": "nope", "userId": "bad"})
-            )),
-            "Invalid UUID format for field 'agentId'"
-        );
-        let ok = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
-        assert_eq!(
-            message(create_session_body(json!({"agentId": ok, "userId": 7}))),
-            "Invalid UUID format for field 'userId'"
-        );
-        assert_eq!(
-            message(create_session_body(
-                json!({"agentId": ok, "userId": ok.replace('-', "")})
-            )),
-            "Invalid UUID format for field 'userId'"
-        );
-    }
-
-    #[test]
-    fn metadata_must_be_a_small_object() {
-        assert!(metadata(None).unwrap().is_empty());
-        assert!(metadata(Some(json!([1]))).is_err());
-        assert!(metadata(Some(json!(null))).is_err());
-        let big = "x".repeat(MAX_METADATA_BYTES);
-        assert!(message(metadata(Some(json!({ "a": big })))).contains("10240"));
-    }
-
-    #[test]
-    fn timeout_fields_must_have_their_type() {
-        assert_eq!(
-            message(timeout_patch(
-                Some(json!({"timeoutMinutes": "30"})),
-                "timeoutConfig"
-            )),
-            "timeoutConfig.timeoutMinutes must be a number"
-        );
-        assert!(timeout_patch(Some(json!({"autoRenew": null})), "timeoutConfig").is_err());
-        let p = timeout_patch(
-            Some(json!({"timeoutMinutes": 7.5, "autoRenew": false})),
-            "t",
-        )
-        .unwrap();
-        assert_eq!(p.timeout_minutes, Some(7.5));
-        assert_eq!(p.auto_renew, Some(false));
-    }
-
-    #[test]
-    fn agent_backends_are_checked() {
-        assert!(matches!(
-            create_agent_body(json!({"name": "a"})).unwrap().backend,
-            AgentBackend::Echo
-        ));
-        assert!(create_agent_body(
-            json!({"name": "a", "backend": {"type": "webhook", "url": "ftp://x"}})
-        )
-        .is_err());
-        assert!(create_agent_body(
-            json!({"name": "a", "backend": {"type": "openai", "baseUrl": "http://x"}})
-        )
-        .is_err());
-        assert!(create_agent_body(json!({"name": ""})).is_err());
-    }
-}
-
 /// Longest accepted message, in characters.
 pub const MAX_CONTENT_CHARS: usize = 4000;
 /// Most attachments on one message.
 pub const MAX_ATTACHMENTS: usize = 20;
-
-/// How the client wants the agent's reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// 201 at once; the reply arrives through the events stream and the history.
-    WebSocket,
-    /// 201 once the agent has answered, with the reply.
-    Http,
-    /// 200 `text/event-stream` of the exchange.
-    Sse,
-}
-
-/// The send-message body after the checks that come before the session lookup (transport, content type).
-#[derive(Debug)]
-pub struct SendMessageBody {
-    pub transport: Transport,
-    pub content: String,
-    pub metadata: Option<Value>,
-    pub attachments: Option<Value>,
-}
-
-pub fn send_message_body(body: Value) -> Result<SendMessageBody, SessionError> {
-    let mut map = as_object(body)?;
-    let transport = match (map.get("transport"), map.get("mode")) {
-        (Some(t), _) => match t.as_str() {
-            Some("websocket") => Transport::WebSocket,
-            Some("http") => Transport::Http,
-            Some("sse") => Transport::Sse,
-            _ => {
-                return Err(SessionError::invalid_field(
-                    "Invalid transport: must be one of http, sse, websocket",
-                    "transport",
-                ))
-            }
-        },
-        // The legacy alias: sync = http, stream = sse.
-        (None, Some(m)) => match m.as_str() {
-            Some("websocket") => Transport::WebSocket,
-            Some("sync") => Transport::Http,
-            Some("stream") => Transport::Sse,
-            _ => {
-                return Err(SessionError::invalid_field(
-                    "Invalid mode: must be one of sync, stream, websocket",
-                    "mode",
-                ))
-            }
-        },
-        (None, None) => Transport::WebSocket,
-    };
-    let content = match map.remove("content") {
-        Some(Value::String(s)) => s,
-        _ => {
-            return Err(SessionError::invalid_field(
-                "Content is required and must be a string",
-                "content",
-            ))
-        }
-    };
-    Ok(SendMessageBody {
-        transport,
-        content,
-        metadata: map.remove("metadata"),
-        attachments: map.remove("attachments"),
-    })
-}
 
 /// 1 to [`MAX_CONTENT_CHARS`] characters, not only whitespace, and no NUL (which no text column of
 /// PostgreSQL can hold).
@@ -535,42 +235,46 @@ pub fn cursor(value: &str, name: &str) -> Result<i64, SessionError> {
 }
 
 #[cfg(test)]
-mod send_tests {
+mod tests {
     use super::*;
     use serde_json::json;
 
+    fn message(r: Result<impl std::fmt::Debug, SessionError>) -> String {
+        r.unwrap_err().to_string()
+    }
+
     #[test]
-    fn transport_is_checked_before_content() {
-        let e = send_message_body(json!({"transport": "pigeon"})).unwrap_err();
-        assert!(e.to_string().starts_with("Invalid transport"));
-        let e = send_message_body(json!({"content": 5})).unwrap_err();
-        assert_eq!(e.to_string(), "Content is required and must be a string");
+    fn metadata_must_be_a_small_object() {
+        assert!(metadata(None).unwrap().is_empty());
+        assert!(metadata(Some(json!([1]))).is_err());
+        assert!(metadata(Some(json!(null))).is_err());
+        let big = "x".repeat(MAX_METADATA_BYTES);
+        assert!(message(metadata(Some(json!({ "a": big })))).contains("10240"));
+    }
+
+    #[test]
+    fn timeout_fields_must_have_their_type() {
         assert_eq!(
-            send_message_body(json!({"content": "x", "mode": "sync"}))
-                .unwrap()
-                .transport,
-            Transport::Http
+            message(timeout_patch(
+                Some(json!({"timeoutMinutes": "30"})),
+                "timeoutConfig"
+            )),
+            "timeoutConfig.timeoutMinutes must be a number"
         );
-        assert_eq!(
-            send_message_body(json!({"content": "x", "mode": "stream"}))
-                .unwrap()
-                .transport,
-            Transport::Sse
-        );
-        assert_eq!(
-            send_message_body(json!({"content": "x"}))
-                .unwrap()
-                .transport,
-            Transport::WebSocket
-        );
+        assert!(timeout_patch(Some(json!({"autoRenew": null})), "timeoutConfig").is_err());
+        let p = timeout_patch(
+            Some(json!({"timeoutMinutes": 7.5, "autoRenew": false})),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(p.timeout_minutes, Some(7.5));
+        assert_eq!(p.auto_renew, Some(false));
     }
 
     #[test]
     fn nul_characters_are_refused() {
         assert!(content("a\0b").is_err());
-        assert!(create_agent_body(json!({"name": "a\0b"})).is_err());
     }
-
     #[test]
     fn cursors_accept_ms_and_iso() {
         assert_eq!(

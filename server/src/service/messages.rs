@@ -5,12 +5,11 @@
 //! fills the page by itself), so `before`/`after` set to a page's cursors can neither repeat nor skip a message.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use uuid::Uuid;
 
 use super::replies::ReplyWatch;
-use super::{too_contended, SessionService, MAX_UPDATE_ATTEMPTS};
-use crate::domain::validate::{self, Transport};
+use super::{too_contended, SendMessage, SessionService, Transport, MAX_UPDATE_ATTEMPTS};
+use crate::domain::validate;
 use crate::domain::{Message, Session, SessionChange, SessionError, SessionEvent};
 use crate::store::{MessageWindow, Order};
 
@@ -39,15 +38,14 @@ pub struct MessagePage {
 
 impl SessionService {
     /// Stores the user's message (renewing the session), pending a reply behind the session's earlier ones,
-    /// and makes sure a worker answers it. Checks, in order: transport, content type, session, content length, metadata, attachments, the bound on
-    /// unanswered messages.
-    pub async fn send(&self, id: &str, body: Value) -> Result<SendOutcome, SessionError> {
-        let body = validate::send_message_body(body)?;
+    /// and makes sure a worker answers it. Checks, in order (after the body's decoding: transport, content
+    /// type): session, content, metadata, attachments, the bound on unanswered messages, the message quota.
+    pub async fn send(&self, id: &str, body: SendMessage) -> Result<SendOutcome, SessionError> {
         let now = self.clock.now();
         let mut current = self.live(id, now).await?;
-        validate::content(&body.content)?;
-        let metadata = validate::metadata(body.metadata)?;
-        let attachments = validate::attachments(body.attachments)?;
+        let content = body.content?;
+        let metadata = body.metadata?;
+        let attachments = body.attachments?;
         // Backpressure: a client that sends faster than its agent answers gets told to wait, instead of growing
         // the queue without bound.
         if self.store.count_unanswered(current.id).await? >= u64::from(self.max_pending_messages) {
@@ -85,7 +83,7 @@ impl SessionService {
                 session_id: current.id,
                 author_id: current.user_id,
                 is_agent: false,
-                content: body.content.clone(),
+                content: content.clone(),
                 metadata: metadata.clone(),
                 attachments: attachments.clone(),
                 in_reply_to: None,

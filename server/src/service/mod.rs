@@ -4,6 +4,7 @@
 //! Submodules: `messages` (send and history), `replies` (per-session reply workers), `events` (the real-time
 //! stream and expiry notices).
 
+mod commands;
 mod events;
 mod messages;
 mod replies;
@@ -11,18 +12,18 @@ mod replies;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::agents::{Backends, EgressPolicy};
 use crate::clock::Clock;
-use crate::domain::validate::{self, CreateAgentBody};
+use crate::domain::validate;
 use crate::domain::{
     Agent, AgentBackend, Liveness, RenewRefused, Session, SessionChange, SessionError,
     SessionEvent, TimeoutConfigPatch, TimeoutPolicy,
 };
 use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
+pub use commands::{Checked, CreateSession, NewAgent, SendMessage, Transport};
 pub use events::EventSubscription;
 pub use messages::{MessagePage, SendOutcome};
 pub use replies::{ReplyProgress, ReplyWatch, WaitEnded};
@@ -165,16 +166,15 @@ impl SessionService {
         self.retention
     }
 
-    pub async fn create(&self, body: Value) -> Result<SessionView, SessionError> {
+    pub async fn create(&self, body: CreateSession) -> Result<SessionView, SessionError> {
         let now = self.clock.now();
-        let body = validate::create_session_body(body)?;
         let agent = self
             .store
             .get_agent(body.agent_id)
             .await?
             .ok_or_else(|| SessionError::AgentNotFound(body.agent_id.to_string()))?;
-        let metadata = validate::metadata(body.metadata)?;
-        let requested = validate::timeout_patch(body.timeout_config, "timeoutConfig")?;
+        let metadata = body.metadata?;
+        let requested = body.timeout?;
         let timeout = self.policy.resolve(&requested, &agent.session_defaults);
         if self.max_sessions_per_user > 0
             && self
@@ -261,8 +261,11 @@ impl SessionService {
         .await
     }
 
-    pub async fn update_timeout(&self, id: &str, body: Value) -> Result<SessionView, SessionError> {
-        let patch: TimeoutConfigPatch = validate::timeout_patch_body(body)?;
+    pub async fn update_timeout(
+        &self,
+        id: &str,
+        patch: TimeoutConfigPatch,
+    ) -> Result<SessionView, SessionError> {
         let policy = self.policy;
         self.update(id, move |s, now| {
             let timeout = policy.apply_patch(&s.timeout, &patch).map_err(|reason| {
@@ -300,12 +303,12 @@ impl SessionService {
         })
     }
 
-    pub async fn create_agent(&self, body: Value) -> Result<Agent, SessionError> {
-        let CreateAgentBody {
+    pub async fn create_agent(&self, agent: NewAgent) -> Result<Agent, SessionError> {
+        let NewAgent {
             name,
             backend,
             session_defaults,
-        } = validate::create_agent_body(body)?;
+        } = agent;
         self.backends
             .policy()
             .check_backend(&backend)
