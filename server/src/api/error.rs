@@ -4,10 +4,12 @@
 //! Handlers return `Failure<S>`, where `S` lists the statuses that operation documents, so the generated spec
 //! says exactly which errors each operation can answer while every error still goes through `ApiError`.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use poem::http::{HeaderName, Method, StatusCode};
-use poem::{IntoResponse, Response};
+use poem::{Endpoint, IntoResponse, Middleware, Response};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Enum, Object};
@@ -16,8 +18,60 @@ use uuid::Uuid;
 
 use super::types::{JsonObject, Timestamp};
 use crate::clock::{Clock, SystemClock};
-use crate::domain::SessionError;
+use crate::domain::{ReplyFailure, SessionError};
+use crate::service::WaitEnded;
 use crate::store::StoreError;
+
+tokio::task_local! {
+    /// The clock of the application serving the request: error bodies are stamped with its time, so that they
+    /// agree with every other time the server shows (a test's mock clock included).
+    static CLOCK: Arc<dyn Clock>;
+}
+
+/// Runs one request with error timestamps read from `clock`.
+pub async fn with_clock<F: Future>(clock: Arc<dyn Clock>, request: F) -> F::Output {
+    CLOCK.scope(clock, request).await
+}
+
+/// The outermost layer: serves each request in the clock's scope and makes its response there, so that every
+/// error body, whichever layer raised it, is stamped with the service's time.
+pub struct ErrorClock(pub Arc<dyn Clock>);
+
+impl<E: Endpoint> Middleware<E> for ErrorClock {
+    type Output = ErrorClockEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        ErrorClockEndpoint {
+            inner,
+            clock: self.0.clone(),
+        }
+    }
+}
+
+pub struct ErrorClockEndpoint<E> {
+    inner: E,
+    clock: Arc<dyn Clock>,
+}
+
+impl<E: Endpoint> Endpoint for ErrorClockEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: poem::Request) -> poem::Result<Response> {
+        with_clock(self.clock.clone(), async {
+            Ok(match self.inner.call(req).await {
+                Ok(resp) => resp.into_response(),
+                Err(err) => err.into_response(),
+            })
+        })
+        .await
+    }
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    CLOCK
+        .try_with(|clock| clock.now())
+        .unwrap_or_else(|_| SystemClock.now())
+}
 
 /// Every error code the API answers with.
 #[derive(Enum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +194,7 @@ impl ApiError {
             error: ErrorInfo {
                 code: self.code,
                 message: self.message.clone(),
-                timestamp: Timestamp(SystemClock.now()),
+                timestamp: Timestamp(now()),
                 details: self.details.clone().map(JsonObject),
             },
         }
@@ -234,6 +288,51 @@ impl From<SessionError> for ApiError {
                 tracing::debug!(error = %cause, "unhealthy");
                 ApiError::unavailable()
             }
+        }
+    }
+}
+
+/// An agent's failure to answer, as the `http` transport answers it (and the `sse` transport's `error` frame).
+impl From<&ReplyFailure> for ApiError {
+    fn from(e: &ReplyFailure) -> Self {
+        match e {
+            ReplyFailure::TimedOut { after_ms } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::AgentTimeout,
+                format!(
+                    "The agent did not answer within {} seconds",
+                    *after_ms as f64 / 1000.0
+                ),
+            ),
+            ReplyFailure::Failed { reason } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::AgentError,
+                format!("The agent failed to answer: {reason}"),
+            ),
+        }
+    }
+}
+
+impl ApiError {
+    /// Why a waiting `http` or `sse` send got no reply, when the agent is not the reason.
+    ///
+    /// A deleted session is a 404 `SESSION_NOT_FOUND`, not a 410: it is what every later request about the
+    /// session answers (410 `SESSION_EXPIRED` is kept for sessions that timed out), so a client handles both
+    /// the same way.
+    pub fn wait_ended(why: WaitEnded, session_id: &str) -> Self {
+        match why {
+            WaitEnded::SessionDeleted => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::SessionNotFound,
+                format!("Session '{session_id}' was deleted while the message waited for its reply"),
+            ),
+            WaitEnded::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ServiceUnavailable,
+                "The server is shutting down before the agent answered; the message is stored, and its reply \
+                 will arrive on the events stream and in the history once the server (or another instance) \
+                 answers it",
+            ),
         }
     }
 }
@@ -411,5 +510,15 @@ mod tests {
         let api = ApiError::from(SessionError::Store(StoreError::Backend(cause.into())));
         assert_eq!(api.status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(!api.message.contains("refused"));
+    }
+
+    /// Error bodies carry the time of the application's clock, not the wall clock.
+    #[tokio::test]
+    async fn error_timestamps_come_from_the_clock() {
+        let at = chrono::DateTime::from_timestamp_millis(1_735_689_600_123).unwrap();
+        let clock = Arc::new(crate::clock::MockClock::new(at));
+        let api = ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "gone");
+        let body = with_clock(clock, async { api.body() }).await;
+        assert_eq!(body.error.timestamp.0, at);
     }
 }

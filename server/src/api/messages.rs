@@ -28,9 +28,7 @@ use super::stream_slots::StreamSlots;
 use super::types::{Cursor, EventData, EventId, LastEventId, Timestamp, WideInt};
 use super::ApiTags;
 use crate::domain::{AgentReply, EventKind, Message, ReplyFailure, SessionEvent};
-use crate::service::{
-    ReplyProgress, ReplyWatch, SendOutcome, SessionService, Transport, WaitEnded,
-};
+use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService, Transport};
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
 
@@ -106,15 +104,15 @@ impl MessagesApi {
                         let body = message_response(&outcome, Some(&reply));
                         return Ok(SendMessageResponse::Sent(JsonOut(Box::new(body))));
                     }
-                    Some(ReplyProgress::Failed(e)) => return Err(agent_failure(&e).into()),
+                    Some(ReplyProgress::Failed(e)) => return Err(ApiError::from(&e).into()),
                     Some(ReplyProgress::Ended(why)) => {
-                        return Err(wait_ended(why, &session_id).into())
+                        return Err(ApiError::wait_ended(why, &session_id).into())
                     }
                     None => {
                         let failure = ReplyFailure::Failed {
                             reason: "no reply".into(),
                         };
-                        return Err(agent_failure(&failure).into());
+                        return Err(ApiError::from(&failure).into());
                     }
                 }
             },
@@ -272,44 +270,6 @@ fn message_response(outcome: &SendOutcome, reply: Option<&AgentReply>) -> Messag
     }
 }
 
-fn agent_failure(e: &ReplyFailure) -> ApiError {
-    match e {
-        ReplyFailure::TimedOut { after_ms } => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            ErrorCode::AgentTimeout,
-            format!(
-                "The agent did not answer within {} seconds",
-                *after_ms as f64 / 1000.0
-            ),
-        ),
-        ReplyFailure::Failed { reason: why } => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::AgentError,
-            format!("The agent failed to answer: {why}"),
-        ),
-    }
-}
-
-/// Why a waiting `http` or `sse` send got no reply, when the agent is not the reason.
-///
-/// A deleted session is a 404 `SESSION_NOT_FOUND`, not a 410: it is what every later request about the session
-/// answers (410 `SESSION_EXPIRED` is kept for sessions that timed out), so a client handles both the same way.
-fn wait_ended(why: WaitEnded, session_id: &str) -> ApiError {
-    match why {
-        WaitEnded::SessionDeleted => ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::SessionNotFound,
-            format!("Session '{session_id}' was deleted while the message waited for its reply"),
-        ),
-        WaitEnded::ShuttingDown => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ServiceUnavailable,
-            "The server is shutting down before the agent answered; the message is stored, and its reply will \
-             arrive on the events stream and in the history once the server (or another instance) answers it",
-        ),
-    }
-}
-
 /// The `sse` exchange: the stored user message, the reply's chunks, then one `done` or `error`. The watch
 /// always ends with one of those (a reply, a failure, giving up on a queue that stopped moving, the session's
 /// deletion or the server's shutdown), so the stream always ends.
@@ -335,8 +295,8 @@ fn exchange_stream(
                     MessageStreamEventName::Done,
                     event_wire::done(&message, &reply),
                 ),
-                ReplyProgress::Failed(e) => error_frame(&agent_failure(&e)),
-                ReplyProgress::Ended(why) => error_frame(&wait_ended(why, &session_id)),
+                ReplyProgress::Failed(e) => error_frame(&ApiError::from(&e)),
+                ReplyProgress::Ended(why) => error_frame(&ApiError::wait_ended(why, &session_id)),
             };
             Some((MessageStreamEvent { event, data }, Some(reply)))
         }

@@ -89,7 +89,7 @@ pub fn contract_json() -> &'static str {
     })
 }
 
-/// The whole HTTP application over a service. Layers, outermost first: the DNS-rebinding guard (open servers on
+/// The whole HTTP application over a service. Layers, outermost first: the error clock's scope, the DNS-rebinding guard (open servers on
 /// loopback only), CORS (with the origin filter), security headers, panic catching, access control
 /// (authentication and rate limits, before any route runs), the JSON error shape, then the routes.
 pub fn app(
@@ -102,6 +102,7 @@ pub fn app(
     } else {
         settings.host_guard.clone()
     };
+    let clock = service_state.clock();
     let api = service();
     // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec.
     let docs = api
@@ -144,7 +145,9 @@ pub fn app(
                 .with_handler(|_| ApiError::internal(&"handler panicked").as_poem_response()),
         )
         .around(browser::security_headers);
-    browser::with_cors(routes, settings.cors).with(host_guard)
+    browser::with_cors(routes, settings.cors)
+        .with(host_guard)
+        .with(error::ErrorClock(clock))
 }
 
 impl ApiError {
