@@ -2,12 +2,13 @@
 //! takes the answer from a JSON reply or from a streamed (`text/event-stream`) reply.
 
 use async_trait::async_trait;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use super::sse::{self, Flow};
 use super::{AgentError, AgentRequest, ChunkSender, ReplyBackend};
-use crate::domain::{iso, AgentReply, Message};
+use crate::domain::{AgentReply, Message};
 
 pub struct WebhookAgent {
     http: reqwest::Client,
@@ -25,37 +26,51 @@ impl WebhookAgent {
     }
 }
 
-/// The request body the webhook receives.
-fn request_body(request: &AgentRequest) -> Value {
-    let session = &request.session;
-    json!({
-        "agent": { "id": request.agent.id, "name": request.agent.name },
-        "session": {
-            "sessionId": session.id,
-            "channelId": session.channel_id,
-            "agentId": session.agent_id,
-            "userId": session.user_id,
-            "metadata": session.metadata,
-        },
-        "message": message_json(&request.message),
-        "history": request.history.iter().map(message_json).collect::<Vec<_>>(),
-    })
+/// The request body the webhook receives: messages in the API's `Message` shape (sessions-api.md §3), so that a
+/// webhook sees what SDK clients see.
+#[derive(Serialize)]
+struct WebhookRequest<'a> {
+    agent: AgentRef<'a>,
+    session: SessionRef<'a>,
+    message: &'a Message,
+    history: &'a [Message],
 }
 
-/// A message as the API shows it (sessions-api.md §3), so a webhook sees the same shape as SDK clients.
-fn message_json(m: &Message) -> Value {
-    let mut v = json!({
-        "id": m.id,
-        "content": m.content,
-        "authorId": m.author_id,
-        "isAgent": m.is_agent,
-        "createdAt": iso(m.created_at),
-        "metadata": m.metadata,
-    });
-    if let Some(attachments) = &m.attachments {
-        v["attachments"] = json!(attachments);
+#[derive(Serialize)]
+struct AgentRef<'a> {
+    id: Uuid,
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SessionRef<'a> {
+    session_id: Uuid,
+    channel_id: Uuid,
+    agent_id: Uuid,
+    user_id: Uuid,
+    metadata: &'a Map<String, Value>,
+}
+
+impl<'a> WebhookRequest<'a> {
+    fn of(request: &'a AgentRequest) -> Self {
+        let session = &request.session;
+        Self {
+            agent: AgentRef {
+                id: request.agent.id,
+                name: &request.agent.name,
+            },
+            session: SessionRef {
+                session_id: session.id,
+                channel_id: session.channel_id,
+                agent_id: session.agent_id,
+                user_id: session.user_id,
+                metadata: &session.metadata,
+            },
+            message: &request.message,
+            history: &request.history,
+        }
     }
-    v
 }
 
 /// A whole (non-streamed) reply, and also the tail fields of a streamed one.
@@ -101,7 +116,7 @@ impl ReplyBackend for WebhookAgent {
                 reqwest::header::ACCEPT,
                 "application/json, text/event-stream",
             )
-            .json(&request_body(request))
+            .json(&WebhookRequest::of(request))
             .send()
             .await
             .map_err(|e| failed(format!("webhook {}", sse::describe(e))))?;

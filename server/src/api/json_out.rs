@@ -190,4 +190,40 @@ mod tests {
             });
         }
     }
+
+    /// The domain's `Message` serializes as the API's `Message` (it is what webhooks and the event log get).
+    #[test]
+    fn domain_messages_have_the_wire_shape() {
+        for with_options in [false, true] {
+            let wire = message(with_options);
+            let domain = crate::domain::Message {
+                id: wire.id,
+                seq: 9,
+                session_id: Uuid::new_v4(),
+                author_id: wire.author_id,
+                is_agent: wire.is_agent,
+                content: wire.content.clone(),
+                metadata: wire.metadata.0.clone(),
+                attachments: with_options.then(|| {
+                    vec![crate::domain::Attachment {
+                        kind: crate::domain::AttachmentKind::Image,
+                        url: "https://example.com/a.png".into(),
+                        name: Some("a.png".into()),
+                        size: Some(12.0),
+                        mime_type: None,
+                    }]
+                }),
+                in_reply_to: wire.in_reply_to,
+                created_at: wire.created_at.0,
+            };
+            assert_eq!(
+                serde_json::to_value(&domain).unwrap(),
+                wire.to_json().unwrap()
+            );
+            assert_eq!(
+                serde_json::to_value(MessageBody::from(&domain)).unwrap(),
+                wire.to_json().unwrap()
+            );
+        }
+    }
 }

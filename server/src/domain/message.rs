@@ -5,8 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-/// One stored message. Its serde form is how events carry it in the store (see `event.rs`): the store's own
-/// fields (`seq`, `session_id`) are left out, since the event's row has them.
+/// One stored message. Its serde form is the API's `Message` (a test holds the two equal): events carry it so
+/// in the store (see `event.rs`), and webhooks receive it so. The store's own fields (`seq`, `session_id`) are
+/// left out, since the event's row has them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
@@ -27,6 +28,7 @@ pub struct Message {
     /// For agent replies: the user message answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub in_reply_to: Option<Uuid>,
+    #[serde(with = "super::iso_format")]
     pub created_at: DateTime<Utc>,
 }
 
