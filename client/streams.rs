@@ -2,10 +2,10 @@
 //! transport of `sendMessage` (`Client::send_message_stream`) and the session events stream
 //! (`Client::session_events`). Both return a `Stream` of typed events parsed from `text/event-stream`.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 
-use futures::stream::{self, Stream, StreamExt};
+use eventsource_stream::{EventStream, EventStreamError};
+use futures::stream::{Stream, StreamExt};
 use progenitor_client::{ClientInfo, Error, ResponseValue};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -289,117 +289,24 @@ fn unknown(event: &str, data: &str) -> StreamError {
     }
 }
 
-/// `(id, event, data)` of each frame of a `text/event-stream` body; comments (keep-alives) are skipped.
+/// `(id, event, data)` of each frame of a `text/event-stream` body (parsed by `eventsource-stream`); comments
+/// (keep-alives) are skipped. `id` is the id the frame itself carried: EventSource parsers report the last id
+/// seen on every frame, and the server's ids only grow, so a frame carried one when it differs from the last.
 fn frames(
     response: reqwest::Response,
 ) -> impl Stream<Item = EventResult<(Option<String>, String, String)>> + Send {
-    let bytes = response.bytes_stream();
-    stream::unfold(
-        (bytes.boxed(), SseParser::default(), VecDeque::new(), false),
-        |(mut bytes, mut parser, mut ready, mut ended)| async move {
-            loop {
-                if let Some(frame) = ready.pop_front() {
-                    return Some((Ok(frame), (bytes, parser, ready, ended)));
-                }
-                if ended {
-                    return None;
-                }
-                match bytes.next().await {
-                    Some(Ok(chunk)) => ready.extend(parser.push(&chunk)),
-                    Some(Err(e)) => {
-                        ended = true;
-                        return Some((
-                            Err(StreamError::Transport(e)),
-                            (bytes, parser, ready, ended),
-                        ));
-                    }
-                    None => {
-                        ready.extend(parser.finish());
-                        ended = true;
-                    }
-                }
-            }
-        },
-    )
-}
-
-/// An incremental `text/event-stream` parser: bytes in, complete frames out.
-#[derive(Default)]
-struct SseParser {
-    buffer: Vec<u8>,
-    id: Option<String>,
-    event: Option<String>,
-    data: Vec<String>,
-}
-
-impl SseParser {
-    fn push(&mut self, bytes: &[u8]) -> Vec<(Option<String>, String, String)> {
-        self.buffer.extend_from_slice(bytes);
-        let mut frames = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
-            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            if let Some(frame) = self.line(&String::from_utf8_lossy(&line)) {
-                frames.push(frame);
-            }
-        }
-        frames
-    }
-
-    fn finish(&mut self) -> Vec<(Option<String>, String, String)> {
-        let mut frames = self.push(b"\n");
-        frames.extend(self.line(""));
-        frames
-    }
-
-    fn line(&mut self, line: &str) -> Option<(Option<String>, String, String)> {
-        if line.is_empty() {
-            if self.data.is_empty() && self.event.is_none() {
-                return None;
-            }
-            let data = std::mem::take(&mut self.data).join("\n");
-            let event = self.event.take().unwrap_or_else(|| "message".into());
-            return Some((self.id.take(), event, data));
-        }
-        if line.starts_with(':') {
-            return None;
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line, ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "data" => self.data.push(value.to_string()),
-            "event" => self.event = Some(value.to_string()),
-            "id" => self.id = Some(value.to_string()),
-            _ => {}
-        }
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::SseParser;
-
-    #[test]
-    fn frames_survive_any_split() {
-        let text = ": keep-alive\n\nid: 7\nevent: message\ndata: {\"a\":\"é\"}\n\nevent: chunk\r\ndata: x\r\ndata: y\r\n\r\n";
-        let bytes = text.as_bytes();
-        for cut in 0..=bytes.len() {
-            let mut p = SseParser::default();
-            let mut frames = p.push(&bytes[..cut]);
-            frames.extend(p.push(&bytes[cut..]));
-            frames.extend(p.finish());
-            assert_eq!(
-                frames,
-                vec![
-                    (Some("7".into()), "message".into(), "{\"a\":\"é\"}".into()),
-                    (None, "chunk".into(), "x\ny".into()),
-                ],
-                "split at {cut}"
-            );
-        }
-    }
+    let mut last_id = String::new();
+    EventStream::new(response.bytes_stream()).map(move |frame| {
+        let frame = frame.map_err(|e| match e {
+            EventStreamError::Transport(e) => StreamError::Transport(e),
+            other => StreamError::Malformed {
+                event: String::new(),
+                data: String::new(),
+                reason: other.to_string(),
+            },
+        })?;
+        let id = (frame.id != last_id).then(|| frame.id.clone());
+        last_id = frame.id;
+        Ok((id, frame.event, frame.data))
+    })
 }

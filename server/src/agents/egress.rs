@@ -13,6 +13,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use url::Url;
 
+use super::response::truncate;
 use crate::domain::AgentBackend;
 
 /// Variables under this prefix may always be named as an agent's secret. The operator opts a variable in by its
@@ -96,7 +97,7 @@ impl EgressPolicy {
             message: format!(
                 "backend.apiKeyEnv '{}' is not allowed: name a variable starting with {SECRET_ENV_PREFIX}, or list \
                  it in {SECRET_ENV_SETTING}",
-                super::sse::truncate(name, 100)
+                truncate(name, 100)
             ),
         })
     }
@@ -162,7 +163,7 @@ impl EgressPolicy {
             .partition(|addr| refused_kind(addr.ip()).is_none());
         if allowed.is_empty() && !refused.is_empty() {
             return Err(RefusedAddresses {
-                name: super::sse::truncate(name, 100),
+                name: truncate(name, 100),
                 addresses: refused.iter().map(|a| a.ip()).collect(),
             });
         }
@@ -255,7 +256,7 @@ impl From<url::Host<&str>> for Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Target::Name(name) => f.write_str(&super::sse::truncate(name, 100)),
+            Target::Name(name) => f.write_str(&truncate(name, 100)),
             Target::Ip(ip) => ip.fmt(f),
         }
     }

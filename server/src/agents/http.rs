@@ -82,6 +82,7 @@ fn base(policy: Arc<EgressPolicy>, lookup: Arc<dyn Lookup>) -> reqwest::ClientBu
 
 #[cfg(test)]
 mod tests {
+    use crate::agents::response::describe;
     use std::collections::HashMap;
     use std::net::SocketAddr;
 
@@ -136,7 +137,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        let described = crate::agents::sse::describe(e);
+        let described = describe(e);
         assert!(
             described.starts_with("could not connect: dns error: ")
                 && described
@@ -150,10 +151,7 @@ mod tests {
             .send()
             .await
             .unwrap_err();
-        assert_eq!(
-            crate::agents::sse::describe(e),
-            "could not connect: dns error: no such name"
-        );
+        assert_eq!(describe(e), "could not connect: dns error: no such name");
     }
 
     fn test_ca() -> rustls::pki_types::CertificateDer<'static> {

@@ -7,6 +7,7 @@ pub mod egress;
 mod http;
 mod openai;
 mod resolve;
+mod response;
 mod sse;
 mod webhook;
 

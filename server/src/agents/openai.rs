@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
+use super::response::{describe, is_json, media_type, read_body, truncate, BodyError};
 use super::sse::{self, Flow};
 use super::{AgentError, AgentRequest, ChunkSender, ReplyBackend};
 use crate::domain::AgentReply;
@@ -97,19 +98,19 @@ impl ReplyBackend for OpenAiAgent {
         let response = call
             .send()
             .await
-            .map_err(|e| failed(format!("openai endpoint {}", sse::describe(e))))?;
+            .map_err(|e| failed(format!("openai endpoint {}", describe(e))))?;
 
         let status = response.status();
         if !status.is_success() {
-            let body = sse::read_body(response, self.max_reply_bytes).await;
+            let body = read_body(response, self.max_reply_bytes).await;
             return Err(failed(match body {
-                Err(too_large @ sse::BodyError::TooLarge(_)) => {
+                Err(too_large @ BodyError::TooLarge(_)) => {
                     format!("openai endpoint answered {status}, and its {too_large}")
                 }
-                Err(sse::BodyError::Broken(_)) => format!("openai endpoint answered {status}"),
+                Err(BodyError::Broken(_)) => format!("openai endpoint answered {status}"),
                 Ok(body) => match serde_json::from_slice::<Value>(&body)
                     .ok()
-                    .and_then(|v| error_message(&v).map(|m| sse::truncate(m, 200)))
+                    .and_then(|v| error_message(&v).map(|m| truncate(m, 200)))
                 {
                     Some(message) => format!("openai endpoint answered {status}: {message}"),
                     None => format!("openai endpoint answered {status}"),
@@ -117,7 +118,7 @@ impl ReplyBackend for OpenAiAgent {
             }));
         }
 
-        if sse::is_json(&sse::media_type(&response)) {
+        if is_json(&media_type(&response)) {
             return whole_completion(response, self.max_reply_bytes, chunks).await;
         }
         streamed_completion(response, self.max_reply_bytes, chunks).await
@@ -130,7 +131,7 @@ async fn whole_completion(
     max_bytes: usize,
     chunks: &ChunkSender,
 ) -> Result<AgentReply, AgentError> {
-    let body = sse::read_body(response, max_bytes)
+    let body = read_body(response, max_bytes)
         .await
         .map_err(|e| e.into_agent_error("openai"))?;
     let body: Value =
@@ -138,7 +139,7 @@ async fn whole_completion(
     if let Some(message) = error_message(&body) {
         return Err(failed(format!(
             "openai endpoint reported an error: {}",
-            sse::truncate(message, 200)
+            truncate(message, 200)
         )));
     }
     let text = body
@@ -179,7 +180,7 @@ async fn streamed_completion(
         if let Some(message) = error_message(&event) {
             return Err(failed(format!(
                 "openai endpoint reported an error: {}",
-                sse::truncate(message, 200)
+                truncate(message, 200)
             )));
         }
         if event.get("choices").is_some() {

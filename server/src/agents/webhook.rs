@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::response::{describe, media_type, read_body, truncate};
 use super::sse::{self, Flow};
 use super::{AgentError, AgentRequest, ChunkSender, ReplyBackend};
 use crate::domain::{AgentReply, Message};
@@ -119,18 +120,18 @@ impl ReplyBackend for WebhookAgent {
             .json(&WebhookRequest::of(request))
             .send()
             .await
-            .map_err(|e| failed(format!("webhook {}", sse::describe(e))))?;
+            .map_err(|e| failed(format!("webhook {}", describe(e))))?;
         let status = response.status();
         if !status.is_success() {
             return Err(failed(format!("webhook answered {status}")));
         }
-        let media_type = sse::media_type(&response);
+        let media_type = media_type(&response);
         if media_type == "text/event-stream" {
             return streamed_reply(response, self.max_reply_bytes, chunks).await;
         }
         // Anything else is read as JSON: some frameworks label JSON `text/plain` or not at all, and a body that
         // is not JSON fails below anyway.
-        let body = sse::read_body(response, self.max_reply_bytes)
+        let body = read_body(response, self.max_reply_bytes)
             .await
             .map_err(|e| e.into_agent_error("webhook"))?;
         let reply: JsonReply = serde_json::from_slice(&body).map_err(|e| {
@@ -141,7 +142,7 @@ impl ReplyBackend for WebhookAgent {
             };
             failed(format!(
                 "webhook reply is not a valid reply ({what}): {}",
-                sse::truncate(&e.to_string(), 200)
+                truncate(&e.to_string(), 200)
             ))
         })?;
         if !reply.text.is_empty() {
@@ -163,14 +164,14 @@ async fn streamed_reply(
     let mut reply = AgentReply::default();
     let mut saw_text = false;
     sse::read_events(response, "webhook", max_bytes, |frame| {
-        let event_name = frame.event.as_deref().unwrap_or("message");
+        let event_name = frame.event.as_str();
         let event: StreamEvent = if frame.data.trim().is_empty() {
             StreamEvent::default()
         } else {
             serde_json::from_str(&frame.data).map_err(|e| {
                 failed(format!(
                     "webhook stream carried an invalid event: {}",
-                    sse::truncate(&e.to_string(), 200)
+                    truncate(&e.to_string(), 200)
                 ))
             })?
         };
@@ -186,7 +187,7 @@ async fn streamed_reply(
             };
             return Err(failed(format!(
                 "webhook reported an error: {}",
-                sse::truncate(&detail, 200)
+                truncate(&detail, 200)
             )));
         }
         if let Some(piece) = event.text {
