@@ -3,9 +3,9 @@
 
 mod bus;
 mod postgres;
+mod rows;
+mod schema;
 mod sqlite;
-mod sqlite_reads;
-mod sqlite_writer;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,12 +1,19 @@
 //! `SqliteStore`: the embedded default backend (WAL, `synchronous=FULL`).
 //!
-//! Migrations use sqlx. Reads run synchronously on the calling thread (`sqlite_reads.rs`), and every write goes
-//! to one writer thread with group commit (`sqlite_writer.rs`): both because sqlx's per-statement thread
-//! hand-offs dominated the profiles of those paths. WAL lets all readers run beside the writer.
+//! Migrations use sqlx. Reads run synchronously on the calling thread (`reads.rs`), and every write goes to one
+//! writer thread with group commit (`writer.rs`, applying `writes.rs`), beside a checkpoint thread
+//! (`checkpoint.rs`): both because sqlx's per-statement thread hand-offs dominated the profiles of those
+//! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`.
+
+mod checkpoint;
+mod reads;
+mod rows;
+mod writer;
+mod writes;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +23,10 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use super::sqlite_reads::{self as reads, FastReads};
-use super::sqlite_writer::{self, Applied, Job, Write};
+use self::reads::FastReads;
+use self::writer::Job;
+use self::writes::{Applied, Write};
+use super::schema::{ReplyState, AGENT_COLUMNS, AWAITING_REPLY, EVENT_COLUMNS, SESSION_COLUMNS};
 use super::{
     to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
     SessionStore, StoreError,
@@ -28,9 +37,9 @@ use crate::outage::OutageLog;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    /// The hot lookups, synchronous (see `sqlite_reads.rs` for why).
+    /// The hot lookups, synchronous (see `reads.rs` for why).
     fast: Arc<FastReads>,
-    /// The writer thread's queue (see `sqlite_writer.rs`); None once closed.
+    /// The writer thread's queue (see `writer.rs`); None once closed.
     writes: Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
     bus: Arc<EventBus>,
@@ -85,7 +94,7 @@ impl SqliteStore {
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
         let write_outage = Arc::new(OutageLog::new("SQLite writes"));
-        let writes = sqlite_writer::spawn(&file, bus.clone(), fast.clone(), write_outage.clone())?;
+        let writes = writer::spawn(&file, bus.clone(), fast.clone(), write_outage.clone())?;
         let dir = match file.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -123,33 +132,6 @@ impl SqliteStore {
     }
 }
 
-/// Sorts a SQLite error into "the database cannot serve this right now" (503: a full disk, a file that
-/// became read-only or unreadable, a lock held too long by another process) and anything else (500).
-pub(super) fn store_error(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode::*;
-    match e.sqlite_error_code() {
-        Some(
-            DiskFull
-            | ReadOnly
-            | SystemIoFailure
-            | CannotOpen
-            | PermissionDenied
-            | DatabaseBusy
-            | DatabaseLocked
-            | FileLockingProtocolFailed
-            | OutOfMemory,
-        ) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Backend(e.to_string()),
-    }
-}
-
-pub(super) const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
-    expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, metadata, \
-    renewal_count, version, notice";
-
-pub(super) const MESSAGE_COLUMNS: &str =
-    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
-
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn insert_agent(&self, agent: &Agent) -> Result<(), StoreError> {
@@ -164,9 +146,9 @@ impl SessionStore for SqliteStore {
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         self.fast.rows(
-            "SELECT id, name, backend, session_defaults, created_at FROM agents ORDER BY created_at, id",
+            &format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id"),
             [],
-            reads::agent,
+            rows::agent,
         )
     }
 
@@ -239,7 +221,7 @@ impl SessionStore for SqliteStore {
                 limit,
                 i64::try_from(offset).unwrap_or(i64::MAX)
             ],
-            reads::session,
+            rows::session,
         )
     }
 
@@ -250,9 +232,9 @@ impl SessionStore for SqliteStore {
         retained_after: DateTime<Utc>,
     ) -> Result<SessionCounts, StoreError> {
         let counts = self.fast.rows(
-            "SELECT COUNT(*), \
-               COALESCE(SUM(expires_at > ?1), 0), \
-               COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) \
+            "SELECT COUNT(*) AS total, \
+               COALESCE(SUM(expires_at > ?1), 0) AS active, \
+               COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) AS expiring_soon \
              FROM sessions WHERE expires_at > ?2 \
                AND (?3 IS NULL OR agent_id = ?3) AND (?4 IS NULL OR user_id = ?4)",
             rusqlite::params![
@@ -261,14 +243,7 @@ impl SessionStore for SqliteStore {
                 filter.agent_id,
                 filter.user_id
             ],
-            |row| {
-                let get = |i: usize| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
-                Ok(SessionCounts {
-                    total: get(0)?,
-                    active: get(1)?,
-                    expiring_soon: get(2)?,
-                })
-            },
+            rows::session_counts,
         )?;
         Ok(counts.into_iter().next().unwrap_or_default())
     }
@@ -294,7 +269,7 @@ impl SessionStore for SqliteStore {
                  AND (notice = 0 OR expires_at <= ?1) ORDER BY warn_at LIMIT ?2"
             ),
             rusqlite::params![to_ms(now), limit],
-            reads::session,
+            rows::session,
         )
     }
 
@@ -362,9 +337,18 @@ impl SessionStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Uuid>, StoreError> {
         self.fast.rows(
-            "SELECT DISTINCT session_id FROM messages WHERE reply_state IN (1, 2) \
-             AND ((reply_state = 1 AND created_at <= ?1) OR (reply_state = 2 AND claimed_at <= ?1)) LIMIT ?2",
-            rusqlite::params![to_ms(stale_before), limit],
+            &format!(
+                "SELECT DISTINCT session_id FROM messages WHERE {} \
+                 AND ((reply_state = ?3 AND created_at <= ?1) OR (reply_state = ?4 AND claimed_at <= ?1)) \
+                 LIMIT ?2",
+                *AWAITING_REPLY
+            ),
+            rusqlite::params![
+                to_ms(stale_before),
+                limit,
+                ReplyState::Pending,
+                ReplyState::InProgress
+            ],
             |row| row.get(0),
         )
     }
@@ -395,10 +379,11 @@ impl SessionStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<SessionEvent>, StoreError> {
         self.fast.rows(
-            "SELECT seq, session_id, kind, data, created_at FROM events \
-             WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
             rusqlite::params![session_id, after_seq, limit],
-            reads::event,
+            rows::event,
         )
     }
 
@@ -433,11 +418,13 @@ impl SessionStore for SqliteStore {
     }
 
     async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
-        let n: Vec<i64> = self.fast.rows(
-            "SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND reply_state IN (1, 2)",
-            [session_id],
-            |row| row.get(0),
-        )?;
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND {}",
+                *AWAITING_REPLY
+            )
+        });
+        let n: Vec<i64> = self.fast.rows(&SQL, [session_id], |row| row.get(0))?;
         Ok(n.first().copied().unwrap_or(0).max(0) as u64)
     }
 
@@ -485,42 +472,6 @@ impl SessionStore for SqliteStore {
             if queue.send(Job::Stop(ack)).await.is_ok() {
                 let _ = stopped.await;
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sqlite(code: std::ffi::c_int) -> rusqlite::Error {
-        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
-    }
-
-    #[test]
-    fn a_full_disk_or_a_read_only_file_is_unavailable_and_corruption_is_not() {
-        use rusqlite::ffi;
-        for code in [
-            ffi::SQLITE_FULL,
-            ffi::SQLITE_READONLY,
-            ffi::SQLITE_IOERR_WRITE,
-            ffi::SQLITE_CANTOPEN,
-            ffi::SQLITE_BUSY,
-        ] {
-            assert!(
-                matches!(store_error(sqlite(code)), StoreError::Unavailable(_)),
-                "{code}"
-            );
-        }
-        for code in [
-            ffi::SQLITE_CORRUPT,
-            ffi::SQLITE_CONSTRAINT,
-            ffi::SQLITE_ERROR,
-        ] {
-            assert!(
-                matches!(store_error(sqlite(code)), StoreError::Backend(_)),
-                "{code}"
-            );
         }
     }
 }

@@ -2,15 +2,14 @@
 //! the calling thread over a small pool of read-only connections.
 //!
 //! Why: sqlx's SQLite driver runs every statement on a worker thread of its own, so each query costs two
-//! thread hand-offs. Profiling `getSession` under load on 2 cores showed 43% of all CPU samples in the kernel
-//! switching threads and under 1% in SQLite itself. An indexed single-row read takes microseconds, much less
-//! than those hand-offs, so doing it in place is both faster and lighter. WAL lets these readers run beside the
-//! writer without waiting for it.
+//! thread hand-offs, and profiles of `getSession` under load showed the kernel switching threads far above
+//! SQLite itself. An indexed single-row read takes less than those hand-offs, so doing it in place is both
+//! faster and lighter. WAL lets these readers run beside the writer without waiting for it.
 //!
 //! A pooled connection keeps its read transaction (its snapshot) open across lookups for as long as nothing has
 //! been committed since it began, and at most `MAX_SNAPSHOT_AGE`. Why: beginning and ending a read transaction
-//! takes file-lock system calls and SQLite's process-wide lock mutex; profiling `getSession` showed that as most
-//! of the time of a lookup (a miss cost 24 µs of CPU against 25 µs for a whole request that never reads).
+//! takes file-lock system calls and SQLite's process-wide lock mutex, which profiling `getSession` showed as
+//! most of the time of a lookup.
 //! The writer counts twice per commit, once before its COMMIT and once after, before it answers anyone. A
 //! snapshot is kept only when it began at an even count and the count has not moved since, so every kept
 //! snapshot holds exactly the state of that count: reads never go stale after an answer, and two lookups in a
@@ -24,11 +23,12 @@ use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use serde_json::Value;
 use uuid::Uuid;
 
-use super::{from_ms, MessageWindow, Order, StoreError};
-use crate::domain::{Agent, EventKind, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use super::rows::{self, store_error as failed};
+use crate::domain::{Agent, Message, Session};
+use crate::store::schema::{AGENT_COLUMNS, MESSAGE_COLUMNS, SESSION_COLUMNS};
+use crate::store::{MessageWindow, Order, StoreError};
 
 /// Idle connections kept; more are opened under load and dropped when returned beyond this.
 const KEEP_IDLE: usize = 8;
@@ -69,16 +69,6 @@ pub struct FastReads {
     commits: AtomicU64,
     /// Set while `release_snapshots_for` runs: no snapshot outlives its read.
     releasing: AtomicBool,
-}
-
-fn failed(e: rusqlite::Error) -> StoreError {
-    super::sqlite::store_error(e)
-}
-
-fn decode_json<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
 }
 
 impl FastReads {
@@ -123,7 +113,7 @@ impl FastReads {
         let result = self.read_fresh(&mut reader, read);
         // A connection whose state is unknown after an error is dropped rather than pooled. One whose snapshot
         // is already out of date ends it now: an idle snapshot of old WAL frames would keep the writer from
-        // restarting the WAL (see `sqlite_writer::restart_wal`).
+        // restarting the WAL (see `checkpoint.rs`).
         let keep = !self.releasing.load(Ordering::Acquire)
             && reader.is_current(self.commits.load(Ordering::Acquire));
         let reusable = result.is_ok() && (keep || reader.end_snapshot().is_ok());
@@ -180,26 +170,22 @@ impl FastReads {
 
     pub fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
         // Built once: the hottest lookup of all should not format its SQL on every call.
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "SELECT {} FROM sessions WHERE id = ?1",
-                super::sqlite::SESSION_COLUMNS
-            )
-        });
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
         self.with(|conn| {
             conn.prepare_cached(&SQL)?
-                .query_row(params![id], session)
+                .query_row(params![id], rows::session)
                 .optional()
         })
     }
 
     pub fn agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"));
         self.with(|conn| {
-            conn.prepare_cached(
-                "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?1",
-            )?
-            .query_row(params![id], agent)
-            .optional()
+            conn.prepare_cached(&SQL)?
+                .query_row(params![id], rows::agent)
+                .optional()
         })
     }
 
@@ -230,71 +216,18 @@ impl FastReads {
         };
         self.with(|conn| {
             let mut statement = conn.prepare_cached(&format!(
-                "SELECT {} FROM messages WHERE session_id = ?1 \
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 \
                  AND (?2 IS NULL OR created_at > ?2) AND (?3 IS NULL OR created_at < ?3) \
-                 ORDER BY created_at {direction}, seq {direction} LIMIT ?4",
-                super::sqlite::MESSAGE_COLUMNS
+                 ORDER BY created_at {direction}, seq {direction} LIMIT ?4"
             ))?;
             let rows = statement.query_map(
                 params![session_id, window.after_ms, window.before_ms, limit],
-                message,
+                rows::message,
             )?;
             rows.collect()
         })
     }
-}
 
-pub(super) fn agent(row: &Row<'_>) -> rusqlite::Result<Agent> {
-    Ok(Agent {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        backend: decode_json(2, &row.get::<_, String>(2)?)?,
-        session_defaults: decode_json(3, &row.get::<_, String>(3)?)?,
-        created_at: from_ms(row.get(4)?),
-    })
-}
-
-pub(super) fn event(row: &Row<'_>) -> rusqlite::Result<SessionEvent> {
-    let kind: String = row.get(2)?;
-    Ok(SessionEvent {
-        seq: Some(row.get(0)?),
-        session_id: row.get(1)?,
-        kind: EventKind::parse(&kind).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                2,
-                rusqlite::types::Type::Text,
-                format!("unknown event kind {kind}").into(),
-            )
-        })?,
-        data: decode_json(3, &row.get::<_, String>(3)?)?,
-        created_at: from_ms(row.get(4)?),
-    })
-}
-
-pub(super) fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
-    Ok(Session {
-        id: row.get(0)?,
-        channel_id: row.get(1)?,
-        agent_id: row.get(2)?,
-        user_id: row.get(3)?,
-        created_at: from_ms(row.get(4)?),
-        last_activity: from_ms(row.get(5)?),
-        last_renewal: from_ms(row.get(6)?),
-        expires_at: from_ms(row.get(7)?),
-        timeout: TimeoutConfig {
-            timeout_minutes: row.get(8)?,
-            auto_renew: row.get(9)?,
-            max_duration_minutes: row.get(10)?,
-            warning_threshold_minutes: row.get(11)?,
-        },
-        metadata: decode_json(12, &row.get::<_, String>(12)?)?,
-        renewal_count: row.get(13)?,
-        version: row.get(14)?,
-        notice: Notice::from_i64(row.get(15)?),
-    })
-}
-
-impl FastReads {
     /// The `limit` most recent messages stored before `before_seq`, oldest first.
     pub fn recent_messages(
         &self,
@@ -304,29 +237,12 @@ impl FastReads {
     ) -> Result<Vec<Message>, StoreError> {
         let mut messages = self.with(|conn| {
             let mut statement = conn.prepare_cached(&format!(
-                "SELECT {} FROM messages WHERE session_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-                super::sqlite::MESSAGE_COLUMNS
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
             ))?;
-            let rows = statement.query_map(params![session_id, before_seq, limit], message)?;
+            let rows = statement.query_map(params![session_id, before_seq, limit], rows::message)?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
         messages.reverse();
         Ok(messages)
     }
-}
-
-pub(super) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
-    let attachments: Option<String> = row.get(7)?;
-    Ok(Message {
-        seq: row.get(0)?,
-        id: row.get(1)?,
-        session_id: row.get(2)?,
-        author_id: row.get(3)?,
-        is_agent: row.get(4)?,
-        content: row.get(5)?,
-        metadata: decode_json::<serde_json::Map<String, Value>>(6, &row.get::<_, String>(6)?)?,
-        attachments: attachments.map(|a| decode_json(7, &a)).transpose()?,
-        created_at: from_ms(row.get(8)?),
-        in_reply_to: row.get(9)?,
-    })
 }
