@@ -15,6 +15,7 @@ use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo};
 use sqlx::Postgres;
 use uuid::Uuid;
 
+use super::Order;
 use crate::domain::{EventKind, SessionEvent};
 
 /// A session as `rows::session` reads it.
@@ -117,8 +118,13 @@ pub fn encode_event_data(event: &SessionEvent) -> String {
     event.data.to_string()
 }
 
+/// An event's payload as the NOTIFY wire carries it (a JSON value inside the notification's JSON).
+pub fn event_data_value(event: &SessionEvent) -> Value {
+    event.data.clone()
+}
+
 /// An event from its columns (or the NOTIFY wire's fields): the one way back from `event_kind` and
-/// `encode_event_data`.
+/// `encode_event_data` / `event_data_value`.
 pub fn decode_event(
     seq: Option<i64>,
     session_id: Uuid,
@@ -134,6 +140,14 @@ pub fn decode_event(
         data,
         created_at,
     })
+}
+
+/// The SQL direction of `ORDER BY created_at, seq` for a listing in `order`.
+pub fn direction(order: Order) -> &'static str {
+    match order {
+        Order::OldestFirst => "ASC",
+        Order::NewestFirst => "DESC",
+    }
 }
 
 /// How many columns a list names.
@@ -157,6 +171,34 @@ pub fn assignments(prefix: char, first: usize, columns: &str) -> String {
         .map(|(i, column)| format!("{} = {prefix}{}", column.trim(), first + i))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `INSERT INTO table (columns) VALUES (…)`, then `rest` (such as a `RETURNING`).
+pub fn insert(prefix: char, table: &str, columns: &str, rest: &str) -> String {
+    let values = placeholders(prefix, 1, columns);
+    format!("INSERT INTO {table} ({columns}) VALUES ({values}){rest}")
+}
+
+/// `INSERT INTO table (columns) SELECT … rest`: an insert that `rest` makes conditional.
+pub fn insert_select(prefix: char, table: &str, columns: &str, rest: &str) -> String {
+    let values = placeholders(prefix, 1, columns);
+    format!("INSERT INTO {table} ({columns}) SELECT {values} {rest}")
+}
+
+/// A new session's columns, `SESSION_KEY_COLUMNS` then `SESSION_STATE_COLUMNS`, as its insert binds them.
+pub static SESSION_INSERT_COLUMNS: LazyLock<String> =
+    LazyLock::new(|| format!("{SESSION_KEY_COLUMNS}, {SESSION_STATE_COLUMNS}"));
+
+/// The conditional update of a session: its `SESSION_STATE_COLUMNS`, then its id and the version it must
+/// still have.
+pub fn update_session(prefix: char) -> String {
+    let n = column_count(SESSION_STATE_COLUMNS);
+    format!(
+        "UPDATE sessions SET {} WHERE id = {prefix}{} AND version = {prefix}{}",
+        assignments(prefix, 1, SESSION_STATE_COLUMNS),
+        n + 1,
+        n + 2
+    )
 }
 
 #[cfg(test)]
@@ -184,5 +226,10 @@ mod tests {
         assert_eq!(placeholders('?', 1, "a, b, c"), "?1, ?2, ?3");
         assert_eq!(assignments('$', 4, "a, b"), "a = $4, b = $5");
         assert_eq!(column_count(SESSION_STATE_COLUMNS), 12);
+        assert_eq!(
+            insert('$', "t", "a, b", " RETURNING a"),
+            "INSERT INTO t (a, b) VALUES ($1, $2) RETURNING a"
+        );
+        assert!(update_session('?').ends_with("warn_at = ?12 WHERE id = ?13 AND version = ?14"));
     }
 }

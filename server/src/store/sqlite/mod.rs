@@ -26,7 +26,10 @@ use uuid::Uuid;
 use self::reads::FastReads;
 use self::writer::Job;
 use self::writes::{Applied, Write};
-use super::schema::{ReplyState, AGENT_COLUMNS, AWAITING_REPLY, EVENT_COLUMNS, SESSION_COLUMNS};
+use super::schema::{
+    direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, EVENT_COLUMNS, MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+};
 use super::{
     to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
     SessionStore, StoreError,
@@ -109,14 +112,16 @@ impl SqliteStore {
     }
 
     fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .fast
-            .rows(
-                "SELECT value FROM settings WHERE name = ?1",
-                [name],
-                |row| row.get(0),
-            )?
-            .pop())
+        self.fast.one(
+            "SELECT value FROM settings WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+    }
+
+    /// Applies `write`; whether it changed anything.
+    async fn changed(&self, write: Write) -> Result<bool, StoreError> {
+        Ok(self.write(write).await?.rows > 0)
     }
 
     async fn write(&self, write: Write) -> Result<Applied, StoreError> {
@@ -141,7 +146,9 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
-        self.fast.agent(id)
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"));
+        self.fast.one(&SQL, [id], rows::agent)
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
@@ -166,15 +173,15 @@ impl SessionStore for SqliteStore {
     }
 
     async fn insert_session(&self, session: &Session) -> Result<bool, StoreError> {
-        Ok(self
-            .write(Write::InsertSession(Box::new(session.clone())))
-            .await?
-            .rows
-            > 0)
+        self.changed(Write::InsertSession(Box::new(session.clone())))
+            .await
     }
 
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        self.fast.session(id)
+        // Built once: the hottest lookup of all should not format its SQL on every call.
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
+        self.fast.one(&SQL, [id], rows::session)
     }
 
     async fn update_session(
@@ -183,14 +190,9 @@ impl SessionStore for SqliteStore {
         expected_version: i64,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let applied = self
-            .write(Write::UpdateSession(
-                Box::new(session.clone()),
-                expected_version,
-                events,
-            ))
-            .await?;
-        Ok(applied.rows > 0)
+        let session = Box::new(session.clone());
+        self.changed(Write::UpdateSession(session, expected_version, events))
+            .await
     }
 
     async fn delete_session(
@@ -198,7 +200,7 @@ impl SessionStore for SqliteStore {
         id: Uuid,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        Ok(self.write(Write::DeleteSession(id, events)).await?.rows > 0)
+        self.changed(Write::DeleteSession(id, events)).await
     }
 
     async fn list_active_sessions(
@@ -296,10 +298,8 @@ impl SessionStore for SqliteStore {
         message: &Message,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let applied = self
-            .write(Write::InsertReply(Box::new(message.clone()), events))
-            .await?;
-        Ok(applied.rows > 0)
+        self.changed(Write::InsertReply(Box::new(message.clone()), events))
+            .await
     }
 
     async fn claim_reply(
@@ -325,10 +325,8 @@ impl SessionStore for SqliteStore {
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
         let reply = reply.map(|m| Box::new(m.clone()));
-        let applied = self
-            .write(Write::FinishReply(user_message_id, reply, events))
-            .await?;
-        Ok(applied.rows > 0)
+        self.changed(Write::FinishReply(user_message_id, reply, events))
+            .await
     }
 
     async fn sessions_with_stalled_replies(
@@ -360,7 +358,16 @@ impl SessionStore for SqliteStore {
         order: Order,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        self.fast.messages(session_id, window, order, limit)
+        let direction = direction(order);
+        self.fast.rows(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 \
+                 AND (?2 IS NULL OR created_at > ?2) AND (?3 IS NULL OR created_at < ?3) \
+                 ORDER BY created_at {direction}, seq {direction} LIMIT ?4"
+            ),
+            rusqlite::params![session_id, window.after_ms, window.before_ms, limit],
+            rows::message,
+        )
     }
 
     async fn recent_messages(
@@ -369,7 +376,16 @@ impl SessionStore for SqliteStore {
         before_seq: i64,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        self.fast.recent_messages(session_id, before_seq, limit)
+        let mut messages = self.fast.rows(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 AND seq < ?2 \
+                 ORDER BY seq DESC LIMIT ?3"
+            ),
+            rusqlite::params![session_id, before_seq, limit],
+            rows::message,
+        )?;
+        messages.reverse();
+        Ok(messages)
     }
 
     async fn events_after(

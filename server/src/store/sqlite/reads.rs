@@ -1,5 +1,5 @@
-//! `FastReads`: the SQLite store's hot lookups (a session, an agent, a page of messages), run synchronously on
-//! the calling thread over a small pool of read-only connections.
+//! `FastReads`: the SQLite store's reads (a session, an agent, a page of messages, counts), run synchronously
+//! on the calling thread over a small pool of read-only connections.
 //!
 //! Why: sqlx's SQLite driver runs every statement on a worker thread of its own, so each query costs two
 //! thread hand-offs, and profiles of `getSession` under load showed the kernel switching threads far above
@@ -19,16 +19,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use uuid::Uuid;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
-use super::rows::{self, store_error as failed};
-use crate::domain::{Agent, Message, Session};
-use crate::store::schema::{AGENT_COLUMNS, MESSAGE_COLUMNS, SESSION_COLUMNS};
-use crate::store::{MessageWindow, Order, StoreError};
+use super::rows::store_error as failed;
+use crate::store::StoreError;
 
 /// Idle connections kept; more are opened under load and dropped when returned beyond this.
 const KEEP_IDLE: usize = 8;
@@ -168,23 +165,17 @@ impl FastReads {
         out
     }
 
-    pub fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        // Built once: the hottest lookup of all should not format its SQL on every call.
-        static SQL: LazyLock<String> =
-            LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
+    /// The row a query finds, if any, decoded by `decode`: the hot lookups (a session, an agent), whose SQL
+    /// the caller builds once.
+    pub fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
         self.with(|conn| {
-            conn.prepare_cached(&SQL)?
-                .query_row(params![id], rows::session)
-                .optional()
-        })
-    }
-
-    pub fn agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
-        static SQL: LazyLock<String> =
-            LazyLock::new(|| format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"));
-        self.with(|conn| {
-            conn.prepare_cached(&SQL)?
-                .query_row(params![id], rows::agent)
+            conn.prepare_cached(sql)?
+                .query_row(params, decode)
                 .optional()
         })
     }
@@ -201,48 +192,5 @@ impl FastReads {
                 .query_map(params, decode)?
                 .collect()
         })
-    }
-
-    pub fn messages(
-        &self,
-        session_id: Uuid,
-        window: MessageWindow,
-        order: Order,
-        limit: u32,
-    ) -> Result<Vec<Message>, StoreError> {
-        let direction = match order {
-            Order::OldestFirst => "ASC",
-            Order::NewestFirst => "DESC",
-        };
-        self.with(|conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 \
-                 AND (?2 IS NULL OR created_at > ?2) AND (?3 IS NULL OR created_at < ?3) \
-                 ORDER BY created_at {direction}, seq {direction} LIMIT ?4"
-            ))?;
-            let rows = statement.query_map(
-                params![session_id, window.after_ms, window.before_ms, limit],
-                rows::message,
-            )?;
-            rows.collect()
-        })
-    }
-
-    /// The `limit` most recent messages stored before `before_seq`, oldest first.
-    pub fn recent_messages(
-        &self,
-        session_id: Uuid,
-        before_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<Message>, StoreError> {
-        let mut messages = self.with(|conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3"
-            ))?;
-            let rows = statement.query_map(params![session_id, before_seq, limit], rows::message)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        messages.reverse();
-        Ok(messages)
     }
 }

@@ -10,8 +10,8 @@ use super::rows::{self as sqlite_rows, store_error as failed, Params};
 use crate::domain::{Agent, Message, Session, SessionEvent};
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
-    assignments, column_count, placeholders, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
-    MESSAGE_COLUMNS, MESSAGE_INSERT_COLUMNS, SESSION_KEY_COLUMNS, SESSION_STATE_COLUMNS,
+    insert, insert_select, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
+    MESSAGE_COLUMNS, MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
 };
 use crate::store::StoreError;
 
@@ -229,10 +229,7 @@ fn rows_changed(rows: usize) -> Applied {
 }
 
 fn insert_agent(conn: &Connection, agent: &Agent) -> rusqlite::Result<usize> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        let values = placeholders('?', 1, AGENT_COLUMNS);
-        format!("INSERT INTO agents ({AGENT_COLUMNS}) VALUES ({values})")
-    });
+    static SQL: LazyLock<String> = LazyLock::new(|| insert('?', "agents", AGENT_COLUMNS, ""));
     let mut statement = conn.prepare_cached(&SQL)?;
     let mut args = Params::new(&mut statement);
     rows::bind_agent(&mut args, agent)?;
@@ -273,17 +270,10 @@ fn delete_agent(conn: &Connection, id: Uuid, active_at: i64) -> rusqlite::Result
 /// Inserts the session only while its agent exists (the writer applies one write at a time, so the check
 /// cannot race a deletion).
 fn insert_session(conn: &Connection, session: &Session) -> rusqlite::Result<usize> {
+    // ?3: `agent_id`, the third of `SESSION_KEY_COLUMNS`.
     static SQL: LazyLock<String> = LazyLock::new(|| {
-        let values = placeholders(
-            '?',
-            1,
-            &format!("{SESSION_KEY_COLUMNS}, {SESSION_STATE_COLUMNS}"),
-        );
-        // ?3: `agent_id`, the third of `SESSION_KEY_COLUMNS`.
-        format!(
-            "INSERT INTO sessions ({SESSION_KEY_COLUMNS}, {SESSION_STATE_COLUMNS}) SELECT {values} \
-             WHERE EXISTS (SELECT 1 FROM agents WHERE id = ?3)"
-        )
+        let condition = "WHERE EXISTS (SELECT 1 FROM agents WHERE id = ?3)";
+        insert_select('?', "sessions", &SESSION_INSERT_COLUMNS, condition)
     });
     let mut statement = conn.prepare_cached(&SQL)?;
     let mut args = Params::new(&mut statement);
@@ -297,15 +287,7 @@ fn update_session_row(
     session: &Session,
     expected: i64,
 ) -> rusqlite::Result<usize> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        let n = column_count(SESSION_STATE_COLUMNS);
-        format!(
-            "UPDATE sessions SET {} WHERE id = ?{} AND version = ?{}",
-            assignments('?', 1, SESSION_STATE_COLUMNS),
-            n + 1,
-            n + 2
-        )
-    });
+    static SQL: LazyLock<String> = LazyLock::new(|| update_session('?'));
     let mut statement = conn.prepare_cached(&SQL)?;
     let mut args = Params::new(&mut statement);
     rows::bind_session_state(&mut args, session)?;
@@ -410,10 +392,8 @@ fn store_events(
     conn: &Connection,
     events: Vec<SessionEvent>,
 ) -> rusqlite::Result<Vec<SessionEvent>> {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        let values = placeholders('?', 1, EVENT_INSERT_COLUMNS);
-        format!("INSERT INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({values})")
-    });
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| insert('?', "events", EVENT_INSERT_COLUMNS, ""));
     let mut out = Vec::with_capacity(events.len());
     for mut event in events {
         if !event.kind.is_transient() {
@@ -438,16 +418,11 @@ fn insert_message(
 ) -> rusqlite::Result<Option<i64>> {
     // ?2: `session_id`, the second of `MESSAGE_INSERT_COLUMNS`.
     static IF_SESSION: LazyLock<String> = LazyLock::new(|| {
-        let values = placeholders('?', 1, MESSAGE_INSERT_COLUMNS);
-        format!(
-            "INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) SELECT {values} \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?2)"
-        )
+        let condition = "WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?2)";
+        insert_select('?', "messages", MESSAGE_INSERT_COLUMNS, condition)
     });
-    static ALWAYS: LazyLock<String> = LazyLock::new(|| {
-        let values = placeholders('?', 1, MESSAGE_INSERT_COLUMNS);
-        format!("INSERT INTO messages ({MESSAGE_INSERT_COLUMNS}) VALUES ({values})")
-    });
+    static ALWAYS: LazyLock<String> =
+        LazyLock::new(|| insert('?', "messages", MESSAGE_INSERT_COLUMNS, ""));
     let sql = if only_if_session {
         &IF_SESSION
     } else {
