@@ -1,6 +1,8 @@
 //! Records to rows and back, once for both backends: each decoder reads its columns by name through `Row`, and
 //! each binder writes a record's values through `Bind`, in the order of its column list in `schema.rs`.
 //! `sqlite/rows.rs` and `postgres/rows.rs` fit the two drivers' rows and parameters to these traits.
+//!
+//! Decoders read the columns in the order of their lists: that is where SQLite's `Row` looks first.
 
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -40,21 +42,24 @@ pub trait Row {
     /// The driver's error, so that a decoder can run inside the driver's own row mapping.
     type Error;
 
-    fn get<T: Column>(&self, column: &str) -> Result<T, Self::Error>;
+    fn get<T: Column>(&self, column: &'static str) -> Result<T, Self::Error>;
 
     /// The error for a column whose value the record cannot take (bad JSON, an unknown event kind).
-    fn invalid(&self, column: &str, cause: BoxDynError) -> Self::Error;
+    fn invalid(&self, column: &'static str, cause: BoxDynError) -> Self::Error;
 
-    fn time(&self, column: &str) -> Result<DateTime<Utc>, Self::Error> {
+    fn time(&self, column: &'static str) -> Result<DateTime<Utc>, Self::Error> {
         Ok(from_ms(self.get(column)?))
     }
 
-    fn json<T: DeserializeOwned>(&self, column: &str) -> Result<T, Self::Error> {
+    fn json<T: DeserializeOwned>(&self, column: &'static str) -> Result<T, Self::Error> {
         let text: String = self.get(column)?;
         schema::from_json(&text).map_err(|e| self.invalid(column, e.into()))
     }
 
-    fn json_or_null<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>, Self::Error> {
+    fn json_or_null<T: DeserializeOwned>(
+        &self,
+        column: &'static str,
+    ) -> Result<Option<T>, Self::Error> {
         let text: Option<String> = self.get(column)?;
         text.map(|text| schema::from_json(&text).map_err(|e| self.invalid(column, e.into())))
             .transpose()
@@ -163,16 +168,13 @@ pub fn bind_message<'v, B: Bind<'v>>(
 
 /// Reads `schema::EVENT_COLUMNS`.
 pub fn event<R: Row>(row: &R) -> Result<SessionEvent, R::Error> {
-    let data: Value = row.json("data")?;
+    let seq = row.get("seq")?;
+    let session_id = row.get("session_id")?;
     let kind: String = row.get("kind")?;
-    schema::decode_event(
-        Some(row.get("seq")?),
-        row.get("session_id")?,
-        row.time("created_at")?,
-        &kind,
-        data,
-    )
-    .map_err(|e| row.invalid("kind", e))
+    let data: Value = row.json("data")?;
+    let created_at = row.time("created_at")?;
+    schema::decode_event(Some(seq), session_id, created_at, &kind, data)
+        .map_err(|e| row.invalid("kind", e))
 }
 
 /// Binds `schema::EVENT_INSERT_COLUMNS`.

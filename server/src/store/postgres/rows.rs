@@ -11,11 +11,11 @@ use crate::store::StoreError;
 impl Row for PgRow {
     type Error = sqlx::Error;
 
-    fn get<T: Column>(&self, column: &str) -> Result<T, sqlx::Error> {
+    fn get<T: Column>(&self, column: &'static str) -> Result<T, sqlx::Error> {
         sqlx::Row::try_get(self, column)
     }
 
-    fn invalid(&self, _column: &str, cause: BoxDynError) -> sqlx::Error {
+    fn invalid(&self, _column: &'static str, cause: BoxDynError) -> sqlx::Error {
         sqlx::Error::Decode(cause)
     }
 }

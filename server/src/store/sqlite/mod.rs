@@ -148,14 +148,14 @@ impl SessionStore for SqliteStore {
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"));
-        self.fast.one(&SQL, [id], rows::agent)
+        self.fast.one(&SQL, [id], rows::agent())
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         self.fast.rows(
             &format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id"),
             [],
-            rows::agent,
+            rows::agent(),
         )
     }
 
@@ -181,7 +181,7 @@ impl SessionStore for SqliteStore {
         // Built once: the hottest lookup of all should not format its SQL on every call.
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
-        self.fast.one(&SQL, [id], rows::session)
+        self.fast.one(&SQL, [id], rows::session())
     }
 
     async fn update_session(
@@ -223,7 +223,7 @@ impl SessionStore for SqliteStore {
                 limit,
                 i64::try_from(offset).unwrap_or(i64::MAX)
             ],
-            rows::session,
+            rows::session(),
         )
     }
 
@@ -245,7 +245,7 @@ impl SessionStore for SqliteStore {
                 filter.agent_id,
                 filter.user_id
             ],
-            rows::session_counts,
+            rows::session_counts(),
         )?;
         Ok(counts.into_iter().next().unwrap_or_default())
     }
@@ -271,7 +271,7 @@ impl SessionStore for SqliteStore {
                  AND (notice = 0 OR expires_at <= ?1) ORDER BY warn_at LIMIT ?2"
             ),
             rusqlite::params![to_ms(now), limit],
-            rows::session,
+            rows::session(),
         )
     }
 
@@ -366,7 +366,7 @@ impl SessionStore for SqliteStore {
                  ORDER BY created_at {direction}, seq {direction} LIMIT ?4"
             ),
             rusqlite::params![session_id, window.after_ms, window.before_ms, limit],
-            rows::message,
+            rows::message(),
         )
     }
 
@@ -382,7 +382,7 @@ impl SessionStore for SqliteStore {
                  ORDER BY seq DESC LIMIT ?3"
             ),
             rusqlite::params![session_id, before_seq, limit],
-            rows::message,
+            rows::message(),
         )?;
         messages.reverse();
         Ok(messages)
@@ -399,7 +399,7 @@ impl SessionStore for SqliteStore {
                 "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
             ),
             rusqlite::params![session_id, after_seq, limit],
-            rows::event,
+            rows::event(),
         )
     }
 

@@ -1,7 +1,7 @@
 //! SQLite's side of `store::rows`: its result rows read by column name, its statements' parameters bound in
 //! order, and its errors sorted into the store's.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use sqlx::error::BoxDynError;
 
@@ -9,69 +9,130 @@ use crate::domain::{Agent, Message, Session, SessionEvent};
 use crate::store::rows::{self, Bind, Column, Param, Row};
 use crate::store::{SessionCounts, StoreError};
 
+/// Most columns a record reads (a session's), the size of a `Layout`.
+const MAX_COLUMNS: usize = 16;
+
+/// Where one query's columns are, in the order its decoder reads them, learnt from its first row: every row
+/// of one statement has the same columns, so later rows find theirs without asking SQLite.
+struct Layout {
+    known: RefCell<[(&'static str, usize); MAX_COLUMNS]>,
+    len: Cell<usize>,
+}
+
+impl Layout {
+    fn new() -> Self {
+        Self {
+            known: RefCell::new([("", 0); MAX_COLUMNS]),
+            len: Cell::new(0),
+        }
+    }
+
+    /// Where an earlier row found `column`, if it was that row's `nth` read too.
+    fn learnt(&self, nth: usize, column: &str) -> Option<usize> {
+        let known = self.known.borrow();
+        match known[..self.len.get()].get(nth) {
+            Some(&(name, index)) if name == column => Some(index),
+            _ => None,
+        }
+    }
+
+    /// Keeps where the first row found its `nth` read.
+    fn learn(&self, nth: usize, column: &'static str, index: usize) {
+        if nth == self.len.get() && nth < MAX_COLUMNS {
+            self.known.borrow_mut()[nth] = (column, index);
+            self.len.set(nth + 1);
+        }
+    }
+}
+
 /// A rusqlite row, read by column name.
 struct ByName<'a, 'stmt> {
     row: &'a rusqlite::Row<'stmt>,
+    layout: &'a Layout,
+    /// How many columns the decoder has read so far.
+    read: Cell<usize>,
     /// The column after the last one read.
     next: Cell<usize>,
 }
 
 impl<'a, 'stmt> ByName<'a, 'stmt> {
-    fn new(row: &'a rusqlite::Row<'stmt>) -> Self {
+    fn new(row: &'a rusqlite::Row<'stmt>, layout: &'a Layout) -> Self {
         Self {
             row,
+            layout,
+            read: Cell::new(0),
             next: Cell::new(0),
         }
     }
 
-    /// The decoders read the columns in the order of their lists, so the column after the last one read is
-    /// tried first: a lookup then costs one comparison, not rusqlite's search through every column name,
-    /// which on the hottest reads (a session: 16 columns) would cost more than the read itself.
-    fn index(&self, column: &str) -> rusqlite::Result<usize> {
-        let statement = self.row.as_ref();
-        let next = self.next.get();
-        let index = if statement.column_name(next).is_ok_and(|name| name == column) {
-            next
-        } else {
-            statement.column_index(column)?
+    /// Rusqlite finds a column by name by comparing it with every column's name, through SQLite, on every
+    /// row: more than the read itself on the hottest reads (a session has 16 columns). So a row of a query
+    /// whose first row was read takes the column the first row found under that name; a first row tries the
+    /// column after the last one read first, which is where the decoders, reading in the order of their
+    /// column lists, find it.
+    fn index(&self, column: &'static str) -> rusqlite::Result<usize> {
+        let nth = self.read.get();
+        self.read.set(nth + 1);
+        let index = match self.layout.learnt(nth, column) {
+            Some(index) => index,
+            None => {
+                let index = self.look_up(column)?;
+                self.layout.learn(nth, column, index);
+                index
+            }
         };
         self.next.set(index + 1);
         Ok(index)
+    }
+
+    fn look_up(&self, column: &str) -> rusqlite::Result<usize> {
+        let statement = self.row.as_ref();
+        let next = self.next.get();
+        if statement.column_name(next).is_ok_and(|name| name == column) {
+            Ok(next)
+        } else {
+            statement.column_index(column)
+        }
     }
 }
 
 impl Row for ByName<'_, '_> {
     type Error = rusqlite::Error;
 
-    fn get<T: Column>(&self, column: &str) -> rusqlite::Result<T> {
+    fn get<T: Column>(&self, column: &'static str) -> rusqlite::Result<T> {
         self.row.get(self.index(column)?)
     }
 
-    fn invalid(&self, column: &str, cause: BoxDynError) -> rusqlite::Error {
+    fn invalid(&self, column: &'static str, cause: BoxDynError) -> rusqlite::Error {
         let index = self.row.as_ref().column_index(column).unwrap_or(usize::MAX);
         rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, cause)
     }
 }
 
-/// `rows::session` for rusqlite's row mapping.
-pub fn session(row: &rusqlite::Row<'_>) -> rusqlite::Result<Session> {
-    rows::session(&ByName::new(row))
+/// Decoders for rusqlite's row mapping, one a query (each learns its query's columns): `rows::session`, ….
+pub fn session() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Session> {
+    let layout = Layout::new();
+    move |row| rows::session(&ByName::new(row, &layout))
 }
 
-pub fn message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
-    rows::message(&ByName::new(row))
+pub fn message() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let layout = Layout::new();
+    move |row| rows::message(&ByName::new(row, &layout))
 }
 
-pub fn event(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionEvent> {
-    rows::event(&ByName::new(row))
+pub fn event() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<SessionEvent> {
+    let layout = Layout::new();
+    move |row| rows::event(&ByName::new(row, &layout))
 }
 
-pub fn agent(row: &rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
-    rows::agent(&ByName::new(row))
+pub fn agent() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
+    let layout = Layout::new();
+    move |row| rows::agent(&ByName::new(row, &layout))
 }
 
-pub fn session_counts(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionCounts> {
-    rows::session_counts(&ByName::new(row))
+pub fn session_counts() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<SessionCounts> {
+    let layout = Layout::new();
+    move |row| rows::session_counts(&ByName::new(row, &layout))
 }
 
 /// A prepared statement's parameters, bound one after the other.
@@ -165,11 +226,34 @@ mod tests {
                 "SELECT 7 AS created_at, '{}' AS session_defaults, X'00112233445566778899AABBCCDDEEFF' AS id, \
                  '{\"type\":\"echo\"}' AS backend, 'a' AS name",
                 [],
-                super::agent,
+                super::agent(),
             )
             .unwrap();
         assert_eq!(agent.name, "a");
         assert_eq!(agent.created_at.timestamp_millis(), 7);
         assert_eq!(agent.id.as_bytes()[15], 0xff);
+    }
+
+    /// The rows after the first take the columns the first row found, and still read each by its name.
+    #[test]
+    fn every_row_of_a_query_decodes_whole() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let agents: Vec<Agent> = conn
+            .prepare(
+                "SELECT X'00112233445566778899AABBCCDDEEFF' AS id, 'a' AS name, '{\"type\":\"echo\"}' AS backend, \
+                 '{}' AS session_defaults, 1 AS created_at \
+                 UNION ALL SELECT X'FFEEDDCCBBAA99887766554433221100', 'b', '{\"type\":\"echo\"}', '{}', 2",
+            )
+            .unwrap()
+            .query_map([], super::agent())
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let names: Vec<_> = agents
+            .iter()
+            .map(|a| (a.name.as_str(), a.created_at.timestamp_millis()))
+            .collect();
+        assert_eq!(names, [("a", 1), ("b", 2)]);
+        assert_eq!(agents[1].id.as_bytes()[0], 0xff);
     }
 }

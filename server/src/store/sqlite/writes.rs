@@ -354,7 +354,7 @@ fn claim_reply(
             ReplyState::Pending,
             stale_before
         ],
-        sqlite_rows::message,
+        sqlite_rows::message(),
     )
     .optional()
 }
