@@ -1508,7 +1508,7 @@ mod postgres_instances {
         let mut behind = s.clone();
         behind.renewal_count = 7;
         let event = SessionEvent::session(&behind, SessionChange::Renewed, at(2));
-        let data = event.stored_data().replace('\'', "''");
+        let data = event.stored_data().to_string().replace('\'', "''");
         let inserted = psql(
             &url,
             &format!(

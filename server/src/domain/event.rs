@@ -292,12 +292,11 @@ impl SessionEvent {
     }
 
     /// The `data` the store keeps for this event (its `kind` goes beside it).
-    pub fn stored_data(&self) -> String {
-        let tagged = serde_json::to_value(&self.payload).unwrap_or(Value::Null);
-        tagged
-            .get("data")
-            .map(Value::to_string)
-            .unwrap_or_else(|| "null".to_string())
+    pub fn stored_data(&self) -> Value {
+        match serde_json::to_value(&self.payload) {
+            Ok(Value::Object(mut tagged)) => tagged.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
     }
 
     /// An event as the store read it back: `kind` and `data` as `stored_data` wrote them.
@@ -305,10 +304,9 @@ impl SessionEvent {
         seq: Option<i64>,
         session_id: Uuid,
         kind: &str,
-        data: &str,
+        data: Value,
         at: DateTime<Utc>,
     ) -> Result<Self, String> {
-        let data: Value = serde_json::from_str(data).map_err(|e| format!("event {kind}: {e}"))?;
         let tagged = serde_json::json!({ "kind": kind, "data": data });
         let mut payload: EventPayload =
             serde_json::from_value(tagged).map_err(|e| format!("event {kind}: {e}"))?;
@@ -402,7 +400,7 @@ mod tests {
                 Some(3),
                 event.session_id,
                 event.kind().as_str(),
-                &event.stored_data(),
+                event.stored_data(),
                 event.at,
             )
             .unwrap();
@@ -418,9 +416,7 @@ mod tests {
             "id": Uuid::new_v4(), "content": "hello", "authorId": Uuid::new_v4(), "isAgent": false,
             "createdAt": "2025-01-01T00:00:00.007Z", "metadata": {}
         });
-        let e =
-            SessionEvent::from_stored(Some(1), session, "message", &old_message.to_string(), at(0))
-                .unwrap();
+        let e = SessionEvent::from_stored(Some(1), session, "message", old_message, at(0)).unwrap();
         let EventPayload::Message(m) = e.payload else {
             panic!("a message")
         };
@@ -433,9 +429,7 @@ mod tests {
                               "warningThresholdMinutes": 5},
             "renewalCount": 1, "timeRemaining": 1800000, "isNearExpiration": false
         }});
-        let e =
-            SessionEvent::from_stored(Some(2), session, "session", &old_session.to_string(), at(0))
-                .unwrap();
+        let e = SessionEvent::from_stored(Some(2), session, "session", old_session, at(0)).unwrap();
         assert!(matches!(
             e.payload,
             EventPayload::Session {
@@ -445,15 +439,8 @@ mod tests {
         ));
         let old_warning = json!({"sessionId": session, "expiresAt": "2025-01-01T00:30:00.000Z",
                                  "timeRemaining": 300000, "warningThresholdMinutes": 5});
-        assert!(SessionEvent::from_stored(
-            Some(3),
-            session,
-            "warning",
-            &old_warning.to_string(),
-            at(0)
-        )
-        .is_ok());
-        assert!(SessionEvent::from_stored(Some(4), session, "nonsense", "{}", at(0)).is_err());
+        assert!(SessionEvent::from_stored(Some(3), session, "warning", old_warning, at(0)).is_ok());
+        assert!(SessionEvent::from_stored(Some(4), session, "nonsense", json!({}), at(0)).is_err());
     }
 
     #[test]

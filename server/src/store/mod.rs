@@ -1,11 +1,17 @@
 //! Persistence: the `SessionStore` trait every backend implements, `StoreError`, and `open(url)`, which picks
 //! the backend from the URL scheme. Stores only persist and deliver committed events: no clock, no rules.
+//!
+//! The backends, `sqlite/` (the embedded default) and `postgres/` (several instances on one database), share
+//! what the tables are: `schema.rs` (column lists, reply states, JSON columns, event encoding, the SQL built
+//! from the lists) and `rows.rs` (records decoded from rows by column name, and bound to statements), so that
+//! a column is added in one place for both. `bus.rs` fans committed events out to this process's
+//! subscribers.
 
 mod bus;
 mod postgres;
+mod rows;
+mod schema;
 mod sqlite;
-mod sqlite_reads;
-mod sqlite_writer;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,12 +1,19 @@
 //! `SqliteStore`: the embedded default backend (WAL, `synchronous=FULL`).
 //!
-//! Migrations use sqlx. Reads run synchronously on the calling thread (`sqlite_reads.rs`), and every write goes
-//! to one writer thread with group commit (`sqlite_writer.rs`): both because sqlx's per-statement thread
-//! hand-offs dominated the profiles of those paths. WAL lets all readers run beside the writer.
+//! Migrations use sqlx. Reads run synchronously on the calling thread (`reads.rs`), and every write goes to one
+//! writer thread with group commit (`writer.rs`, applying `writes.rs`), beside a checkpoint thread
+//! (`checkpoint.rs`): both because sqlx's per-statement thread hand-offs dominated the profiles of those
+//! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`.
+
+mod checkpoint;
+mod reads;
+mod rows;
+mod writer;
+mod writes;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +23,13 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use super::sqlite_reads::{self as reads, FastReads};
-use super::sqlite_writer::{self, Applied, Job, Write};
+use self::reads::FastReads;
+use self::writer::Job;
+use self::writes::{Applied, Write};
+use super::schema::{
+    direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, EVENT_COLUMNS, MESSAGE_COLUMNS,
+    SESSION_COLUMNS,
+};
 use super::{
     to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
     SessionStore, StoreError,
@@ -28,9 +40,9 @@ use crate::outage::OutageLog;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct SqliteStore {
-    /// The hot lookups, synchronous (see `sqlite_reads.rs` for why).
+    /// The hot lookups, synchronous (see `reads.rs` for why).
     fast: Arc<FastReads>,
-    /// The writer thread's queue (see `sqlite_writer.rs`); None once closed.
+    /// The writer thread's queue (see `writer.rs`); None once closed.
     writes: Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
     bus: Arc<EventBus>,
@@ -85,7 +97,7 @@ impl SqliteStore {
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
         let write_outage = Arc::new(OutageLog::new("SQLite writes"));
-        let writes = sqlite_writer::spawn(&file, bus.clone(), fast.clone(), write_outage.clone())?;
+        let writes = writer::spawn(&file, bus.clone(), fast.clone(), write_outage.clone())?;
         let dir = match file.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -100,14 +112,16 @@ impl SqliteStore {
     }
 
     fn setting(&self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .fast
-            .rows(
-                "SELECT value FROM settings WHERE name = ?1",
-                [name],
-                |row| row.get(0),
-            )?
-            .pop())
+        self.fast.one(
+            "SELECT value FROM settings WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+    }
+
+    /// Applies `write`; whether it changed anything.
+    async fn changed(&self, write: Write) -> Result<bool, StoreError> {
+        Ok(self.write(write).await?.rows > 0)
     }
 
     async fn write(&self, write: Write) -> Result<Applied, StoreError> {
@@ -123,33 +137,6 @@ impl SqliteStore {
     }
 }
 
-/// Sorts a SQLite error into "the database cannot serve this right now" (503: a full disk, a file that
-/// became read-only or unreadable, a lock held too long by another process) and anything else (500).
-pub(super) fn store_error(e: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode::*;
-    match e.sqlite_error_code() {
-        Some(
-            DiskFull
-            | ReadOnly
-            | SystemIoFailure
-            | CannotOpen
-            | PermissionDenied
-            | DatabaseBusy
-            | DatabaseLocked
-            | FileLockingProtocolFailed
-            | OutOfMemory,
-        ) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Backend(e.to_string()),
-    }
-}
-
-pub(super) const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
-    expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, metadata, \
-    renewal_count, version, notice";
-
-pub(super) const MESSAGE_COLUMNS: &str =
-    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
-
 #[async_trait]
 impl SessionStore for SqliteStore {
     async fn insert_agent(&self, agent: &Agent) -> Result<(), StoreError> {
@@ -159,14 +146,16 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
-        self.fast.agent(id)
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"));
+        self.fast.one(&SQL, [id], rows::agent())
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
         self.fast.rows(
-            "SELECT id, name, backend, session_defaults, created_at FROM agents ORDER BY created_at, id",
+            &format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY created_at, id"),
             [],
-            reads::agent,
+            rows::agent(),
         )
     }
 
@@ -184,15 +173,15 @@ impl SessionStore for SqliteStore {
     }
 
     async fn insert_session(&self, session: &Session) -> Result<bool, StoreError> {
-        Ok(self
-            .write(Write::InsertSession(Box::new(session.clone())))
-            .await?
-            .rows
-            > 0)
+        self.changed(Write::InsertSession(Box::new(session.clone())))
+            .await
     }
 
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        self.fast.session(id)
+        // Built once: the hottest lookup of all should not format its SQL on every call.
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
+        self.fast.one(&SQL, [id], rows::session())
     }
 
     async fn update_session(
@@ -201,14 +190,9 @@ impl SessionStore for SqliteStore {
         expected_version: i64,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let applied = self
-            .write(Write::UpdateSession(
-                Box::new(session.clone()),
-                expected_version,
-                events,
-            ))
-            .await?;
-        Ok(applied.rows > 0)
+        let session = Box::new(session.clone());
+        self.changed(Write::UpdateSession(session, expected_version, events))
+            .await
     }
 
     async fn delete_session(
@@ -216,7 +200,7 @@ impl SessionStore for SqliteStore {
         id: Uuid,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        Ok(self.write(Write::DeleteSession(id, events)).await?.rows > 0)
+        self.changed(Write::DeleteSession(id, events)).await
     }
 
     async fn list_active_sessions(
@@ -239,7 +223,7 @@ impl SessionStore for SqliteStore {
                 limit,
                 i64::try_from(offset).unwrap_or(i64::MAX)
             ],
-            reads::session,
+            rows::session(),
         )
     }
 
@@ -250,9 +234,9 @@ impl SessionStore for SqliteStore {
         retained_after: DateTime<Utc>,
     ) -> Result<SessionCounts, StoreError> {
         let counts = self.fast.rows(
-            "SELECT COUNT(*), \
-               COALESCE(SUM(expires_at > ?1), 0), \
-               COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) \
+            "SELECT COUNT(*) AS total, \
+               COALESCE(SUM(expires_at > ?1), 0) AS active, \
+               COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) AS expiring_soon \
              FROM sessions WHERE expires_at > ?2 \
                AND (?3 IS NULL OR agent_id = ?3) AND (?4 IS NULL OR user_id = ?4)",
             rusqlite::params![
@@ -261,14 +245,7 @@ impl SessionStore for SqliteStore {
                 filter.agent_id,
                 filter.user_id
             ],
-            |row| {
-                let get = |i: usize| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
-                Ok(SessionCounts {
-                    total: get(0)?,
-                    active: get(1)?,
-                    expiring_soon: get(2)?,
-                })
-            },
+            rows::session_counts(),
         )?;
         Ok(counts.into_iter().next().unwrap_or_default())
     }
@@ -294,7 +271,7 @@ impl SessionStore for SqliteStore {
                  AND (notice = 0 OR expires_at <= ?1) ORDER BY warn_at LIMIT ?2"
             ),
             rusqlite::params![to_ms(now), limit],
-            reads::session,
+            rows::session(),
         )
     }
 
@@ -321,10 +298,8 @@ impl SessionStore for SqliteStore {
         message: &Message,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        let applied = self
-            .write(Write::InsertReply(Box::new(message.clone()), events))
-            .await?;
-        Ok(applied.rows > 0)
+        self.changed(Write::InsertReply(Box::new(message.clone()), events))
+            .await
     }
 
     async fn claim_reply(
@@ -350,10 +325,8 @@ impl SessionStore for SqliteStore {
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
         let reply = reply.map(|m| Box::new(m.clone()));
-        let applied = self
-            .write(Write::FinishReply(user_message_id, reply, events))
-            .await?;
-        Ok(applied.rows > 0)
+        self.changed(Write::FinishReply(user_message_id, reply, events))
+            .await
     }
 
     async fn sessions_with_stalled_replies(
@@ -362,9 +335,18 @@ impl SessionStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Uuid>, StoreError> {
         self.fast.rows(
-            "SELECT DISTINCT session_id FROM messages WHERE reply_state IN (1, 2) \
-             AND ((reply_state = 1 AND created_at <= ?1) OR (reply_state = 2 AND claimed_at <= ?1)) LIMIT ?2",
-            rusqlite::params![to_ms(stale_before), limit],
+            &format!(
+                "SELECT DISTINCT session_id FROM messages WHERE {} \
+                 AND ((reply_state = ?3 AND created_at <= ?1) OR (reply_state = ?4 AND claimed_at <= ?1)) \
+                 LIMIT ?2",
+                *AWAITING_REPLY
+            ),
+            rusqlite::params![
+                to_ms(stale_before),
+                limit,
+                ReplyState::Pending,
+                ReplyState::InProgress
+            ],
             |row| row.get(0),
         )
     }
@@ -376,7 +358,16 @@ impl SessionStore for SqliteStore {
         order: Order,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        self.fast.messages(session_id, window, order, limit)
+        let direction = direction(order);
+        self.fast.rows(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 \
+                 AND (?2 IS NULL OR created_at > ?2) AND (?3 IS NULL OR created_at < ?3) \
+                 ORDER BY created_at {direction}, seq {direction} LIMIT ?4"
+            ),
+            rusqlite::params![session_id, window.after_ms, window.before_ms, limit],
+            rows::message(),
+        )
     }
 
     async fn recent_messages(
@@ -385,7 +376,16 @@ impl SessionStore for SqliteStore {
         before_seq: i64,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        self.fast.recent_messages(session_id, before_seq, limit)
+        let mut messages = self.fast.rows(
+            &format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 AND seq < ?2 \
+                 ORDER BY seq DESC LIMIT ?3"
+            ),
+            rusqlite::params![session_id, before_seq, limit],
+            rows::message(),
+        )?;
+        messages.reverse();
+        Ok(messages)
     }
 
     async fn events_after(
@@ -395,10 +395,11 @@ impl SessionStore for SqliteStore {
         limit: u32,
     ) -> Result<Vec<SessionEvent>, StoreError> {
         self.fast.rows(
-            "SELECT seq, session_id, kind, data, created_at FROM events \
-             WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            &format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            ),
             rusqlite::params![session_id, after_seq, limit],
-            reads::event,
+            rows::event(),
         )
     }
 
@@ -433,11 +434,13 @@ impl SessionStore for SqliteStore {
     }
 
     async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError> {
-        let n: Vec<i64> = self.fast.rows(
-            "SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND reply_state IN (1, 2)",
-            [session_id],
-            |row| row.get(0),
-        )?;
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT COUNT(*) FROM messages WHERE session_id = ?1 AND {}",
+                *AWAITING_REPLY
+            )
+        });
+        let n: Vec<i64> = self.fast.rows(&SQL, [session_id], |row| row.get(0))?;
         Ok(n.first().copied().unwrap_or(0).max(0) as u64)
     }
 
@@ -485,42 +488,6 @@ impl SessionStore for SqliteStore {
             if queue.send(Job::Stop(ack)).await.is_ok() {
                 let _ = stopped.await;
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sqlite(code: std::ffi::c_int) -> rusqlite::Error {
-        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
-    }
-
-    #[test]
-    fn a_full_disk_or_a_read_only_file_is_unavailable_and_corruption_is_not() {
-        use rusqlite::ffi;
-        for code in [
-            ffi::SQLITE_FULL,
-            ffi::SQLITE_READONLY,
-            ffi::SQLITE_IOERR_WRITE,
-            ffi::SQLITE_CANTOPEN,
-            ffi::SQLITE_BUSY,
-        ] {
-            assert!(
-                matches!(store_error(sqlite(code)), StoreError::Unavailable(_)),
-                "{code}"
-            );
-        }
-        for code in [
-            ffi::SQLITE_CORRUPT,
-            ffi::SQLITE_CONSTRAINT,
-            ffi::SQLITE_ERROR,
-        ] {
-            assert!(
-                matches!(store_error(sqlite(code)), StoreError::Backend(_)),
-                "{code}"
-            );
         }
     }
 }

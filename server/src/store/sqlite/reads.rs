@@ -1,16 +1,15 @@
-//! `FastReads`: the SQLite store's hot lookups (a session, an agent, a page of messages), run synchronously on
-//! the calling thread over a small pool of read-only connections.
+//! `FastReads`: the SQLite store's reads (a session, an agent, a page of messages, counts), run synchronously
+//! on the calling thread over a small pool of read-only connections.
 //!
 //! Why: sqlx's SQLite driver runs every statement on a worker thread of its own, so each query costs two
-//! thread hand-offs. Profiling `getSession` under load on 2 cores showed 43% of all CPU samples in the kernel
-//! switching threads and under 1% in SQLite itself. An indexed single-row read takes microseconds, much less
-//! than those hand-offs, so doing it in place is both faster and lighter. WAL lets these readers run beside the
-//! writer without waiting for it.
+//! thread hand-offs, and profiles of `getSession` under load showed the kernel switching threads far above
+//! SQLite itself. An indexed single-row read takes less than those hand-offs, so doing it in place is both
+//! faster and lighter. WAL lets these readers run beside the writer without waiting for it.
 //!
 //! A pooled connection keeps its read transaction (its snapshot) open across lookups for as long as nothing has
 //! been committed since it began, and at most `MAX_SNAPSHOT_AGE`. Why: beginning and ending a read transaction
-//! takes file-lock system calls and SQLite's process-wide lock mutex; profiling `getSession` showed that as most
-//! of the time of a lookup (a miss cost 24 µs of CPU against 25 µs for a whole request that never reads).
+//! takes file-lock system calls and SQLite's process-wide lock mutex, which profiling `getSession` showed as
+//! most of the time of a lookup.
 //! The writer counts twice per commit, once before its COMMIT and once after, before it answers anyone. A
 //! snapshot is kept only when it began at an even count and the count has not moved since, so every kept
 //! snapshot holds exactly the state of that count: reads never go stale after an answer, and two lookups in a
@@ -20,15 +19,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
-use serde_json::Value;
-use uuid::Uuid;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
-use super::{from_ms, MessageWindow, Order, StoreError};
-use crate::domain::{Agent, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use super::rows::store_error as failed;
+use crate::store::StoreError;
 
 /// Idle connections kept; more are opened under load and dropped when returned beyond this.
 const KEEP_IDLE: usize = 8;
@@ -69,16 +66,6 @@ pub struct FastReads {
     commits: AtomicU64,
     /// Set while `release_snapshots_for` runs: no snapshot outlives its read.
     releasing: AtomicBool,
-}
-
-fn failed(e: rusqlite::Error) -> StoreError {
-    super::sqlite::store_error(e)
-}
-
-fn decode_json<T: serde::de::DeserializeOwned>(index: usize, text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(index, rusqlite::types::Type::Text, Box::new(e))
-    })
 }
 
 impl FastReads {
@@ -123,7 +110,7 @@ impl FastReads {
         let result = self.read_fresh(&mut reader, read);
         // A connection whose state is unknown after an error is dropped rather than pooled. One whose snapshot
         // is already out of date ends it now: an idle snapshot of old WAL frames would keep the writer from
-        // restarting the WAL (see `sqlite_writer::restart_wal`).
+        // restarting the WAL (see `checkpoint.rs`).
         let keep = !self.releasing.load(Ordering::Acquire)
             && reader.is_current(self.commits.load(Ordering::Acquire));
         let reusable = result.is_ok() && (keep || reader.end_snapshot().is_ok());
@@ -178,28 +165,18 @@ impl FastReads {
         out
     }
 
-    pub fn session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
-        // Built once: the hottest lookup of all should not format its SQL on every call.
-        static SQL: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "SELECT {} FROM sessions WHERE id = ?1",
-                super::sqlite::SESSION_COLUMNS
-            )
-        });
+    /// The row a query finds, if any, decoded by `decode`: the hot lookups (a session, an agent), whose SQL
+    /// the caller builds once.
+    pub fn one<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        decode: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
         self.with(|conn| {
-            conn.prepare_cached(&SQL)?
-                .query_row(params![id], session)
+            conn.prepare_cached(sql)?
+                .query_row(params, decode)
                 .optional()
-        })
-    }
-
-    pub fn agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
-        self.with(|conn| {
-            conn.prepare_cached(
-                "SELECT id, name, backend, session_defaults, created_at FROM agents WHERE id = ?1",
-            )?
-            .query_row(params![id], agent)
-            .optional()
         })
     }
 
@@ -216,115 +193,4 @@ impl FastReads {
                 .collect()
         })
     }
-
-    pub fn messages(
-        &self,
-        session_id: Uuid,
-        window: MessageWindow,
-        order: Order,
-        limit: u32,
-    ) -> Result<Vec<Message>, StoreError> {
-        let direction = match order {
-            Order::OldestFirst => "ASC",
-            Order::NewestFirst => "DESC",
-        };
-        self.with(|conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {} FROM messages WHERE session_id = ?1 \
-                 AND (?2 IS NULL OR created_at > ?2) AND (?3 IS NULL OR created_at < ?3) \
-                 ORDER BY created_at {direction}, seq {direction} LIMIT ?4",
-                super::sqlite::MESSAGE_COLUMNS
-            ))?;
-            let rows = statement.query_map(
-                params![session_id, window.after_ms, window.before_ms, limit],
-                message,
-            )?;
-            rows.collect()
-        })
-    }
-}
-
-pub(super) fn agent(row: &Row<'_>) -> rusqlite::Result<Agent> {
-    Ok(Agent {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        backend: decode_json(2, &row.get::<_, String>(2)?)?,
-        session_defaults: decode_json(3, &row.get::<_, String>(3)?)?,
-        created_at: from_ms(row.get(4)?),
-    })
-}
-
-pub(super) fn event(row: &Row<'_>) -> rusqlite::Result<SessionEvent> {
-    let kind: String = row.get(2)?;
-    let data: String = row.get(3)?;
-    SessionEvent::from_stored(
-        Some(row.get(0)?),
-        row.get(1)?,
-        &kind,
-        &data,
-        from_ms(row.get(4)?),
-    )
-    .map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
-    })
-}
-
-pub(super) fn session(row: &Row<'_>) -> rusqlite::Result<Session> {
-    Ok(Session {
-        id: row.get(0)?,
-        channel_id: row.get(1)?,
-        agent_id: row.get(2)?,
-        user_id: row.get(3)?,
-        created_at: from_ms(row.get(4)?),
-        last_activity: from_ms(row.get(5)?),
-        last_renewal: from_ms(row.get(6)?),
-        expires_at: from_ms(row.get(7)?),
-        timeout: TimeoutConfig {
-            timeout_minutes: row.get(8)?,
-            auto_renew: row.get(9)?,
-            max_duration_minutes: row.get(10)?,
-            warning_threshold_minutes: row.get(11)?,
-        },
-        metadata: decode_json(12, &row.get::<_, String>(12)?)?,
-        renewal_count: row.get(13)?,
-        version: row.get(14)?,
-        notice: Notice::from_i64(row.get(15)?),
-    })
-}
-
-impl FastReads {
-    /// The `limit` most recent messages stored before `before_seq`, oldest first.
-    pub fn recent_messages(
-        &self,
-        session_id: Uuid,
-        before_seq: i64,
-        limit: u32,
-    ) -> Result<Vec<Message>, StoreError> {
-        let mut messages = self.with(|conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "SELECT {} FROM messages WHERE session_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-                super::sqlite::MESSAGE_COLUMNS
-            ))?;
-            let rows = statement.query_map(params![session_id, before_seq, limit], message)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        messages.reverse();
-        Ok(messages)
-    }
-}
-
-pub(super) fn message(row: &Row<'_>) -> rusqlite::Result<Message> {
-    let attachments: Option<String> = row.get(7)?;
-    Ok(Message {
-        seq: row.get(0)?,
-        id: row.get(1)?,
-        session_id: row.get(2)?,
-        author_id: row.get(3)?,
-        is_agent: row.get(4)?,
-        content: row.get(5)?,
-        metadata: decode_json::<serde_json::Map<String, Value>>(6, &row.get::<_, String>(6)?)?,
-        attachments: attachments.map(|a| decode_json(7, &a)).transpose()?,
-        created_at: from_ms(row.get(8)?),
-        in_reply_to: row.get(9)?,
-    })
 }

@@ -1,0 +1,230 @@
+//! The tables as both backends see them: the column lists, the reply states of the reply queue, how a JSON
+//! column and an event are written and read back, and the placeholders of the SQL built from the lists.
+//! Written once, so that a new column or event field changes this file and `rows.rs` (and a migration per
+//! backend), not each backend's copy.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo};
+use sqlx::Postgres;
+use uuid::Uuid;
+
+use super::Order;
+use crate::domain::SessionEvent;
+
+/// A session as `rows::session` reads it.
+pub const SESSION_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at, last_activity, last_renewal, \
+    expires_at, timeout_minutes, auto_renew, max_duration_minutes, warning_threshold_minutes, metadata, \
+    renewal_count, version, notice";
+
+/// The columns of a session that its insert sets and no update changes, in `rows::bind_session_key` order.
+pub const SESSION_KEY_COLUMNS: &str = "id, channel_id, agent_id, user_id, created_at";
+
+/// The columns of a session that every update writes, in `rows::bind_session_state` order. `warn_at` is
+/// derived (expiry minus the warning threshold) and stored only for the notifier's index.
+pub const SESSION_STATE_COLUMNS: &str = "last_activity, last_renewal, expires_at, timeout_minutes, auto_renew, \
+    max_duration_minutes, warning_threshold_minutes, metadata, renewal_count, version, notice, warn_at";
+
+/// A message as `rows::message` reads it.
+pub const MESSAGE_COLUMNS: &str =
+    "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
+
+/// The columns a message is inserted with, in `rows::bind_message` order (`seq` is assigned by the database).
+pub const MESSAGE_INSERT_COLUMNS: &str =
+    "id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to, reply_state";
+
+/// An event as `rows::event` reads it.
+pub const EVENT_COLUMNS: &str = "seq, session_id, kind, data, created_at";
+
+/// The columns an event is inserted with, in `rows::bind_event` order (`seq` is assigned by the database).
+pub const EVENT_INSERT_COLUMNS: &str = "session_id, kind, data, created_at";
+
+/// An agent as `rows::agent` reads it, and as `rows::bind_agent` inserts it.
+pub const AGENT_COLUMNS: &str = "id, name, backend, session_defaults, created_at";
+
+/// `messages.reply_state`: where a message stands in the reply queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i16)]
+pub enum ReplyState {
+    /// No reply expected (an agent's own message).
+    None = 0,
+    Pending = 1,
+    /// Claimed by a worker (`claimed_at` says when).
+    InProgress = 2,
+    Answered = 3,
+    Failed = 4,
+}
+
+impl ReplyState {
+    /// The stored value (`smallint` in PostgreSQL, an INTEGER in SQLite).
+    pub const fn code(self) -> i16 {
+        self as i16
+    }
+}
+
+impl rusqlite::ToSql for ReplyState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(i64::from(self.code()).into())
+    }
+}
+
+impl sqlx::Type<Postgres> for ReplyState {
+    fn type_info() -> PgTypeInfo {
+        <i16 as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for ReplyState {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <i16 as sqlx::Encode<'_, Postgres>>::encode_by_ref(&self.code(), buf)
+    }
+}
+
+/// "Waiting for a reply" (pending or in progress), the states written into the SQL text instead of bound:
+/// the partial index `messages_awaiting_reply` (`WHERE reply_state IN (1, 2)` in both migrations) is used only
+/// when the planner sees these values while planning, which with bound parameters SQLite's does not (it would
+/// read every message of a session to count its unanswered ones) and PostgreSQL's generic plans do not.
+pub static AWAITING_REPLY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "reply_state IN ({}, {})",
+        ReplyState::Pending.code(),
+        ReplyState::InProgress.code()
+    )
+});
+
+/// A JSON column's text. Our own types always serialise; the empty string is never written in practice.
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// A JSON column's value.
+pub fn from_json<T: DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// An event's `kind` column (and the NOTIFY wire's).
+pub fn event_kind(event: &SessionEvent) -> &'static str {
+    event.kind().as_str()
+}
+
+/// An event's payload as the NOTIFY wire carries it (a JSON value inside the notification's JSON).
+pub fn event_data_value(event: &SessionEvent) -> Value {
+    event.stored_data()
+}
+
+/// An event's `data` column: its payload as JSON text.
+pub fn encode_event_data(event: &SessionEvent) -> String {
+    event_data_value(event).to_string()
+}
+
+/// An event from its columns (or the NOTIFY wire's fields): the one way back from `event_kind` and
+/// `encode_event_data` / `event_data_value`.
+pub fn decode_event(
+    seq: Option<i64>,
+    session_id: Uuid,
+    created_at: DateTime<Utc>,
+    kind: &str,
+    data: Value,
+) -> Result<SessionEvent, BoxDynError> {
+    Ok(SessionEvent::from_stored(
+        seq, session_id, kind, data, created_at,
+    )?)
+}
+
+/// The SQL direction of `ORDER BY created_at, seq` for a listing in `order`.
+pub fn direction(order: Order) -> &'static str {
+    match order {
+        Order::OldestFirst => "ASC",
+        Order::NewestFirst => "DESC",
+    }
+}
+
+/// How many columns a list names.
+pub fn column_count(columns: &str) -> usize {
+    columns.split(',').count()
+}
+
+/// `?first, ?first+1, …` (SQLite), or `$first, …` with `prefix` '$' (PostgreSQL): one a column of `columns`.
+pub fn placeholders(prefix: char, first: usize, columns: &str) -> String {
+    (first..first + column_count(columns))
+        .map(|n| format!("{prefix}{n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `column = ?first, …`: an UPDATE's SET list, in the order of `columns`.
+pub fn assignments(prefix: char, first: usize, columns: &str) -> String {
+    columns
+        .split(',')
+        .enumerate()
+        .map(|(i, column)| format!("{} = {prefix}{}", column.trim(), first + i))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `INSERT INTO table (columns) VALUES (…)`, then `rest` (such as a `RETURNING`).
+pub fn insert(prefix: char, table: &str, columns: &str, rest: &str) -> String {
+    let values = placeholders(prefix, 1, columns);
+    format!("INSERT INTO {table} ({columns}) VALUES ({values}){rest}")
+}
+
+/// `INSERT INTO table (columns) SELECT … rest`: an insert that `rest` makes conditional.
+pub fn insert_select(prefix: char, table: &str, columns: &str, rest: &str) -> String {
+    let values = placeholders(prefix, 1, columns);
+    format!("INSERT INTO {table} ({columns}) SELECT {values} {rest}")
+}
+
+/// A new session's columns, `SESSION_KEY_COLUMNS` then `SESSION_STATE_COLUMNS`, as its insert binds them.
+pub static SESSION_INSERT_COLUMNS: LazyLock<String> =
+    LazyLock::new(|| format!("{SESSION_KEY_COLUMNS}, {SESSION_STATE_COLUMNS}"));
+
+/// The conditional update of a session: its `SESSION_STATE_COLUMNS`, then its id and the version it must
+/// still have.
+pub fn update_session(prefix: char) -> String {
+    let n = column_count(SESSION_STATE_COLUMNS);
+    format!(
+        "UPDATE sessions SET {} WHERE id = {prefix}{} AND version = {prefix}{}",
+        assignments(prefix, 1, SESSION_STATE_COLUMNS),
+        n + 1,
+        n + 2
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The partial index is used only if a query's condition matches its own: both are written from here
+    /// and in the migrations, so this holds them equal.
+    #[test]
+    fn awaiting_reply_is_the_partial_index_condition_of_both_migrations() {
+        let index = format!(
+            "messages_awaiting_reply ON messages (session_id, seq) WHERE {}",
+            *AWAITING_REPLY
+        );
+        for migration in [
+            include_str!("../../migrations/sqlite/0003_reply_queue.sql"),
+            include_str!("../../migrations/postgres/0001_initial.sql"),
+        ] {
+            assert!(migration.contains(&index), "{index}");
+        }
+    }
+
+    #[test]
+    fn sql_lists_number_their_placeholders_in_column_order() {
+        assert_eq!(placeholders('?', 1, "a, b, c"), "?1, ?2, ?3");
+        assert_eq!(assignments('$', 4, "a, b"), "a = $4, b = $5");
+        assert_eq!(column_count(SESSION_STATE_COLUMNS), 12);
+        assert_eq!(
+            insert('$', "t", "a, b", " RETURNING a"),
+            "INSERT INTO t (a, b) VALUES ($1, $2) RETURNING a"
+        );
+        assert!(update_session('?').ends_with("warn_at = ?12 WHERE id = ?13 AND version = ?14"));
+    }
+}

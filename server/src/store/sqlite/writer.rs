@@ -1,0 +1,294 @@
+//! The SQLite store's writer: one OS thread owning the only write connection, applying every write waiting in
+//! its queue in one transaction and committing once (group commit), then announcing the batch's events in
+//! commit order and answering each caller. A caller is answered only after the commit containing its write
+//! has reached the disk (`synchronous=FULL`), so nothing acknowledged is lost on a crash, and concurrent writers
+//! share one fsync.
+//!
+//! Why a thread with a synchronous connection: a batch is dozens of statements, and sqlx's SQLite driver runs
+//! each statement on a worker thread of its own (two thread hand-offs per statement). Profiling heartbeats
+//! under load showed the writer's channel hand-offs and the resulting task switches as the largest cost, far
+//! above the fsync itself. Executed in place, a statement takes microseconds.
+//!
+//! When the disk is full or the file stops taking writes, the batch fails whole (nothing of it stays behind),
+//! its callers get `StoreError::Unavailable` (503), and the outage is logged once (`OutageLog`) until a commit
+//! succeeds again; the writer itself goes on and recovers with the disk.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::checkpoint::Checkpointer;
+use super::reads::FastReads;
+use super::rows::store_error as failed;
+use super::writes::{apply_atomically, caught, Applied, Write};
+use crate::outage::OutageLog;
+use crate::store::{EventBus, StoreError};
+
+/// Most writes committed together; bounds the time one commit holds the write lock.
+const MAX_BATCH: usize = 512;
+/// Writes waiting for the writer; callers wait for room beyond this (backpressure).
+const QUEUE_DEPTH: usize = 4096;
+
+// A job is moved once, into the queue; boxing the write would only add an allocation per write.
+#[allow(clippy::large_enum_variant)]
+pub enum Job {
+    Write {
+        write: Write,
+        done: oneshot::Sender<Result<Applied, StoreError>>,
+    },
+    /// Commit what is queued, then stop.
+    Stop(oneshot::Sender<()>),
+}
+
+/// Opens the write connection and starts the writer thread; returns the queue to it. The writer counts its
+/// commits with `reads.count_commit`, which is how reads know when their snapshot is out of date.
+///
+/// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access.
+pub fn spawn(
+    path: &Path,
+    bus: Arc<EventBus>,
+    reads: Arc<FastReads>,
+    outage: Arc<OutageLog>,
+) -> anyhow::Result<mpsc::Sender<Job>> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // WAL is a property of the file (set at migration time too); FULL is per connection: each commit is
+    // fsynced before it is acknowledged.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    // 4 MiB of page cache (negative: KiB), deliberately small. A commit after a B-tree page split scans the
+    // whole page cache: SQLite renumbers a page to the lock-byte page number while it sorts split pages, which
+    // leaves the cache's highest key above the database's size, and the truncation at commit then visits every
+    // cached page. With a larger cache that scan took a large share of the writer's time under heartbeats (see
+    // BENCHMARKS.md); with a small one it is minor, and the pages it no longer holds come from the OS's file
+    // cache.
+    conn.pragma_update(None, "cache_size", -4096)?;
+    // Checkpoints run on their own thread (`checkpoint.rs`), not inside some caller's commit.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // When the WAL restarts after a burst, it is truncated back to this size (bytes) instead of keeping its peak.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let checkpointer = Checkpointer::open(path, outage.clone())?;
+    let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+    let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
+    let writer_reads = reads.clone();
+    std::thread::Builder::new()
+        .name("sqlite-writer".into())
+        .spawn(move || {
+            run(conn, rx, &bus, &writer_reads, &outage);
+            drop(alive);
+        })?;
+    checkpointer.spawn(reads, writer_gone)?;
+    Ok(tx)
+}
+
+fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    bus: &EventBus,
+    reads: &FastReads,
+    outage: &OutageLog,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut stopped = None;
+    while stopped.is_none() {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Write { write, done } => batch.push((write, done)),
+                Job::Stop(ack) => {
+                    // Refuse new writes, but commit every write already accepted.
+                    rx.close();
+                    stopped = Some(ack);
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
+    }
+    while let Ok(job) = rx.try_recv() {
+        if let Job::Write { write, done } = job {
+            batch.push((write, done));
+        }
+    }
+    commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
+    drop(conn);
+    if let Some(ack) = stopped {
+        let _ = ack.send(());
+    }
+}
+
+type Pending = (Write, oneshot::Sender<Result<Applied, StoreError>>);
+
+/// `commit_and_answer`, surviving a panic anywhere in it (writes panicking are already caught one by one; this
+/// is the last line of defence, for the batch's own steps). The batch's callers whose answer was not sent see
+/// their write fail; a transaction left open is rolled back so that the next batch can begin.
+fn commit_and_answer_safely(
+    conn: &mut Connection,
+    batch: &mut Vec<Pending>,
+    bus: &EventBus,
+    reads: &FastReads,
+    outage: &OutageLog,
+) {
+    if caught(|| commit_and_answer(conn, batch, bus, reads, outage)).is_err() {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        batch.clear();
+    }
+}
+
+/// Commits a batch, announces its events in commit order, then answers each caller.
+fn commit_and_answer(
+    conn: &mut Connection,
+    batch: &mut Vec<Pending>,
+    bus: &EventBus,
+    reads: &FastReads,
+    outage: &OutageLog,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let outcomes = apply_batch(conn, batch, reads);
+    // One line when writes start failing for lack of space or access, one when a commit succeeds again.
+    match outcomes.iter().find_map(|o| {
+        o.as_ref()
+            .err()
+            .filter(|e| matches!(e, StoreError::Unavailable(_)))
+    }) {
+        Some(e) => {
+            outage.failed(e);
+        }
+        None if outcomes.iter().any(Result::is_ok) => {
+            outage.recovered();
+        }
+        None => {}
+    }
+    for outcome in outcomes.iter().flatten() {
+        for event in &outcome.publish {
+            bus.publish(event);
+        }
+    }
+    for ((_, done), outcome) in batch.drain(..).zip(outcomes) {
+        let _ = done.send(outcome);
+    }
+}
+
+/// Applies every write in one transaction. A write that fails alone reports its error and leaves nothing
+/// behind (see `apply_atomically`); if the commit itself fails, every write in the batch reports it.
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &mut [Pending],
+    reads: &FastReads,
+) -> Vec<Result<Applied, StoreError>> {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = failed(e);
+        return batch.iter().map(|_| Err(e.clone())).collect();
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (write, _) in batch.iter_mut() {
+        let outcome = apply_atomically(conn, write);
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back, as it may on a full disk or an I/O error: the writes
+            // applied before this one are undone too, and the ones after it would each commit on their own
+            // (while their callers are told the batch failed). So the whole batch fails, and nothing of it
+            // stays.
+            let e = outcome.err().unwrap_or_else(|| {
+                StoreError::Unavailable("the transaction was rolled back".into())
+            });
+            return batch.iter().map(|_| Err(e.clone())).collect();
+        }
+        outcomes.push(outcome);
+    }
+    // Counted for the readers' snapshots (see `reads.rs`), before anyone is answered.
+    let committed = reads.count_commit(|| conn.execute_batch("COMMIT"));
+    if let Err(e) = committed {
+        let _ = conn.execute_batch("ROLLBACK");
+        let e = failed(e);
+        return batch.iter().map(|_| Err(e.clone())).collect();
+    }
+    outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rusqlite::OptionalExtension;
+
+    fn setting(store: &Path, name: &str) -> Option<String> {
+        Connection::open(store)
+            .unwrap()
+            .query_row("SELECT value FROM settings WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .unwrap()
+    }
+
+    async fn submit(queue: &mpsc::Sender<Job>, write: Write) -> Result<Applied, StoreError> {
+        let (done, answer) = oneshot::channel();
+        queue
+            .send(Job::Write { write, done })
+            .await
+            .expect("writer alive");
+        answer.await.expect("answered")
+    }
+
+    /// A panicking write fails alone and leaves nothing behind; the writer thread lives and commits the writes
+    /// queued with it and after it.
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.db");
+        let url = format!("sqlite:{}", path.display());
+        let migrated = crate::store::SqliteStore::open(&url).await.unwrap();
+        crate::store::SessionStore::close(&migrated).await;
+        let queue = spawn(
+            &path,
+            Arc::new(EventBus::default()),
+            Arc::new(FastReads::new(path.clone())),
+            Arc::new(OutageLog::new("SQLite writes")),
+        )
+        .unwrap();
+        let before = submit(
+            &queue,
+            Write::InsertSetting {
+                name: "a".into(),
+                value: "1".into(),
+            },
+        );
+        let (before, panicked) = tokio::join!(before, submit(&queue, Write::Panic));
+        assert!(before.is_ok());
+        let err = panicked.err().expect("the panicking write fails");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        submit(
+            &queue,
+            Write::InsertSetting {
+                name: "b".into(),
+                value: "2".into(),
+            },
+        )
+        .await
+        .expect("the writer lives");
+        assert!(!queue.is_closed());
+        assert_eq!(setting(&path, "a").as_deref(), Some("1"));
+        assert_eq!(setting(&path, "b").as_deref(), Some("2"));
+        assert_eq!(
+            setting(&path, "half"),
+            None,
+            "the panicking write's first statement was undone"
+        );
+        let (ack, stopped) = oneshot::channel();
+        queue.send(Job::Stop(ack)).await.unwrap();
+        stopped.await.unwrap();
+    }
+}

@@ -1,0 +1,436 @@
+//! The SQLite store's writes as data (`Write`), and applying one of them inside the writer's transaction: its
+//! statements, the savepoint that makes it all or nothing, and what it did (`Applied`).
+
+use std::sync::LazyLock;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use uuid::Uuid;
+
+use super::rows::{self as sqlite_rows, store_error as failed, Params};
+use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::store::rows::{self, Bind};
+use crate::store::schema::{
+    insert, insert_select, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
+    MESSAGE_COLUMNS, MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
+};
+use crate::store::StoreError;
+
+/// One write, as data, so that the writer can apply many of them in one transaction.
+pub enum Write {
+    InsertAgent(Agent),
+    /// Deletes an agent without active sessions (at the given epoch ms) with its sessions.
+    DeleteAgent(Uuid, i64),
+    InsertSession(Box<Session>),
+    UpdateSession(Box<Session>, i64, Vec<SessionEvent>),
+    DeleteSession(Uuid, Vec<SessionEvent>),
+    Purge {
+        cutoff: i64,
+        limit: u32,
+    },
+    RecordMessage(Box<Session>, i64, Box<Message>, Vec<SessionEvent>),
+    InsertReply(Box<Message>, Vec<SessionEvent>),
+    ClaimReply {
+        session_id: Uuid,
+        now: i64,
+        stale_before: i64,
+    },
+    FinishReply(Uuid, Option<Box<Message>>, Vec<SessionEvent>),
+    /// Stores a setting unless it already has a value.
+    InsertSetting {
+        name: String,
+        value: String,
+    },
+    /// Changes one row, to learn whether a commit reaches the disk now (the health check, after failures).
+    Probe,
+    /// A write that panics halfway (after a statement), for the test that the writer survives it.
+    #[cfg(test)]
+    Panic,
+}
+
+/// What a write did: rows affected, the seq of an inserted message, a claimed message, and the events to
+/// announce once the transaction has committed (persisted ones carrying their new seq).
+#[derive(Default)]
+pub struct Applied {
+    pub rows: u64,
+    pub seq: Option<i64>,
+    pub message: Option<Message>,
+    pub publish: Vec<SessionEvent>,
+}
+
+impl Write {
+    /// Whether applying it takes more than one writing statement.
+    fn is_compound(&self) -> bool {
+        let persists = |events: &[SessionEvent]| events.iter().any(|e| !e.kind().is_transient());
+        match self {
+            Write::InsertAgent(_)
+            | Write::InsertSession(_)
+            | Write::ClaimReply { .. }
+            | Write::InsertSetting { .. }
+            | Write::Probe => false,
+            Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => persists(events),
+            Write::DeleteAgent(..)
+            | Write::DeleteSession(..)
+            | Write::Purge { .. }
+            | Write::RecordMessage(..)
+            | Write::FinishReply(..) => true,
+            #[cfg(test)]
+            Write::Panic => true,
+        }
+    }
+}
+
+/// Applies one write; a write of several statements runs inside a savepoint of its own. Why: when a statement
+/// fails, SQLite undoes that statement only, so without the savepoint the write's earlier statements (a
+/// claim marked answered, a session renewed) would commit with the rest of the batch while its caller is
+/// told it failed.
+///
+/// A write that panics fails alone, like one that errs: the panic is caught here, so that one bad write can
+/// never take the writer thread, and with it every later write of every client, down.
+pub fn apply_atomically(conn: &Connection, write: &mut Write) -> Result<Applied, StoreError> {
+    let compound = write.is_compound();
+    if compound {
+        conn.prepare_cached("SAVEPOINT write")
+            .and_then(|mut s| s.execute([]))
+            .map_err(failed)?;
+    }
+    let result = caught(|| {
+        apply(conn, write).and_then(|applied| {
+            if compound {
+                conn.prepare_cached("RELEASE write")?.execute([])?;
+            }
+            Ok(applied)
+        })
+    })
+    .and_then(|r| r.map_err(failed));
+    if result.is_err() && compound {
+        let _ = conn.execute_batch("ROLLBACK TO write; RELEASE write");
+    }
+    result
+}
+
+/// Runs `f`, turning a panic into a `StoreError` (logged) instead of unwinding through the writer thread.
+pub fn caught<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".to_string());
+        tracing::error!(panic = %what, "a store write panicked; it failed alone and the writer goes on");
+        StoreError::Backend(format!("the write panicked: {what}"))
+    })
+}
+
+/// Applies one write. Its events are moved out (into `Applied::publish`), not copied: a write is applied once.
+fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
+    match write {
+        Write::InsertAgent(agent) => insert_agent(conn, agent).map(rows_changed),
+        Write::DeleteAgent(id, active_at) => delete_agent(conn, *id, *active_at),
+        Write::InsertSession(session) => insert_session(conn, session).map(rows_changed),
+        Write::UpdateSession(session, expected, events) => {
+            let n = update_session_row(conn, session, *expected)?;
+            Ok(Applied {
+                rows: n as u64,
+                publish: if n > 0 {
+                    store_events(conn, std::mem::take(events))?
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            })
+        }
+        Write::DeleteSession(id, events) => {
+            let n = delete_session(conn, *id)?;
+            Ok(Applied {
+                rows: n as u64,
+                publish: if n > 0 {
+                    std::mem::take(events)
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            })
+        }
+        Write::Purge { cutoff, limit } => purge(conn, *cutoff, *limit).map(rows_changed),
+        Write::RecordMessage(session, expected, message, events) => {
+            if update_session_row(conn, session, *expected)? == 0 {
+                return Ok(Applied::default());
+            }
+            let seq = insert_message(conn, message, ReplyState::Pending, false)?;
+            Ok(Applied {
+                rows: 1,
+                seq,
+                publish: store_events(conn, std::mem::take(events))?,
+                ..Default::default()
+            })
+        }
+        Write::InsertReply(message, events) => {
+            match insert_message(conn, message, ReplyState::None, true)? {
+                None => Ok(Applied::default()),
+                Some(seq) => Ok(Applied {
+                    rows: 1,
+                    seq: Some(seq),
+                    publish: store_events(conn, std::mem::take(events))?,
+                    ..Default::default()
+                }),
+            }
+        }
+        Write::ClaimReply {
+            session_id,
+            now,
+            stale_before,
+        } => {
+            let claimed = claim_reply(conn, *session_id, *now, *stale_before)?;
+            Ok(Applied {
+                rows: u64::from(claimed.is_some()),
+                message: claimed,
+                ..Default::default()
+            })
+        }
+        Write::FinishReply(user_message_id, reply, events) => {
+            if !finish_reply(conn, *user_message_id, reply.as_deref())? {
+                return Ok(Applied::default());
+            }
+            Ok(Applied {
+                rows: 1,
+                publish: store_events(conn, std::mem::take(events))?,
+                ..Default::default()
+            })
+        }
+        Write::InsertSetting { name, value } => conn
+            .prepare_cached(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            )?
+            .execute(params![name.as_str(), value.as_str()])
+            .map(rows_changed),
+        Write::Probe => conn
+            .prepare_cached(
+                "INSERT INTO settings (name, value) VALUES ('write_probe', '0') \
+                 ON CONFLICT (name) DO UPDATE SET value = CAST(settings.value AS INTEGER) + 1",
+            )?
+            .execute([])
+            .map(rows_changed),
+        #[cfg(test)]
+        Write::Panic => {
+            conn.execute(
+                "INSERT INTO settings (name, value) VALUES ('half', 'done')",
+                [],
+            )?;
+            panic!("a write panicked halfway")
+        }
+    }
+}
+
+fn rows_changed(rows: usize) -> Applied {
+    Applied {
+        rows: rows as u64,
+        ..Default::default()
+    }
+}
+
+fn insert_agent(conn: &Connection, agent: &Agent) -> rusqlite::Result<usize> {
+    static SQL: LazyLock<String> = LazyLock::new(|| insert('?', "agents", AGENT_COLUMNS, ""));
+    let mut statement = conn.prepare_cached(&SQL)?;
+    let mut args = Params::new(&mut statement);
+    rows::bind_agent(&mut args, agent)?;
+    args.execute()
+}
+
+/// Deletes the agent with its sessions, unless it has active ones: then `Applied::seq` says how many.
+fn delete_agent(conn: &Connection, id: Uuid, active_at: i64) -> rusqlite::Result<Applied> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM agents WHERE id = ?1")?
+        .query_row(params![id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if !exists {
+        return Ok(Applied::default());
+    }
+    let active: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM sessions WHERE agent_id = ?1 AND expires_at > ?2")?
+        .query_row(params![id, active_at], |row| row.get(0))?;
+    if active > 0 {
+        return Ok(Applied {
+            seq: Some(active),
+            ..Default::default()
+        });
+    }
+    for sql in [
+        "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
+        "DELETE FROM events WHERE session_id IN (SELECT id FROM sessions WHERE agent_id = ?1)",
+        "DELETE FROM sessions WHERE agent_id = ?1",
+    ] {
+        conn.prepare_cached(sql)?.execute(params![id])?;
+    }
+    conn.prepare_cached("DELETE FROM agents WHERE id = ?1")?
+        .execute(params![id])
+        .map(rows_changed)
+}
+
+/// Inserts the session only while its agent exists (the writer applies one write at a time, so the check
+/// cannot race a deletion).
+fn insert_session(conn: &Connection, session: &Session) -> rusqlite::Result<usize> {
+    // ?3: `agent_id`, the third of `SESSION_KEY_COLUMNS`.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let condition = "WHERE EXISTS (SELECT 1 FROM agents WHERE id = ?3)";
+        insert_select('?', "sessions", &SESSION_INSERT_COLUMNS, condition)
+    });
+    let mut statement = conn.prepare_cached(&SQL)?;
+    let mut args = Params::new(&mut statement);
+    rows::bind_session_key(&mut args, session)?;
+    rows::bind_session_state(&mut args, session)?;
+    args.execute()
+}
+
+fn update_session_row(
+    conn: &Connection,
+    session: &Session,
+    expected: i64,
+) -> rusqlite::Result<usize> {
+    static SQL: LazyLock<String> = LazyLock::new(|| update_session('?'));
+    let mut statement = conn.prepare_cached(&SQL)?;
+    let mut args = Params::new(&mut statement);
+    rows::bind_session_state(&mut args, session)?;
+    args.bind(session.id)?;
+    args.bind(expected)?;
+    args.execute()
+}
+
+fn delete_session(conn: &Connection, id: Uuid) -> rusqlite::Result<usize> {
+    conn.prepare_cached("DELETE FROM messages WHERE session_id = ?1")?
+        .execute(params![id])?;
+    conn.prepare_cached("DELETE FROM events WHERE session_id = ?1")?
+        .execute(params![id])?;
+    conn.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+        .execute(params![id])
+}
+
+fn purge(conn: &Connection, cutoff: i64, limit: u32) -> rusqlite::Result<usize> {
+    // The same deterministic subquery names the same sessions in all three statements. It follows the
+    // expiry index exactly (its entries are ordered by expires_at, then rowid), so each batch reads only its
+    // own rows; ordering by the id column instead sorted every expired session for every batch.
+    let victims =
+        "SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at, rowid LIMIT ?2";
+    for table in ["messages", "events"] {
+        conn.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE session_id IN ({victims})"
+        ))?
+        .execute(params![cutoff, limit])?;
+    }
+    conn.prepare_cached(&format!("DELETE FROM sessions WHERE id IN ({victims})"))?
+        .execute(params![cutoff, limit])
+}
+
+/// The session's next message to answer, claimed; None while another claim on it is live. The writer applies
+/// one write at a time, so this check-then-claim cannot race.
+fn claim_reply(
+    conn: &Connection,
+    session_id: Uuid,
+    now: i64,
+    stale_before: i64,
+) -> rusqlite::Result<Option<Message>> {
+    let busy: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM messages WHERE session_id = ?1 AND reply_state = ?2 AND claimed_at > ?3 LIMIT 1",
+        )?
+        .query_row(
+            params![session_id, ReplyState::InProgress, stale_before],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if busy.is_some() {
+        return Ok(None);
+    }
+    conn.prepare_cached(&format!(
+        "UPDATE messages SET reply_state = ?2, claimed_at = ?3 WHERE seq = (SELECT seq FROM messages \
+         WHERE session_id = ?1 AND (reply_state = ?4 OR (reply_state = ?2 AND claimed_at <= ?5)) \
+         ORDER BY seq LIMIT 1) RETURNING {MESSAGE_COLUMNS}"
+    ))?
+    .query_row(
+        params![
+            session_id,
+            ReplyState::InProgress,
+            now,
+            ReplyState::Pending,
+            stale_before
+        ],
+        sqlite_rows::message(),
+    )
+    .optional()
+}
+
+/// Ends our claim on `user_message_id`, storing `reply` (if any) while the session exists; false, changing
+/// nothing that stays, when the claim was not ours or the session is gone.
+fn finish_reply(
+    conn: &Connection,
+    user_message_id: Uuid,
+    reply: Option<&Message>,
+) -> rusqlite::Result<bool> {
+    let state = if reply.is_some() {
+        ReplyState::Answered
+    } else {
+        ReplyState::Failed
+    };
+    let ours = conn
+        .prepare_cached("UPDATE messages SET reply_state = ?2 WHERE id = ?1 AND reply_state = ?3")?
+        .execute(params![user_message_id, state, ReplyState::InProgress])?;
+    if ours == 0 {
+        return Ok(false);
+    }
+    match reply {
+        Some(m) => Ok(insert_message(conn, m, ReplyState::None, true)?.is_some()),
+        None => Ok(true),
+    }
+}
+
+/// Stores the persistent events (assigning their seq) and returns all of them for announcement.
+///
+/// The seq is the row's INTEGER PRIMARY KEY, read back with `last_insert_rowid` rather than `RETURNING`: SQLite
+/// buffers `RETURNING` rows in an ephemeral table, and opening and closing that table (a pager and page cache
+/// of its own) on every insert showed in the writer's profile under heartbeats.
+fn store_events(
+    conn: &Connection,
+    events: Vec<SessionEvent>,
+) -> rusqlite::Result<Vec<SessionEvent>> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| insert('?', "events", EVENT_INSERT_COLUMNS, ""));
+    let mut out = Vec::with_capacity(events.len());
+    for mut event in events {
+        if !event.kind().is_transient() {
+            let mut statement = conn.prepare_cached(&SQL)?;
+            let mut args = Params::new(&mut statement);
+            rows::bind_event(&mut args, &event)?;
+            args.execute()?;
+            event.seq = Some(conn.last_insert_rowid());
+        }
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// Inserts a message and returns its seq (see `store_events` on why not `RETURNING`); with `only_if_session`,
+/// inserts nothing and returns None when the session no longer exists.
+fn insert_message(
+    conn: &Connection,
+    message: &Message,
+    state: ReplyState,
+    only_if_session: bool,
+) -> rusqlite::Result<Option<i64>> {
+    // ?2: `session_id`, the second of `MESSAGE_INSERT_COLUMNS`.
+    static IF_SESSION: LazyLock<String> = LazyLock::new(|| {
+        let condition = "WHERE EXISTS (SELECT 1 FROM sessions WHERE id = ?2)";
+        insert_select('?', "messages", MESSAGE_INSERT_COLUMNS, condition)
+    });
+    static ALWAYS: LazyLock<String> =
+        LazyLock::new(|| insert('?', "messages", MESSAGE_INSERT_COLUMNS, ""));
+    let sql = if only_if_session {
+        &IF_SESSION
+    } else {
+        &ALWAYS
+    };
+    let mut statement = conn.prepare_cached(sql)?;
+    let mut args = Params::new(&mut statement);
+    rows::bind_message(&mut args, message, state)?;
+    let inserted = args.execute()?;
+    Ok((inserted > 0).then(|| conn.last_insert_rowid()))
+}
