@@ -93,7 +93,11 @@ impl Publisher {
     /// only, and nothing waits for them).
     pub fn publish(&self, event: &SessionEvent) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.outgoing.send(Outgoing::Event(Box::new(event.clone()))).is_err() {
+        if self
+            .outgoing
+            .send(Outgoing::Event(Box::new(event.clone())))
+            .is_err()
+        {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
