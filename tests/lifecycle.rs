@@ -418,6 +418,10 @@ async fn docs_and_spec_are_served() {
     let html = html.text().await.unwrap();
     assert!(html.contains("SwaggerUIBundle"), "Swagger UI is embedded");
     assert!(
+        html.contains("<title>agent-sessions API</title>"),
+        "the page is titled after the project"
+    );
+    assert!(
         html.contains("createSession"),
         "with the contract's operations"
     );
