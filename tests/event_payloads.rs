@@ -10,7 +10,6 @@ use std::collections::BTreeSet;
 
 use agent_sessions::types;
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::support::*;
 
@@ -199,12 +198,7 @@ async fn every_payload_matches_its_schema_and_generated_type() {
         .to_string();
     let events = raw_events(&ctx, &id).await;
     let exchange = raw_exchange(&ctx, &id, "Hello there").await;
-    let change = types::TimeoutConfigUpdate {
-        timeout_minutes: Some(10.0),
-        ..Default::default()
-    };
-    let patch = ctx.client.update_session_timeout().session_id(&id);
-    patch.body(change).send().await.expect("timeout updated");
+    ctx.update_timeout(&id, timeout_minutes(10.0)).await;
     for minutes in [6, 5] {
         ctx.advance_minutes(minutes);
         let pass = sweeper.run_once(ctx.service.now()).await.expect("a pass");
@@ -213,14 +207,9 @@ async fn every_payload_matches_its_schema_and_generated_type() {
     let mut seen = check(&doc, "SessionStreamEvent", &to_end(events).await);
 
     // Another, deleted while watched.
-    let id = ctx.create_session(None).await.session_id.to_string();
+    let id = ctx.new_session_id(None).await;
     let events = raw_events(&ctx, &id).await;
-    ctx.client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .expect("deleted");
+    ctx.delete(&id).await;
     seen.extend(check(&doc, "SessionStreamEvent", &to_end(events).await));
     assert_eq!(
         seen,
@@ -233,40 +222,8 @@ async fn every_payload_matches_its_schema_and_generated_type() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", closed.local_addr().unwrap());
     drop(closed);
-    let backend = types::AgentBackend {
-        type_: types::AgentBackendType::Webhook,
-        url: Some(url),
-        base_url: None,
-        model: None,
-        api_key_env: None,
-        system_prompt: None,
-    };
-    let request = types::CreateAgentRequest {
-        name: "unreachable".into(),
-        backend: Some(backend.into()),
-        session_defaults: None,
-    };
-    let agent = ctx
-        .client
-        .create_agent()
-        .body(request)
-        .send()
-        .await
-        .unwrap();
-    let session = types::CreateSessionRequest {
-        agent_id: agent.id,
-        user_id: Uuid::new_v4(),
-        metadata: Default::default(),
-        timeout_config: None,
-    };
-    let s = ctx
-        .client
-        .create_session()
-        .body(session)
-        .send()
-        .await
-        .unwrap();
-    let failed = raw_exchange(&ctx, &s.session_id.to_string(), "Anyone there?").await;
+    let id = ctx.session_of(types::AgentBackendInput::webhook(url)).await;
+    let failed = raw_exchange(&ctx, &id, "Anyone there?").await;
     seen.extend(check(&doc, "MessageStreamEvent", &failed));
     assert_eq!(
         seen,
