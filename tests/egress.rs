@@ -20,17 +20,6 @@ async fn context(egress: EgressPolicy) -> TestContext {
     .await
 }
 
-fn webhook(url: String) -> types::AgentBackend {
-    types::AgentBackend {
-        type_: types::AgentBackendType::Webhook,
-        url: Some(url),
-        base_url: None,
-        model: None,
-        api_key_env: None,
-        system_prompt: None,
-    }
-}
-
 fn openai(base_url: String, api_key_env: Option<&str>) -> types::AgentBackend {
     types::AgentBackend {
         type_: types::AgentBackendType::Openai,
@@ -40,21 +29,6 @@ fn openai(base_url: String, api_key_env: Option<&str>) -> types::AgentBackend {
         api_key_env: api_key_env.map(str::to_string),
         system_prompt: None,
     }
-}
-
-async fn create_agent(ctx: &TestContext, backend: types::AgentBackend) -> Uuid {
-    ctx.client
-        .create_agent()
-        .body(types::CreateAgentRequest {
-            name: "egress".into(),
-            backend: Some(backend.into()),
-            session_defaults: None,
-        })
-        .send()
-        .await
-        .expect("agent created")
-        .into_inner()
-        .id
 }
 
 /// Creates an agent from a raw JSON backend, for the bodies the typed SDK would refuse to build or that must fail.
@@ -68,8 +42,9 @@ async fn post_agent(ctx: &TestContext, backend: Value) -> (u16, String, Value) {
     .await
 }
 
-/// Stores an agent as an older server (or an older configuration) would have, past today's validation.
-async fn stored_agent(ctx: &TestContext, backend: AgentBackend) -> Uuid {
+/// A session of an agent stored as an older server (or an older configuration) would have, past today's
+/// validation.
+async fn session_of_stored(ctx: &TestContext, backend: AgentBackend) -> String {
     let agent = Agent {
         id: Uuid::new_v4(),
         name: "stored before the rules".into(),
@@ -78,24 +53,7 @@ async fn stored_agent(ctx: &TestContext, backend: AgentBackend) -> Uuid {
         created_at: ctx.service.now(),
     };
     ctx.store.insert_agent(&agent).await.expect("agent stored");
-    agent.id
-}
-
-async fn session_with(ctx: &TestContext, agent_id: Uuid) -> String {
-    ctx.client
-        .create_session()
-        .body(types::CreateSessionRequest {
-            agent_id,
-            user_id: Uuid::new_v4(),
-            metadata: Default::default(),
-            timeout_config: None,
-        })
-        .send()
-        .await
-        .expect("session created")
-        .into_inner()
-        .session_id
-        .to_string()
+    ctx.session_with(agent.id).await.session_id.to_string()
 }
 
 /// Sends `content` with the `http` transport: the agent's reply text, or the status, code and message.
@@ -104,14 +62,7 @@ async fn ask(
     session: &str,
     content: &str,
 ) -> Result<String, (u16, types::ErrorCode, String)> {
-    let sent = ctx
-        .client
-        .send_message()
-        .session_id(session)
-        .body(message(content, types::TransportType::Http))
-        .send()
-        .await;
-    match sent {
+    match ctx.try_send(session, content).await {
         Ok(response) => Ok(response
             .into_inner()
             .agent_response
@@ -176,8 +127,11 @@ async fn https_webhook_answers_when_the_ca_file_holds_its_ca() {
         captured
     })
     .await;
-    let agent_id = create_agent(&ctx, webhook(format!("https://localhost:{port}/hook"))).await;
-    let session = session_with(&ctx, agent_id).await;
+    let session = ctx
+        .session_of(types::AgentBackendInput::webhook(format!(
+            "https://localhost:{port}/hook"
+        )))
+        .await;
     assert_eq!(
         ask(&ctx, &session, "hello").await,
         Ok("over TLS".to_string())
@@ -192,8 +146,11 @@ async fn https_webhook_without_the_ca_fails_naming_the_certificate_problem() {
     let ca = TestCa::new("agent-sessions untrusted test CA");
     let ctx = context(EgressPolicy::default()).await;
     let (port, server) = serve_once_tls(ca.server_config(&["localhost"]), |_c, _s| async {}).await;
-    let agent_id = create_agent(&ctx, webhook(format!("https://localhost:{port}/hook"))).await;
-    let session = session_with(&ctx, agent_id).await;
+    let session = ctx
+        .session_of(types::AgentBackendInput::webhook(format!(
+            "https://localhost:{port}/hook"
+        )))
+        .await;
     let message = agent_error(ask(&ctx, &session, "hello").await);
     assert!(
         message.contains("webhook could not connect: invalid peer certificate: UnknownIssuer"),
@@ -235,8 +192,7 @@ async fn https_openai_agent_streams_through_the_ca_file_with_its_key() {
     )
     .await;
     let base = format!("https://127.0.0.1:{port}/v1");
-    let agent_id = create_agent(&ctx, openai(base, Some(&key_var))).await;
-    let session = session_with(&ctx, agent_id).await;
+    let session = ctx.session_of(openai(base, Some(&key_var))).await;
     assert_eq!(
         ask(&ctx, &session, "hi").await,
         Ok("secure reply".to_string())
@@ -265,24 +221,14 @@ async fn an_agent_naming_a_variable_outside_the_rule_is_refused_at_creation() {
          in --agent-secret-env (AGENT_SECRET_ENV)"
     );
     assert_eq!(body["error"]["details"]["field"], "backend.apiKeyEnv");
-    assert_eq!(
-        ctx.client
-            .list_agents()
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-            .total,
-        1,
-        "only the demo agent"
-    );
+    assert_eq!(ctx.agents().await.total, 1, "only the demo agent");
 }
 
 #[tokio::test]
 async fn a_stored_agent_naming_a_refused_variable_fails_without_connecting() {
     let ctx = context(EgressPolicy::default()).await;
     let (backend, base) = Untouched::bind();
-    let agent_id = stored_agent(
+    let session = session_of_stored(
         &ctx,
         AgentBackend::OpenAi {
             base_url: format!("{base}/v1"),
@@ -292,7 +238,6 @@ async fn a_stored_agent_naming_a_refused_variable_fails_without_connecting() {
         },
     )
     .await;
-    let session = session_with(&ctx, agent_id).await;
     for attempt in ["first", "second"] {
         let message = agent_error(ask(&ctx, &session, attempt).await);
         assert!(
@@ -324,8 +269,9 @@ async fn a_variable_under_the_prefix_is_sent_as_the_bearer_key() {
     std::env::set_var(&key_var, "sk-egress-prefixed");
     let ctx = context(EgressPolicy::default()).await;
     let (base, server) = completion_server().await;
-    let agent_id = create_agent(&ctx, openai(format!("{base}/v1"), Some(&key_var))).await;
-    let session = session_with(&ctx, agent_id).await;
+    let session = ctx
+        .session_of(openai(format!("{base}/v1"), Some(&key_var)))
+        .await;
     assert_eq!(ask(&ctx, &session, "hi").await, Ok("keyed".to_string()));
     let captured = joined(server).await;
     assert_eq!(
@@ -352,8 +298,9 @@ async fn a_variable_the_operator_listed_is_allowed_and_sent() {
     })
     .await;
     let (base, server) = completion_server().await;
-    let agent_id = create_agent(&ctx, openai(format!("{base}/v1"), Some(&listed))).await;
-    let session = session_with(&ctx, agent_id).await;
+    let session = ctx
+        .session_of(openai(format!("{base}/v1"), Some(&listed)))
+        .await;
     assert_eq!(ask(&ctx, &session, "hi").await, Ok("keyed".to_string()));
     assert_eq!(
         joined(server).await.header("authorization"),
@@ -397,16 +344,7 @@ async fn link_local_and_metadata_backends_are_refused_at_creation() {
             "{message}"
         );
     }
-    assert_eq!(
-        ctx.client
-            .list_agents()
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-            .total,
-        1
-    );
+    assert_eq!(ctx.agents().await.total, 1);
 }
 
 #[tokio::test]
@@ -478,14 +416,13 @@ async fn a_stored_agent_outside_a_later_allowlist_fails_without_connecting() {
     })
     .await;
     let (backend, base) = Untouched::bind();
-    let agent_id = stored_agent(
+    let session = session_of_stored(
         &ctx,
         AgentBackend::Webhook {
             url: format!("{base}/hook"),
         },
     )
     .await;
-    let session = session_with(&ctx, agent_id).await;
     let message = agent_error(ask(&ctx, &session, "hello").await);
     assert!(
         message
@@ -514,8 +451,11 @@ async fn a_listed_host_name_resolves_and_answers() {
     })
     .await;
     let port = base.rsplit(':').next().unwrap();
-    let agent_id = create_agent(&ctx, webhook(format!("http://localhost:{port}/hook"))).await;
-    let session = session_with(&ctx, agent_id).await;
+    let session = ctx
+        .session_of(types::AgentBackendInput::webhook(format!(
+            "http://localhost:{port}/hook"
+        )))
+        .await;
     assert_eq!(ask(&ctx, &session, "hi").await, Ok("local".to_string()));
     joined(server).await;
 }

@@ -18,12 +18,6 @@ const MAX_BODY: usize = 64 * 1024;
 /// The server's metadata limit, in bytes of compact JSON.
 const MAX_METADATA: usize = 10_240;
 
-type Raw = (u16, String, Value);
-
-async fn post_json(ctx: &TestContext, path: &str, body: impl Into<reqwest::Body>) -> Raw {
-    raw(Method::POST, &ctx.url(path), Some("application/json"), body).await
-}
-
 async fn patch_json(ctx: &TestContext, path: &str, body: impl Into<reqwest::Body>) -> Raw {
     raw(
         Method::PATCH,
@@ -32,10 +26,6 @@ async fn patch_json(ctx: &TestContext, path: &str, body: impl Into<reqwest::Body
         body,
     )
     .await
-}
-
-async fn get(ctx: &TestContext, path: &str) -> Raw {
-    raw(Method::GET, &ctx.url(path), None, "").await
 }
 
 fn message(resp: &Raw) -> &str {
@@ -96,11 +86,11 @@ async fn create_with_missing_fields_is_400() {
         json!({ "agentId": null, "userId": null }),
     ];
     for body in bodies {
-        let resp = post_json(&ctx, SESSIONS, body.to_string()).await;
+        let resp = ctx.post_json(SESSIONS, body.to_string()).await;
         assert_error_message(&resp, 400, "VALIDATION_ERROR", MISSING_FIELDS);
     }
     // The raw `{}` as a client would type it, too.
-    let resp = post_json(&ctx, SESSIONS, "{}").await;
+    let resp = ctx.post_json(SESSIONS, "{}").await;
     assert_error_message(&resp, 400, "VALIDATION_ERROR", MISSING_FIELDS);
     assert_eq!(session_count(&ctx).await, 0);
 }
@@ -109,14 +99,16 @@ async fn create_with_missing_fields_is_400() {
 async fn create_checks_missing_fields_before_uuid_format() {
     let ctx = TestContext::new().await;
     // agentId malformed and userId missing: the missing field wins.
-    let resp = post_json(&ctx, SESSIONS, json!({ "agentId": "nope" }).to_string()).await;
+    let resp = ctx
+        .post_json(SESSIONS, json!({ "agentId": "nope" }).to_string())
+        .await;
     assert_error_message(&resp, 400, "VALIDATION_ERROR", MISSING_FIELDS);
-    let resp = post_json(
-        &ctx,
-        SESSIONS,
-        json!({ "agentId": "nope", "userId": "" }).to_string(),
-    )
-    .await;
+    let resp = ctx
+        .post_json(
+            SESSIONS,
+            json!({ "agentId": "nope", "userId": "" }).to_string(),
+        )
+        .await;
     assert_error_message(&resp, 400, "VALIDATION_ERROR", MISSING_FIELDS);
 }
 
@@ -148,7 +140,7 @@ async fn create_with_malformed_uuids_is_400_agent_first() {
         ),
     ];
     for (body, expected) in cases {
-        let resp = post_json(&ctx, SESSIONS, body.to_string()).await;
+        let resp = ctx.post_json(SESSIONS, body.to_string()).await;
         assert_error_message(&resp, 400, "VALIDATION_ERROR", expected);
         assert_eq!(
             resp.2["error"]["details"]["field"],
@@ -171,12 +163,7 @@ async fn create_with_unknown_agent_is_404() {
     let result = ctx
         .client
         .create_session()
-        .body(types::CreateSessionRequest {
-            agent_id: agent,
-            user_id: Uuid::new_v4(),
-            metadata: Default::default(),
-            timeout_config: None,
-        })
+        .body(create_request(agent))
         .send()
         .await;
     let (status, code, msg) = api_error(result);
@@ -194,27 +181,24 @@ async fn create_checks_agent_before_metadata() {
         .client
         .create_session()
         .body(types::CreateSessionRequest {
-            agent_id: agent,
-            user_id: Uuid::new_v4(),
             metadata: metadata_of_size(MAX_METADATA + 1),
-            timeout_config: None,
+            ..create_request(agent)
         })
         .send()
         .await;
-    let (status, code, msg) = api_error(result);
-    assert_eq!((status, code), (404, types::ErrorCode::AgentNotFound));
+    let msg = assert_api_error(result, 404, types::ErrorCode::AgentNotFound);
     assert_eq!(msg, format!("Agent with ID '{agent}' not found"));
     // Also non-object metadata and a wrong-typed timeoutConfig lose to the unknown agent.
-    let resp = post_json(
-        &ctx,
-        SESSIONS,
-        json!({
-            "agentId": agent, "userId": Uuid::new_v4(),
-            "metadata": [1], "timeoutConfig": "soon",
-        })
-        .to_string(),
-    )
-    .await;
+    let resp = ctx
+        .post_json(
+            SESSIONS,
+            json!({
+                "agentId": agent, "userId": Uuid::new_v4(),
+                "metadata": [1], "timeoutConfig": "soon",
+            })
+            .to_string(),
+        )
+        .await;
     assert_error(&resp, 404, "AGENT_NOT_FOUND");
 }
 
@@ -222,10 +206,8 @@ async fn create_checks_agent_before_metadata() {
 async fn create_with_oversized_metadata_is_400() {
     let ctx = TestContext::new().await;
     let request = |metadata| types::CreateSessionRequest {
-        agent_id: ctx.agent_id,
-        user_id: Uuid::new_v4(),
         metadata,
-        timeout_config: None,
+        ..create_request(ctx.agent_id)
     };
     let result = ctx
         .client
@@ -233,8 +215,7 @@ async fn create_with_oversized_metadata_is_400() {
         .body(request(metadata_of_size(MAX_METADATA + 1)))
         .send()
         .await;
-    let (status, code, msg) = api_error(result);
-    assert_eq!((status, code), (400, types::ErrorCode::ValidationError));
+    let msg = assert_api_error(result, 400, types::ErrorCode::ValidationError);
     assert!(msg.contains("10240"), "message names the limit: {msg}");
     assert_eq!(session_count(&ctx).await, 0);
 
@@ -262,7 +243,7 @@ async fn create_with_non_object_metadata_is_400() {
     ] {
         let mut body = create_body(&ctx);
         body["metadata"] = metadata.clone();
-        let resp = post_json(&ctx, SESSIONS, body.to_string()).await;
+        let resp = ctx.post_json(SESSIONS, body.to_string()).await;
         assert_error(&resp, 400, "VALIDATION_ERROR");
         assert_eq!(
             resp.2["error"]["details"]["field"], "metadata",
@@ -297,7 +278,7 @@ async fn create_with_wrongly_typed_timeout_config_is_400() {
     for config in configs {
         let mut body = create_body(&ctx);
         body["timeoutConfig"] = config.clone();
-        let resp = post_json(&ctx, SESSIONS, body.to_string()).await;
+        let resp = ctx.post_json(SESSIONS, body.to_string()).await;
         assert_error(&resp, 400, "VALIDATION_ERROR");
         let field = resp.2["error"]["details"]["field"].as_str().unwrap_or("");
         assert!(
@@ -321,7 +302,7 @@ async fn create_with_malformed_json_is_400_not_500() {
         b"{\"agentId\":\"a\",}",
     ];
     for body in bodies {
-        let resp = post_json(&ctx, SESSIONS, body.to_vec()).await;
+        let resp = ctx.post_json(SESSIONS, body.to_vec()).await;
         assert_error(&resp, 400, "VALIDATION_ERROR");
         assert!(
             message(&resp).starts_with("Malformed JSON"),
@@ -369,13 +350,19 @@ fn padded_create_body(ctx: &TestContext, len: usize) -> Vec<u8> {
 #[tokio::test]
 async fn create_with_body_over_64k_is_413() {
     let ctx = TestContext::new().await;
-    let resp = post_json(&ctx, SESSIONS, padded_create_body(&ctx, MAX_BODY + 1)).await;
+    let resp = ctx
+        .post_json(SESSIONS, padded_create_body(&ctx, MAX_BODY + 1))
+        .await;
     assert_error(&resp, 413, "PAYLOAD_TOO_LARGE");
-    let resp = post_json(&ctx, SESSIONS, padded_create_body(&ctx, 4 * MAX_BODY)).await;
+    let resp = ctx
+        .post_json(SESSIONS, padded_create_body(&ctx, 4 * MAX_BODY))
+        .await;
     assert_error(&resp, 413, "PAYLOAD_TOO_LARGE");
     assert_eq!(session_count(&ctx).await, 0);
     // The limit itself is accepted.
-    let resp = post_json(&ctx, SESSIONS, padded_create_body(&ctx, MAX_BODY)).await;
+    let resp = ctx
+        .post_json(SESSIONS, padded_create_body(&ctx, MAX_BODY))
+        .await;
     assert_eq!(
         resp.0, 201,
         "a body of exactly 64 KiB is accepted: {}",
@@ -393,28 +380,25 @@ fn chunked(body: Vec<u8>, chunk: usize) -> reqwest::Body {
 #[tokio::test]
 async fn create_with_chunked_body_over_64k_is_413() {
     let ctx = TestContext::new().await;
-    let resp = post_json(
-        &ctx,
-        SESSIONS,
-        chunked(padded_create_body(&ctx, MAX_BODY + 1), 4096),
-    )
-    .await;
+    let resp = ctx
+        .post_json(
+            SESSIONS,
+            chunked(padded_create_body(&ctx, MAX_BODY + 1), 4096),
+        )
+        .await;
     assert_error(&resp, 413, "PAYLOAD_TOO_LARGE");
-    let resp = post_json(
-        &ctx,
-        SESSIONS,
-        chunked(padded_create_body(&ctx, 2 * MAX_BODY), 8192),
-    )
-    .await;
+    let resp = ctx
+        .post_json(
+            SESSIONS,
+            chunked(padded_create_body(&ctx, 2 * MAX_BODY), 8192),
+        )
+        .await;
     assert_error(&resp, 413, "PAYLOAD_TOO_LARGE");
     assert_eq!(session_count(&ctx).await, 0);
     // Control: a chunked body within the limit is read whole and creates the session.
-    let resp = post_json(
-        &ctx,
-        SESSIONS,
-        chunked(padded_create_body(&ctx, MAX_BODY), 1000),
-    )
-    .await;
+    let resp = ctx
+        .post_json(SESSIONS, chunked(padded_create_body(&ctx, MAX_BODY), 1000))
+        .await;
     assert_eq!(resp.0, 201, "{}", resp.2);
     assert_eq!(session_count(&ctx).await, 1);
 }
@@ -470,8 +454,7 @@ async fn unknown_session_id_is_404_everywhere() {
 
 #[tokio::test]
 async fn malformed_session_id_is_404_never_400() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let ids = [
         "not-a-uuid".to_string(),
         "12345".to_string(),
@@ -486,14 +469,7 @@ async fn malformed_session_id_is_404_never_400() {
         assert_session_not_found_everywhere(&ctx, id).await;
     }
     // The session itself is untouched by all of that.
-    let got = ctx
-        .client
-        .get_session()
-        .session_id(session.session_id.to_string())
-        .send()
-        .await
-        .expect("session still there")
-        .into_inner();
+    let got = ctx.get(session.session_id).await;
     assert_eq!(got.renewal_count, 0);
     assert_eq!(got.expires_at, session.expires_at);
 }
@@ -521,31 +497,15 @@ async fn non_utf8_session_id_is_404() {
 
 #[tokio::test]
 async fn deleted_session_is_404_everywhere() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let id = session.session_id.to_string();
-    ctx.client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .expect("delete");
+    ctx.delete(&id).await;
     assert_session_not_found_everywhere(&ctx, &id).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // updateSessionTimeout
 // ---------------------------------------------------------------------------------------------------------------
-
-async fn get_session(ctx: &TestContext, id: Uuid) -> types::Session {
-    ctx.client
-        .get_session()
-        .session_id(id.to_string())
-        .send()
-        .await
-        .expect("get session")
-        .into_inner()
-}
 
 /// The parts of a session a failed request must not change.
 fn state(s: &types::Session) -> Value {
@@ -559,9 +519,8 @@ fn state(s: &types::Session) -> Value {
 
 #[tokio::test]
 async fn patch_timeout_out_of_range_is_400_and_changes_nothing() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(Some(timeout_minutes(60.0))).await;
-    let before = state(&get_session(&ctx, session.session_id).await);
+    let (ctx, session) = TestContext::with_session(Some(timeout_minutes(60.0))).await;
+    let before = state(&ctx.get(session.session_id).await);
     ctx.advance_minutes(1);
     for minutes in [4.0, 1441.0, 4.999, 1440.5, 0.0, -30.0] {
         let result = ctx
@@ -579,7 +538,7 @@ async fn patch_timeout_out_of_range_is_400_and_changes_nothing() {
             "timeoutMinutes {minutes}"
         );
         assert_eq!(msg, BAD_TIMEOUT, "timeoutMinutes {minutes}");
-        let after = state(&get_session(&ctx, session.session_id).await);
+        let after = state(&ctx.get(session.session_id).await);
         assert_eq!(
             after, before,
             "timeoutMinutes {minutes} changed the session"
@@ -599,7 +558,7 @@ async fn patch_timeout_out_of_range_is_400_and_changes_nothing() {
         .send()
         .await;
     assert_eq!(api_error(result).2, BAD_TIMEOUT);
-    assert_eq!(state(&get_session(&ctx, session.session_id).await), before);
+    assert_eq!(state(&ctx.get(session.session_id).await), before);
 
     // Control: the bounds themselves are accepted.
     for minutes in [5.0, 1440.0] {
@@ -618,10 +577,9 @@ async fn patch_timeout_out_of_range_is_400_and_changes_nothing() {
 
 #[tokio::test]
 async fn patch_timeout_with_bad_body_is_400_and_changes_nothing() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let path = format!("{SESSIONS}/{}/timeout", session.session_id);
-    let before = state(&get_session(&ctx, session.session_id).await);
+    let before = state(&ctx.get(session.session_id).await);
     let bodies: [&[u8]; 12] = [
         b"{",
         b"",
@@ -640,7 +598,7 @@ async fn patch_timeout_with_bad_body_is_400_and_changes_nothing() {
         let resp = patch_json(&ctx, &path, body.to_vec()).await;
         assert_error(&resp, 400, "VALIDATION_ERROR");
         assert_eq!(
-            state(&get_session(&ctx, session.session_id).await),
+            state(&ctx.get(session.session_id).await),
             before,
             "body {:?} changed the session",
             String::from_utf8_lossy(body)
@@ -653,10 +611,9 @@ async fn patch_timeout_with_bad_body_is_400_and_changes_nothing() {
 
 #[tokio::test]
 async fn patch_timeout_wrong_content_type_is_415_and_too_large_is_413() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let url = ctx.url(&format!("{SESSIONS}/{}/timeout", session.session_id));
-    let before = state(&get_session(&ctx, session.session_id).await);
+    let before = state(&ctx.get(session.session_id).await);
     let body = json!({ "timeoutMinutes": 10 }).to_string();
     for content_type in [Some("text/plain"), None] {
         let resp = raw(Method::PATCH, &url, content_type, body.clone()).await;
@@ -674,7 +631,7 @@ async fn patch_timeout_wrong_content_type_is_415_and_too_large_is_413() {
     )
     .await;
     assert_error(&resp, 413, "PAYLOAD_TOO_LARGE");
-    assert_eq!(state(&get_session(&ctx, session.session_id).await), before);
+    assert_eq!(state(&ctx.get(session.session_id).await), before);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -701,16 +658,19 @@ async fn list_with_bad_query_values_is_400() {
         "userId=%00",
     ];
     for query in queries {
-        let resp = get(&ctx, &format!("{SESSIONS}?{query}")).await;
+        let resp = ctx.get_raw(&format!("{SESSIONS}?{query}")).await;
         assert_error(&resp, 400, "VALIDATION_ERROR");
         assert!(!message(&resp).is_empty(), "?{query}: {}", resp.2);
     }
     // Through the SDK too (it cannot send 0, but it can send a value over the maximum).
-    let (status, code, _) = api_error(ctx.client.list_sessions().limit(5000u32).send().await);
-    assert_eq!((status, code), (400, types::ErrorCode::ValidationError));
+    assert_api_error(
+        ctx.client.list_sessions().limit(5000u32).send().await,
+        400,
+        types::ErrorCode::ValidationError,
+    );
     // Control: the bounds are accepted.
     for query in ["limit=1", "limit=1000", "offset=0"] {
-        let resp = get(&ctx, &format!("{SESSIONS}?{query}")).await;
+        let resp = ctx.get_raw(&format!("{SESSIONS}?{query}")).await;
         assert_eq!(resp.0, 200, "?{query}: {}", resp.2);
     }
 }
@@ -724,13 +684,13 @@ async fn unknown_agent_is_404_on_get_and_delete() {
     let ctx = TestContext::new().await;
     for id in [Uuid::new_v4().to_string(), "not-a-uuid".to_string()] {
         let expected = format!("Agent with ID '{id}' not found");
-        let (status, code, msg) = api_error(ctx.client.get_agent().agent_id(&id).send().await);
+        let (status, code, msg) = api_error(ctx.try_agent(&id).await);
         assert_eq!(
             (status, code, msg.as_str()),
             (404, types::ErrorCode::AgentNotFound, expected.as_str()),
             "getAgent {id}"
         );
-        let (status, code, msg) = api_error(ctx.client.delete_agent().agent_id(&id).send().await);
+        let (status, code, msg) = api_error(ctx.try_delete_agent(&id).await);
         assert_eq!(
             (status, code, msg.as_str()),
             (404, types::ErrorCode::AgentNotFound, expected.as_str()),
@@ -743,45 +703,22 @@ async fn unknown_agent_is_404_on_get_and_delete() {
 #[tokio::test]
 async fn deleted_agent_is_404_and_cannot_get_sessions() {
     let ctx = TestContext::new().await;
-    let agent = ctx
-        .client
-        .create_agent()
-        .body(types::CreateAgentRequest {
-            name: "short-lived".into(),
-            backend: None,
-            session_defaults: None,
-        })
-        .send()
-        .await
-        .expect("create agent")
-        .into_inner();
-    ctx.client
-        .delete_agent()
-        .agent_id(agent.id.to_string())
-        .send()
-        .await
-        .expect("delete agent");
-    let (status, code, _) = api_error(
-        ctx.client
-            .get_agent()
-            .agent_id(agent.id.to_string())
-            .send()
-            .await,
+    let agent = ctx.create_agent(agent_request("short-lived")).await;
+    ctx.delete_agent(agent.id).await;
+    assert_api_error(
+        ctx.try_agent(agent.id).await,
+        404,
+        types::ErrorCode::AgentNotFound,
     );
-    assert_eq!((status, code), (404, types::ErrorCode::AgentNotFound));
-    let (status, code, msg) = api_error(
+    let msg = assert_api_error(
         ctx.client
             .create_session()
-            .body(types::CreateSessionRequest {
-                agent_id: agent.id,
-                user_id: Uuid::new_v4(),
-                metadata: Default::default(),
-                timeout_config: None,
-            })
+            .body(create_request(agent.id))
             .send()
             .await,
+        404,
+        types::ErrorCode::AgentNotFound,
     );
-    assert_eq!((status, code), (404, types::ErrorCode::AgentNotFound));
     assert_eq!(msg, format!("Agent with ID '{}' not found", agent.id));
 }
 
@@ -827,7 +764,7 @@ async fn create_agent_with_bad_body_is_400() {
         ),
     ];
     for (body, field) in cases {
-        let resp = post_json(&ctx, "/api/agents", body.to_string()).await;
+        let resp = ctx.post_json("/api/agents", body.to_string()).await;
         assert_error(&resp, 400, "VALIDATION_ERROR");
         assert_eq!(
             resp.2["error"]["details"]["field"], field,
@@ -835,19 +772,19 @@ async fn create_agent_with_bad_body_is_400() {
             resp.2
         );
     }
-    let resp = post_json(&ctx, "/api/agents", "{}").await;
+    let resp = ctx.post_json("/api/agents", "{}").await;
     assert_error_message(
         &resp,
         400,
         "VALIDATION_ERROR",
         "Missing required field: name",
     );
-    let resp = post_json(
-        &ctx,
-        "/api/agents",
-        json!({ "name": "a", "backend": { "type": "telepathy" } }).to_string(),
-    )
-    .await;
+    let resp = ctx
+        .post_json(
+            "/api/agents",
+            json!({ "name": "a", "backend": { "type": "telepathy" } }).to_string(),
+        )
+        .await;
     assert_error_message(
         &resp,
         400,
@@ -864,7 +801,7 @@ async fn create_webhook_agent_without_url_is_400_through_the_sdk() {
         .client
         .create_agent()
         .body(types::CreateAgentRequest {
-            name: "hook".into(),
+            // The agent as read back, without its URL.
             backend: Some(
                 types::AgentBackend {
                     type_: types::AgentBackendType::Webhook,
@@ -876,25 +813,21 @@ async fn create_webhook_agent_without_url_is_400_through_the_sdk() {
                 }
                 .into(),
             ),
-            session_defaults: None,
+            ..agent_request("hook")
         })
         .send()
         .await;
-    let (status, code, msg) = api_error(result);
-    assert_eq!((status, code), (400, types::ErrorCode::ValidationError));
+    let msg = assert_api_error(result, 400, types::ErrorCode::ValidationError);
     assert!(msg.contains("backend.url"), "{msg}");
-    let (status, code, _) = api_error(
+    assert_api_error(
         ctx.client
             .create_agent()
-            .body(types::CreateAgentRequest {
-                name: String::new(),
-                backend: None,
-                session_defaults: None,
-            })
+            .body(agent_request(""))
             .send()
             .await,
+        400,
+        types::ErrorCode::ValidationError,
     );
-    assert_eq!((status, code), (400, types::ErrorCode::ValidationError));
     assert_eq!(agent_count(&ctx).await, 1);
 }
 
@@ -922,8 +855,7 @@ async fn create_agent_wrong_content_type_is_415_too_large_is_413_malformed_is_40
 
 #[tokio::test]
 async fn unknown_routes_are_404_not_found() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let id = session.session_id;
     let cases = [
         (Method::GET, "/nope".to_string()),
@@ -952,8 +884,7 @@ async fn unknown_routes_are_404_not_found() {
 
 #[tokio::test]
 async fn wrong_methods_are_405() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let id = session.session_id;
     // With the `Allow` header RFC 9110 requires: the methods the contract documents for the path.
     let cases = [
@@ -994,7 +925,7 @@ async fn wrong_methods_are_405() {
         );
     }
     // None of that touched the session.
-    let got = get_session(&ctx, id).await;
+    let got = ctx.get(id).await;
     assert_eq!(state(&got), state(&session));
     assert_eq!(session_count(&ctx).await, 1);
 }
@@ -1016,13 +947,7 @@ async fn health_is_reserved_only_for_get() {
         "SESSION_NOT_FOUND",
         "Session 'health' not found",
     );
-    let (status, code, msg) = api_error(
-        ctx.client
-            .delete_session()
-            .session_id("health")
-            .send()
-            .await,
-    );
+    let (status, code, msg) = api_error(ctx.try_delete("health").await);
     assert_eq!(
         (status, code, msg.as_str()),
         (
@@ -1032,19 +957,13 @@ async fn health_is_reserved_only_for_get() {
         )
     );
 
-    let resp = get(&ctx, &format!("{SESSIONS}/health")).await;
+    let resp = ctx.get_raw(&format!("{SESSIONS}/health")).await;
     assert_eq!(resp.0, 200, "{}", resp.2);
     assert!(resp.1.starts_with("application/json"), "{}", resp.1);
     assert_eq!(resp.2["status"], "healthy");
     assert_eq!(resp.2["activeSessions"], 1);
     assert!(resp.2.get("error").is_none(), "{}", resp.2);
-    let health = ctx
-        .client
-        .get_sessions_health()
-        .send()
-        .await
-        .expect("health")
-        .into_inner();
+    let health = ctx.health().await;
     assert_eq!(health.status, "healthy");
     assert_eq!(health.active_sessions, 1);
 }
@@ -1083,8 +1002,7 @@ fn nested(depth: usize) -> String {
 
 #[tokio::test]
 async fn bad_input_never_gets_plain_text_or_a_5xx() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let sid = session.session_id;
     let agent = ctx.agent_id;
     let user = Uuid::new_v4();
@@ -1281,7 +1199,7 @@ async fn bad_input_never_gets_plain_text_or_a_5xx() {
 
     let sessions_before = session_count(&ctx).await;
     let agents_before = agent_count(&ctx).await;
-    let state_before = state(&get_session(&ctx, sid).await);
+    let state_before = state(&ctx.get(sid).await);
     for c in cases {
         let label = format!(
             "{} {} {:?} body {:?}",
@@ -1332,17 +1250,11 @@ async fn bad_input_never_gets_plain_text_or_a_5xx() {
         );
     }
     assert_eq!(
-        state(&get_session(&ctx, sid).await),
+        state(&ctx.get(sid).await),
         state_before,
         "the session was changed by a malformed request"
     );
-    let health = ctx
-        .client
-        .get_sessions_health()
-        .send()
-        .await
-        .expect("the server still answers health")
-        .into_inner();
+    let health = ctx.health().await;
     assert_eq!(health.status, "healthy");
     assert_eq!(health.active_sessions, 1);
 }

@@ -233,6 +233,19 @@ fn gen_case(seed: u64) -> Case {
 }
 
 /// Runs one case in a fresh session of `ctx`; returns how many requests it made.
+/// Paging visited every message once, in the order `expected` lists them.
+fn assert_visited<'a>(visited: &[Uuid], expected: impl Iterator<Item = &'a Stored>, what: &str) {
+    let expected: Vec<Uuid> = expected.map(|m| m.id).collect();
+    let unique: HashSet<Uuid> = visited.iter().copied().collect();
+    assert_eq!(visited.len(), expected.len(), "{what}: visited count");
+    assert_eq!(
+        unique.len(),
+        expected.len(),
+        "{what}: visited a message twice"
+    );
+    assert_eq!(visited, expected, "{what}: order");
+}
+
 async fn run_case(ctx: &TestContext, case: &Case) -> usize {
     let mut rng = Rng(case.seed ^ 0xD1B5_4A32_D192_ED03);
     let session = ctx.create_session(None).await;
@@ -402,17 +415,7 @@ async fn run_case(ctx: &TestContext, case: &Case) -> usize {
         }
         before = Some(list.cursors.as_ref().expect("cursors").before);
     }
-    let unique: HashSet<Uuid> = visited.iter().copied().collect();
-    assert_eq!(visited.len(), case.n, "{case}: backward visited count");
-    assert_eq!(
-        unique.len(),
-        case.n,
-        "{case}: backward visited a message twice"
-    );
-    assert!(
-        visited.iter().eq(newest_first.iter().map(|m| &m.id)),
-        "{case}: backward order"
-    );
+    assert_visited(&visited, newest_first.iter(), &format!("{case}: backward"));
 
     // Forward from before the oldest.
     let oldest_ms = chronological.first().map_or(base, |m| m.ms);
@@ -462,17 +465,7 @@ async fn run_case(ctx: &TestContext, case: &Case) -> usize {
         }
         after = list.cursors.as_ref().expect("cursors").after;
     }
-    let unique: HashSet<Uuid> = visited.iter().copied().collect();
-    assert_eq!(visited.len(), case.n, "{case}: forward visited count");
-    assert_eq!(
-        unique.len(),
-        case.n,
-        "{case}: forward visited a message twice"
-    );
-    assert!(
-        visited.iter().eq(chronological.iter().map(|m| &m.id)),
-        "{case}: forward order"
-    );
+    assert_visited(&visited, chronological.iter(), &format!("{case}: forward"));
 
     // Pages past either end are empty, without cursors, and have nothing more.
     let newest_ms = chronological.last().map_or(base, |m| m.ms);
@@ -538,8 +531,7 @@ async fn pagination_visits_every_message_once_in_both_directions() {
 /// `limit` is clamped to 1..=100 (0 and negatives read as 1, over 100 as 100), default 50, in both directions.
 #[tokio::test]
 async fn limit_is_clamped_to_one_through_one_hundred() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let sid = session.session_id;
     let base = session.created_at.timestamp_millis() + 1;
     for i in 0..150 {
@@ -605,14 +597,26 @@ fn summary(history: &[types::Message]) -> Vec<String> {
         .collect()
 }
 
-fn send_request(content: String, transport: types::TransportType) -> types::SendMessageRequest {
-    types::SendMessageRequest {
-        attachments: vec![],
-        content,
-        metadata: Default::default(),
-        mode: None,
-        transport: Some(transport),
-    }
+/// Sends `m0`, `m1`, ... `m{n-1}` at once, each from a task of its own, `mi` with the transport `transport(i)`;
+/// returns each send's index, transport, status and body, in the order of the indices. A failed send panics.
+async fn concurrent_sends(
+    ctx: &TestContext,
+    session: &str,
+    n: usize,
+    transport: fn(usize) -> types::TransportType,
+) -> Vec<(usize, types::TransportType, u16, types::MessageResponse)> {
+    let sends = (0..n).map(|i| {
+        let (client, session) = (ctx.client.clone(), session.to_string());
+        tokio::spawn(async move {
+            let request = message(&format!("m{i}"), transport(i));
+            let call = client.send_message().session_id(session).body(request);
+            let resp = call.send().await;
+            let resp = resp.unwrap_or_else(|e| panic!("send m{i}: {e:?}"));
+            (i, transport(i), resp.status().as_u16(), resp.into_inner())
+        })
+    });
+    let joined = join_all(sends).await.into_iter();
+    joined.map(|sent| sent.expect("send task")).collect()
 }
 
 /// Replies are stored in the order of the messages they answer: the k-th reply in the history answers the
@@ -668,25 +672,10 @@ fn assert_replies_in_message_order(
 /// order of the messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_http_sends_are_answered_in_message_order() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let sid = session.session_id.to_string();
-    let sends = (0..40).map(|i| {
-        let client = ctx.client.clone();
-        let sid = sid.clone();
-        tokio::spawn(async move {
-            let resp = client
-                .send_message()
-                .session_id(sid)
-                .body(send_request(format!("m{i}"), types::TransportType::Http))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("send m{i}: {e:?}"));
-            (i, resp.status().as_u16(), resp.into_inner())
-        })
-    });
-    for joined in join_all(sends).await {
-        let (i, status, body) = joined.expect("send task");
+    let http = |_| types::TransportType::Http;
+    for (i, _, status, body) in concurrent_sends(&ctx, &sid, 40, http).await {
         assert_eq!(status, 201, "m{i}");
         assert_eq!(body.user_message.content, format!("m{i}"));
         let reply = body
@@ -711,30 +700,13 @@ async fn concurrent_http_sends_are_answered_in_message_order() {
 /// answered, every earlier reply is stored, in the order of the messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_transport_sends_are_answered_in_message_order() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let sid = session.session_id.to_string();
-    let sends = (0..39).map(|i| {
-        let client = ctx.client.clone();
-        let sid = sid.clone();
-        let transport = if i % 2 == 0 {
-            types::TransportType::Websocket
-        } else {
-            types::TransportType::Http
-        };
-        tokio::spawn(async move {
-            let resp = client
-                .send_message()
-                .session_id(sid)
-                .body(send_request(format!("m{i}"), transport))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("send m{i}: {e:?}"));
-            (i, transport, resp.status().as_u16(), resp.into_inner())
-        })
-    });
-    for joined in join_all(sends).await {
-        let (i, transport, status, body) = joined.expect("send task");
+    let alternate = |i| match i % 2 {
+        0 => types::TransportType::Websocket,
+        _ => types::TransportType::Http,
+    };
+    for (i, transport, status, body) in concurrent_sends(&ctx, &sid, 39, alternate).await {
         assert_eq!(status, 201, "m{i}");
         assert_eq!(body.user_message.content, format!("m{i}"));
         match transport {
@@ -745,15 +717,7 @@ async fn mixed_transport_sends_are_answered_in_message_order() {
             _ => assert_eq!(body.agent_response, None, "websocket answers at once"),
         }
     }
-    let last = ctx
-        .client
-        .send_message()
-        .session_id(sid.clone())
-        .body(send_request("m39".into(), types::TransportType::Http))
-        .send()
-        .await
-        .expect("last send")
-        .into_inner();
+    let last = ctx.send(&sid, "m39", types::TransportType::Http).await;
     assert_eq!(
         last.agent_response.map(|r| r.text).as_deref(),
         Some("Echo: m39")
@@ -855,63 +819,14 @@ async fn agent_is_asked_one_message_at_a_time_in_stored_order() {
 
     let ctx = TestContext::new().await;
     let (url, log) = mock_webhook().await;
-    let agent = ctx
-        .client
-        .create_agent()
-        .body(types::CreateAgentRequest {
-            name: "lingering hook".into(),
-            backend: Some(
-                types::AgentBackend {
-                    type_: types::AgentBackendType::Webhook,
-                    url: Some(url),
-                    api_key_env: None,
-                    base_url: None,
-                    model: None,
-                    system_prompt: None,
-                }
-                .into(),
-            ),
-            session_defaults: None,
-        })
-        .send()
-        .await
-        .expect("create webhook agent")
-        .into_inner();
-    let session = ctx
-        .client
-        .create_session()
-        .body(types::CreateSessionRequest {
-            agent_id: agent.id,
-            user_id: Uuid::new_v4(),
-            metadata: Default::default(),
-            timeout_config: None,
-        })
-        .send()
-        .await
-        .expect("create session")
-        .into_inner();
+    let agent = ctx.agent_with(types::AgentBackendInput::webhook(url)).await;
+    let session = ctx.session_with(agent).await;
     let sid = session.session_id.to_string();
-    let sends = (0..24).map(|i| {
-        let client = ctx.client.clone();
-        let sid = sid.clone();
-        let transport = if i % 3 == 0 {
-            types::TransportType::Websocket
-        } else {
-            types::TransportType::Http
-        };
-        tokio::spawn(async move {
-            let resp = client
-                .send_message()
-                .session_id(sid)
-                .body(send_request(format!("m{i}"), transport))
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("send m{i}: {e:?}"));
-            (i, transport, resp.into_inner())
-        })
-    });
-    for joined in join_all(sends).await {
-        let (i, transport, body) = joined.expect("send task");
+    let one_in_three = |i| match i % 3 {
+        0 => types::TransportType::Websocket,
+        _ => types::TransportType::Http,
+    };
+    for (i, transport, _, body) in concurrent_sends(&ctx, &sid, 24, one_in_three).await {
         if transport == types::TransportType::Http {
             assert_eq!(
                 body.agent_response.map(|r| r.text),
@@ -919,15 +834,7 @@ async fn agent_is_asked_one_message_at_a_time_in_stored_order() {
             );
         }
     }
-    let last = ctx
-        .client
-        .send_message()
-        .session_id(sid.clone())
-        .body(send_request("m24".into(), types::TransportType::Http))
-        .send()
-        .await
-        .expect("last send")
-        .into_inner();
+    let last = ctx.send(&sid, "m24", types::TransportType::Http).await;
     assert_eq!(
         last.agent_response.map(|r| r.text).as_deref(),
         Some("Hook: m24")
@@ -966,28 +873,12 @@ async fn agent_is_asked_one_message_at_a_time_in_stored_order() {
 /// still expires on time.
 #[tokio::test]
 async fn reading_history_does_not_renew() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let sid = session.session_id;
-    let sent = ctx
-        .client
-        .send_message()
-        .session_id(sid.to_string())
-        .body(send_request("hello".into(), types::TransportType::Http))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(sent.status().as_u16(), 201);
-    let get_session = || async {
-        ctx.client
-            .get_session()
-            .session_id(sid.to_string())
-            .send()
-            .await
-            .expect("get session")
-            .into_inner()
-    };
-    let before = get_session().await;
+    let sent = ctx.client.send_message().session_id(sid.to_string());
+    let sent = sent.body(message("hello", types::TransportType::Http));
+    assert_eq!(sent.send().await.expect("send").status().as_u16(), 201);
+    let before = ctx.get(sid).await;
     ctx.advance_minutes(10);
     let now_ms = before.last_activity.timestamp_millis() + 10 * 60_000;
     for (before_cursor, after_cursor) in [
@@ -999,7 +890,7 @@ async fn reading_history_does_not_renew() {
         let list = page(&ctx, sid, Some(1), before_cursor, after_cursor).await;
         assert!(!list.messages.is_empty());
     }
-    let after = get_session().await;
+    let after = ctx.get(sid).await;
     assert_eq!(after.last_activity, before.last_activity, "lastActivity");
     assert_eq!(after.expires_at, before.expires_at, "expiresAt");
     assert_eq!(after.renewal_count, before.renewal_count, "renewalCount");
@@ -1010,14 +901,11 @@ async fn reading_history_does_not_renew() {
     );
     // 30 minutes after the last activity the session is expired, reads or not.
     ctx.advance_minutes(20);
-    let (status, code, _) = api_error(
-        ctx.client
-            .get_messages()
-            .session_id(sid.to_string())
-            .send()
-            .await,
+    assert_api_error(
+        ctx.try_history_page(sid).await,
+        410,
+        types::ErrorCode::SessionExpired,
     );
-    assert_eq!((status, code), (410, types::ErrorCode::SessionExpired));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1026,8 +914,7 @@ async fn reading_history_does_not_renew() {
 
 #[tokio::test]
 async fn history_errors() {
-    let ctx = TestContext::new().await;
-    let session = ctx.create_session(None).await;
+    let (ctx, session) = TestContext::with_session(None).await;
     let sid = session.session_id.to_string();
 
     // Cursors that are neither epoch ms nor ISO-8601.
@@ -1052,24 +939,14 @@ async fn history_errors() {
         );
     }
     // A limit that is not an integer is a validation error too, in the API's error shape.
-    let resp = raw(
-        reqwest::Method::GET,
-        &ctx.url(&format!("/api/messaging/sessions/{sid}/messages?limit=ten")),
-        None,
-        "",
-    )
-    .await;
+    let resp = ctx
+        .get_raw(&format!("/api/messaging/sessions/{sid}/messages?limit=ten"))
+        .await;
     assert_error(&resp, 400, "VALIDATION_ERROR");
 
     // Unknown and malformed session ids.
     for id in [Uuid::new_v4().to_string(), "not-a-uuid".to_string()] {
-        let (status, code, message) = api_error(
-            ctx.client
-                .get_messages()
-                .session_id(id.clone())
-                .send()
-                .await,
-        );
+        let (status, code, message) = api_error(ctx.try_history_page(id.clone()).await);
         assert_eq!(
             (status, code),
             (404, types::ErrorCode::SessionNotFound),
@@ -1079,17 +956,10 @@ async fn history_errors() {
 
     // Expired (past the default 30-minute timeout).
     ctx.advance_minutes(31);
-    let (status, code, message) = api_error(
-        ctx.client
-            .get_messages()
-            .session_id(sid.clone())
-            .send()
-            .await,
-    );
-    assert_eq!(
-        (status, code),
-        (410, types::ErrorCode::SessionExpired),
-        "{message}"
+    let message = assert_api_error(
+        ctx.try_history_page(sid.clone()).await,
+        410,
+        types::ErrorCode::SessionExpired,
     );
     assert!(message.contains(&sid), "{message}");
 }

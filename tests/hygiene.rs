@@ -182,12 +182,7 @@ async fn a_kept_alive_connection_closes_at_the_idle_timeout_not_the_header_timeo
     })
     .await;
     let addr = host_port(&ctx);
-    let mut socket = TcpStream::connect(&addr).await.unwrap();
-    let request = format!("GET /api/messaging/sessions/health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    socket.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 8192];
-    let n = socket.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut socket = kept_alive(&addr).await;
     let answered = Instant::now();
     let after = closed_after(&mut socket, answered).await;
     println!(
@@ -195,6 +190,17 @@ async fn a_kept_alive_connection_closes_at_the_idle_timeout_not_the_header_timeo
     );
     assert!(after >= idle - Duration::from_millis(50), "{after:?}");
     assert!(after < idle + Duration::from_secs(3), "{after:?}");
+}
+
+/// A connection that asked for the health check once, was answered 200, and is kept alive.
+async fn kept_alive(addr: &str) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /api/messaging/sessions/health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 8192];
+    let n = socket.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    socket
 }
 
 /// Reads from an open event stream until `needle` arrives.
@@ -223,12 +229,7 @@ async fn beyond_the_connection_cap_idle_connections_give_way_and_busy_ones_keep_
     let session = ctx.create_session(None).await.session_id;
     let health = ctx.url("/api/messaging/sessions/health");
     // A hoarder: one request, then its connection idles, kept alive (for a minute, were the server not full).
-    let mut hoarder = TcpStream::connect(&addr).await.unwrap();
-    let request = format!("GET /api/messaging/sessions/health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    hoarder.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 8192];
-    let n = hoarder.read(&mut buf).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let mut hoarder = kept_alive(&addr).await;
     // Event streams in every other place: the cap is full.
     let mut streams = Vec::new();
     for _ in 0..CAP - 1 {
@@ -313,13 +314,9 @@ async fn a_thousand_idle_event_streams_leave_room_for_ordinary_requests() {
 
     let served = latencies(&ctx, 100).await;
     // The bound on streams answers at once, with the JSON error.
-    let over = raw(
-        reqwest::Method::GET,
-        &ctx.url(&format!("/api/messaging/sessions/{session}/events")),
-        None,
-        "",
-    )
-    .await;
+    let over = ctx
+        .get_raw(&format!("/api/messaging/sessions/{session}/events"))
+        .await;
     assert_error(&over, 503, "SERVICE_UNAVAILABLE");
 
     let mut count = ctx.slots.watch();
@@ -373,27 +370,14 @@ async fn a_departed_stream_client_frees_its_slot_at_once() {
 }
 
 /// A raw GET of the health check with this `Host`.
-async fn health_with_host(
-    ctx: &TestContext,
-    host: &str,
-    key: Option<&str>,
-) -> (u16, String, serde_json::Value) {
+async fn health_with_host(ctx: &TestContext, host: &str, key: Option<&str>) -> Raw {
     let mut req = reqwest::Client::new()
         .get(ctx.url("/api/messaging/sessions/health"))
         .header("host", host);
     if let Some(key) = key {
         req = req.header("x-api-key", key);
     }
-    let resp = req.send().await.expect("sent");
-    let status = resp.status().as_u16();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
-    (status, ct, body)
+    read_raw(req.send().await.expect("sent")).await
 }
 
 #[tokio::test]
@@ -499,6 +483,19 @@ impl StuckAgent {
         }
     }
 
+    /// A stuck agent, a server that waits `agent_timeout` for agents, and a session of the agent there.
+    async fn with_session(agent_timeout: Duration) -> (Self, TestContext, String) {
+        let agent = Self::start().await;
+        let options = TestOptions {
+            agent_timeout,
+            ..Default::default()
+        };
+        let ctx = TestContext::with_options(options).await;
+        let hook = types::AgentBackendInput::webhook(&agent.url);
+        let id = ctx.session_of(hook).await;
+        (agent, ctx, id)
+    }
+
     async fn until_called(&mut self) {
         tokio::time::timeout(WAIT, self.called.recv())
             .await
@@ -514,68 +511,19 @@ impl StuckAgent {
     }
 }
 
-/// A session of a webhook agent at `url`.
-async fn session_of_webhook(ctx: &TestContext, url: &str) -> String {
-    let agent = ctx
-        .client
-        .create_agent()
-        .body(types::CreateAgentRequest {
-            name: "stuck".into(),
-            backend: Some(types::AgentBackendInput::webhook(url.to_string())),
-            session_defaults: None,
-        })
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .id;
-    ctx.client
-        .create_session()
-        .body(types::CreateSessionRequest {
-            agent_id: agent,
-            user_id: Uuid::new_v4(),
-            metadata: Default::default(),
-            timeout_config: None,
-        })
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id
-        .to_string()
-}
-
 #[tokio::test]
 async fn deleting_a_session_ends_its_waiting_http_send_at_once() {
-    let mut agent = StuckAgent::start().await;
     // An agent timeout far beyond the wait this test allows: only the deletion can end the send in time.
-    let ctx = TestContext::with_options(TestOptions {
-        agent_timeout: Duration::from_secs(60),
-        ..Default::default()
-    })
-    .await;
-    let id = session_of_webhook(&ctx, &agent.url).await;
-    let send = tokio::spawn({
-        let client = ctx.client.clone();
-        let id = id.clone();
-        async move {
-            let result = client
-                .send_message()
-                .session_id(&id)
-                .body(message("anyone?", types::TransportType::Http))
-                .send()
-                .await;
-            (api_error(result), Instant::now())
-        }
+    let (mut agent, ctx, id) = StuckAgent::with_session(Duration::from_secs(60)).await;
+    let (client, path_id) = (ctx.client.clone(), id.clone());
+    let send = tokio::spawn(async move {
+        let request = message("anyone?", types::TransportType::Http);
+        let result = client.send_message().session_id(path_id).body(request);
+        (api_error(result.send().await), Instant::now())
     });
     agent.until_called().await;
     let deleting = Instant::now();
-    ctx.client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    ctx.delete(&id).await;
     let ((status, code, text), answered) = tokio::time::timeout(Duration::from_secs(5), send)
         .await
         .expect("the send ends at once")
@@ -596,30 +544,15 @@ async fn deleting_a_session_ends_its_waiting_http_send_at_once() {
 
 #[tokio::test]
 async fn deleting_a_session_ends_its_waiting_sse_send_with_an_error_frame() {
-    let mut agent = StuckAgent::start().await;
-    let ctx = TestContext::with_options(TestOptions {
-        agent_timeout: Duration::from_secs(60),
-        ..Default::default()
-    })
-    .await;
-    let id = session_of_webhook(&ctx, &agent.url).await;
-    let mut exchange = ctx
-        .client
-        .send_message_stream(&id, message("hello?", types::TransportType::Sse))
-        .await
-        .unwrap();
+    let (mut agent, ctx, id) = StuckAgent::with_session(Duration::from_secs(60)).await;
+    let mut exchange = ctx.exchange(&id, "hello?").await;
     assert!(matches!(
         next(&mut exchange).await,
         ExchangeEvent::UserMessage(_)
     ));
     agent.until_called().await;
     let deleting = Instant::now();
-    ctx.client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    ctx.delete(&id).await;
     let last = tokio::time::timeout(Duration::from_secs(5), exchange.next())
         .await
         .expect("the exchange ends at once")
@@ -644,24 +577,8 @@ async fn deleting_a_session_ends_its_waiting_sse_send_with_an_error_frame() {
 async fn with_the_session_alive_a_stuck_agent_still_times_out() {
     // The deletion watch does not end other waits: a send to a stuck agent of a live session still gets its
     // AGENT_TIMEOUT, and the events of other sessions do not disturb it.
-    let agent = StuckAgent::start().await;
-    let ctx = TestContext::with_options(TestOptions {
-        agent_timeout: Duration::from_millis(500),
-        ..Default::default()
-    })
-    .await;
-    let id = session_of_webhook(&ctx, &agent.url).await;
-    let other = ctx.create_session(None).await.session_id.to_string();
-    let send = ctx
-        .client
-        .send_message()
-        .session_id(&id)
-        .body(message("anyone?", types::TransportType::Http));
-    let (deleted, result) = tokio::join!(
-        ctx.client.delete_session().session_id(&other).send(),
-        send.send()
-    );
-    deleted.unwrap();
-    let (status, code, _) = api_error(result);
-    assert_eq!((status, code), (504, types::ErrorCode::AgentTimeout));
+    let (_agent, ctx, id) = StuckAgent::with_session(Duration::from_millis(500)).await;
+    let other = ctx.new_session_id(None).await;
+    let (_, result) = tokio::join!(ctx.delete(&other), ctx.try_send(&id, "anyone?"));
+    assert_api_error(result, 504, types::ErrorCode::AgentTimeout);
 }

@@ -53,30 +53,15 @@ async fn create_returns_every_session_field() {
 
 #[tokio::test]
 async fn get_renew_heartbeat_patch_delete() {
-    let ctx = TestContext::new().await;
-    let created = ctx.create_session(None).await;
+    let (ctx, created) = TestContext::with_session(None).await;
     let id = created.session_id.to_string();
 
-    let got = ctx
-        .client
-        .get_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let got = ctx.get(&id).await;
     assert_eq!(got.session_id, created.session_id);
     assert_eq!(got.expires_at, created.expires_at);
 
     ctx.advance_minutes(10);
-    let hb = ctx
-        .client
-        .session_heartbeat()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let hb = ctx.heartbeat(&id).await;
     assert_eq!(hb.renewal_count, 1);
     assert_eq!(hb.last_activity, ctx.service.now());
     assert_eq!(
@@ -85,29 +70,14 @@ async fn get_renew_heartbeat_patch_delete() {
     );
 
     ctx.advance_minutes(5);
-    let renewed = ctx
-        .client
-        .renew_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let renewed = ctx.renew(&id).await;
     assert_eq!(renewed.renewal_count, 2);
     assert_eq!(
         renewed.expires_at,
         ctx.service.now() + chrono::Duration::minutes(30)
     );
 
-    let patched = ctx
-        .client
-        .update_session_timeout()
-        .session_id(&id)
-        .body(timeout_minutes(60.0))
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let patched = ctx.update_timeout(&id, timeout_minutes(60.0)).await;
     assert_eq!(patched.timeout_config.timeout_minutes, 60.0);
     assert_eq!(
         patched.expires_at,
@@ -115,39 +85,27 @@ async fn get_renew_heartbeat_patch_delete() {
     );
     assert_eq!(patched.renewal_count, 2, "a PATCH is not a renewal");
 
-    let deleted = ctx
-        .client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let deleted = ctx.delete(&id).await;
     assert!(deleted.success);
     assert_eq!(
         deleted.message,
         format!("Session {id} deleted successfully")
     );
-    let (status, code, _) = api_error(ctx.client.get_session().session_id(&id).send().await);
-    assert_eq!((status, code), (404, types::ErrorCode::SessionNotFound));
+    assert_api_error(
+        ctx.try_get(&id).await,
+        404,
+        types::ErrorCode::SessionNotFound,
+    );
 }
 
 #[tokio::test]
 async fn reads_do_not_count_as_activity() {
-    let ctx = TestContext::new().await;
-    let s = ctx.create_session(None).await;
+    let (ctx, s) = TestContext::with_session(None).await;
     ctx.advance_minutes(20);
     let id = s.session_id.to_string();
-    let got = ctx
-        .client
-        .get_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
-    ctx.client.list_sessions().send().await.unwrap();
-    ctx.client.get_sessions_health().send().await.unwrap();
+    let got = ctx.get(&id).await;
+    ctx.list().await;
+    ctx.health().await;
     assert_eq!(got.last_activity, s.last_activity);
     assert_eq!(got.renewal_count, 0);
     assert_eq!(got.expires_at, s.expires_at);
@@ -157,18 +115,7 @@ async fn reads_do_not_count_as_activity() {
 #[tokio::test]
 async fn list_filters_paginates_and_counts() {
     let ctx = TestContext::new().await;
-    let other_agent = ctx
-        .client
-        .create_agent()
-        .body(types::CreateAgentRequest {
-            name: "Other".into(),
-            backend: None,
-            session_defaults: None,
-        })
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let other_agent = ctx.create_agent(agent_request("Other")).await;
     let user = Uuid::new_v4();
     let mut mine = Vec::new();
     for i in 0..5 {
@@ -190,26 +137,19 @@ async fn list_filters_paginates_and_counts() {
     }
     ctx.create_session(None).await; // another user's
 
-    let all = ctx
-        .client
-        .list_sessions()
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let all = ctx.list().await;
     assert_eq!(all.total, 6);
     assert_eq!(all.sessions.len(), 6);
     assert_eq!(all.stats.total_sessions, 6);
     assert_eq!(all.stats.expired_sessions, 0);
 
-    let by_user = ctx
-        .client
-        .list_sessions()
-        .user_id(user)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let of_user = || {
+        ok(
+            "list_sessions",
+            ctx.client.list_sessions().user_id(user).send(),
+        )
+    };
+    let by_user = of_user().await;
     let ids: Vec<Uuid> = by_user.sessions.iter().map(|s| s.session_id).collect();
     let newest_first: Vec<Uuid> = mine.iter().rev().copied().collect();
     assert_eq!(ids, newest_first);
@@ -240,14 +180,7 @@ async fn list_filters_paginates_and_counts() {
 
     // The 5-minute session expires: no longer listed, counted as expired.
     ctx.advance_minutes(6);
-    let after = ctx
-        .client
-        .list_sessions()
-        .user_id(user)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let after = of_user().await;
     assert_eq!(after.total, 4);
     assert_eq!(after.stats.total_sessions, 5);
     assert_eq!(after.stats.active_sessions, 4);
@@ -260,25 +193,13 @@ async fn health_counts_active_and_expiring_sessions() {
     let ctx = TestContext::new().await;
     ctx.create_session(Some(timeout_minutes(10.0))).await;
     ctx.create_session(Some(timeout_minutes(60.0))).await;
-    let h = ctx
-        .client
-        .get_sessions_health()
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let h = ctx.health().await;
     assert_eq!(h.status, "healthy");
     assert_eq!(h.active_sessions, 2);
     assert_eq!(h.expiring_soon, 0);
     assert_eq!(h.timestamp, ctx.service.now());
     ctx.advance_minutes(6); // the 10-minute one has 4 minutes left, within the 5-minute threshold
-    let h = ctx
-        .client
-        .get_sessions_health()
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let h = ctx.health().await;
     assert_eq!((h.active_sessions, h.expiring_soon), (2, 1));
     assert!(h.uptime >= 360.0);
 }
@@ -286,7 +207,7 @@ async fn health_counts_active_and_expiring_sessions() {
 #[tokio::test]
 async fn agents_crud_and_session_defaults() {
     let ctx = TestContext::new().await;
-    let listed = ctx.client.list_agents().send().await.unwrap().into_inner();
+    let listed = ctx.agents().await;
     assert_eq!(listed.total, 1);
     assert_eq!(listed.agents[0].id, ctx.agent_id);
     assert_eq!(
@@ -325,14 +246,7 @@ async fn agents_crud_and_session_defaults() {
         created.backend.url.as_deref(),
         Some("http://127.0.0.1:9/hook")
     );
-    let got = ctx
-        .client
-        .get_agent()
-        .agent_id(created.id.to_string())
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let got = ctx.agent(created.id).await;
     assert_eq!(got.name, "Hooked");
     assert_eq!(got.session_defaults.timeout_minutes, Some(90.0));
 
@@ -341,13 +255,11 @@ async fn agents_crud_and_session_defaults() {
         .client
         .create_session()
         .body(types::CreateSessionRequest {
-            agent_id: created.id,
-            user_id: Uuid::new_v4(),
-            metadata: Default::default(),
             timeout_config: Some(types::TimeoutConfigInput {
                 auto_renew: Some(true),
                 ..Default::default()
             }),
+            ..create_request(created.id)
         })
         .send()
         .await
@@ -357,57 +269,23 @@ async fn agents_crud_and_session_defaults() {
     assert!(s.timeout_config.auto_renew);
 
     // Not while one of its sessions is active: the conversation would lose its agent.
-    let (status, code, message) = api_error(
-        ctx.client
-            .delete_agent()
-            .agent_id(created.id.to_string())
-            .send()
-            .await,
+    assert_api_error(
+        ctx.try_delete_agent(created.id).await,
+        409,
+        types::ErrorCode::AgentInUse,
     );
-    assert_eq!(
-        (status, code),
-        (409, types::ErrorCode::AgentInUse),
-        "{message}"
-    );
-    ctx.client
-        .get_session()
-        .session_id(s.session_id.to_string())
-        .send()
-        .await
-        .expect("the session is still there");
+    ctx.get(s.session_id).await;
     // Once its sessions have expired, the agent goes, and they go with it.
     ctx.advance_minutes(91);
-    let del = ctx
-        .client
-        .delete_agent()
-        .agent_id(created.id.to_string())
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let del = ctx.delete_agent(created.id).await;
     assert!(del.success);
-    let (status, code, _) = api_error(
-        ctx.client
-            .get_session()
-            .session_id(s.session_id.to_string())
-            .send()
-            .await,
+    // Sessions go with their agent.
+    assert_api_error(
+        ctx.try_get(s.session_id).await,
+        404,
+        types::ErrorCode::SessionNotFound,
     );
-    assert_eq!(
-        (status, code),
-        (404, types::ErrorCode::SessionNotFound),
-        "sessions go with their agent"
-    );
-    assert_eq!(
-        ctx.client
-            .list_agents()
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-            .total,
-        1
-    );
+    assert_eq!(ctx.agents().await.total, 1);
 }
 
 #[tokio::test]
@@ -417,6 +295,10 @@ async fn docs_and_spec_are_served() {
     assert_eq!(html.status().as_u16(), 200);
     let html = html.text().await.unwrap();
     assert!(html.contains("SwaggerUIBundle"), "Swagger UI is embedded");
+    assert!(
+        html.contains("<title>agent-sessions API</title>"),
+        "the page is titled after the project"
+    );
     assert!(
         html.contains("createSession"),
         "with the contract's operations"

@@ -4,6 +4,7 @@ mod access;
 mod agent_backends;
 mod egress;
 mod errors;
+mod event_payloads;
 mod fake_backend;
 mod faults;
 mod history;

@@ -26,19 +26,15 @@ async fn ends<T: std::fmt::Debug>(events: &mut BoxedEvents<T>) {
     );
 }
 
-async fn history(ctx: &TestContext, id: &str) -> Vec<types::Message> {
-    let mut all = ctx
-        .client
-        .get_messages()
-        .session_id(id)
-        .limit(100)
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
-    all.reverse();
-    all
+/// The text frames carry, in their order: the pieces of the reply chunks (`chunks`), or else the contents of the
+/// messages.
+fn texts(frames: &[SessionEventFrame], chunks: bool) -> Vec<String> {
+    let text = |frame: &SessionEventFrame| match &frame.event {
+        SessionEvent::Chunk(c) if chunks => Some(c.chunk.clone()),
+        SessionEvent::Message(m) if !chunks => Some(m.content.clone()),
+        _ => None,
+    };
+    frames.iter().filter_map(text).collect()
 }
 
 /// Events until (and including) the stored agent reply; returns them.
@@ -56,20 +52,14 @@ async fn until_reply(events: &mut BoxedEvents<SessionEventFrame>) -> Vec<Session
 
 #[tokio::test]
 async fn websocket_reply_reaches_subscribers_and_history() {
-    let ctx = TestContext::new().await;
-    let s = ctx.create_session(None).await;
+    let (ctx, s) = TestContext::with_session(None).await;
     let id = s.session_id.to_string();
-    let mut events = ctx.client.session_events(&id, None).await.unwrap();
+    let mut events = ctx.events(&id).await;
 
     ctx.advance_minutes(1);
-    let sent = ctx
-        .client
-        .send_message()
-        .session_id(&id)
-        .body(message("hello over there", types::TransportType::Websocket))
-        .send()
-        .await
-        .unwrap();
+    let request = message("hello over there", types::TransportType::Websocket);
+    let sent = ctx.client.send_message().session_id(&id).body(request);
+    let sent = sent.send().await.unwrap();
     assert_eq!(sent.status().as_u16(), 201);
     let sent = sent.into_inner();
     assert!(sent.success);
@@ -100,13 +90,7 @@ async fn websocket_reply_reaches_subscribers_and_history() {
         .collect();
     assert_eq!(&kinds[..2], ["message", "session"], "{kinds:?}");
     assert_eq!(kinds.last(), Some(&"reply"));
-    let chunks: Vec<String> = frames
-        .iter()
-        .filter_map(|f| match &f.event {
-            SessionEvent::Chunk(c) => Some(c.chunk.clone()),
-            _ => None,
-        })
-        .collect();
+    let chunks = texts(&frames, true);
     assert!(
         chunks.len() >= 3,
         "the echo agent streams in several chunks: {chunks:?}"
@@ -116,7 +100,7 @@ async fn websocket_reply_reaches_subscribers_and_history() {
         .iter()
         .all(|f| f.id.is_some() == !matches!(f.event, SessionEvent::Chunk(_))));
 
-    let stored = history(&ctx, &id).await;
+    let stored = ctx.history(&id).await;
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].id, sent.user_message.id);
     assert!(stored[1].is_agent);
@@ -127,38 +111,22 @@ async fn websocket_reply_reaches_subscribers_and_history() {
 #[tokio::test]
 async fn http_transport_returns_the_reply() {
     let ctx = TestContext::new().await;
-    let id = ctx.create_session(None).await.session_id.to_string();
-    let sent = ctx
-        .client
-        .send_message()
-        .session_id(&id)
-        .body(message("ping", types::TransportType::Http))
-        .send()
-        .await
-        .unwrap();
+    let id = ctx.new_session_id(None).await;
+    let request = message("ping", types::TransportType::Http);
+    let sent = ctx.client.send_message().session_id(&id).body(request);
+    let sent = sent.send().await.unwrap();
     assert_eq!(sent.status().as_u16(), 201);
     let sent = sent.into_inner();
     assert_eq!(sent.agent_response.as_ref().unwrap().text, "Echo: ping");
     assert_eq!(sent.data.agent_response, sent.agent_response);
-    let stored = history(&ctx, &id).await;
-    assert_eq!(
-        stored
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>(),
-        ["ping", "Echo: ping"]
-    );
+    assert_eq!(contents(&ctx.history(&id).await), ["ping", "Echo: ping"]);
 }
 
 #[tokio::test]
 async fn sse_transport_streams_the_exchange_and_ends() {
     let ctx = TestContext::new().await;
-    let id = ctx.create_session(None).await.session_id.to_string();
-    let mut exchange = ctx
-        .client
-        .send_message_stream(&id, message("tell me more", types::TransportType::Sse))
-        .await
-        .unwrap();
+    let id = ctx.new_session_id(None).await;
+    let mut exchange = ctx.exchange(&id, "tell me more").await;
     let ExchangeEvent::UserMessage(user) = next(&mut exchange).await else {
         panic!("user_message comes first")
     };
@@ -185,7 +153,7 @@ async fn sse_transport_streams_the_exchange_and_ends() {
     assert_eq!(reply.content, text);
     assert_eq!(response.text, text);
     assert!(reply.is_agent);
-    let stored = history(&ctx, &id).await;
+    let stored = ctx.history(&id).await;
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[1].id, reply.id);
 }
@@ -193,7 +161,7 @@ async fn sse_transport_streams_the_exchange_and_ends() {
 #[tokio::test]
 async fn legacy_mode_selects_the_transport() {
     let ctx = TestContext::new().await;
-    let id = ctx.create_session(None).await.session_id.to_string();
+    let id = ctx.new_session_id(None).await;
     let url = ctx.url(&format!("/api/messaging/sessions/{id}/messages"));
     let (status, _, body) = raw(
         reqwest::Method::POST,
@@ -292,14 +260,14 @@ async fn send_checks_in_the_documented_order() {
     );
     // Only the one valid message was stored.
     ctx.clock.advance(chrono::Duration::minutes(-31));
-    let stored = history(&ctx, &s.session_id.to_string()).await;
+    let stored = ctx.history(s.session_id).await;
     assert_eq!(stored.iter().filter(|m| !m.is_agent).count(), 1);
 }
 
 #[tokio::test]
 async fn attachments_and_metadata_are_stored() {
     let ctx = TestContext::new().await;
-    let id = ctx.create_session(None).await.session_id.to_string();
+    let id = ctx.new_session_id(None).await;
     let mut body = message("see attached", types::TransportType::Http);
     body.attachments = vec![types::MessageAttachment {
         type_: types::AttachmentType::Image,
@@ -319,7 +287,7 @@ async fn attachments_and_metadata_are_stored() {
         .unwrap()
         .into_inner();
     assert_eq!(sent.user_message.attachments, body.attachments);
-    let stored = history(&ctx, &id).await;
+    let stored = ctx.history(&id).await;
     assert_eq!(stored[0].attachments, body.attachments);
     assert_eq!(stored[0].metadata["source"], "test");
 }
@@ -328,24 +296,16 @@ async fn attachments_and_metadata_are_stored() {
 async fn send_renews_and_reports_near_expiration() {
     let ctx = TestContext::new().await;
     let id = ctx
-        .create_session(Some(types::TimeoutConfigInput {
+        .new_session_id(Some(types::TimeoutConfigInput {
             timeout_minutes: Some(10.0),
             auto_renew: Some(false),
             ..Default::default()
         }))
-        .await
-        .session_id
-        .to_string();
+        .await;
     ctx.advance_minutes(6);
     let sent = ctx
-        .client
-        .send_message()
-        .session_id(&id)
-        .body(message("still there?", types::TransportType::Websocket))
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+        .send(&id, "still there?", types::TransportType::Websocket)
+        .await;
     assert!(!sent.session_status.was_renewed, "autoRenew off");
     assert!(
         sent.session_status.is_near_expiration,
@@ -353,21 +313,11 @@ async fn send_renews_and_reports_near_expiration() {
     );
     assert_eq!(sent.session_status.renewal_count, 0);
 
-    let renewing = ctx
-        .create_session(Some(timeout_minutes(10.0)))
-        .await
-        .session_id
-        .to_string();
+    let renewing = ctx.new_session_id(Some(timeout_minutes(10.0))).await;
     ctx.advance_minutes(6);
     let sent = ctx
-        .client
-        .send_message()
-        .session_id(&renewing)
-        .body(message("hi", types::TransportType::Websocket))
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+        .send(&renewing, "hi", types::TransportType::Websocket)
+        .await;
     assert!(sent.session_status.was_renewed);
     assert!(!sent.session_status.is_near_expiration);
     assert_eq!(
@@ -378,10 +328,9 @@ async fn send_renews_and_reports_near_expiration() {
 
 #[tokio::test]
 async fn subscribers_get_a_warning_then_expiry_and_the_stream_ends() {
-    let ctx = TestContext::new().await;
-    let s = ctx.create_session(Some(timeout_minutes(10.0))).await; // warning threshold 5
+    let (ctx, s) = TestContext::with_session(Some(timeout_minutes(10.0))).await; // warning threshold 5
     let id = s.session_id.to_string();
-    let mut events = ctx.client.session_events(&id, None).await.unwrap();
+    let mut events = ctx.events(&id).await;
     let sweeper = ctx.sweeper();
 
     ctx.advance_minutes(4);
@@ -432,23 +381,14 @@ async fn subscribers_get_a_warning_then_expiry_and_the_stream_ends() {
 #[tokio::test]
 async fn renewal_rearms_the_warning() {
     let ctx = TestContext::new().await;
-    let id = ctx
-        .create_session(Some(timeout_minutes(10.0)))
-        .await
-        .session_id
-        .to_string();
+    let id = ctx.new_session_id(Some(timeout_minutes(10.0))).await;
     let sweeper = ctx.sweeper();
     ctx.advance_minutes(6);
     assert_eq!(
         sweeper.run_once(ctx.service.now()).await.unwrap().announced,
         1
     );
-    ctx.client
-        .session_heartbeat()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    ctx.heartbeat(&id).await;
     assert_eq!(
         sweeper.run_once(ctx.service.now()).await.unwrap().announced,
         0
@@ -464,22 +404,12 @@ async fn renewal_rearms_the_warning() {
 #[tokio::test]
 async fn resuming_with_last_event_id_misses_nothing() {
     let ctx = TestContext::new().await;
-    let id = ctx.create_session(None).await.session_id.to_string();
+    let id = ctx.new_session_id(None).await;
     for i in 0..3 {
-        ctx.client
-            .send_message()
-            .session_id(&id)
-            .body(message(&format!("m{i}"), types::TransportType::Http))
-            .send()
-            .await
-            .unwrap();
+        ctx.send(&id, &format!("m{i}"), types::TransportType::Http)
+            .await;
     }
-    ctx.client
-        .session_heartbeat()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    ctx.heartbeat(&id).await;
     // Replay everything (after id 0): 3 x (message, session, reply) + the heartbeat's session event.
     let mut all = ctx.client.session_events(&id, Some(0)).await.unwrap();
     let mut replayed = Vec::new();
@@ -491,15 +421,8 @@ async fn resuming_with_last_event_id_misses_nothing() {
         .map(|f| f.id.expect("stored events have ids"))
         .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
-    let contents: Vec<String> = replayed
-        .iter()
-        .filter_map(|f| match &f.event {
-            SessionEvent::Message(m) => Some(m.content.clone()),
-            _ => None,
-        })
-        .collect();
     assert_eq!(
-        contents,
+        texts(&replayed, false),
         ["m0", "Echo: m0", "m1", "Echo: m1", "m2", "Echo: m2"]
     );
 
@@ -508,12 +431,7 @@ async fn resuming_with_last_event_id_misses_nothing() {
     for expected in &ids[4..] {
         assert_eq!(next(&mut resumed).await.id, Some(*expected));
     }
-    ctx.client
-        .renew_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    ctx.renew(&id).await;
     let live = next(&mut resumed).await;
     assert!(matches!(live.event, SessionEvent::Session(ref c) if c.reason == "renewed"));
     assert_eq!(live.id, Some(ids[9] + 1));
@@ -534,14 +452,9 @@ async fn resuming_with_last_event_id_misses_nothing() {
 #[tokio::test]
 async fn deletion_is_announced_and_ends_the_stream() {
     let ctx = TestContext::new().await;
-    let id = ctx.create_session(None).await.session_id.to_string();
-    let mut events = ctx.client.session_events(&id, None).await.unwrap();
-    ctx.client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    let id = ctx.new_session_id(None).await;
+    let mut events = ctx.events(&id).await;
+    ctx.delete(&id).await;
     let frame = next(&mut events).await;
     assert_eq!(frame.id, None);
     assert!(
@@ -553,13 +466,19 @@ async fn deletion_is_announced_and_ends_the_stream() {
 
 async fn history_is_gone(ctx: &TestContext, id: &str) -> bool {
     matches!(
-        api_error(ctx.client.get_messages().session_id(id).send().await),
+        api_error(ctx.try_history_page(id).await),
         (404, types::ErrorCode::SessionNotFound, _)
     )
 }
 
 /// What a local agent server received.
 type Received = Arc<Mutex<Vec<Value>>>;
+
+/// A session of a webhook agent at `{url}/hook`.
+async fn session_of_hook(ctx: &TestContext, url: &str) -> String {
+    let hook = types::AgentBackendInput::webhook(format!("{url}/hook"));
+    ctx.session_of(hook).await
+}
 
 /// Serves `route` on 127.0.0.1:0; returns its base URL.
 async fn serve(route: impl poem::Endpoint + 'static) -> String {
@@ -571,49 +490,6 @@ async fn serve(route: impl poem::Endpoint + 'static) -> String {
         std::future::pending(),
     ));
     url
-}
-
-async fn agent(ctx: &TestContext, backend: types::AgentBackend) -> Uuid {
-    ctx.client
-        .create_agent()
-        .body(types::CreateAgentRequest {
-            name: "remote".into(),
-            backend: Some(backend.into()),
-            session_defaults: None,
-        })
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .id
-}
-
-fn webhook(url: String) -> types::AgentBackend {
-    types::AgentBackend {
-        type_: types::AgentBackendType::Webhook,
-        url: Some(url),
-        base_url: None,
-        model: None,
-        api_key_env: None,
-        system_prompt: None,
-    }
-}
-
-async fn session_with(ctx: &TestContext, agent_id: Uuid) -> String {
-    ctx.client
-        .create_session()
-        .body(types::CreateSessionRequest {
-            agent_id,
-            user_id: Uuid::new_v4(),
-            metadata: Default::default(),
-            timeout_config: None,
-        })
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .session_id
-        .to_string()
 }
 
 #[tokio::test]
@@ -633,18 +509,12 @@ async fn a_webhook_agent_answers_through_a_session() {
     let received: Received = Arc::default();
     let url = serve(Route::new().at("/hook", post(hook)).data(received.clone())).await;
     let ctx = TestContext::new().await;
-    let agent_id = agent(&ctx, webhook(format!("{url}/hook"))).await;
-    let id = session_with(&ctx, agent_id).await;
+    let agent_id = ctx
+        .agent_with(types::AgentBackendInput::webhook(format!("{url}/hook")))
+        .await;
+    let id = ctx.session_with(agent_id).await.session_id.to_string();
     for content in ["first", "second"] {
-        let sent = ctx
-            .client
-            .send_message()
-            .session_id(&id)
-            .body(message(content, types::TransportType::Http))
-            .send()
-            .await
-            .unwrap()
-            .into_inner();
+        let sent = ctx.send(&id, content, types::TransportType::Http).await;
         let reply = sent.agent_response.unwrap();
         assert_eq!(reply.text, format!("hook heard: {content}"));
         assert_eq!(reply.thought.as_deref(), Some("easy"));
@@ -665,7 +535,7 @@ async fn a_webhook_agent_answers_through_a_session() {
         ["first", "hook heard: first"],
         "earlier messages as context"
     );
-    let stored = self::history(&ctx, &id).await;
+    let stored = ctx.history(&id).await;
     assert_eq!(stored[3].content, "hook heard: second");
     assert_eq!(stored[3].metadata["thought"], "easy");
 }
@@ -697,24 +567,17 @@ async fn an_openai_compatible_agent_answers_through_a_session() {
     )
     .await;
     let ctx = TestContext::new().await;
-    let agent_id = agent(
-        &ctx,
-        types::AgentBackend {
+    let id = ctx
+        .session_of(types::AgentBackend {
             type_: types::AgentBackendType::Openai,
             url: None,
             base_url: Some(format!("{url}/v1")),
             model: Some("tiny-model".into()),
             api_key_env: None,
             system_prompt: Some("Be brief.".into()),
-        },
-    )
-    .await;
-    let id = session_with(&ctx, agent_id).await;
-    let mut exchange = ctx
-        .client
-        .send_message_stream(&id, message("what is up", types::TransportType::Sse))
-        .await
-        .unwrap();
+        })
+        .await;
+    let mut exchange = ctx.exchange(&id, "what is up").await;
     assert!(matches!(
         next(&mut exchange).await,
         ExchangeEvent::UserMessage(_)
@@ -736,7 +599,7 @@ async fn an_openai_compatible_agent_answers_through_a_session() {
         request["messages"][0],
         json!({"role": "system", "content": "Be brief."})
     );
-    assert_eq!(history(&ctx, &id).await[1].content, "You said: what is up");
+    assert_eq!(ctx.history(&id).await[1].content, "You said: what is up");
 }
 
 #[tokio::test]
@@ -752,47 +615,8 @@ async fn a_silent_agent_times_out_on_every_transport() {
         ..Default::default()
     })
     .await;
-    let agent_id = agent(&ctx, webhook(format!("{url}/hook"))).await;
-    let id = session_with(&ctx, agent_id).await;
-
-    let (status, code, message_text) = api_error(
-        ctx.client
-            .send_message()
-            .session_id(&id)
-            .body(message("anyone?", types::TransportType::Http))
-            .send()
-            .await,
-    );
-    assert_eq!(
-        (status, code),
-        (504, types::ErrorCode::AgentTimeout),
-        "{message_text}"
-    );
-
-    let mut exchange = ctx
-        .client
-        .send_message_stream(&id, message("hello?", types::TransportType::Sse))
-        .await
-        .unwrap();
-    assert!(matches!(
-        next(&mut exchange).await,
-        ExchangeEvent::UserMessage(_)
-    ));
-    let last = next(&mut exchange).await;
-    assert!(
-        matches!(&last, ExchangeEvent::Error { code, .. } if code.as_deref() == Some("AGENT_TIMEOUT")),
-        "{last:?}"
-    );
-    ends(&mut exchange).await;
-    // The user messages stay stored; no reply was.
-    let stored = history(&ctx, &id).await;
-    assert_eq!(
-        stored
-            .iter()
-            .map(|m| m.content.as_str())
-            .collect::<Vec<_>>(),
-        ["anyone?", "hello?"]
-    );
+    let id = session_of_hook(&ctx, &url).await;
+    assert_no_reply(&ctx, &id, 504, types::ErrorCode::AgentTimeout).await;
 }
 
 #[tokio::test]
@@ -805,41 +629,34 @@ async fn a_failing_agent_is_a_502_and_an_error_event() {
     }
     let url = serve(Route::new().at("/hook", post(broken))).await;
     let ctx = TestContext::new().await;
-    let agent_id = agent(&ctx, webhook(format!("{url}/hook"))).await;
-    let id = session_with(&ctx, agent_id).await;
-    let (status, code, _) = api_error(
-        ctx.client
-            .send_message()
-            .session_id(&id)
-            .body(message("hi", types::TransportType::Http))
-            .send()
-            .await,
-    );
-    assert_eq!((status, code), (502, types::ErrorCode::AgentError));
-    let mut exchange = ctx
-        .client
-        .send_message_stream(&id, message("hi again", types::TransportType::Sse))
-        .await
-        .unwrap();
-    next(&mut exchange).await;
+    let id = session_of_hook(&ctx, &url).await;
+    assert_no_reply(&ctx, &id, 502, types::ErrorCode::AgentError).await;
+}
+
+/// With an agent that gives no reply, both transports that wait for one fail the same way: `http` with `status`
+/// and `code`, `sse` with the user message and then an `error` event of that code. The user messages stay
+/// stored; no reply is.
+async fn assert_no_reply(ctx: &TestContext, id: &str, status: u16, code: types::ErrorCode) {
+    assert_api_error(ctx.try_send(id, "anyone?").await, status, code);
+    let mut exchange = ctx.exchange(id, "hello?").await;
+    let first = next(&mut exchange).await;
+    assert!(matches!(first, ExchangeEvent::UserMessage(_)), "{first:?}");
+    let last = next(&mut exchange).await;
+    let wanted = Some(code.to_string());
     assert!(
-        matches!(next(&mut exchange).await, ExchangeEvent::Error { code, .. } if code.as_deref() == Some("AGENT_ERROR"))
+        matches!(&last, ExchangeEvent::Error { code, .. } if *code == wanted),
+        "{last:?}"
     );
     ends(&mut exchange).await;
-    assert_eq!(
-        history(&ctx, &id).await.len(),
-        2,
-        "user messages stored, no replies"
-    );
+    assert_eq!(contents(&ctx.history(id).await), ["anyone?", "hello?"]);
 }
 
 #[tokio::test]
 async fn replies_whose_worker_died_are_recovered() {
     use agent_sessions_server::domain::Message as StoredMessage;
-    let ctx = TestContext::new().await;
-    let s = ctx.create_session(None).await;
+    let (ctx, s) = TestContext::with_session(None).await;
     let id = s.session_id.to_string();
-    let mut events = ctx.client.session_events(&id, None).await.unwrap();
+    let mut events = ctx.events(&id).await;
     // Two user messages stored as another instance would, which then died: one claimed and never finished,
     // one never claimed at all.
     let mut stored = Vec::new();

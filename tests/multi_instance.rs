@@ -34,75 +34,28 @@ async fn a_session_works_the_same_on_either_instance() {
     assert!(s.session_token.take().is_some());
     s.session_token_expires_at = None;
     let id = s.session_id.to_string();
-    let got = b
-        .client
-        .get_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let got = b.get(&id).await;
     assert_eq!(got, s);
 
     a.advance_minutes(1);
-    let renewed = b
-        .client
-        .renew_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let renewed = b.renew(&id).await;
     assert_eq!(renewed.renewal_count, 1);
-    let patched = a
-        .client
-        .update_session_timeout()
-        .session_id(&id)
-        .body(timeout_minutes(90.0))
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let patched = a.update_timeout(&id, timeout_minutes(90.0)).await;
     assert_eq!(patched.timeout_config.timeout_minutes, 90.0);
     assert_eq!(patched.renewal_count, 1);
     let sent = b
-        .client
-        .send_message()
-        .session_id(&id)
-        .body(message("hello from b", types::TransportType::Http))
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+        .send(&id, "hello from b", types::TransportType::Http)
+        .await;
     assert_eq!(sent.agent_response.unwrap().text, "Echo: hello from b");
-    let history = a
-        .client
-        .get_messages()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let history = a.history_page(&id).await;
     assert_eq!(history.messages.len(), 2);
     assert_eq!(history.messages[0].content, "Echo: hello from b");
-    let on_a = a
-        .client
-        .get_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let on_a = a.get(&id).await;
     assert_eq!(on_a.timeout_config.timeout_minutes, 90.0);
     assert_eq!(on_a.renewal_count, 2, "the message renewed it too");
 
-    b.client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
-    let (status, _, _) = api_error(a.client.get_session().session_id(&id).send().await);
+    b.delete(&id).await;
+    let (status, _, _) = api_error(a.try_get(&id).await);
     assert_eq!(status, 404);
 }
 
@@ -111,34 +64,10 @@ async fn fifty_concurrent_heartbeats_over_both_instances_count_fifty() {
     let Some((a, b)) = two_instances().await else {
         return;
     };
-    let id = a.create_session(None).await.session_id.to_string();
-    let calls = (0..50).map(|i| {
-        let client = if i % 2 == 0 {
-            a.client.clone()
-        } else {
-            b.client.clone()
-        };
-        let id = id.clone();
-        async move {
-            client
-                .session_heartbeat()
-                .session_id(id)
-                .send()
-                .await
-                .map(drop)
-        }
-    });
-    for result in futures::future::join_all(calls).await {
-        result.expect("every heartbeat succeeds");
-    }
-    let got = b
-        .client
-        .get_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let id = a.new_session_id(None).await;
+    // Every heartbeat succeeds (`heartbeat` panics otherwise).
+    futures::future::join_all((0..50).map(|i| [&a, &b][i % 2].heartbeat(&id))).await;
+    let got = b.get(&id).await;
     assert_eq!(got.renewal_count, 50);
 }
 
@@ -147,17 +76,11 @@ async fn a_subscriber_on_one_instance_sees_a_reply_produced_on_the_other() {
     let Some((a, b)) = two_instances().await else {
         return;
     };
-    let id = a.create_session(None).await.session_id.to_string();
-    let mut on_b = b.client.session_events(&id, None).await.unwrap();
+    let id = a.new_session_id(None).await;
+    let mut on_b = b.events(&id).await;
     let sent = a
-        .client
-        .send_message()
-        .session_id(&id)
-        .body(message("over to you", types::TransportType::Websocket))
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+        .send(&id, "over to you", types::TransportType::Websocket)
+        .await;
     let mut seen = Vec::new();
     let reply = loop {
         let frame = next(&mut on_b).await;
@@ -189,38 +112,19 @@ async fn replies_keep_message_order_across_instances() {
     let Some((a, b)) = two_instances().await else {
         return;
     };
-    let id = a.create_session(None).await.session_id.to_string();
+    let id = a.new_session_id(None).await;
     let sends = (0..20).map(|i| {
-        let client = if i % 2 == 0 {
-            a.client.clone()
-        } else {
-            b.client.clone()
-        };
-        let id = id.clone();
+        let (instance, id) = ([&a, &b][i % 2], &id);
         async move {
-            let sent = client
-                .send_message()
-                .session_id(id)
-                .body(message(&format!("m{i}"), types::TransportType::Http))
-                .send()
-                .await
-                .expect("sent")
-                .into_inner();
+            let content = format!("m{i}");
+            let sent = instance
+                .send(id, &content, types::TransportType::Http)
+                .await;
             assert_eq!(sent.agent_response.unwrap().text, format!("Echo: m{i}"));
         }
     });
     futures::future::join_all(sends).await;
-    let mut all = a
-        .client
-        .get_messages()
-        .session_id(&id)
-        .limit(100)
-        .send()
-        .await
-        .unwrap()
-        .into_inner()
-        .messages;
-    all.reverse();
+    let all = a.history(&id).await;
     assert_eq!(all.len(), 40);
     // Replies are stored in the order of the messages they answer, each after its message (other messages may
     // be stored in between: they arrive while earlier replies are being produced).

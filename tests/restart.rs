@@ -23,14 +23,7 @@ async fn sessions_survive_a_restart() {
     for (i, id) in ids.iter().enumerate().take(5) {
         for _ in 0..=i {
             ctx.clock.advance(Duration::seconds(1));
-            let s = ctx
-                .client
-                .session_heartbeat()
-                .session_id(id.to_string())
-                .send()
-                .await
-                .unwrap()
-                .into_inner();
+            let s = ctx.heartbeat(id).await;
             before.insert(*id, s);
         }
     }
@@ -41,26 +34,10 @@ async fn sessions_survive_a_restart() {
         ctx.agent_id, agent,
         "no second demo agent on a non-empty store"
     );
-    assert_eq!(
-        ctx.client
-            .list_agents()
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-            .total,
-        1
-    );
+    assert_eq!(ctx.agents().await.total, 1);
 
     for (id, old) in &before {
-        let s = ctx
-            .client
-            .get_session()
-            .session_id(id.to_string())
-            .send()
-            .await
-            .unwrap()
-            .into_inner();
+        let s = ctx.get(id).await;
         assert_eq!(s.expires_at, old.expires_at);
         assert_eq!(s.renewal_count, old.renewal_count);
         assert_eq!(s.created_at, old.created_at);
@@ -70,20 +47,13 @@ async fn sessions_survive_a_restart() {
     }
     let renewals: i64 = before.values().map(|s| s.renewal_count).sum();
     assert_eq!(renewals, 1 + 2 + 3 + 4 + 5);
-    let list = ctx
-        .client
-        .list_sessions()
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let list = ctx.list().await;
     assert_eq!(list.total, 20);
 }
 
 #[tokio::test]
 async fn concurrent_heartbeats_lose_no_renewal() {
-    let ctx = TestContext::new().await;
-    let s = ctx.create_session(None).await;
+    let (ctx, s) = TestContext::with_session(None).await;
     let id = s.session_id.to_string();
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -101,13 +71,6 @@ async fn concurrent_heartbeats_lose_no_renewal() {
     for t in tasks {
         t.await.unwrap().expect("heartbeat succeeds");
     }
-    let got = ctx
-        .client
-        .get_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let got = ctx.get(&id).await;
     assert_eq!(got.renewal_count, 50);
 }

@@ -6,24 +6,12 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-async fn post(ctx: &TestContext, path: &str, body: Value) -> (u16, String, Value) {
-    raw(
-        Method::POST,
-        &ctx.url(path),
-        Some("application/json"),
-        body.to_string(),
-    )
-    .await
+async fn post(ctx: &TestContext, path: &str, body: Value) -> Raw {
+    ctx.post_json(path, body.to_string()).await
 }
 
-async fn health_status(ctx: &TestContext) -> (u16, String, Value) {
-    raw(
-        Method::GET,
-        &ctx.url("/api/messaging/sessions/health"),
-        None,
-        "",
-    )
-    .await
+async fn health_status(ctx: &TestContext) -> Raw {
+    ctx.get_raw("/api/messaging/sessions/health").await
 }
 
 /// The one-request outage: a warning threshold of 1e12 minutes overflowed the expiry arithmetic, the panic killed
@@ -112,13 +100,7 @@ async fn huge_minutes_in_agent_defaults_and_patches_never_break_a_write() {
 
     let (dir, db, clock) = ctx.stop().await;
     let ctx = TestContext::start(dir, db, clock, TestOptions::default()).await;
-    let (status, _, again) = raw(
-        Method::GET,
-        &ctx.url(&format!("/api/messaging/sessions/{id}")),
-        None,
-        "",
-    )
-    .await;
+    let (status, _, again) = ctx.get_raw(&format!("/api/messaging/sessions/{id}")).await;
     assert_eq!(status, 200, "{again}");
     ctx.create_session(None).await;
 }

@@ -74,7 +74,7 @@ impl Differ<'_> {
             &ops[1]["operationId"],
         );
 
-        let [pa, pb] = [0, 1].map(|side| self.params(side, items[side], ops[side]));
+        let [pa, pb] = [0, 1].map(|side| self.params(side, ctx, items[side], ops[side]));
         let common = self.sets(
             &format!("{ctx} parameters"),
             "parameter {}",
@@ -88,8 +88,8 @@ impl Differ<'_> {
             self.schema(&format!("schema of {pctx}"), &a["schema"], &b["schema"]);
         }
 
-        let [ba, bb] = [0, 1].map(|side| self.deref(side, &ops[side]["requestBody"]));
         let bctx = format!("{ctx} request body");
+        let [ba, bb] = [0, 1].map(|side| self.deref(side, &bctx, &ops[side]["requestBody"]));
         if self.presence(ctx, "request body", &ba, &bb) {
             self.flag(&bctx, "required", &ba, &bb);
             self.content(&bctx, &ba["content"], &bb["content"]);
@@ -108,13 +108,10 @@ impl Differ<'_> {
 
         let [ra, rb] = ops.map(|op| &op["responses"]);
         for status in self.sets(&format!("{ctx} responses"), "status {}", keys(ra), keys(rb)) {
-            let a = self.deref(0, &ra[&status]);
-            let b = self.deref(1, &rb[&status]);
-            self.content(
-                &format!("{ctx} response {status}"),
-                &a["content"],
-                &b["content"],
-            );
+            let rctx = format!("{ctx} response {status}");
+            let a = self.deref(0, &rctx, &ra[&status]);
+            let b = self.deref(1, &rctx, &rb[&status]);
+            self.content(&rctx, &a["content"], &b["content"]);
         }
     }
 
@@ -130,11 +127,17 @@ impl Differ<'_> {
     }
 
     /// Path-level parameters apply to every operation, and an operation may override them.
-    fn params(&self, side: usize, item: &Value, op: &Value) -> BTreeMap<String, Value> {
+    fn params(
+        &mut self,
+        side: usize,
+        ctx: &str,
+        item: &Value,
+        op: &Value,
+    ) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         for list in [&item["parameters"], &op["parameters"]] {
             for p in list.as_array().into_iter().flatten() {
-                let p = self.deref(side, p);
+                let p = self.deref(side, &format!("{ctx} parameters"), p);
                 let key = format!("'{}' ({})", show_raw(&p["name"]), show_raw(&p["in"]));
                 out.insert(key, p);
             }
@@ -287,17 +290,24 @@ impl Differ<'_> {
         (name, cur)
     }
 
-    /// Follows local `$ref`s of parameters, request bodies and responses.
-    fn deref(&self, side: usize, v: &Value) -> Value {
+    /// Follows local `$ref`s of parameters, request bodies and responses (the contract shares them under
+    /// `components/parameters` and `components/responses`). A `$ref` that leads nowhere is reported as such:
+    /// otherwise a misspelt shared response would only show up as a response without a body.
+    fn deref(&mut self, side: usize, ctx: &str, v: &Value) -> Value {
         let mut cur = v;
+        // Bounded, as in `resolve`, so that a `$ref` cycle cannot loop forever.
         for _ in 0..32 {
-            let target = cur["$ref"]
-                .as_str()
-                .and_then(|r| r.strip_prefix('#'))
-                .and_then(|p| self.roots[side].pointer(p));
-            match target {
-                Some(t) => cur = t,
-                None => break,
+            let Some(r) = cur["$ref"].as_str() else { break };
+            match r
+                .strip_prefix('#')
+                .and_then(|p| self.roots[side].pointer(p))
+            {
+                Some(target) => cur = target,
+                None => {
+                    let line = format!("{ctx}: cannot resolve $ref '{r}' in {}", SIDES[side]);
+                    self.out.push(line);
+                    return Value::Null;
+                }
             }
         }
         cur.clone()
@@ -452,6 +462,36 @@ fn contract_with_deleted_status_is_detected() {
 }
 
 #[test]
+fn contract_with_changed_shared_response_is_detected() {
+    // A shared response stands for every operation that refers to it; the differ reports a pair of schemas
+    // once, under the first operation that meets it.
+    let mut contract = contract_yaml();
+    *contract
+        .pointer_mut("/components/responses/SessionNotFound/content/application~1json/schema/$ref")
+        .expect("openapi.yaml has no shared SessionNotFound response with a JSON schema") =
+        json!("#/components/schemas/Session");
+    let diffs = diff_specs(&contract, &served_spec());
+    assert!(
+        diffs.iter().any(|d| d.contains("response 404 (Session / ErrorResponse): component name \
+                                          'Session' in openapi.yaml, 'ErrorResponse' in the server's spec")),
+        "{diffs:#?}"
+    );
+}
+
+#[test]
+fn contract_with_changed_shared_parameter_is_detected() {
+    let mut contract = contract_yaml();
+    *contract
+        .pointer_mut("/components/parameters/SessionId/name")
+        .expect("openapi.yaml has no shared SessionId parameter") = json!("session_id");
+    let diffs = diff_specs(&contract, &served_spec());
+    let wanted =
+        "GET /api/messaging/sessions/{sessionId} parameters: parameter 'session_id' (path) is \
+                  in openapi.yaml but not in the server's spec";
+    assert!(diffs.iter().any(|d| d.contains(wanted)), "{diffs:#?}");
+}
+
+#[test]
 fn contract_with_changed_security_is_detected() {
     let mut contract = contract_yaml();
     let security = contract
@@ -474,6 +514,68 @@ fn contract_with_changed_security_is_detected() {
             .any(|d| d.contains("security scheme apiKey") && d.contains("X-Api-Token")),
         "{diffs:#?}"
     );
+}
+
+/// The codes each error status may carry (the server's table, `server/src/api/error.rs`, as documented).
+const CODES_BY_STATUS: [(&str, &[&str]); 14] = [
+    ("400", &["VALIDATION_ERROR", "SESSION_RENEWAL_FAILED"]),
+    ("401", &["UNAUTHORIZED"]),
+    ("403", &["FORBIDDEN"]),
+    ("404", &["SESSION_NOT_FOUND", "AGENT_NOT_FOUND"]),
+    ("409", &["AGENT_IN_USE"]),
+    ("410", &["SESSION_EXPIRED"]),
+    ("413", &["PAYLOAD_TOO_LARGE"]),
+    ("415", &["INVALID_CONTENT_TYPE"]),
+    ("429", &["RATE_LIMIT_EXCEEDED", "QUOTA_EXCEEDED"]),
+    ("500", &["INTERNAL_SERVER_ERROR"]),
+    ("502", &["AGENT_ERROR"]),
+    ("503", &["SERVICE_UNAVAILABLE"]),
+    ("504", &["AGENT_TIMEOUT"]),
+    // No operation documents a 405 (any route answers it), but the code exists.
+    ("405", &["METHOD_NOT_ALLOWED"]),
+];
+
+/// A reader of the documentation sees an example under every error response: it must be a valid error body
+/// (the generated `ErrorResponse` decodes it) whose code belongs to the status.
+#[test]
+fn every_error_response_shows_an_example_of_its_own_status() {
+    let contract = contract_yaml();
+    let mut problems = Vec::new();
+    for (path, item) in contract["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("a path item") {
+            for (status, response) in op["responses"].as_object().into_iter().flatten() {
+                let Some((_, codes)) = CODES_BY_STATUS.iter().find(|(s, _)| s == status) else {
+                    continue; // a success
+                };
+                let at = format!("{} {path} response {status}", method.to_uppercase());
+                let response = match response["$ref"].as_str() {
+                    Some(r) => r
+                        .strip_prefix('#')
+                        .and_then(|p| contract.pointer(p))
+                        .unwrap_or_else(|| panic!("{at}: cannot resolve {r}")),
+                    None => response,
+                };
+                let media = &response["content"]["application/json"];
+                let examples: Vec<&Value> = match media["examples"].as_object() {
+                    Some(named) => named.values().map(|e| &e["value"]).collect(),
+                    None => vec![&media["example"]],
+                };
+                for example in examples {
+                    let code = example["error"]["code"].as_str().unwrap_or("none");
+                    if !codes.contains(&code) {
+                        problems.push(format!("{at}: an example with code {code}"));
+                    }
+                    let decoded = serde_json::from_value::<agent_sessions::types::ErrorResponse>(
+                        example.clone(),
+                    );
+                    if let Err(e) = decoded {
+                        problems.push(format!("{at}: an example that is no ErrorResponse: {e}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,6 +860,17 @@ fn different_component_name_is_detected() {
             "component name 'Error' in openapi.yaml, 'ErrorBody' in the server's spec",
         ],
     );
+}
+
+#[test]
+fn dangling_response_ref_is_detected() {
+    let mut contract = contract_fixture();
+    *at(&mut contract, &format!("{CREATE_PATH}/responses/400/$ref")) =
+        json!("#/components/responses/BadReqest");
+    let diffs = diff_specs(&contract, &served_fixture());
+    let wanted = "POST /api/messaging/sessions response 400: cannot resolve $ref \
+                  '#/components/responses/BadReqest' in openapi.yaml";
+    assert!(diffs.iter().any(|d| d == wanted), "{diffs:#?}");
 }
 
 #[test]

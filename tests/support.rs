@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use agent_sessions::streams::BoxedEvents;
+use agent_sessions::streams::{BoxedEvents, ExchangeEvent, SessionEventFrame};
 use agent_sessions::types;
-use agent_sessions::Client;
+use agent_sessions::{Client, Error, ResponseValue};
 use agent_sessions_server::agents::EgressPolicy;
 use agent_sessions_server::api::stream_slots::{self, StreamSlots};
 use agent_sessions_server::api::{CorsOrigins, HostGuard, HttpSettings, StreamSettings};
@@ -106,6 +106,15 @@ impl TestContext {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let db_path = dir.path().join("sessions.db");
         Self::start(dir, db_path, Arc::new(MockClock::default()), options).await
+    }
+
+    /// A server, as `new`, and a session with its demo agent and this timeout config.
+    pub async fn with_session(
+        timeout: Option<types::TimeoutConfigInput>,
+    ) -> (Self, types::Session) {
+        let ctx = Self::new().await;
+        let session = ctx.create_session(timeout).await;
+        (ctx, session)
     }
 
     /// Starts a server on an existing database file (a restart), keeping the clock.
@@ -229,22 +238,164 @@ impl TestContext {
         &self,
         timeout: Option<types::TimeoutConfigInput>,
     ) -> types::Session {
-        self.client
-            .create_session()
-            .body(types::CreateSessionRequest {
-                agent_id: self.agent_id,
-                user_id: Uuid::new_v4(),
-                metadata: Default::default(),
-                timeout_config: timeout,
-            })
-            .send()
-            .await
-            .expect("create session")
-            .into_inner()
+        let body = types::CreateSessionRequest {
+            timeout_config: timeout,
+            ..create_request(self.agent_id)
+        };
+        let call = self.client.create_session().body(body);
+        call.send().await.expect("create session").into_inner()
+    }
+
+    /// The id of a new session with the demo agent and the given timeout config.
+    pub async fn new_session_id(&self, timeout: Option<types::TimeoutConfigInput>) -> String {
+        self.create_session(timeout).await.session_id.to_string()
     }
 
     pub fn advance_minutes(&self, minutes: i64) {
         self.clock.advance(Duration::minutes(minutes));
+    }
+}
+
+/// The body of an SDK call that must succeed; a failure panics, naming the operation.
+pub async fn ok<T>(operation: &str, call: impl std::future::Future<Output = Outcome<T>>) -> T {
+    match call.await {
+        Ok(response) => response.into_inner(),
+        Err(e) => panic!("{operation} failed: {e:?}"),
+    }
+}
+
+/// The outcome of an SDK call.
+pub type Outcome<T> = Result<ResponseValue<T>, Error<types::ErrorResponse>>;
+
+/// Declares, for operations of the SDK on one session or agent (`getSession`, ...), a `TestContext` method that
+/// expects success and returns the body, and a `try_` one that returns the outcome (for `assert_api_error`).
+macro_rules! by_id {
+    ($id:ident { $($method:ident, $try_method:ident: $operation:ident -> $out:ty;)* }) => {
+        impl TestContext {
+            $(
+                pub async fn $method(&self, id: impl ToString) -> $out {
+                    ok(stringify!($operation), self.$try_method(id)).await
+                }
+
+                pub async fn $try_method(&self, id: impl ToString) -> Outcome<$out> {
+                    self.client.$operation().$id(id.to_string()).send().await
+                }
+            )*
+        }
+    };
+}
+
+// The SDK calls tests make again and again. A test about a failure hands the `try_` outcome to `assert_api_error`.
+by_id!(session_id {
+    get, try_get: get_session -> types::Session;
+    heartbeat, try_heartbeat: session_heartbeat -> types::Session;
+    renew, try_renew: renew_session -> types::Session;
+    delete, try_delete: delete_session -> types::DeleteResponse;
+    history_page, try_history_page: get_messages -> types::MessageList;
+});
+by_id!(agent_id {
+    agent, try_agent: get_agent -> types::Agent;
+    delete_agent, try_delete_agent: delete_agent -> types::DeleteResponse;
+});
+
+impl TestContext {
+    pub async fn update_timeout(
+        &self,
+        id: impl ToString,
+        update: impl Into<types::TimeoutConfigUpdate>,
+    ) -> types::Session {
+        let call = self.client.update_session_timeout();
+        let call = call.session_id(id.to_string()).body(update.into());
+        ok("update_session_timeout", call.send()).await
+    }
+
+    /// Sends `content` with `transport` (not `sse`, whose answer is a stream: `client.send_message_stream`).
+    pub async fn send(
+        &self,
+        id: impl ToString,
+        content: &str,
+        transport: types::TransportType,
+    ) -> types::MessageResponse {
+        let call = self.client.send_message().session_id(id.to_string());
+        let call = call.body(message(content, transport));
+        ok("send_message", call.send()).await
+    }
+
+    /// `sendMessage` with the `http` transport, for a test about how it fails (see `assert_api_error`).
+    pub async fn try_send(
+        &self,
+        id: impl ToString,
+        content: &str,
+    ) -> Outcome<types::MessageResponse> {
+        let call = self.client.send_message().session_id(id.to_string());
+        call.body(message(content, types::TransportType::Http))
+            .send()
+            .await
+    }
+
+    /// `sendMessage` with the `sse` transport: the exchange, as events.
+    pub async fn exchange(&self, id: &str, content: &str) -> BoxedEvents<ExchangeEvent> {
+        let request = message(content, types::TransportType::Sse);
+        let exchange = self.client.send_message_stream(id, request).await;
+        exchange.expect("send_message_stream")
+    }
+
+    /// The session's history, oldest first (up to 100 messages, the most one page holds).
+    pub async fn history(&self, id: impl ToString) -> Vec<types::Message> {
+        let call = self.client.get_messages().session_id(id.to_string());
+        let page = ok("get_messages", call.limit(100).send()).await;
+        page.messages.into_iter().rev().collect()
+    }
+
+    /// The session's events stream, from now on.
+    pub async fn events(&self, id: &str) -> BoxedEvents<SessionEventFrame> {
+        let events = self.client.session_events(id, None).await;
+        events.expect("session_events")
+    }
+
+    pub async fn health(&self) -> types::SessionsHealth {
+        ok(
+            "get_sessions_health",
+            self.client.get_sessions_health().send(),
+        )
+        .await
+    }
+
+    pub async fn list(&self) -> types::SessionList {
+        ok("list_sessions", self.client.list_sessions().send()).await
+    }
+
+    pub async fn agents(&self) -> types::AgentList {
+        ok("list_agents", self.client.list_agents().send()).await
+    }
+
+    pub async fn create_agent(&self, request: types::CreateAgentRequest) -> types::Agent {
+        ok(
+            "create_agent",
+            self.client.create_agent().body(request).send(),
+        )
+        .await
+    }
+
+    /// A new agent with this backend and no session defaults.
+    pub async fn agent_with(&self, backend: impl Into<types::AgentBackendInput>) -> Uuid {
+        let request = types::CreateAgentRequest {
+            backend: Some(backend.into()),
+            ..agent_request("test agent")
+        };
+        self.create_agent(request).await.id
+    }
+
+    /// The id of a session of a new agent with this backend.
+    pub async fn session_of(&self, backend: impl Into<types::AgentBackendInput>) -> String {
+        let agent_id = self.agent_with(backend).await;
+        self.session_with(agent_id).await.session_id.to_string()
+    }
+
+    /// A session of a new user with this agent, without a timeout config.
+    pub async fn session_with(&self, agent_id: Uuid) -> types::Session {
+        let call = self.client.create_session().body(create_request(agent_id));
+        ok("create_session", call.send()).await
     }
 }
 
@@ -256,6 +407,26 @@ impl Drop for TestContext {
     }
 }
 
+/// A request to create a session of a new user with this agent, without metadata or a timeout config: the base
+/// of the requests tests vary (`CreateSessionRequest { metadata, ..create_request(agent) }`).
+pub fn create_request(agent_id: Uuid) -> types::CreateSessionRequest {
+    types::CreateSessionRequest {
+        agent_id,
+        user_id: Uuid::new_v4(),
+        metadata: Default::default(),
+        timeout_config: None,
+    }
+}
+
+/// A request to create an agent with the default (echo) backend and no session defaults.
+pub fn agent_request(name: &str) -> types::CreateAgentRequest {
+    types::CreateAgentRequest {
+        name: name.into(),
+        backend: None,
+        session_defaults: None,
+    }
+}
+
 /// A partial timeout config with only `timeoutMinutes`.
 pub fn timeout_minutes(minutes: f64) -> types::TimeoutConfigInput {
     types::TimeoutConfigInput {
@@ -264,9 +435,10 @@ pub fn timeout_minutes(minutes: f64) -> types::TimeoutConfigInput {
     }
 }
 
-/// The status and error code of an SDK call that must fail with the API's error body.
-pub fn api_error<T: std::fmt::Debug>(
-    result: Result<agent_sessions::ResponseValue<T>, agent_sessions::Error<types::ErrorResponse>>,
+/// The status, error code and message of an SDK call that must fail with the API's error body (any call: the
+/// generated ones, and the hand-written streams, whose success is not `Debug`).
+pub fn api_error<T>(
+    result: Result<T, agent_sessions::Error<types::ErrorResponse>>,
 ) -> (u16, types::ErrorCode, String) {
     match result {
         Err(agent_sessions::Error::ErrorResponse(resp)) => {
@@ -274,9 +446,24 @@ pub fn api_error<T: std::fmt::Debug>(
             let body = resp.into_inner();
             (status, body.error.code, body.error.message)
         }
-        other => panic!("expected an API error response, got {other:?}"),
+        Err(other) => panic!("expected an API error response, got {other:?}"),
+        Ok(_) => panic!("expected an API error response, got a success"),
     }
 }
+
+/// Asserts that an SDK call failed with `status` and `code`; returns the error's message.
+pub fn assert_api_error<T>(
+    result: Result<T, agent_sessions::Error<types::ErrorResponse>>,
+    status: u16,
+    code: types::ErrorCode,
+) -> String {
+    let (got_status, got_code, message) = api_error(result);
+    assert_eq!((got_status, got_code), (status, code), "{message}");
+    message
+}
+
+/// A raw response: the status, the content type, and the body as JSON (`Null` when it is not JSON).
+pub type Raw = (u16, String, serde_json::Value);
 
 /// A raw HTTP call, for what the typed SDK cannot send (malformed bodies, wrong methods).
 pub async fn raw(
@@ -284,12 +471,16 @@ pub async fn raw(
     url: &str,
     content_type: Option<&str>,
     body: impl Into<reqwest::Body>,
-) -> (u16, String, serde_json::Value) {
+) -> Raw {
     let mut req = reqwest::Client::new().request(method, url).body(body);
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    let resp = req.send().await.expect("request sent");
+    read_raw(req.send().await.expect("request sent")).await
+}
+
+/// Reads a whole response as a `Raw`.
+pub async fn read_raw(resp: reqwest::Response) -> Raw {
     let status = resp.status().as_u16();
     let ct = resp
         .headers()
@@ -302,8 +493,26 @@ pub async fn raw(
     (status, ct, json)
 }
 
+impl TestContext {
+    /// A raw `application/json` POST of `body` to `path`.
+    pub async fn post_json(&self, path: &str, body: impl Into<reqwest::Body>) -> Raw {
+        let json = Some("application/json");
+        raw(reqwest::Method::POST, &self.url(path), json, body).await
+    }
+
+    /// A raw GET of `path`.
+    pub async fn get_raw(&self, path: &str) -> Raw {
+        raw(reqwest::Method::GET, &self.url(path), None, "").await
+    }
+}
+
+/// The contents of messages, in their order.
+pub fn contents(messages: &[types::Message]) -> Vec<String> {
+    messages.iter().map(|m| m.content.clone()).collect()
+}
+
 /// Asserts a raw response is the API's JSON error with `status` and `code`.
-pub fn assert_error(resp: &(u16, String, serde_json::Value), status: u16, code: &str) {
+pub fn assert_error(resp: &Raw, status: u16, code: &str) {
     let (got_status, ct, body) = resp;
     assert_eq!(*got_status, status, "status; body: {body}");
     assert!(

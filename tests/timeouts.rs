@@ -52,30 +52,20 @@ async fn create_clamps_out_of_range_values() {
 
 #[tokio::test]
 async fn renewal_cannot_pass_the_max_duration() {
-    let ctx = TestContext::new().await;
-    let s = ctx
-        .create_session(Some(types::TimeoutConfigInput {
-            timeout_minutes: Some(60.0),
-            max_duration_minutes: Some(90.0),
-            ..Default::default()
-        }))
-        .await;
+    let (ctx, s) = TestContext::with_session(Some(types::TimeoutConfigInput {
+        timeout_minutes: Some(60.0),
+        max_duration_minutes: Some(90.0),
+        ..Default::default()
+    }))
+    .await;
     let id = s.session_id.to_string();
     let cap = s.created_at + Duration::minutes(90);
     ctx.advance_minutes(50);
-    let hb = ctx
-        .client
-        .session_heartbeat()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let hb = ctx.heartbeat(&id).await;
     assert_eq!(hb.expires_at, cap, "min(now + 60, createdAt + 90)");
     assert_eq!(hb.renewal_count, 1);
     ctx.advance_minutes(40); // exactly at the cap: expired
-    let (status, code, message) =
-        api_error(ctx.client.renew_session().session_id(&id).send().await);
+    let (status, code, message) = api_error(ctx.try_renew(&id).await);
     assert_eq!((status, code), (410, types::ErrorCode::SessionExpired));
     assert_eq!(
         message,
@@ -84,43 +74,27 @@ async fn renewal_cannot_pass_the_max_duration() {
             cap.format("%Y-%m-%dT%H:%M:%S%.3fZ")
         )
     );
-    let (status, _, _) = api_error(ctx.client.session_heartbeat().session_id(&id).send().await);
+    let (status, _, _) = api_error(ctx.try_heartbeat(&id).await);
     assert_eq!(status, 410);
 }
 
 #[tokio::test]
 async fn auto_renew_off_heartbeat_only_records_activity() {
-    let ctx = TestContext::new().await;
-    let s = ctx
-        .create_session(Some(types::TimeoutConfigInput {
-            timeout_minutes: Some(30.0),
-            auto_renew: Some(false),
-            ..Default::default()
-        }))
-        .await;
+    let (ctx, s) = TestContext::with_session(Some(types::TimeoutConfigInput {
+        timeout_minutes: Some(30.0),
+        auto_renew: Some(false),
+        ..Default::default()
+    }))
+    .await;
     let id = s.session_id.to_string();
     ctx.advance_minutes(20);
-    let hb = ctx
-        .client
-        .session_heartbeat()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let hb = ctx.heartbeat(&id).await;
     assert_eq!(hb.renewal_count, 0);
     assert_eq!(hb.last_activity, ctx.service.now());
     assert_eq!(hb.expires_at, s.expires_at, "no renewal with autoRenew off");
 
     // An explicit renewal works even with autoRenew off.
-    let renewed = ctx
-        .client
-        .renew_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let renewed = ctx.renew(&id).await;
     assert_eq!(renewed.renewal_count, 1);
     assert_eq!(
         renewed.expires_at,
@@ -129,42 +103,29 @@ async fn auto_renew_off_heartbeat_only_records_activity() {
 
     // And it is not undone when a PATCH recomputes expiresAt.
     let patched = ctx
-        .client
-        .update_session_timeout()
-        .session_id(&id)
-        .body(types::TimeoutConfigInput {
-            warning_threshold_minutes: Some(10.0),
-            ..Default::default()
-        })
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+        .update_timeout(
+            &id,
+            types::TimeoutConfigInput {
+                warning_threshold_minutes: Some(10.0),
+                ..Default::default()
+            },
+        )
+        .await;
     assert_eq!(patched.expires_at, renewed.expires_at);
 }
 
 #[tokio::test]
 async fn patch_merges_with_the_current_config() {
-    let ctx = TestContext::new().await;
-    let s = ctx
-        .create_session(Some(types::TimeoutConfigInput {
-            timeout_minutes: Some(60.0),
-            auto_renew: Some(false),
-            max_duration_minutes: Some(600.0),
-            warning_threshold_minutes: Some(15.0),
-        }))
-        .await;
+    let (ctx, s) = TestContext::with_session(Some(types::TimeoutConfigInput {
+        timeout_minutes: Some(60.0),
+        auto_renew: Some(false),
+        max_duration_minutes: Some(600.0),
+        warning_threshold_minutes: Some(15.0),
+    }))
+    .await;
     let id = s.session_id.to_string();
     ctx.advance_minutes(10);
-    let patched = ctx
-        .client
-        .update_session_timeout()
-        .session_id(&id)
-        .body(timeout_minutes(120.0))
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let patched = ctx.update_timeout(&id, timeout_minutes(120.0)).await;
     let c = &patched.timeout_config;
     assert_eq!(c.timeout_minutes, 120.0);
     assert!(
@@ -175,48 +136,32 @@ async fn patch_merges_with_the_current_config() {
     assert_eq!(c.warning_threshold_minutes, 15.0);
     // autoRenew off: the timeout counts from creation (the last renewal).
     assert_eq!(patched.expires_at, s.created_at + Duration::minutes(120));
-    let (status, code, message) = api_error(
+    let message = assert_api_error(
         ctx.client
             .update_session_timeout()
             .session_id(&id)
             .body(timeout_minutes(4.0))
             .send()
             .await,
+        400,
+        types::ErrorCode::ValidationError,
     );
-    assert_eq!((status, code), (400, types::ErrorCode::ValidationError));
     assert_eq!(
         message,
         "Invalid timeout configuration: Timeout must be between 5 and 1440 minutes"
     );
     // Boundaries are accepted (5 last: ten minutes after creation it expires this non-renewing session).
     for ok in [1440.0, 5.0] {
-        let r = ctx
-            .client
-            .update_session_timeout()
-            .session_id(&id)
-            .body(timeout_minutes(ok))
-            .send()
-            .await
-            .unwrap()
-            .into_inner();
+        let r = ctx.update_timeout(&id, timeout_minutes(ok)).await;
         assert_eq!(r.timeout_config.timeout_minutes, ok);
     }
 }
 
 #[tokio::test]
 async fn near_expiration_and_time_remaining_follow_the_clock() {
-    let ctx = TestContext::new().await;
-    let s = ctx.create_session(None).await; // 30 min, warning 5 min
+    let (ctx, s) = TestContext::with_session(None).await; // 30 min, warning 5 min
     let id = s.session_id.to_string();
-    let get = || async {
-        ctx.client
-            .get_session()
-            .session_id(&id)
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-    };
+    let get = || async { ctx.get(&id).await };
     assert!(!get().await.is_near_expiration);
     ctx.advance_minutes(24);
     let g = get().await;
@@ -231,14 +176,7 @@ async fn near_expiration_and_time_remaining_follow_the_clock() {
     assert_eq!(g.time_remaining, 1);
     assert!(g.is_near_expiration);
     // A heartbeat moves it out of the warning window.
-    let hb = ctx
-        .client
-        .session_heartbeat()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let hb = ctx.heartbeat(&id).await;
     assert!(!hb.is_near_expiration);
     assert_eq!(hb.time_remaining, 30 * 60_000);
 }
@@ -256,17 +194,14 @@ async fn expired_answers_410_during_retention_then_404_after_purge() {
     ctx.advance_minutes(30);
     // Every session endpoint but DELETE answers 410, again and again (the reference answers it once).
     for _ in 0..2 {
-        let (status, code, _) = api_error(ctx.client.get_session().session_id(&id).send().await);
-        assert_eq!((status, code), (410, types::ErrorCode::SessionExpired));
+        assert_api_error(
+            ctx.try_get(&id).await,
+            410,
+            types::ErrorCode::SessionExpired,
+        );
     }
-    assert_eq!(
-        api_error(ctx.client.session_heartbeat().session_id(&id).send().await).0,
-        410
-    );
-    assert_eq!(
-        api_error(ctx.client.renew_session().session_id(&id).send().await).0,
-        410
-    );
+    assert_eq!(api_error(ctx.try_heartbeat(&id).await).0, 410);
+    assert_eq!(api_error(ctx.try_renew(&id).await).0, 410);
     assert_eq!(
         api_error(
             ctx.client
@@ -285,16 +220,16 @@ async fn expired_answers_410_during_retention_then_404_after_purge() {
     assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap().purged, 0);
     ctx.clock
         .advance(Duration::hours(2) - Duration::milliseconds(1));
-    assert_eq!(
-        api_error(ctx.client.get_session().session_id(&id).send().await).0,
-        410
-    );
+    assert_eq!(api_error(ctx.try_get(&id).await).0, 410);
     assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap().purged, 0);
 
     // ...and after retention it is gone: 404, with or without the purge having run.
     ctx.clock.advance(Duration::milliseconds(1));
-    let (status, code, _) = api_error(ctx.client.get_session().session_id(&id).send().await);
-    assert_eq!((status, code), (404, types::ErrorCode::SessionNotFound));
+    assert_api_error(
+        ctx.try_get(&id).await,
+        404,
+        types::ErrorCode::SessionNotFound,
+    );
     assert_eq!(sweeper.run_once(ctx.service.now()).await.unwrap().purged, 1);
     assert!(
         ctx.store.get_session(s.session_id).await.unwrap().is_none(),
@@ -312,23 +247,12 @@ async fn expired_answers_410_during_retention_then_404_after_purge() {
 
 #[tokio::test]
 async fn delete_still_works_on_an_expired_session() {
-    let ctx = TestContext::new().await;
-    let s = ctx.create_session(None).await;
+    let (ctx, s) = TestContext::with_session(None).await;
     let id = s.session_id.to_string();
     ctx.advance_minutes(31);
-    let deleted = ctx
-        .client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let deleted = ctx.delete(&id).await;
     assert!(deleted.success);
-    assert_eq!(
-        api_error(ctx.client.get_session().session_id(&id).send().await).0,
-        404
-    );
+    assert_eq!(api_error(ctx.try_get(&id).await).0, 404);
 }
 
 /// A server holding two full purge batches and then some of sessions already past their retention.
@@ -360,13 +284,7 @@ async fn sweeper_purges_in_batches() {
             .purged,
         n as u64
     );
-    let h = ctx
-        .client
-        .list_sessions()
-        .send()
-        .await
-        .unwrap()
-        .into_inner();
+    let h = ctx.list().await;
     assert_eq!(h.stats.total_sessions, 0);
 }
 
@@ -382,16 +300,7 @@ async fn running_sweeper_purges_everything_due_then_stops() {
     )
     .spawn(stopped);
     // Waits for the background purge to finish (each batch is followed by a short rest), with a deadline.
-    let total = || async {
-        ctx.client
-            .list_sessions()
-            .send()
-            .await
-            .unwrap()
-            .into_inner()
-            .stats
-            .total_sessions
-    };
+    let total = || async { ctx.list().await.stats.total_sessions };
     let purged = tokio::time::timeout(WAIT, async {
         while total().await > 0 {
             tokio::task::yield_now().await;

@@ -4,26 +4,22 @@
 //! A test binary of its own (the root `tests/` drive the library): only here does cargo provide the path of the
 //! binary it built.
 
+#[path = "support/command.rs"]
+mod command;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-sessions-server");
 /// Starting takes milliseconds; this bounds a broken start, not a slow one.
 const WAIT: Duration = Duration::from_secs(30);
 
 fn server(dir: &tempfile::TempDir, host: &str, extra: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["--host", host, "--port", "0", "--database-url"])
-        .arg(format!("sqlite:{}", dir.path().join("data/s.db").display()))
-        .args(extra)
-        .env_remove("API_KEYS")
-        .env_remove("ELIZA_SERVER_AUTH_TOKEN")
-        .env_remove("ALLOW_ANONYMOUS")
+    let url = format!("sqlite:{}", dir.path().join("data/s.db").display());
+    let mut cmd = command::server_command(host, &url);
+    cmd.args(extra)
         .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (name, value) in env {
         cmd.env(name, value);

@@ -7,12 +7,15 @@
 //!
 //! A test binary of its own: only here does cargo provide the path of the binary it built.
 
+// The root test suite's guard over immutable files (one source for both).
+#[path = "../../tests/faults/immutable.rs"]
+mod immutable;
 mod support;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use immutable::Immutable;
 use support::load::{Load, Record};
 use support::postgres::Postgres;
 use support::ServerProcess;
@@ -27,6 +30,9 @@ const WAIT: Duration = Duration::from_secs(20);
 const WRITES: usize = 200;
 /// How long the server waits before logging that an outage is over (`outage::QUIET`), plus slack.
 const RECOVERY_LINE_WAIT: Duration = Duration::from_secs(5 + 20);
+/// What the log says when an outage begins and when it ends.
+const SQLITE_OUTAGE: [&str; 2] = ["SQLite writes failing", "SQLite writes recovered"];
+const POSTGRES_OUTAGE: [&str; 2] = ["PostgreSQL failing", "PostgreSQL recovered"];
 
 /// Every acknowledged session exists on `server`, with at least its acknowledged renewal count. Returns how
 /// many sessions and renewals were checked.
@@ -54,6 +60,40 @@ async fn assert_nothing_acknowledged_lost(
     (record.created.len(), record.renewals.len())
 }
 
+/// After an outage that began at `since` and has just ended: writes succeed again, and the log has one ERROR line
+/// for the whole outage (saying `failing`), a line saying `recovered`, and no warning. Returns those two lines.
+async fn assert_recovered(
+    load: &mut Load,
+    server: &mut ServerProcess,
+    since: Instant,
+    [failing, recovered]: [&str; 2],
+) -> (String, String) {
+    let back = Instant::now();
+    load.wait_for("writes again", WAIT, |r| r.succeeded(0, back) >= WRITES)
+        .await;
+    let recovered = server
+        .wait_for_line(since, recovered, RECOVERY_LINE_WAIT)
+        .await;
+    let errors = server.lines(since, " ERROR ");
+    assert_eq!(errors.len(), 1, "one line for the outage: {errors:#?}");
+    assert!(errors[0].contains(failing), "{}", errors[0]);
+    let warnings = server.lines(since, " WARN ");
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    (errors[0].clone(), recovered)
+}
+
+/// Kills the server with SIGKILL once the load has had writes acknowledged since now; then the load stops. No
+/// answer was anything but a success or a 503. Returns what the load recorded.
+async fn kill_9_under(mut load: Load, server: ServerProcess) -> Record {
+    let before_kill = Instant::now();
+    load.wait_for("writes", WAIT, |r| r.succeeded(0, before_kill) >= WRITES)
+        .await;
+    server.kill();
+    let record = load.stop().await;
+    assert_only_successes_and_503s(&record);
+    record
+}
+
 /// No answer was anything but a success or a 503 (None: no answer, from the killed process).
 fn assert_only_successes_and_503s(record: &Record) {
     for call in &record.calls {
@@ -62,23 +102,6 @@ fn assert_only_successes_and_503s(record: &Record) {
             Some(503) => assert_eq!(call.code.as_deref(), Some("SERVICE_UNAVAILABLE")),
             Some(other) => panic!("a request got {other}: {call:?}"),
         }
-    }
-}
-
-fn chattr(flag: &str, files: &[PathBuf]) -> bool {
-    Command::new("chattr")
-        .arg(flag)
-        .args(files)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Makes the files writable again however the test ends (the temp dir could not be removed otherwise).
-struct Immutable(Vec<PathBuf>);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        chattr("-i", &self.0);
     }
 }
 
@@ -97,38 +120,22 @@ async fn sqlite_read_only_then_kill_9_under_load() {
     let files = vec![db.clone(), PathBuf::from(format!("{}-wal", db.display()))];
     // Before the files change: the first failure may be logged at once.
     let fault = Instant::now();
-    if chattr("+i", &files) {
-        let immutable = Immutable(files);
+    if let Some(immutable) = Immutable::new(files) {
         load.wait_for("503s", WAIT, |r| r.count(0, 503, fault) >= 50)
             .await;
         let failed = load.inspect(|r| r.count(0, 503, fault));
         drop(immutable);
-        let back = Instant::now();
-        load.wait_for("writes again", WAIT, |r| r.succeeded(0, back) >= WRITES)
-            .await;
-        let recovered = server
-            .wait_for_line(fault, "SQLite writes recovered", RECOVERY_LINE_WAIT)
-            .await;
-        let errors = server.lines(fault, " ERROR ");
-        assert_eq!(errors.len(), 1, "one line for the outage: {errors:#?}");
-        assert!(errors[0].contains("SQLite writes failing"), "{}", errors[0]);
-        let warnings = server.lines(fault, " WARN ");
-        assert!(warnings.is_empty(), "{warnings:#?}");
+        let (failing, recovered) =
+            assert_recovered(&mut load, &mut server, fault, SQLITE_OUTAGE).await;
         eprintln!(
-            "SQLite read-only: {failed} writes answered 503, logged as:\n  {}\n  {recovered}",
-            errors[0]
+            "SQLite read-only: {failed} writes answered 503, logged as:\n  {failing}\n  {recovered}"
         );
     } else {
         eprintln!("skipping the read-only phase: chattr +i is not possible here (needs root)");
     }
 
     // kill -9 mid-load, then a restart on the same file.
-    let before_kill = Instant::now();
-    load.wait_for("writes", WAIT, |r| r.succeeded(0, before_kill) >= WRITES)
-        .await;
-    server.kill();
-    let record = load.stop().await;
-    assert_only_successes_and_503s(&record);
+    let record = kill_9_under(load, server).await;
     let server = ServerProcess::start(&url);
     let (sessions, renewals) = assert_nothing_acknowledged_lost(&server, &record).await;
     eprintln!(
@@ -156,30 +163,16 @@ async fn postgres_outage_then_kill_9_under_load() {
         .await;
     tokio::task::block_in_place(|| pg.start_again());
     let up = Instant::now();
-    load.wait_for("writes again", WAIT, |r| r.succeeded(0, up) >= WRITES)
-        .await;
-    let recovered = server
-        .wait_for_line(down, "PostgreSQL recovered", RECOVERY_LINE_WAIT)
-        .await;
-    let errors = server.lines(down, " ERROR ");
-    assert_eq!(errors.len(), 1, "one line for the outage: {errors:#?}");
-    assert!(errors[0].contains("PostgreSQL failing"), "{}", errors[0]);
-    let warnings = server.lines(down, " WARN ");
-    assert!(warnings.is_empty(), "{warnings:#?}");
+    let (failing, recovered) =
+        assert_recovered(&mut load, &mut server, down, POSTGRES_OUTAGE).await;
     let failed = load.inspect(|r| r.count(0, 503, down));
     eprintln!(
-        "PostgreSQL outage: {:.1?} down, {failed} requests answered 503, logged as:\n  {}\n  {recovered}",
-        up - down,
-        errors[0]
+        "PostgreSQL outage: {:.1?} down, {failed} requests answered 503, logged as:\n  {failing}\n  {recovered}",
+        up - down
     );
 
     // kill -9 mid-load, then a restart on the same database.
-    let before_kill = Instant::now();
-    load.wait_for("writes", WAIT, |r| r.succeeded(0, before_kill) >= WRITES)
-        .await;
-    server.kill();
-    let record = load.stop().await;
-    assert_only_successes_and_503s(&record);
+    let record = kill_9_under(load, server).await;
     let slowest = record.slowest(down, up);
     assert!(
         slowest < Duration::from_secs(5),

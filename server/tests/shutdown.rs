@@ -7,6 +7,9 @@
 //! A test binary of its own, next to `binary.rs`: only here does cargo provide the path of the binary it built.
 //! Figures are printed; run with `--nocapture` to see them.
 
+#[path = "support/command.rs"]
+mod command;
+
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-sessions-server");
 /// Bounds a broken start or a missing event, not a slow one.
 const WAIT: Duration = Duration::from_secs(30);
 /// How fast a shutdown with nothing left to wait for must be: far below the 10 s bound.
@@ -35,15 +37,9 @@ struct Server {
 impl Server {
     async fn start(env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["--host", "127.0.0.1", "--port", "0", "--database-url"])
-            .arg(format!("sqlite:{}", dir.path().join("s.db").display()))
-            .env_remove("API_KEYS")
-            .env_remove("ELIZA_SERVER_AUTH_TOKEN")
-            .env_remove("SHUTDOWN_TIMEOUT_SECONDS")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let mut cmd = Command::from(command::server_command("127.0.0.1", &url));
+        cmd.env("RUST_LOG", "info")
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
         for (name, value) in env {

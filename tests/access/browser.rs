@@ -108,12 +108,10 @@ async fn an_allowed_origin_gets_preflight_and_response_headers() {
         assert!(exposed.contains(h), "{h} not in {exposed}");
     }
     // A refusal is readable by the page too.
-    let refused = call(
+    let refused = get_with(
         &ctx,
-        Method::GET,
         "/api/agents",
         &[("origin", PAGE), ("authorization", &auth)],
-        None,
     )
     .await;
     refused.assert_error(403, "FORBIDDEN", "a token on /api/agents");
@@ -134,12 +132,10 @@ async fn other_origins_get_no_cors_headers() {
             !(200..300).contains(&answer.status),
             "{origins:?}: a preflight without CORS is not a success"
         );
-        let answer = call(
+        let answer = get_with(
             &ctx,
-            Method::GET,
             "/api/agents",
             &[("origin", ELSEWHERE), ("x-api-key", KEY)],
-            None,
         )
         .await;
         assert_eq!(answer.status, 200, "answered as any request");

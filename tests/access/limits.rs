@@ -12,6 +12,8 @@ use uuid::Uuid;
 use super::*;
 use crate::support::*;
 
+const HEALTH: &str = "/api/messaging/sessions/health";
+
 fn limited(key: u32, session: u32, anonymous: u32, trust_forwarded_for: bool) -> TestOptions {
     TestOptions {
         access: AccessSettings {
@@ -41,7 +43,7 @@ async fn the_limit_plus_one_is_429_with_the_headers_until_the_window_passes() {
     let ctx = TestContext::with_options(limited(3, 0, 0, false)).await;
     let list = |key: &'static str| {
         let ctx = &ctx;
-        async move { call(ctx, Method::GET, "/api/agents", &[("x-api-key", key)], None).await }
+        async move { get_with(ctx, "/api/agents", &[("x-api-key", key)]).await }
     };
     for remaining in [2, 1, 0] {
         let ok = list(KEY).await;
@@ -109,14 +111,7 @@ async fn session_tokens_and_anonymous_clients_have_their_own_tighter_buckets() {
         "another session, another bucket"
     );
     // The key is unlimited here: no RateLimit headers on its answers.
-    let with_key = call(
-        &ctx,
-        Method::GET,
-        "/api/agents",
-        &[("x-api-key", KEY)],
-        None,
-    )
-    .await;
+    let with_key = get_with(&ctx, "/api/agents", &[("x-api-key", KEY)]).await;
     assert_eq!(with_key.status, 200);
     assert!(with_key.header("ratelimit-limit").is_none());
 
@@ -124,16 +119,7 @@ async fn session_tokens_and_anonymous_clients_have_their_own_tighter_buckets() {
     // check; elsewhere they always get their 401 (never a 429 that would hide why).
     let health = |key: &'static str| {
         let ctx = &ctx;
-        async move {
-            call(
-                ctx,
-                Method::GET,
-                "/api/messaging/sessions/health",
-                &[("x-api-key", key)],
-                None,
-            )
-            .await
-        }
+        async move { get_with(ctx, HEALTH, &[("x-api-key", key)]).await }
     };
     assert_eq!(health("guess").await.status, 200);
     assert_eq!(health("").await.status, 200);
@@ -143,14 +129,7 @@ async fn session_tokens_and_anonymous_clients_have_their_own_tighter_buckets() {
         "the 3rd anonymous health check",
     );
     for _ in 0..5 {
-        let guess = call(
-            &ctx,
-            Method::GET,
-            "/api/agents",
-            &[("x-api-key", "guess")],
-            None,
-        )
-        .await;
+        let guess = get_with(&ctx, "/api/agents", &[("x-api-key", "guess")]).await;
         guess.assert_error(401, "UNAUTHORIZED", "a guess");
     }
 }
@@ -163,17 +142,8 @@ async fn forwarded_addresses_count_only_when_trusted() {
         let ctx = TestContext::with_options(limited(0, 0, 1, trusted)).await;
         let health = |from: &'static str| {
             let ctx = &ctx;
-            async move {
-                call(
-                    ctx,
-                    Method::GET,
-                    "/api/messaging/sessions/health",
-                    &[("x-forwarded-for", from)],
-                    None,
-                )
-                .await
-                .status
-            }
+            let through = [("x-forwarded-for", from)];
+            async move { get_with(ctx, HEALTH, &through).await.status }
         };
         assert_eq!(health("203.0.113.7, 198.51.100.1").await, 200);
         let second = health("203.0.113.7, 198.51.100.2").await;
@@ -246,13 +216,7 @@ async fn sends_beyond_the_unanswered_bound_get_429() {
     refused.assert_error(429, "RATE_LIMIT_EXCEEDED", "a third unanswered message");
     assert_eq!(refused.body["error"]["details"]["unansweredLimit"], 2);
     assert_eq!(header_u64(&refused, "retry-after"), 1);
-    let history = ctx
-        .client
-        .get_messages()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    let history = ctx.history_page(&id).await;
     assert_eq!(
         history.messages.len(),
         2,
@@ -267,11 +231,11 @@ async fn event_streams_are_bounded_per_session_and_in_total() {
         ..TestOptions::default()
     })
     .await;
-    let a = ctx.create_session(None).await.session_id.to_string();
-    let b = ctx.create_session(None).await.session_id.to_string();
-    let first = ctx.client.session_events(&a, None).await.unwrap();
-    let _second = ctx.client.session_events(&a, None).await.unwrap();
-    let (status, code, message) = api_error_of(ctx.client.session_events(&a, None).await);
+    let a = ctx.new_session_id(None).await;
+    let b = ctx.new_session_id(None).await;
+    let first = ctx.events(&a).await;
+    let _second = ctx.events(&a).await;
+    let (status, code, message) = api_error(ctx.client.session_events(&a, None).await);
     assert_eq!(
         (status, code),
         (429, types::ErrorCode::RateLimitExceeded),
@@ -281,8 +245,8 @@ async fn event_streams_are_bounded_per_session_and_in_total() {
         message.contains("maximum of 2 open event streams"),
         "{message}"
     );
-    let _third = ctx.client.session_events(&b, None).await.unwrap();
-    let (status, code, _) = api_error_of(ctx.client.session_events(&b, None).await);
+    let _third = ctx.events(&b).await;
+    let (status, code, _) = api_error(ctx.client.session_events(&b, None).await);
     assert_eq!((status, code), (503, types::ErrorCode::ServiceUnavailable));
     // A stream whose client leaves gives its slot back.
     drop(first);
@@ -295,31 +259,12 @@ async fn event_streams_are_bounded_per_session_and_in_total() {
             }
             // The server notices the closed connection at its next write: a session event makes one.
             Err(_) => {
-                ctx.client
-                    .session_heartbeat()
-                    .session_id(&a)
-                    .send()
-                    .await
-                    .unwrap();
+                ctx.heartbeat(&a).await;
                 tokio::task::yield_now().await;
             }
         }
     }
     assert!(reopened.is_some(), "the slot came back");
-}
-
-fn api_error_of<T>(
-    result: Result<T, agent_sessions::Error<types::ErrorResponse>>,
-) -> (u16, types::ErrorCode, String) {
-    match result {
-        Err(agent_sessions::Error::ErrorResponse(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp.into_inner();
-            (status, body.error.code, body.error.message)
-        }
-        Err(other) => panic!("expected an API error, got {other:?}"),
-        Ok(_) => panic!("expected an API error, got a stream"),
-    }
 }
 
 /// Quotas: a user's active sessions and a session's stored messages, each refused beyond its bound with 429
@@ -364,45 +309,21 @@ async fn quotas_of_sessions_per_user_and_messages_per_session() {
     .await;
     assert_eq!(other.status, 201, "another user has a quota of their own");
     let id = first.body["sessionId"].as_str().unwrap().to_string();
-    ctx.client
-        .delete_session()
-        .session_id(&id)
-        .send()
-        .await
-        .unwrap();
+    ctx.delete(&id).await;
     assert_eq!(create().await.status, 201, "an ended session makes room");
 
     // Messages: two exchanges (4 stored messages) fill the session.
-    let session = ctx.create_session(None).await.session_id.to_string();
+    let session = ctx.new_session_id(None).await;
     for i in 0..2 {
-        ctx.client
-            .send_message()
-            .session_id(&session)
-            .body(message(&format!("m{i}"), types::TransportType::Http))
-            .send()
-            .await
-            .unwrap();
+        ctx.send(&session, &format!("m{i}"), types::TransportType::Http)
+            .await;
     }
-    let (status, code, text) = api_error(
-        ctx.client
-            .send_message()
-            .session_id(&session)
-            .body(message("one too many", types::TransportType::Http))
-            .send()
-            .await,
+    assert_api_error(
+        ctx.try_send(&session, "one too many").await,
+        429,
+        types::ErrorCode::QuotaExceeded,
     );
-    assert_eq!(
-        (status, code),
-        (429, types::ErrorCode::QuotaExceeded),
-        "{text}"
-    );
-    let history = ctx
-        .client
-        .get_messages()
-        .session_id(&session)
-        .send()
-        .await
-        .unwrap();
+    let history = ctx.history_page(&session).await;
     assert_eq!(
         history.messages.len(),
         4,

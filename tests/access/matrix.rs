@@ -341,12 +341,7 @@ async fn refusals_come_before_the_body_and_the_store() {
     let (session, token) = create_session(&ctx, json!({})).await;
     let _ = session;
     let (other, _) = create_session(&ctx, json!({})).await;
-    ctx.client
-        .delete_session()
-        .session_id(other.to_string())
-        .send()
-        .await
-        .unwrap();
+    ctx.delete(other).await;
     for target in [other, Uuid::new_v4()] {
         let answer = call(
             &ctx,

@@ -83,6 +83,11 @@ pub async fn call(
     }
 }
 
+/// A GET with the given headers.
+pub async fn get_with(ctx: &TestContext, path: &str, headers: &[(&str, &str)]) -> Answer {
+    call(ctx, Method::GET, path, headers, None).await
+}
+
 /// `X-API-KEY: key`.
 pub fn key_header(key: &str) -> [(&'static str, String); 1] {
     [("x-api-key", key.to_string())]

@@ -82,7 +82,7 @@ async fn a_session_token_drives_its_own_session_through_the_sdk() {
     }
 
     // Nothing beyond its session.
-    let other = ctx.create_session(None).await.session_id.to_string();
+    let other = ctx.new_session_id(None).await;
     assert_eq!(
         status(user.get_session().session_id(&other).send().await),
         (403, types::ErrorCode::Forbidden)
@@ -191,12 +191,7 @@ async fn the_events_stream_takes_the_token_in_the_query() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.bytes_stream();
-    ctx.client
-        .session_heartbeat()
-        .session_id(id.to_string())
-        .send()
-        .await
-        .unwrap();
+    ctx.heartbeat(id).await;
     let first = tokio::time::timeout(WAIT, body.next())
         .await
         .expect("an event in time")

@@ -3,6 +3,7 @@
 //! is lost, and the server recovers by itself. (`kill -9` of the server process is in
 //! `server/tests/crash.rs`, which can start the real binary.)
 
+mod immutable;
 mod load;
 mod postgres;
 mod sqlite;

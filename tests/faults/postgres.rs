@@ -78,13 +78,7 @@ async fn b_connections(admin: &str) -> String {
 
 async fn health(ctx: &TestContext) -> (u16, Duration) {
     let started = Instant::now();
-    let (status, _, _) = raw(
-        Method::GET,
-        &ctx.url("/api/messaging/sessions/health"),
-        None,
-        "",
-    )
-    .await;
+    let (status, _, _) = ctx.get_raw("/api/messaging/sessions/health").await;
     (status, started.elapsed())
 }
 
@@ -149,16 +143,11 @@ async fn postgres_stopped_and_started_under_load_with_two_instances() {
 
     // The watched session: two streams on B (one kept open throughout, one closed during the outage and
     // resumed after it with Last-Event-ID), one on A.
-    let watched = a.create_session(None).await.session_id.to_string();
-    let mut kept = b.client.session_events(&watched, None).await.unwrap();
-    let mut resumed = b.client.session_events(&watched, None).await.unwrap();
-    let mut on_a = a.client.session_events(&watched, None).await.unwrap();
-    a.client
-        .renew_session()
-        .session_id(&watched)
-        .send()
-        .await
-        .unwrap();
+    let watched = a.new_session_id(None).await;
+    let mut kept = b.events(&watched).await;
+    let mut resumed = b.events(&watched).await;
+    let mut on_a = a.events(&watched).await;
+    a.renew(&watched).await;
     let first = next(&mut kept).await.id.expect("a stored event");
     assert_eq!(next(&mut resumed).await.id, Some(first));
     assert_eq!(next(&mut on_a).await.id, Some(first));
@@ -234,23 +223,14 @@ async fn postgres_stopped_and_started_under_load_with_two_instances() {
 
     // While B still cannot connect, A commits events of the watched session: renewals, a message and its reply.
     for _ in 0..2 {
-        a.client
-            .renew_session()
-            .session_id(&watched)
-            .send()
-            .await
-            .unwrap();
+        a.renew(&watched).await;
     }
-    a.client
-        .send_message()
-        .session_id(&watched)
-        .body(message(
-            "during B's absence",
-            types::TransportType::Websocket,
-        ))
-        .send()
-        .await
-        .unwrap();
+    a.send(
+        &watched,
+        "during B's absence",
+        types::TransportType::Websocket,
+    )
+    .await;
     // The reply is stored once A's stream shows it.
     loop {
         if let SessionEvent::Message(m) = next(&mut on_a).await.event {

@@ -10,28 +10,18 @@ use std::process::Command;
 use std::sync::Arc;
 
 use agent_sessions_server::clock::MockClock;
-use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+use super::immutable::Immutable;
 use crate::support::*;
 
-async fn post(ctx: &TestContext, path: &str, body: Value) -> (u16, String, Value) {
-    raw(
-        Method::POST,
-        &ctx.url(path),
-        Some("application/json"),
-        body.to_string(),
-    )
-    .await
-}
-
-async fn get(ctx: &TestContext, path: &str) -> (u16, String, Value) {
-    raw(Method::GET, &ctx.url(path), None, "").await
+async fn post(ctx: &TestContext, path: &str, body: Value) -> Raw {
+    ctx.post_json(path, body.to_string()).await
 }
 
 /// A create with `padding` bytes of metadata; the id if it was acknowledged.
-async fn create(ctx: &TestContext, padding: usize) -> ((u16, String, Value), Option<Uuid>) {
+async fn create(ctx: &TestContext, padding: usize) -> (Raw, Option<Uuid>) {
     let body = json!({
         "agentId": ctx.agent_id,
         "userId": Uuid::new_v4(),
@@ -43,11 +33,11 @@ async fn create(ctx: &TestContext, padding: usize) -> ((u16, String, Value), Opt
 }
 
 async fn health(ctx: &TestContext) -> u16 {
-    get(ctx, "/api/messaging/sessions/health").await.0
+    ctx.get_raw("/api/messaging/sessions/health").await.0
 }
 
 /// The 503 of a store that takes no writes: the API's error, with `Retry-After`, and nothing internal.
-fn assert_unavailable(resp: &(u16, String, Value)) {
+fn assert_unavailable(resp: &Raw) {
     assert_error(resp, 503, "SERVICE_UNAVAILABLE");
     let message = resp.2["error"]["message"].as_str().unwrap();
     assert!(
@@ -73,25 +63,6 @@ fn assert_intact(db: &Path, acknowledged: &[Uuid]) {
     }
 }
 
-/// `chattr +i` / `-i` on `files`; false if that is not possible here.
-fn immutable(files: &[PathBuf], on: bool) -> bool {
-    let flag = if on { "+i" } else { "-i" };
-    Command::new("chattr")
-        .arg(flag)
-        .args(files)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Makes files writable again however the test ends, or the temp dir could not be removed.
-struct Immutable(Vec<PathBuf>);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        immutable(&self.0, false);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_database_answers_503_to_writes_and_recovers() {
     let ctx = TestContext::new().await;
@@ -101,11 +72,10 @@ async fn a_read_only_database_answers_503_to_writes_and_recovers() {
         acknowledged.extend(create(&ctx, 0).await.1);
     }
     let files = vec![db.clone(), PathBuf::from(format!("{}-wal", db.display()))];
-    if !immutable(&files, true) {
+    let Some(guard) = Immutable::new(files) else {
         eprintln!("skipping the read-only SQLite test: chattr +i is not possible here (root, ext4/xfs/btrfs)");
         return;
-    }
-    let guard = Immutable(files);
+    };
 
     let (resp, id) = create(&ctx, 0).await;
     assert_unavailable(&resp);
@@ -113,11 +83,9 @@ async fn a_read_only_database_answers_503_to_writes_and_recovers() {
     let heartbeat = format!("/api/messaging/sessions/{}/heartbeat", acknowledged[0]);
     assert_unavailable(&post(&ctx, &heartbeat, json!({})).await);
     // Reads go on.
-    let (status, _, _) = get(
-        &ctx,
-        &format!("/api/messaging/sessions/{}", acknowledged[1]),
-    )
-    .await;
+    let (status, _, _) = ctx
+        .get_raw(&format!("/api/messaging/sessions/{}", acknowledged[1]))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(
         health(&ctx).await,
@@ -225,11 +193,9 @@ async fn a_full_disk_answers_503_to_writes_and_recovers_when_space_comes_back() 
             None => assert_unavailable(&resp),
         }
     }
-    let (status, _, _) = get(
-        &ctx,
-        &format!("/api/messaging/sessions/{}", acknowledged[0]),
-    )
-    .await;
+    let (status, _, _) = ctx
+        .get_raw(&format!("/api/messaging/sessions/{}", acknowledged[0]))
+        .await;
     assert_eq!(status, 200, "reads go on");
     assert_eq!(health(&ctx).await, 503, "health while the disk is full");
 

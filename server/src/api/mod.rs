@@ -34,6 +34,9 @@ use error::{ApiError, ErrorCode};
 /// examples; a test proves the handlers agree with it).
 pub const CONTRACT_YAML: &str = include_str!("../../../openapi.yaml");
 
+/// The `<title>` of the documentation page.
+const DOCS_TITLE: &str = "<title>agent-sessions API</title>";
+
 #[derive(Tags)]
 pub enum ApiTags {
     /// Timed conversations between a user and an agent.
@@ -104,10 +107,12 @@ pub fn app(
     };
     let clock = service_state.clock();
     let api = service();
-    // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec.
+    // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec, and name the
+    // page after the project (poem-openapi titles it "Swagger UI", which says nothing in a tab or a bookmark).
     let docs = api
         .swagger_ui_html()
-        .replacen(&api.spec(), contract_json(), 1);
+        .replacen(&api.spec(), contract_json(), 1)
+        .replacen("<title>Swagger UI</title>", DOCS_TITLE, 1);
     let routes = Route::new()
         .nest_no_strip("/api", api)
         .at(

@@ -2,6 +2,7 @@
 //! a load of creates and heartbeats over HTTP that records every acknowledged write, and a throwaway
 //! PostgreSQL server the test may stop and start.
 
+pub mod command;
 // The root test suite's load (one source for both): its own fault tests use all of it, these some.
 #[allow(dead_code)]
 #[path = "../../../tests/faults/load.rs"]
@@ -9,11 +10,10 @@ pub mod load;
 pub mod postgres;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agent-sessions-server");
 /// Starting takes well under a second; this bounds a broken start, not a slow one.
 pub const START_WAIT: Duration = Duration::from_secs(30);
 
@@ -32,18 +32,9 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary on a free port and waits until it listens.
     pub fn start(database_url: &str) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--host", "127.0.0.1", "--port", "0", "--database-url"])
-            .arg(database_url)
-            .env_remove("API_KEYS")
-            .env_remove("ELIZA_SERVER_AUTH_TOKEN")
-            .env_remove("DATABASE_ACQUIRE_TIMEOUT_SECONDS")
-            // The default log filter, as an operator gets it.
-            .env_remove("RUST_LOG")
-            // Plain lines, so that the tests can find the level in them.
+        // The default log filter, as an operator gets it, in plain lines, so that the tests can find the level.
+        let mut child = command::server_command("127.0.0.1", database_url)
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the server binary starts");
