@@ -7,74 +7,31 @@ use std::pin::Pin;
 use eventsource_stream::{EventStream, EventStreamError};
 use futures::stream::{Stream, StreamExt};
 use progenitor_client::{ClientInfo, Error, ResponseValue};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::types;
 use crate::Client;
 
-/// A piece of an agent reply as it streams.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ReplyChunk {
-    /// The id the reply will be stored under.
-    pub message_id: Uuid,
-    pub chunk: String,
-    /// 0, 1, 2, ... within one reply.
-    pub index: u64,
-}
-
-/// One event of the `sse` transport of `sendMessage`.
+/// One event of the `sse` transport of `sendMessage`, its payload typed by the event's name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExchangeEvent {
     /// The stored user message (always first).
     UserMessage(types::Message),
-    Chunk(ReplyChunk),
+    Chunk(types::ReplyChunk),
     /// The stored reply (always last, unless `Error`).
-    Done {
-        message: types::Message,
-        agent_response: types::AgentResponse,
-    },
+    Done(types::ExchangeDone),
     /// The agent failed or timed out (always last).
-    Error {
-        error: String,
-        code: Option<String>,
-    },
+    Error(types::ExchangeError),
 }
 
-/// The `session` event's payload.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionChange {
-    /// `renewed` or `timeout_updated`.
-    pub reason: String,
-    pub session: types::Session,
-}
-
-/// The `warning` event's payload.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ExpiryWarning {
-    pub session_id: Uuid,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-    pub time_remaining: i64,
-    pub warning_threshold_minutes: f64,
-}
-
-/// One event of a session's events stream.
+/// One event of a session's events stream, its payload typed by the event's name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionEvent {
     Message(types::Message),
-    Chunk(ReplyChunk),
-    Session(SessionChange),
-    Warning(ExpiryWarning),
-    Expired {
-        session_id: Uuid,
-        expired_at: chrono::DateTime<chrono::Utc>,
-    },
-    Deleted {
-        session_id: Uuid,
-    },
+    Chunk(types::ReplyChunk),
+    Session(types::SessionChange),
+    Warning(types::ExpiryWarning),
+    Expired(types::SessionExpired),
+    Deleted(types::SessionDeleted),
 }
 
 /// A session event with its id (None for transient `chunk` and `deleted` events). Pass the last id seen to
@@ -218,75 +175,34 @@ fn decode<T: serde::de::DeserializeOwned>(event: &str, data: &str) -> EventResul
 }
 
 fn exchange_event(event: &str, data: &str) -> EventResult<ExchangeEvent> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Done {
-        message: types::Message,
-        agent_response: types::AgentResponse,
-    }
-    #[derive(Deserialize)]
-    struct Failure {
-        error: String,
-        code: Option<String>,
-    }
-    Ok(match event {
-        "user_message" => ExchangeEvent::UserMessage(decode(event, data)?),
-        "chunk" => ExchangeEvent::Chunk(decode(event, data)?),
-        "done" => {
-            let done: Done = decode(event, data)?;
-            ExchangeEvent::Done {
-                message: done.message,
-                agent_response: done.agent_response,
-            }
-        }
-        "error" => {
-            let f: Failure = decode(event, data)?;
-            ExchangeEvent::Error {
-                error: f.error,
-                code: f.code,
-            }
-        }
-        other => return Err(unknown(other, data)),
+    use types::MessageStreamEventName as Name;
+    Ok(match name::<Name>(event, data)? {
+        Name::UserMessage => ExchangeEvent::UserMessage(decode(event, data)?),
+        Name::Chunk => ExchangeEvent::Chunk(decode(event, data)?),
+        Name::Done => ExchangeEvent::Done(decode(event, data)?),
+        Name::Error => ExchangeEvent::Error(decode(event, data)?),
     })
 }
 
 fn session_event(event: &str, data: &str) -> EventResult<SessionEvent> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Expired {
-        session_id: Uuid,
-        expired_at: chrono::DateTime<chrono::Utc>,
-    }
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Deleted {
-        session_id: Uuid,
-    }
-    Ok(match event {
-        "message" => SessionEvent::Message(decode(event, data)?),
-        "chunk" => SessionEvent::Chunk(decode(event, data)?),
-        "session" => SessionEvent::Session(decode(event, data)?),
-        "warning" => SessionEvent::Warning(decode(event, data)?),
-        "expired" => {
-            let e: Expired = decode(event, data)?;
-            SessionEvent::Expired {
-                session_id: e.session_id,
-                expired_at: e.expired_at,
-            }
-        }
-        "deleted" => SessionEvent::Deleted {
-            session_id: decode::<Deleted>(event, data)?.session_id,
-        },
-        other => return Err(unknown(other, data)),
+    use types::SessionEventName as Name;
+    Ok(match name::<Name>(event, data)? {
+        Name::Message => SessionEvent::Message(decode(event, data)?),
+        Name::Chunk => SessionEvent::Chunk(decode(event, data)?),
+        Name::Session => SessionEvent::Session(decode(event, data)?),
+        Name::Warning => SessionEvent::Warning(decode(event, data)?),
+        Name::Expired => SessionEvent::Expired(decode(event, data)?),
+        Name::Deleted => SessionEvent::Deleted(decode(event, data)?),
     })
 }
 
-fn unknown(event: &str, data: &str) -> StreamError {
-    StreamError::Malformed {
+/// The event's name as the contract lists it.
+fn name<N: std::str::FromStr>(event: &str, data: &str) -> EventResult<N> {
+    event.parse().map_err(|_| StreamError::Malformed {
         event: event.to_string(),
         data: data.to_string(),
         reason: "unknown event name".into(),
-    }
+    })
 }
 
 /// `(id, event, data)` of each frame of a `text/event-stream` body (parsed by `eventsource-stream`); comments

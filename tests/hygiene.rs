@@ -563,7 +563,7 @@ async fn deleting_a_session_ends_its_waiting_sse_send_with_an_error_frame() {
         deleting.elapsed()
     );
     assert!(
-        matches!(&last, ExchangeEvent::Error { code, error } if code.as_deref() == Some("SESSION_NOT_FOUND") && error.contains("deleted")),
+        matches!(&last, ExchangeEvent::Error(e) if e.code == types::ErrorCode::SessionNotFound && e.error.contains("deleted")),
         "{last:?}"
     );
     let rest = tokio::time::timeout(WAIT, exchange.next())

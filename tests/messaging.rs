@@ -138,10 +138,7 @@ async fn sse_transport_streams_the_exchange_and_ends() {
                 assert_eq!(c.index, chunks.len() as u64, "chunks in order");
                 chunks.push(c);
             }
-            ExchangeEvent::Done {
-                message,
-                agent_response,
-            } => break (message, agent_response),
+            ExchangeEvent::Done(done) => break (done.message, done.agent_response),
             other => panic!("unexpected {other:?}"),
         }
     };
@@ -363,8 +360,8 @@ async fn subscribers_get_a_warning_then_expiry_and_the_stream_ends() {
     );
     let expired = next(&mut events).await;
     assert!(
-        matches!(&expired.event, SessionEvent::Expired { session_id, expired_at }
-            if *session_id == s.session_id && *expired_at == s.created_at + chrono::Duration::minutes(10)),
+        matches!(&expired.event, SessionEvent::Expired(e)
+            if e.session_id == s.session_id && e.expired_at == s.created_at + chrono::Duration::minutes(10)),
         "{expired:?}"
     );
     ends(&mut events).await;
@@ -457,9 +454,7 @@ async fn deletion_is_announced_and_ends_the_stream() {
     ctx.delete(&id).await;
     let frame = next(&mut events).await;
     assert_eq!(frame.id, None);
-    assert!(
-        matches!(frame.event, SessionEvent::Deleted { session_id } if session_id.to_string() == id)
-    );
+    assert!(matches!(frame.event, SessionEvent::Deleted(d) if d.session_id.to_string() == id));
     ends(&mut events).await;
     assert!(history_is_gone(&ctx, &id).await);
 }
@@ -586,7 +581,7 @@ async fn an_openai_compatible_agent_answers_through_a_session() {
     let done = loop {
         match next(&mut exchange).await {
             ExchangeEvent::Chunk(c) => chunks.push(c.chunk),
-            ExchangeEvent::Done { agent_response, .. } => break agent_response,
+            ExchangeEvent::Done(done) => break done.agent_response,
             other => panic!("unexpected {other:?}"),
         }
     };
@@ -642,9 +637,8 @@ async fn assert_no_reply(ctx: &TestContext, id: &str, status: u16, code: types::
     let first = next(&mut exchange).await;
     assert!(matches!(first, ExchangeEvent::UserMessage(_)), "{first:?}");
     let last = next(&mut exchange).await;
-    let wanted = Some(code.to_string());
     assert!(
-        matches!(&last, ExchangeEvent::Error { code, .. } if *code == wanted),
+        matches!(&last, ExchangeEvent::Error(e) if e.code == code),
         "{last:?}"
     );
     ends(&mut exchange).await;
