@@ -17,6 +17,6 @@ mod restart;
 mod robustness;
 mod spec_agreement;
 mod sqlite_wal;
-mod store_conformance;
+mod store;
 mod support;
 mod timeouts;
