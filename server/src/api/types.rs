@@ -8,9 +8,9 @@ use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use serde_json::{Map, Value};
 
-/// Implements the poem-openapi traits for a newtype from its schema and two conversions.
-macro_rules! wire_scalar {
-    ($ty:ident, $name:literal, $schema:expr, to: $to:expr, from: $from:expr) => {
+/// Implements poem-openapi's `Type` for a newtype that stands for itself on the wire, with its schema.
+macro_rules! scalar_type {
+    ($ty:ident, $name:literal, $schema:expr) => {
         impl Type for $ty {
             const IS_REQUIRED: bool = true;
             type RawValueType = Self;
@@ -32,6 +32,13 @@ macro_rules! wire_scalar {
                 Box::new(std::iter::once(self))
             }
         }
+    };
+}
+
+/// Implements the poem-openapi traits for a newtype from its schema and two conversions.
+macro_rules! wire_scalar {
+    ($ty:ident, $name:literal, $schema:expr, to: $to:expr, from: $from:expr) => {
+        scalar_type!($ty, $name, $schema);
 
         impl ToJSON for $ty {
             fn to_json(&self) -> Option<Value> {
@@ -180,30 +187,14 @@ macro_rules! documented_text {
         #[derive(Debug, Clone, PartialEq, Eq)]
         pub struct $ty(pub String);
 
-        impl Type for $ty {
-            const IS_REQUIRED: bool = true;
-            type RawValueType = Self;
-            type RawElementValueType = Self;
-
-            fn name() -> Cow<'static, str> {
-                $name.into()
+        scalar_type!(
+            $ty,
+            $name,
+            MetaSchema {
+                pattern: Some($pattern.to_string()),
+                ..MetaSchema::new("string")
             }
-
-            fn schema_ref() -> MetaSchemaRef {
-                MetaSchemaRef::Inline(Box::new(MetaSchema {
-                    pattern: Some($pattern.to_string()),
-                    ..MetaSchema::new("string")
-                }))
-            }
-
-            fn as_raw_value(&self) -> Option<&Self> {
-                Some(self)
-            }
-
-            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-                Box::new(std::iter::once(self))
-            }
-        }
+        );
 
         impl poem_openapi::types::ParseFromParameter for $ty {
             fn parse_from_parameter(value: &str) -> ParseResult<Self> {
