@@ -26,11 +26,17 @@ pub enum ExchangeEvent {
 /// One event of a session's events stream, its payload typed by the event's name.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionEvent {
+    /// A stored message, the user's or the agent's.
     Message(types::Message),
+    /// A piece of an agent reply as it streams (transient: no id, never replayed).
     Chunk(types::ReplyChunk),
+    /// The session was renewed, or its timeout changed.
     Session(types::SessionChange),
+    /// The session entered its warning threshold.
     Warning(types::ExpiryWarning),
+    /// The session expired (the stream's last event).
     Expired(types::SessionExpired),
+    /// The session was deleted (the stream's last event).
     Deleted(types::SessionDeleted),
 }
 

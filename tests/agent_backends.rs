@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use agent_sessions_server::agents::{AgentError, AgentRequest, Backends, EgressPolicy};
 use agent_sessions_server::domain::{
-    iso, Agent, AgentBackend, AgentReply, Attachment, AttachmentKind, Message, Session,
-    TimeoutConfigPatch, TimeoutPolicy,
+    iso, Agent, AgentBackend, AgentReply, Attachment, AttachmentKind, Message, OpenAiBackend,
+    Session, TimeoutConfigPatch, TimeoutPolicy,
 };
 use chrono::DateTime;
 use serde_json::{json, Map};
@@ -389,12 +389,12 @@ async fn openai_streams_deltas_with_key_and_context() {
         (captured, rx)
     })
     .await;
-    let backend = AgentBackend::OpenAi {
+    let backend = AgentBackend::OpenAi(OpenAiBackend {
         base_url: format!("{base}/v1/"),
         model: "test-model".into(),
         api_key_env: Some(KEY_VAR.into()),
         system_prompt: Some("You are terse.".into()),
-    };
+    });
     let request = exchange(backend.clone());
 
     let reply = ask(&backend, &request, &tx).await.expect("reply");
@@ -443,12 +443,12 @@ async fn openai_accepts_a_whole_json_completion_and_sends_no_key_when_unset() {
         captured
     })
     .await;
-    let backend = AgentBackend::OpenAi {
+    let backend = AgentBackend::OpenAi(OpenAiBackend {
         base_url: format!("{base}/v1"),
         model: "local".into(),
         api_key_env: Some("AGENT_SECRET_BACKENDS_TEST_UNSET_5A1F".into()),
         system_prompt: None,
-    };
+    });
     let request = exchange(backend.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
 
@@ -479,12 +479,12 @@ async fn openai_error_answer_fails_with_status_and_message() {
         .await;
     })
     .await;
-    let backend = AgentBackend::OpenAi {
+    let backend = AgentBackend::OpenAi(OpenAiBackend {
         base_url: format!("{base}/v1"),
         model: "test-model".into(),
         api_key_env: None,
         system_prompt: None,
-    };
+    });
     let (tx, mut rx) = mpsc::unbounded_channel();
     let message = failure(ask(&backend, &exchange(backend.clone()), &tx).await);
     joined(server).await;
@@ -636,12 +636,12 @@ where
 }
 
 fn openai_at(base: &str) -> AgentBackend {
-    AgentBackend::OpenAi {
+    AgentBackend::OpenAi(OpenAiBackend {
         base_url: format!("{base}/v1"),
         model: "m".into(),
         api_key_env: None,
         system_prompt: None,
-    }
+    })
 }
 
 /// An OpenAI-compatible server answering `status` with a `content_type` body that floods.

@@ -5,7 +5,7 @@
 use agent_sessions::types;
 use agent_sessions_server::agents::egress::read_ca_file;
 use agent_sessions_server::agents::{EgressPolicy, HostPattern};
-use agent_sessions_server::domain::{Agent, AgentBackend, TimeoutConfigPatch};
+use agent_sessions_server::domain::{Agent, AgentBackend, OpenAiBackend, TimeoutConfigPatch};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -230,12 +230,12 @@ async fn a_stored_agent_naming_a_refused_variable_fails_without_connecting() {
     let (backend, base) = Untouched::bind();
     let session = session_of_stored(
         &ctx,
-        AgentBackend::OpenAi {
+        AgentBackend::OpenAi(OpenAiBackend {
             base_url: format!("{base}/v1"),
             model: "m".into(),
             api_key_env: Some("DATABASE_URL".into()),
             system_prompt: None,
-        },
+        }),
     )
     .await;
     for attempt in ["first", "second"] {

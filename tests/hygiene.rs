@@ -53,6 +53,17 @@ async fn closed_after(socket: &mut TcpStream, since: Instant) -> Duration {
 }
 
 /// Opens an event stream over a raw connection; returns once the response head has arrived.
+/// Waits until `open` event streams hold a slot.
+async fn open_streams_reach(
+    count: &mut tokio::sync::watch::Receiver<usize>,
+    open: usize,
+    what: &str,
+) {
+    let reached = tokio::time::timeout(WAIT, count.wait_for(|n| *n == open)).await;
+    let reached = reached.map(|r| r.is_ok());
+    assert_eq!(reached, Ok(true), "{what}: still {} open", *count.borrow());
+}
+
 async fn open_stream(addr: &str, session: &Uuid) -> TcpStream {
     let mut socket = TcpStream::connect(addr).await.expect("connect");
     let request = format!(
@@ -322,10 +333,7 @@ async fn a_thousand_idle_event_streams_leave_room_for_ordinary_requests() {
     let mut count = ctx.slots.watch();
     let leaving = Instant::now();
     drop(streams);
-    tokio::time::timeout(WAIT, count.wait_for(|open| *open == 0))
-        .await
-        .expect("every slot comes back")
-        .unwrap();
+    open_streams_reach(&mut count, 0, "every slot comes back").await;
     let released_in = leaving.elapsed();
     println!(
         "{STREAMS} idle event streams (opened in {opened_in:?}): 100 health checks p50 {:?}, max {:?}; all {STREAMS} \
@@ -348,16 +356,10 @@ async fn a_departed_stream_client_frees_its_slot_at_once() {
     let mut took = Vec::new();
     for _ in 0..5 {
         let socket = open_stream(&addr, &session).await;
-        tokio::time::timeout(WAIT, count.wait_for(|open| *open == 1))
-            .await
-            .unwrap()
-            .unwrap();
+        open_streams_reach(&mut count, 1, "the stream opens").await;
         let left = Instant::now();
         drop(socket);
-        tokio::time::timeout(WAIT, count.wait_for(|open| *open == 0))
-            .await
-            .expect("the slot comes back")
-            .unwrap();
+        open_streams_reach(&mut count, 0, "the slot comes back").await;
         took.push(left.elapsed());
     }
     took.sort();

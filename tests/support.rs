@@ -251,6 +251,12 @@ impl TestContext {
         self.create_session(timeout).await.session_id.to_string()
     }
 
+    /// Counts of the stored sessions (active, or expired and retained), straight from the service.
+    pub async fn stored_sessions(&self) -> agent_sessions_server::store::SessionCounts {
+        let listed = self.service.list(Default::default(), 1000, 0).await;
+        listed.expect("list sessions").counts
+    }
+
     pub fn advance_minutes(&self, minutes: i64) {
         self.clock.advance(Duration::minutes(minutes));
     }
@@ -304,9 +310,23 @@ impl TestContext {
         id: impl ToString,
         update: impl Into<types::TimeoutConfigUpdate>,
     ) -> types::Session {
+        ok(
+            "update_session_timeout",
+            self.try_update_timeout(id, update),
+        )
+        .await
+    }
+
+    pub async fn try_update_timeout(
+        &self,
+        id: impl ToString,
+        update: impl Into<types::TimeoutConfigUpdate>,
+    ) -> Outcome<types::Session> {
         let call = self.client.update_session_timeout();
-        let call = call.session_id(id.to_string()).body(update.into());
-        ok("update_session_timeout", call.send()).await
+        call.session_id(id.to_string())
+            .body(update.into())
+            .send()
+            .await
     }
 
     /// Sends `content` with `transport` (not `sse`, whose answer is a stream: `client.send_message_stream`).

@@ -12,9 +12,11 @@ async fn create_clamps_out_of_range_values() {
     let ctx = TestContext::new().await;
     // (timeoutMinutes asked, got), defaults MIN 5, MAX 1440.
     for (asked, got) in [
+        (4.999, 5.0),
         (1.0, 5.0),
         (0.0, 5.0),
         (-5.0, 5.0),
+        (1440.001, 1440.0),
         (5000.0, 1440.0),
         (7.5, 7.5),
         (30.0, 30.0),
@@ -137,12 +139,7 @@ async fn patch_merges_with_the_current_config() {
     // autoRenew off: the timeout counts from creation (the last renewal).
     assert_eq!(patched.expires_at, s.created_at + Duration::minutes(120));
     let message = assert_api_error(
-        ctx.client
-            .update_session_timeout()
-            .session_id(&id)
-            .body(timeout_minutes(4.0))
-            .send()
-            .await,
+        ctx.try_update_timeout(&id, timeout_minutes(4.0)).await,
         400,
         types::ErrorCode::ValidationError,
     );
@@ -203,15 +200,7 @@ async fn expired_answers_410_during_retention_then_404_after_purge() {
     assert_eq!(api_error(ctx.try_heartbeat(&id).await).0, 410);
     assert_eq!(api_error(ctx.try_renew(&id).await).0, 410);
     assert_eq!(
-        api_error(
-            ctx.client
-                .update_session_timeout()
-                .session_id(&id)
-                .body(timeout_minutes(60.0))
-                .send()
-                .await
-        )
-        .0,
+        api_error(ctx.try_update_timeout(&id, timeout_minutes(60.0)).await).0,
         410
     );
 

@@ -20,6 +20,17 @@ async fn with_cors(origins: CorsOrigins) -> TestContext {
     .await
 }
 
+/// Checks that the list header `header` of `answer` names each of `names` (header names: any case).
+fn assert_lists(answer: &Answer, header: &str, names: &[&str], what: &str) {
+    let listed = answer.header(header).unwrap_or_default().to_lowercase();
+    for name in names {
+        assert!(
+            listed.contains(name),
+            "{what}: {name} not in {header}: {listed}"
+        );
+    }
+}
+
 async fn preflight(ctx: &TestContext, origin: &str, path: &str, method: &str) -> Answer {
     call(
         ctx,
@@ -66,19 +77,14 @@ async fn an_allowed_origin_gets_preflight_and_response_headers() {
             .header("access-control-allow-methods")
             .unwrap_or_default();
         assert!(methods.contains(method), "{route}: {methods}");
-        let allowed = answer
-            .header("access-control-allow-headers")
-            .unwrap_or_default()
-            .to_lowercase();
-        for h in [
+        let allowed = [
             "authorization",
             "x-api-key",
             "content-type",
             "last-event-id",
             "idempotency-key",
-        ] {
-            assert!(allowed.contains(h), "{route}: {h} not in {allowed}");
-        }
+        ];
+        assert_lists(&answer, "access-control-allow-headers", &allowed, route);
     }
 
     // The page's real request, with the session token the backend handed it.
@@ -94,19 +100,14 @@ async fn an_allowed_origin_gets_preflight_and_response_headers() {
     .await;
     assert_eq!(answer.status, 201, "{}", answer.body);
     assert_eq!(answer.header("access-control-allow-origin"), Some(PAGE));
-    let exposed = answer
-        .header("access-control-expose-headers")
-        .unwrap_or_default()
-        .to_lowercase();
-    for h in [
+    let exposed = [
         "ratelimit-remaining",
         "ratelimit-limit",
         "ratelimit-reset",
         "retry-after",
         "x-request-id",
-    ] {
-        assert!(exposed.contains(h), "{h} not in {exposed}");
-    }
+    ];
+    assert_lists(&answer, "access-control-expose-headers", &exposed, "send");
     // A refusal is readable by the page too.
     let refused = get_with(
         &ctx,

@@ -306,12 +306,7 @@ async fn every_operation_admits_exactly_the_credentials_its_contract_lists() {
 #[tokio::test]
 async fn refusals_come_before_the_body_and_the_store() {
     let ctx = TestContext::with_options(TestOptions::with_keys(&[KEY])).await;
-    let before = ctx
-        .service
-        .list(Default::default(), 1000, 0)
-        .await
-        .unwrap()
-        .counts;
+    let before = ctx.stored_sessions().await;
     let answer = raw_with(
         &ctx,
         Method::POST,
@@ -330,12 +325,7 @@ async fn refusals_come_before_the_body_and_the_store() {
     )
     .await;
     answer.assert_error(401, "UNAUTHORIZED", "wrong key");
-    let after = ctx
-        .service
-        .list(Default::default(), 1000, 0)
-        .await
-        .unwrap()
-        .counts;
+    let after = ctx.stored_sessions().await;
     assert_eq!(before, after, "nothing was created");
 
     let (session, token) = create_session(&ctx, json!({})).await;
@@ -343,14 +333,8 @@ async fn refusals_come_before_the_body_and_the_store() {
     let (other, _) = create_session(&ctx, json!({})).await;
     ctx.delete(other).await;
     for target in [other, Uuid::new_v4()] {
-        let answer = call(
-            &ctx,
-            Method::GET,
-            &format!("/api/messaging/sessions/{target}"),
-            &refs(&bearer(&token)),
-            None,
-        )
-        .await;
+        let path = format!("/api/messaging/sessions/{target}");
+        let answer = get_with(&ctx, &path, &refs(&bearer(&token))).await;
         answer.assert_error(403, "FORBIDDEN", "another session, gone or never there");
         assert_eq!(
             answer.body["error"]["message"],

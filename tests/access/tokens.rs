@@ -11,7 +11,6 @@ use agent_sessions_server::auth::{Access, AccessSettings};
 use agent_sessions_server::clock::MockClock;
 use chrono::Duration;
 use futures::StreamExt;
-use reqwest::Method;
 use uuid::Uuid;
 
 use super::*;
@@ -271,13 +270,7 @@ async fn another_servers_token_is_refused() {
     let two = keyed().await;
     let token = one.create_session(None).await.session_token.unwrap();
     let id = two.create_session(None).await.session_id;
-    let answer = call(
-        &two,
-        Method::GET,
-        &format!("/api/messaging/sessions/{id}"),
-        &refs(&bearer(&token)),
-        None,
-    )
-    .await;
+    let path = format!("/api/messaging/sessions/{id}");
+    let answer = get_with(&two, &path, &refs(&bearer(&token))).await;
     answer.assert_error(401, "UNAUTHORIZED", "another server's token");
 }

@@ -72,18 +72,13 @@ async fn create_with_malformed_uuids_is_400_agent_first() {
         ),
     ];
     for (body, expected) in cases {
-        let resp = ctx.post_json(SESSIONS, body.to_string()).await;
-        assert_error_message(&resp, 400, "VALIDATION_ERROR", expected);
-        assert_eq!(
-            resp.2["error"]["details"]["field"],
-            if expected == agent_msg {
-                "agentId"
-            } else {
-                "userId"
-            },
-            "details.field for {body}; response {}",
-            resp.2
-        );
+        let field = if expected == agent_msg {
+            "agentId"
+        } else {
+            "userId"
+        };
+        let resp = assert_field_refused(&ctx, SESSIONS, &body, field).await;
+        assert_eq!(message(&resp), expected, "{body}");
     }
     assert_eq!(session_count(&ctx).await, 0);
 }
@@ -174,14 +169,8 @@ async fn create_with_non_object_metadata_is_400() {
         json!(true),
     ] {
         let mut body = create_body(&ctx);
-        body["metadata"] = metadata.clone();
-        let resp = ctx.post_json(SESSIONS, body.to_string()).await;
-        assert_error(&resp, 400, "VALIDATION_ERROR");
-        assert_eq!(
-            resp.2["error"]["details"]["field"], "metadata",
-            "metadata {metadata}: {}",
-            resp.2
-        );
+        body["metadata"] = metadata;
+        assert_field_refused(&ctx, SESSIONS, &body, "metadata").await;
     }
     assert_eq!(session_count(&ctx).await, 0);
 }

@@ -56,12 +56,7 @@ fn metadata_of_size(bytes: usize) -> serde_json::Map<String, Value> {
 
 /// Stored sessions (active or expired but retained), straight from the service.
 async fn session_count(ctx: &TestContext) -> u64 {
-    ctx.service
-        .list(Default::default(), 1000, 0)
-        .await
-        .expect("list sessions")
-        .counts
-        .total
+    ctx.stored_sessions().await.total
 }
 
 async fn agent_count(ctx: &TestContext) -> usize {
@@ -88,4 +83,16 @@ fn chunked(body: Vec<u8>, chunk: usize) -> reqwest::Body {
     let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(chunk).map(|c| Ok(c.to_vec())).collect();
     reqwest::Body::wrap_stream(futures::stream::iter(pieces))
+}
+
+/// Posts `body` to `path` and checks the answer: a 400 `VALIDATION_ERROR` naming `field` in `details.field`.
+async fn assert_field_refused(ctx: &TestContext, path: &str, body: &Value, field: &str) -> Raw {
+    let resp = ctx.post_json(path, body.to_string()).await;
+    assert_error(&resp, 400, "VALIDATION_ERROR");
+    assert_eq!(
+        resp.2["error"]["details"]["field"], field,
+        "details.field for {body}; response {}",
+        resp.2
+    );
+    resp
 }

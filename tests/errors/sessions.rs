@@ -110,11 +110,7 @@ async fn patch_timeout_out_of_range_is_400_and_changes_nothing() {
     ctx.advance_minutes(1);
     for minutes in [4.0, 1441.0, 4.999, 1440.5, 0.0, -30.0] {
         let result = ctx
-            .client
-            .update_session_timeout()
-            .session_id(session.session_id.to_string())
-            .body(timeout_minutes(minutes))
-            .send()
+            .try_update_timeout(session.session_id, timeout_minutes(minutes))
             .await;
         let (status, code, msg) = api_error(result);
         assert_eq!(status, 400, "timeoutMinutes {minutes}");
@@ -132,16 +128,15 @@ async fn patch_timeout_out_of_range_is_400_and_changes_nothing() {
     }
     // A rejected timeout rejects the whole patch: the other fields are not applied either.
     let result = ctx
-        .client
-        .update_session_timeout()
-        .session_id(session.session_id.to_string())
-        .body(types::TimeoutConfigInput {
-            timeout_minutes: Some(4.0),
-            auto_renew: Some(false),
-            max_duration_minutes: Some(100.0),
-            warning_threshold_minutes: Some(2.0),
-        })
-        .send()
+        .try_update_timeout(
+            session.session_id,
+            types::TimeoutConfigInput {
+                timeout_minutes: Some(4.0),
+                auto_renew: Some(false),
+                max_duration_minutes: Some(100.0),
+                warning_threshold_minutes: Some(2.0),
+            },
+        )
         .await;
     assert_eq!(api_error(result).2, BAD_TIMEOUT);
     assert_eq!(state(&ctx.get(session.session_id).await), before);
@@ -149,11 +144,7 @@ async fn patch_timeout_out_of_range_is_400_and_changes_nothing() {
     // Control: the bounds themselves are accepted.
     for minutes in [5.0, 1440.0] {
         let updated = ctx
-            .client
-            .update_session_timeout()
-            .session_id(session.session_id.to_string())
-            .body(timeout_minutes(minutes))
-            .send()
+            .try_update_timeout(session.session_id, timeout_minutes(minutes))
             .await
             .unwrap_or_else(|e| panic!("timeoutMinutes {minutes} is in range: {e:?}"))
             .into_inner();

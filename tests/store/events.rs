@@ -4,8 +4,7 @@
 use super::*;
 
 pub(super) async fn events_after_returns_persisted_events_only(store: Arc<dyn SessionStore>) {
-    let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let s = stored_session(&*store).await;
     let mut next = s.clone();
     next.version += 1;
     let events = vec![
@@ -83,8 +82,7 @@ pub(super) async fn subscribers_get_committed_events_in_commit_order(store: Arc<
 }
 
 pub(super) async fn chunks_reach_subscribers_before_the_stored_reply(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let mut s = stored_session(&*store).await;
     let m = record(&*store, &mut s, "tell me", at(1_000)).await;
     let mut rx = store.subscribe(s.id);
     assert_eq!(
@@ -117,8 +115,7 @@ pub(super) async fn chunks_reach_subscribers_before_the_stored_reply(store: Arc<
 }
 
 pub(super) async fn large_events_arrive_whole(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let mut s = stored_session(&*store).await;
     let mut rx = store.subscribe(s.id);
 
     // A persisted event far over a NOTIFY payload.

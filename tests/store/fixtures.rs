@@ -109,6 +109,13 @@ pub(super) async fn record(
 
 /// Stores `s`, with an agent of its `agent_id` first if the store has none (sessions are only stored for agents
 /// that exist).
+/// A new session of a random agent and user, created at `t0` and stored.
+pub(super) async fn stored_session(store: &dyn SessionStore) -> Session {
+    let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
+    insert(store, &s).await;
+    s
+}
+
 pub(super) async fn insert(store: &dyn SessionStore, s: &Session) {
     if store.get_agent(s.agent_id).await.unwrap().is_none() {
         let mut agent = new_agent("owner", s.created_at);

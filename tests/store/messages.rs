@@ -3,8 +3,7 @@
 use super::*;
 
 pub(super) async fn messages_record_reply_list_and_recent(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let mut s = stored_session(&*store).await;
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     let m2 = record(&*store, &mut s, "two", at(2_000)).await;
     let m3 = record(&*store, &mut s, "three, same time", at(2_000)).await;
@@ -91,8 +90,7 @@ pub(super) async fn messages_record_reply_list_and_recent(store: Arc<dyn Session
 }
 
 pub(super) async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let mut s = stored_session(&*store).await;
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     let m2 = record(&*store, &mut s, "two", at(2_000)).await;
     let m3 = record(&*store, &mut s, "three", at(3_000)).await;
@@ -205,10 +203,8 @@ pub(super) async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn Se
 }
 
 pub(super) async fn unanswered_messages_are_counted(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
-    let other = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &other).await;
+    let mut s = stored_session(&*store).await;
+    let other = stored_session(&*store).await;
     assert_eq!(store.count_unanswered(s.id).await.unwrap(), 0);
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     record(&*store, &mut s, "two", at(2_000)).await;
@@ -227,8 +223,7 @@ pub(super) async fn unanswered_messages_are_counted(store: Arc<dyn SessionStore>
 }
 
 pub(super) async fn concurrent_claims_take_a_message_once(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let mut s = stored_session(&*store).await;
     let m1 = record(&*store, &mut s, "one", at(1_000)).await;
     record(&*store, &mut s, "two", at(1_000)).await;
     let winners = concurrent_claims(std::slice::from_ref(&store), s.id, 16).await;

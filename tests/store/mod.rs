@@ -10,7 +10,8 @@ use std::time::Duration as StdDuration;
 
 use agent_sessions_server::domain::{
     Agent, AgentBackend, Attachment, AttachmentKind, EventKind, EventPayload, Message, Notice,
-    ReplyFailure, Session, SessionChange, SessionEvent, TimeoutConfig, TimeoutConfigPatch,
+    OpenAiBackend, ReplyFailure, Session, SessionChange, SessionEvent, TimeoutConfig,
+    TimeoutConfigPatch,
 };
 use agent_sessions_server::store::{
     AgentDeletion, MessageWindow, Order, PostgresStore, SessionCounts, SessionFilter, SessionStore,

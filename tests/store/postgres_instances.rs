@@ -63,8 +63,7 @@ async fn events_reach_subscribers_of_every_instance() {
         return;
     };
     let (a, b) = (&stores[0], &stores[1]);
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    super::insert(&**a, &s).await;
+    let mut s = stored_session(&**a).await;
     let mut on_a = a.subscribe(s.id);
     let mut on_b = b.subscribe(s.id);
 
@@ -108,8 +107,7 @@ async fn version_checked_increments_across_instances_lose_nothing() {
     let Some((_, stores)) = instances(2).await else {
         return;
     };
-    let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    super::insert(&*stores[0], &s).await;
+    let s = stored_session(&*stores[0]).await;
     let mut on_b = stores[1].subscribe(s.id);
     version_checked_increments(&stores, s.id, 50).await;
     let stored = stores[1].get_session(s.id).await.unwrap().unwrap();
@@ -130,8 +128,7 @@ async fn claims_across_instances_take_a_message_once() {
     let Some((_, stores)) = instances(2).await else {
         return;
     };
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    super::insert(&*stores[0], &s).await;
+    let mut s = stored_session(&*stores[0]).await;
     let m1 = record(&*stores[0], &mut s, "one", at(1_000)).await;
     let m2 = record(&*stores[1], &mut s, "two", at(1_000)).await;
     assert_eq!(concurrent_claims(&stores, s.id, 20).await, vec![m1.clone()]);
@@ -193,8 +190,7 @@ async fn listener_replays_events_missed_while_disconnected() {
         return;
     };
     let store = &stores[0];
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    super::insert(&**store, &s).await;
+    let mut s = stored_session(&**store).await;
     let mut rx = store.subscribe(s.id);
     assert!(touch(&**store, &mut s, at(1)).await);
     let first = next_event(&mut rx).await;

@@ -5,12 +5,12 @@ use super::*;
 
 pub(super) async fn agents_insert_get_list_delete(store: Arc<dyn SessionStore>) {
     let mut first = new_agent("first", at(0));
-    first.backend = AgentBackend::OpenAi {
+    first.backend = AgentBackend::OpenAi(OpenAiBackend {
         base_url: "http://127.0.0.1:1/v1".into(),
         model: "m".into(),
         api_key_env: Some("KEY".into()),
         system_prompt: None,
-    };
+    });
     first.session_defaults.timeout_minutes = Some(12.5);
     let second = new_agent("second", at(1000));
     store.insert_agent(&second).await.unwrap();
@@ -85,8 +85,7 @@ pub(super) async fn agents_insert_get_list_delete(store: Arc<dyn SessionStore>) 
 /// something is committed, so a lookup after an acknowledged update must never answer from an older snapshot.
 /// Readers on other tasks keep the pooled connections' snapshots warm throughout.
 pub(super) async fn reads_see_every_acknowledged_write(store: Arc<dyn SessionStore>) {
-    let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let s = stored_session(&*store).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
         .map(|_| {
@@ -174,8 +173,7 @@ pub(super) async fn sessions_round_trip_and_update_with_version_check(
 pub(super) async fn concurrent_version_checked_increments_lose_nothing(
     store: Arc<dyn SessionStore>,
 ) {
-    let s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let s = stored_session(&*store).await;
     version_checked_increments(std::slice::from_ref(&store), s.id, 50).await;
     let stored = store.get_session(s.id).await.unwrap().unwrap();
     assert_eq!(stored.renewal_count, 50);
@@ -267,46 +265,27 @@ pub(super) async fn session_counts(store: Arc<dyn SessionStore>) {
         agent_id: Some(agent),
         user_id: None,
     };
-    let counts = store
-        .count_sessions(&by_agent, at(now), at(now - retention))
-        .await
-        .unwrap();
-    assert_eq!(
-        counts,
-        SessionCounts {
-            total: 3,
-            active: 2,
-            expiring_soon: 1
-        }
-    );
-    let counts = store
-        .count_sessions(&SessionFilter::default(), at(now), at(now - retention))
-        .await
-        .unwrap();
-    assert_eq!(
-        counts,
-        SessionCounts {
-            total: 4,
-            active: 3,
-            expiring_soon: 2
-        }
-    );
     let by_user = SessionFilter {
         agent_id: None,
         user_id: Some(calm.user_id),
     };
-    let counts = store
-        .count_sessions(&by_user, at(now), at(now - retention))
-        .await
-        .unwrap();
-    assert_eq!(
-        counts,
-        SessionCounts {
-            total: 1,
-            active: 1,
-            expiring_soon: 0
-        }
-    );
+    // (filter, total, active, expiring soon)
+    for (filter, total, active, expiring_soon) in [
+        (by_agent, 3, 2, 1),
+        (SessionFilter::default(), 4, 3, 2),
+        (by_user, 1, 1, 0),
+    ] {
+        let counts = store
+            .count_sessions(&filter, at(now), at(now - retention))
+            .await
+            .unwrap();
+        let expected = SessionCounts {
+            total,
+            active,
+            expiring_soon,
+        };
+        assert_eq!(counts, expected, "{filter:?}");
+    }
 }
 
 pub(super) async fn purge_in_batches_takes_messages_and_events(store: Arc<dyn SessionStore>) {
@@ -386,8 +365,7 @@ pub(super) async fn sessions_due_notice(store: Arc<dyn SessionStore>) {
 }
 
 pub(super) async fn delete_session_removes_everything_and_announces(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let mut s = stored_session(&*store).await;
     let m = record(&*store, &mut s, "hi", at(10)).await;
     let mut rx = store.subscribe(s.id);
     let deleted = SessionEvent::deleted(s.id, at(20));
@@ -417,8 +395,7 @@ pub(super) async fn delete_session_removes_everything_and_announces(store: Arc<d
 /// A write whose second statement fails (a message reusing a stored message's id) reports the error and keeps
 /// nothing of its first statement: the session stays at its version, and the claim stays open.
 pub(super) async fn a_write_failing_halfway_changes_nothing(store: Arc<dyn SessionStore>) {
-    let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
-    insert(&*store, &s).await;
+    let mut s = stored_session(&*store).await;
     let m = record(&*store, &mut s, "one", at(1_000)).await;
 
     let mut next = s.clone();

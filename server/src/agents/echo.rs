@@ -36,8 +36,7 @@ impl ReplyBackend for EchoAgent {
         }
         Ok(AgentReply {
             text,
-            thought: None,
-            actions: None,
+            ..AgentReply::default()
         })
     }
 }

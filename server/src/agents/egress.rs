@@ -68,13 +68,9 @@ impl EgressPolicy {
         match backend {
             AgentBackend::Echo => Ok(()),
             AgentBackend::Webhook { url } => self.check_url("backend.url", url),
-            AgentBackend::OpenAi {
-                base_url,
-                api_key_env,
-                ..
-            } => {
-                self.check_url("backend.baseUrl", base_url)?;
-                match api_key_env {
+            AgentBackend::OpenAi(openai) => {
+                self.check_url("backend.baseUrl", &openai.base_url)?;
+                match &openai.api_key_env {
                     Some(name) => self.check_secret_env(name),
                     None => Ok(()),
                 }
@@ -402,6 +398,7 @@ pub fn read_ca_file(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::OpenAiBackend;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -412,12 +409,12 @@ mod tests {
     }
 
     fn openai(base_url: &str, key: Option<&str>) -> AgentBackend {
-        AgentBackend::OpenAi {
+        AgentBackend::OpenAi(OpenAiBackend {
             base_url: base_url.into(),
             model: "m".into(),
             api_key_env: key.map(str::to_string),
             system_prompt: None,
-        }
+        })
     }
 
     fn listing(hosts: &[&str]) -> EgressPolicy {

@@ -105,19 +105,11 @@ impl Backends {
                     max_reply_bytes,
                 ))
             }
-            AgentBackend::OpenAi {
-                base_url,
-                model,
-                api_key_env,
-                system_prompt,
-            } => {
-                self.check_tls(base_url)?;
+            AgentBackend::OpenAi(openai) => {
+                self.check_tls(&openai.base_url)?;
                 Box::new(OpenAiAgent::new(
                     self.http.clone(),
-                    base_url.clone(),
-                    model.clone(),
-                    api_key_env.clone(),
-                    system_prompt.clone(),
+                    openai.clone(),
                     max_reply_bytes,
                 ))
             }

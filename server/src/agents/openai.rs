@@ -8,51 +8,41 @@ use serde_json::{json, Value};
 use super::response::{describe, is_json, media_type, read_body, truncate, BodyError};
 use super::sse::{self, Flow};
 use super::{AgentError, AgentRequest, ChunkSender, ReplyBackend};
-use crate::domain::AgentReply;
+use crate::domain::{AgentReply, OpenAiBackend};
 
 pub struct OpenAiAgent {
     http: reqwest::Client,
-    base_url: String,
-    model: String,
-    api_key_env: Option<String>,
-    system_prompt: Option<String>,
+    settings: OpenAiBackend,
     max_reply_bytes: usize,
 }
 
 impl OpenAiAgent {
-    /// `api_key_env` must already have passed the egress policy (`Backends::for_agent` checks it).
-    pub fn new(
-        http: reqwest::Client,
-        base_url: String,
-        model: String,
-        api_key_env: Option<String>,
-        system_prompt: Option<String>,
-        max_reply_bytes: usize,
-    ) -> Self {
+    /// `settings.api_key_env` must already have passed the egress policy (`Backends::for_agent` checks it).
+    pub fn new(http: reqwest::Client, settings: OpenAiBackend, max_reply_bytes: usize) -> Self {
         Self {
             http,
-            base_url,
-            model,
-            api_key_env,
-            system_prompt,
+            settings,
             max_reply_bytes,
         }
     }
 
     fn endpoint(&self) -> String {
-        format!("{}/chat/completions", self.base_url.trim_end_matches('/'))
+        format!(
+            "{}/chat/completions",
+            self.settings.base_url.trim_end_matches('/')
+        )
     }
 
     /// Read at each request rather than at construction, so a rotated key is picked up without a restart.
     /// Local servers (llama.cpp, Ollama, LM Studio) need no key, hence no header when none is configured.
     fn api_key(&self) -> Option<String> {
-        let name = self.api_key_env.as_deref()?;
+        let name = self.settings.api_key_env.as_deref()?;
         std::env::var(name).ok().filter(|k| !k.is_empty())
     }
 
     fn body(&self, request: &AgentRequest) -> Value {
         let mut messages = Vec::with_capacity(request.history.len() + 2);
-        if let Some(prompt) = &self.system_prompt {
+        if let Some(prompt) = &self.settings.system_prompt {
             messages.push(json!({ "role": "system", "content": prompt }));
         }
         for m in &request.history {
@@ -60,7 +50,7 @@ impl OpenAiAgent {
             messages.push(json!({ "role": role, "content": m.content }));
         }
         messages.push(json!({ "role": "user", "content": request.message.content }));
-        json!({ "model": self.model, "messages": messages, "stream": true })
+        json!({ "model": self.settings.model, "messages": messages, "stream": true })
     }
 }
 
@@ -152,8 +142,7 @@ async fn whole_completion(
     }
     Ok(AgentReply {
         text,
-        thought: None,
-        actions: None,
+        ..AgentReply::default()
     })
 }
 
@@ -202,8 +191,7 @@ async fn streamed_completion(
     }
     Ok(AgentReply {
         text,
-        thought: None,
-        actions: None,
+        ..AgentReply::default()
     })
 }
 
@@ -212,14 +200,12 @@ mod tests {
     use super::*;
 
     fn agent(base_url: &str) -> OpenAiAgent {
-        OpenAiAgent::new(
-            reqwest::Client::new(),
-            base_url.into(),
-            "m".into(),
-            None,
-            None,
-            1024,
-        )
+        let settings = OpenAiBackend {
+            base_url: base_url.into(),
+            model: "m".into(),
+            ..OpenAiBackend::default()
+        };
+        OpenAiAgent::new(reqwest::Client::new(), settings, 1024)
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use serde_json::{Map, Value};
 
 use crate::domain::validate;
-use crate::domain::{AgentBackend, SessionError, TimeoutConfigPatch};
+use crate::domain::{AgentBackend, OpenAiBackend, SessionError, TimeoutConfigPatch};
 use crate::service::{CreateSession, NewAgent, SendMessage, Transport};
 
 fn as_object(body: Value) -> Result<Map<String, Value>, SessionError> {
@@ -140,12 +140,12 @@ fn backend(value: Value) -> Result<AgentBackend, SessionError> {
         Some("webhook") => Ok(AgentBackend::Webhook {
             url: http_url("url")?,
         }),
-        Some("openai") => Ok(AgentBackend::OpenAi {
+        Some("openai") => Ok(AgentBackend::OpenAi(OpenAiBackend {
             base_url: http_url("baseUrl")?,
             model: string("model", true)?.unwrap_or_default(),
             api_key_env: string("apiKeyEnv", false)?,
             system_prompt: string("systemPrompt", false)?,
-        }),
+        })),
         _ => Err(SessionError::invalid_field(
             "backend.type must be one of: echo, webhook, openai",
             "backend.type",

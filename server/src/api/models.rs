@@ -389,17 +389,12 @@ impl From<&AgentBackend> for AgentBackendBody {
                 body.kind = AgentBackendType::Webhook;
                 body.url = Some(url.clone());
             }
-            AgentBackend::OpenAi {
-                base_url,
-                model,
-                api_key_env,
-                system_prompt,
-            } => {
+            AgentBackend::OpenAi(openai) => {
                 body.kind = AgentBackendType::Openai;
-                body.base_url = Some(base_url.clone());
-                body.model = Some(model.clone());
-                body.api_key_env = api_key_env.clone();
-                body.system_prompt = system_prompt.clone();
+                body.base_url = Some(openai.base_url.clone());
+                body.model = Some(openai.model.clone());
+                body.api_key_env = openai.api_key_env.clone();
+                body.system_prompt = openai.system_prompt.clone();
             }
         }
         body

@@ -25,13 +25,19 @@ pub enum AgentBackend {
     /// POSTs the exchange to `url` and uses the JSON reply.
     Webhook { url: String },
     /// Any OpenAI-compatible chat-completions endpoint.
-    #[serde(rename = "openai", rename_all = "camelCase")]
-    OpenAi {
-        base_url: String,
-        model: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        api_key_env: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        system_prompt: Option<String>,
-    },
+    #[serde(rename = "openai")]
+    OpenAi(OpenAiBackend),
+}
+
+/// Where and how an OpenAI-compatible backend is called.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenAiBackend {
+    pub base_url: String,
+    pub model: String,
+    /// The name of the environment variable holding the API key (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
 }

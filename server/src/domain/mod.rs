@@ -10,7 +10,7 @@ pub mod validate;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-pub use agent::{Agent, AgentBackend};
+pub use agent::{Agent, AgentBackend, OpenAiBackend};
 pub use error::SessionError;
 pub use event::{
     EventKind, EventPayload, ReplyChunk, ReplyFailure, SessionChange, SessionEvent, SessionSnapshot,
