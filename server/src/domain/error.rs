@@ -1,9 +1,8 @@
-//! `SessionError`: everything the service layer can refuse or fail with, independent of HTTP.
+//! `SessionError`: everything the service layer can refuse or fail with, independent of HTTP; `StoreError`, what
+//! persistence can fail with, whichever backend.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-
-use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -54,4 +53,17 @@ impl SessionError {
             details: Some(serde_json::json!({ "field": field })),
         }
     }
+}
+
+/// What persistence can say went wrong. Cloneable because one failed group commit answers many callers.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot serve this right now, but may soon: it cannot be reached, is shutting down or
+    /// restarting, takes no writes (a full disk, a read-only file or standby), or no connection came free in
+    /// time. The API answers 503 with `Retry-After`; nothing was stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else the backend reported (I/O, corruption, a bad row).
+    #[error("store backend error: {0}")]
+    Backend(String),
 }

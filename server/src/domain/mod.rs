@@ -11,7 +11,7 @@ pub mod validate;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 pub use agent::{Agent, AgentBackend, OpenAiBackend};
-pub use error::SessionError;
+pub use error::{SessionError, StoreError};
 pub use event::{
     EventKind, EventPayload, ReplyChunk, ReplyFailure, SessionChange, SessionEvent, SessionSnapshot,
 };

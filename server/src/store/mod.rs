@@ -1,5 +1,6 @@
-//! Persistence: the `SessionStore` trait every backend implements, `StoreError`, and `open(url)`, which picks
-//! the backend from the URL scheme. Stores only persist and deliver committed events: no clock, no rules.
+//! Persistence: the `SessionStore` trait every backend implements (failing with the domain's `StoreError`),
+//! and `open(url)`, which picks the backend from the URL scheme. Stores only persist and deliver committed
+//! events: no clock, no rules.
 //!
 //! The backends, `sqlite/` (the embedded default) and `postgres/` (several instances on one database), share
 //! what the tables are: `schema.rs` (column lists, reply states, JSON columns, event encoding, the SQL built
@@ -23,22 +24,10 @@ use uuid::Uuid;
 
 use crate::domain::{Agent, Message, Session, SessionEvent};
 
+pub use crate::domain::StoreError;
 pub use bus::EventBus;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
-
-/// What persistence can say went wrong. Cloneable because one failed group commit answers many callers.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// The database cannot serve this right now, but may soon: it cannot be reached, is shutting down or
-    /// restarting, takes no writes (a full disk, a read-only file or standby), or no connection came free in
-    /// time. The API answers 503 with `Retry-After`; nothing was stored.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// Anything else the backend reported (I/O, corruption, a bad row).
-    #[error("store backend error: {0}")]
-    Backend(String),
-}
 
 /// What `delete_agent` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
