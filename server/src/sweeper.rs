@@ -20,8 +20,8 @@ use crate::service::SessionService;
 pub const PURGE_BATCH: u32 = 250;
 /// The background purge rests this many times as long as each batch took before the next one, so that a
 /// large purge (a million sessions expiring at once) takes a fraction of the writer and the CPU instead of all
-/// of it: run back to back, batches made the p99 of concurrent lookups 3.3 × its usual value, with a rest twice
-/// as long 2.3 to 2.9 × (BENCHMARKS.md).
+/// of it: batches run back to back make concurrent lookups wait on the writer, and a shorter rest was not enough
+/// (BENCHMARKS.md has the figures).
 pub const PURGE_REST_FACTOR: u32 = 4;
 /// How often due warnings and expirations are announced: the lateness of a `warning` or `expired` event.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
