@@ -2,7 +2,9 @@
 //
 // The server binary is `SERVER_BIN` (default: ../target/debug/agent-sessions-server, relative to this file). It is
 // started on 127.0.0.1, port 0, over a fresh SQLite file in the given directory; its stdout tells us the demo echo
-// agent's id and the address it listens on. `env` adds environment variables (API_KEYS, CORS_ORIGIN, ...).
+// agent's id and the address it listens on. `env` adds environment variables (API_KEYS, CORS_ORIGIN, ...);
+// `databaseUrl` replaces the SQLite file (a PostgreSQL URL, for several instances on one database), and
+// `expectAgent: false` waits for the address only (an instance that finds the demo agent already stored).
 
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -22,7 +24,7 @@ const STARTUP_TIMEOUT_MS = 30_000;
  * Starts the server and resolves once it has printed both the demo agent's id and its address.
  * Rejects (with the output so far) if it exits first or does not get there within STARTUP_TIMEOUT_MS.
  */
-export function startServer(dataDir, { env = {} } = {}) {
+export function startServer(dataDir, { env = {}, databaseUrl, expectAgent = true } = {}) {
   if (!existsSync(SERVER_BIN)) {
     throw new Error(
       `server binary not found at ${SERVER_BIN}: run \`cargo build -p agent-sessions-server\` or set SERVER_BIN`,
@@ -30,7 +32,7 @@ export function startServer(dataDir, { env = {} } = {}) {
   }
   const child = spawn(
     SERVER_BIN,
-    ['--host', '127.0.0.1', '--port', '0', '--database-url', `sqlite:${join(dataDir, 's.db')}`],
+    ['--host', '127.0.0.1', '--port', '0', '--database-url', databaseUrl ?? `sqlite:${join(dataDir, 's.db')}`],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1', API_KEYS: '', ELIZA_SERVER_AUTH_TOKEN: '', CORS_ORIGIN: '', ...env },
@@ -64,7 +66,8 @@ export function startServer(dataDir, { env = {} } = {}) {
       if (agent) agentId = agent[1];
       const listening = line.match(/agent-sessions-server listening on (http:\/\/[^\s]+)/);
       if (listening) baseUrl = listening[1];
-      if (agentId && baseUrl) {
+      // A second instance on a shared database finds the demo agent there and creates none.
+      if ((agentId || !expectAgent) && baseUrl) {
         clearTimeout(timer);
         resolveReady({ agentId, baseUrl });
       }

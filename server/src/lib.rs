@@ -1,7 +1,9 @@
 //! agent-sessions-server: an elizaOS-compatible Sessions API server.
 //!
 //! Crate map (dependencies point downward):
-//! - [`api`]: HTTP only (poem-openapi handlers, wire models, `ApiError`); [`app`] builds the endpoint.
+//! - [`app`]: the whole endpoint: the HTTP API with Socket.IO beside it.
+//! - [`api`]: HTTP only (poem-openapi handlers, wire models, `ApiError`).
+//! - [`socketio`]: Socket.IO as elizaOS clients speak it: handshake credentials, channels, replies pushed.
 //! - [`service`]: `SessionService`, the one place that reads the clock and calls the store.
 //! - [`domain`]: sessions, agents, timeout rules, validation; pure, no HTTP, no SQL.
 //! - [`store`]: the `SessionStore` trait and its backends.
@@ -17,6 +19,7 @@
 
 pub mod agents;
 pub mod api;
+mod app;
 pub mod auth;
 pub mod clock;
 pub mod config;
@@ -26,10 +29,11 @@ pub mod outage;
 pub mod serve;
 pub mod service;
 pub mod shutdown;
+pub mod socketio;
 pub mod store;
 pub mod sweeper;
 
-pub use api::app;
+pub use app::app;
 pub use serve::{serve, serve_with, ConnectionSettings};
 
 /// The OpenAPI document the handlers generate, as JSON.

@@ -5,7 +5,7 @@ pub mod access;
 mod agents;
 mod body;
 pub mod browser;
-mod decode;
+pub(crate) mod decode;
 pub mod error;
 mod event_stream;
 mod event_wire;
@@ -20,6 +20,7 @@ pub mod types;
 
 use std::sync::{Arc, OnceLock};
 
+use poem::endpoint::BoxEndpoint;
 use poem::http::{Method, StatusCode};
 use poem::middleware::CatchPanic;
 use poem::web::Html;
@@ -100,6 +101,20 @@ pub fn app(
     access: Arc<Access>,
     settings: HttpSettings,
 ) -> impl Endpoint {
+    app_with(service_state, access, settings, None)
+}
+
+/// An endpoint served under a path prefix beside the API, with its own authentication (Socket.IO): inside the
+/// host guard and CORS, outside the API's access control and error shape.
+pub type Mounted = (&'static str, BoxEndpoint<'static, Response>);
+
+/// [`app`], plus `mounted` if any.
+pub fn app_with(
+    service_state: Arc<SessionService>,
+    access: Arc<Access>,
+    settings: HttpSettings,
+    mounted: Option<Mounted>,
+) -> impl Endpoint {
     let host_guard = if access.requires_credentials() {
         HostGuard::Off
     } else {
@@ -150,9 +165,39 @@ pub fn app(
                 .with_handler(|_| ApiError::internal(&"handler panicked").as_poem_response()),
         )
         .around(browser::security_headers);
+    let routes = beside(routes, mounted);
     browser::with_cors(routes, settings.cors)
         .with(host_guard)
         .with(error::ErrorClock(clock))
+}
+
+/// `routes`, with requests under the mounted endpoint's prefix handed to it instead.
+fn beside(
+    routes: impl Endpoint + 'static,
+    mounted: Option<Mounted>,
+) -> BoxEndpoint<'static, Response> {
+    let routes = routes.map_to_response().boxed();
+    let Some((prefix, endpoint)) = mounted else {
+        return routes;
+    };
+    let endpoint = Arc::new(endpoint);
+    routes
+        .around(move |routes, req: Request| {
+            let endpoint = endpoint.clone();
+            async move {
+                let under = req
+                    .uri()
+                    .path()
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+                if under {
+                    endpoint.call(req).await
+                } else {
+                    routes.call(req).await
+                }
+            }
+        })
+        .boxed()
 }
 
 impl ApiError {

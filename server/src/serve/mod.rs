@@ -221,7 +221,8 @@ async fn connection(mut c: Connection) {
         .max_pending_accept_reset_streams(20)
         .max_header_list_size(16384);
     let io = TokioIo::new(Watched::new(c.socket, timers.clone()));
-    let conn = builder.serve_connection(io, service);
+    // With upgrades: WebSocket routes take the connection over once their 101 is written.
+    let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut finishing = false;
     loop {

@@ -90,6 +90,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new session, only if its agent exists (checked atomically with the insert); false if it does not.
     async fn insert_session(&self, session: &Session) -> Result<bool, StoreError>;
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError>;
+    /// The session whose channel is `channel_id` (Socket.IO clients name a session by its channel).
+    async fn session_by_channel(&self, channel_id: Uuid) -> Result<Option<Session>, StoreError>;
     /// Stores `session` only if the stored row is still at `expected_version` (optimistic concurrency, safe
     /// across processes), with `events` in the same transaction. False when someone else updated or deleted
     /// it first (then nothing is written).

@@ -142,6 +142,16 @@ impl PostgresStore {
         }
         self.db.acquire().await
     }
+
+    /// The session a one-parameter query over the session columns finds.
+    async fn session_where(&self, sql: &str, key: Uuid) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(key)
+            .fetch_optional(&mut *self.db.acquire().await?)
+            .await
+            .map_err(backend)?;
+        one(row, super::rows::session)
+    }
 }
 
 /// `AND column = $n` for each filter present. Conditions are left out rather than written as
@@ -234,12 +244,14 @@ impl SessionStore for PostgresStore {
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = $1"));
-        let row = sqlx::query(&SQL)
-            .bind(id)
-            .fetch_optional(&mut *self.db.acquire().await?)
-            .await
-            .map_err(backend)?;
-        one(row, super::rows::session)
+        self.session_where(&SQL, id).await
+    }
+
+    async fn session_by_channel(&self, channel_id: Uuid) -> Result<Option<Session>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE channel_id = $1")
+        });
+        self.session_where(&SQL, channel_id).await
     }
 
     async fn update_session(

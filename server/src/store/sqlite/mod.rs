@@ -184,6 +184,13 @@ impl SessionStore for SqliteStore {
         self.fast.one(&SQL, [id], rows::session())
     }
 
+    async fn session_by_channel(&self, channel_id: Uuid) -> Result<Option<Session>, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE channel_id = ?1")
+        });
+        self.fast.one(&SQL, [channel_id], rows::session())
+    }
+
     async fn update_session(
         &self,
         session: &Session,
