@@ -122,4 +122,5 @@ conformance!(
     a_setting_is_written_once,
     deleting_an_agent_leaves_no_orphans_under_racing_inserts,
     quotas_are_counted,
+    sessions_are_found_by_channel,
 );

@@ -537,3 +537,19 @@ pub(super) async fn a_setting_is_written_once(store: Arc<dyn SessionStore>) {
     );
     assert_eq!(store.setting_or_insert("other", "x").await.unwrap(), "x");
 }
+
+/// Socket.IO clients name a session by its channel: the lookup finds exactly that session, and nothing for a
+/// channel that is no session's.
+pub(super) async fn sessions_are_found_by_channel(store: Arc<dyn SessionStore>) {
+    let one = stored_session(&*store).await;
+    let two = stored_session(&*store).await;
+    for s in [&one, &two] {
+        let found = store.session_by_channel(s.channel_id).await.unwrap();
+        assert_eq!(found.as_ref(), Some(s));
+    }
+    assert_eq!(store.session_by_channel(one.id).await.unwrap(), None);
+    assert_eq!(
+        store.session_by_channel(Uuid::new_v4()).await.unwrap(),
+        None
+    );
+}
