@@ -47,6 +47,13 @@ async function createSession(baseUrl, agentId) {
   return created.body;
 }
 
+/** Sends `content` in `session` over HTTP with the `websocket` transport: 201 at once, the reply comes later. */
+async function sendOverHttp(baseUrl, session, content, headers) {
+  const path = `/api/messaging/sessions/${session.sessionId}/messages`;
+  const sent = await http(baseUrl, 'POST', path, { content, transport: 'websocket' }, headers);
+  assert.equal(sent.status, 201, JSON.stringify(sent.body));
+}
+
 /** Connects as the elizaOS web client does and waits for the server's greeting. */
 async function connect(baseUrl, { auth, transports }) {
   const socket = io(baseUrl, { auth, transports, reconnection: false, forceNew: true });
@@ -157,11 +164,7 @@ describe('Socket.IO on one instance, API keys configured', { timeout: 120_000 },
         assert.equal(socket.io.engine.transport.name, 'websocket');
         await join(socket, session.channelId, entityId);
         const reply = nextReply(socket);
-        const sent = await http(baseUrl, 'POST', `/api/messaging/sessions/${session.sessionId}/messages`, {
-          content: `hello over ${what}`,
-          transport: 'websocket',
-        });
-        assert.equal(sent.status, 201, JSON.stringify(sent.body));
+        await sendOverHttp(baseUrl, session, `hello over ${what}`);
         await assertReplyMatchesHistory(baseUrl, session, agentId, await reply);
       } finally {
         socket.disconnect();
@@ -212,14 +215,8 @@ describe('Socket.IO on one instance, API keys configured', { timeout: 120_000 },
       await join(socket, mine.channelId, mine.userId);
       // The token's session is reachable: its reply arrives.
       const reply = nextReply(socket);
-      const sent = await http(
-        baseUrl,
-        'POST',
-        `/api/messaging/sessions/${mine.sessionId}/messages`,
-        { content: 'with my token', transport: 'websocket' },
-        { 'x-api-key': '', authorization: `Bearer ${mine.sessionToken}` },
-      );
-      assert.equal(sent.status, 201, JSON.stringify(sent.body));
+      const token = { 'x-api-key': '', authorization: `Bearer ${mine.sessionToken}` };
+      await sendOverHttp(baseUrl, mine, 'with my token', token);
       await assertReplyMatchesHistory(baseUrl, mine, agentId, await reply);
     } finally {
       socket.disconnect();
@@ -291,11 +288,7 @@ describe('Socket.IO across two instances on one PostgreSQL database', { timeout:
       try {
         await join(socket, session.channelId, session.userId);
         const reply = nextReply(socket);
-        const sent = await http(urlA, 'POST', `/api/messaging/sessions/${session.sessionId}/messages`, {
-          content: 'across instances',
-          transport: 'websocket',
-        });
-        assert.equal(sent.status, 201, JSON.stringify(sent.body));
+        await sendOverHttp(urlA, session, 'across instances');
         await assertReplyMatchesHistory(urlA, session, agentId, await reply);
       } finally {
         socket.disconnect();
