@@ -72,6 +72,28 @@ pub enum Order {
     NewestFirst,
 }
 
+/// A session's stored events after some seq, as a subscriber resuming from there reads them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventReplay {
+    /// Oldest first.
+    pub events: Vec<SessionEvent>,
+    /// The highest seq pruned from the session's log (0: none), read in the same snapshot as `events`: a
+    /// subscriber whose last seq is below it has missed events. Pruning always keeps the session's newest
+    /// events, so whenever a subscriber has missed some, `events` is not empty; with no events it is 0.
+    pub pruned_through: i64,
+}
+
+impl EventReplay {
+    /// From rows of events each read with the session's `events_pruned_through`.
+    pub(crate) fn from_rows(rows: Vec<(SessionEvent, i64)>) -> Self {
+        let pruned_through = rows.first().map_or(0, |(_, pruned)| *pruned);
+        Self {
+            events: rows.into_iter().map(|(event, _)| event).collect(),
+            pruned_through,
+        }
+    }
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     async fn insert_agent(&self, agent: &Agent) -> Result<(), StoreError>;
@@ -183,13 +205,23 @@ pub trait SessionStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// Persisted events of a session with `seq > after_seq`, oldest first, at most `limit`, with how far the
+    /// session's log has been pruned, read together.
+    async fn replay_events(
+        &self,
+        session_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<EventReplay, StoreError>;
     /// Persisted events of a session with `seq > after_seq`, oldest first, at most `limit`.
     async fn events_after(
         &self,
         session_id: Uuid,
         after_seq: i64,
         limit: u32,
-    ) -> Result<Vec<SessionEvent>, StoreError>;
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        Ok(self.replay_events(session_id, after_seq, limit).await?.events)
+    }
     /// Committed events of one session from now on, in commit order.
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent>;
     /// Delivers a transient event (a reply chunk) to subscribers without storing it.
@@ -230,15 +262,23 @@ pub struct StoreOptions {
     /// (503). Short, so that while the database is down requests fail fast instead of hanging: sqlx's own
     /// default is 30 s.
     pub acquire_timeout: Duration,
+    /// How many of its newest events a session's log keeps (0: all); older ones are deleted as new ones are
+    /// stored, and a subscriber resuming from a deleted one is told it missed some. Every event is also
+    /// deleted with its session.
+    pub events_per_session: u32,
 }
 
 /// `--database-acquire-timeout-seconds`' default.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// `--events-kept-per-session`' default: hundreds of exchanges (each stores about three events), far more than
+/// a client that was briefly away needs, while one long-lived session cannot grow its log without bound.
+pub const DEFAULT_EVENTS_PER_SESSION: u32 = 1000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            events_per_session: DEFAULT_EVENTS_PER_SESSION,
         }
     }
 }
@@ -251,7 +291,7 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn SessionStore>> {
 /// Opens the store a `DATABASE_URL` names: `sqlite:PATH` or `postgres://…` (`postgresql://…`).
 pub async fn open_with(url: &str, options: &StoreOptions) -> anyhow::Result<Arc<dyn SessionStore>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+        Ok(Arc::new(SqliteStore::open_with(url, options).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::open_with(url, options).await?))
     } else {
