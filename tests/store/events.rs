@@ -191,7 +191,10 @@ pub(super) async fn event_logs_keep_their_newest_events(store: Arc<dyn SessionSt
         SessionEvent::session(&next, SessionChange::TimeoutUpdated, at(20)),
         SessionEvent::warning(&next, at(20)),
     ];
-    assert!(store.update_session(&next, s.version, events).await.unwrap());
+    assert!(store
+        .update_session(&next, s.version, events)
+        .await
+        .unwrap());
 
     let all = store.replay_events(s.id, 0, 100).await.unwrap();
     let kinds: Vec<EventKind> = all.events.iter().map(SessionEvent::kind).collect();
@@ -201,13 +204,23 @@ pub(super) async fn event_logs_keep_their_newest_events(store: Arc<dyn SessionSt
         "the newest {KEPT} of 7 events"
     );
     let times: Vec<_> = all.events.iter().map(|e| e.at).collect();
-    assert_eq!(times, [at(14), at(20), at(20)], "the fifth renewal is the oldest kept");
+    assert_eq!(
+        times,
+        [at(14), at(20), at(20)],
+        "the fifth renewal is the oldest kept"
+    );
     let seqs: Vec<i64> = all.events.iter().map(|e| e.seq.expect("seq")).collect();
     // Pruned: the first four renewals, the last of them just below the oldest kept (no other session wrote
     // in between).
     assert!(all.pruned_through > 0 && all.pruned_through < seqs[0]);
-    let resumed = store.replay_events(s.id, all.pruned_through, 100).await.unwrap();
-    assert_eq!(resumed.events, all.events, "a client that has the last pruned one misses nothing");
+    let resumed = store
+        .replay_events(s.id, all.pruned_through, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.events, all.events,
+        "a client that has the last pruned one misses nothing"
+    );
     assert_eq!(resumed.pruned_through, all.pruned_through);
     let tail = store.replay_events(s.id, seqs[1], 100).await.unwrap();
     assert_eq!(tail.events, all.events[2..]);

@@ -220,7 +220,10 @@ pub trait SessionStore: Send + Sync + 'static {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<SessionEvent>, StoreError> {
-        Ok(self.replay_events(session_id, after_seq, limit).await?.events)
+        Ok(self
+            .replay_events(session_id, after_seq, limit)
+            .await?
+            .events)
     }
     /// Committed events of one session from now on, in commit order.
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent>;

@@ -59,7 +59,10 @@ where
         .fetch_all(conn)
         .await
         .map_err(backend)?;
-    Ok(EventReplay::from_rows(all(&found, rows::event_with_horizon)?))
+    Ok(EventReplay::from_rows(all(
+        &found,
+        rows::event_with_horizon,
+    )?))
 }
 
 /// The event stored under `seq`; None once deleted (with its session).
