@@ -7,6 +7,7 @@ mod body;
 pub mod browser;
 mod decode;
 pub mod error;
+mod event_feed;
 mod event_stream;
 mod event_wire;
 pub mod host_guard;
@@ -70,7 +71,7 @@ fn service() -> OpenApiService<Apis, ()> {
         (
             sessions::SessionsApi,
             messages::MessagesApi,
-            agents::AgentsApi,
+                    agents::AgentsApi,
         ),
         "agent-sessions",
         env!("CARGO_PKG_VERSION"),
