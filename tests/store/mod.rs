@@ -120,8 +120,11 @@ mod capped {
     async fn sqlite_event_logs_keep_their_newest_events() {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite:{}", dir.path().join("store.db").display());
-        let store: Arc<dyn SessionStore> =
-            Arc::new(SqliteStore::open_with(&url, &options()).await.expect("open"));
+        let store: Arc<dyn SessionStore> = Arc::new(
+            SqliteStore::open_with(&url, &options())
+                .await
+                .expect("open"),
+        );
         event_logs_keep_their_newest_events(store.clone()).await;
         store.close().await;
     }
@@ -132,8 +135,11 @@ mod capped {
             eprintln!("skipping PostgreSQL: no server");
             return;
         };
-        let store: Arc<dyn SessionStore> =
-            Arc::new(PostgresStore::open_with(&url, &options()).await.expect("open"));
+        let store: Arc<dyn SessionStore> = Arc::new(
+            PostgresStore::open_with(&url, &options())
+                .await
+                .expect("open"),
+        );
         event_logs_keep_their_newest_events(store.clone()).await;
         store.close().await;
     }
