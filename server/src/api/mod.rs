@@ -10,6 +10,7 @@ pub mod error;
 mod event_feed;
 mod event_stream;
 mod event_wire;
+mod events_ws;
 pub mod host_guard;
 mod json_out;
 mod messages;
@@ -63,6 +64,7 @@ pub struct HttpSettings {
 type Apis = (
     sessions::SessionsApi,
     messages::MessagesApi,
+    events_ws::EventsWsApi,
     agents::AgentsApi,
 );
 
@@ -71,7 +73,8 @@ fn service() -> OpenApiService<Apis, ()> {
         (
             sessions::SessionsApi,
             messages::MessagesApi,
-                    agents::AgentsApi,
+            events_ws::EventsWsApi,
+            agents::AgentsApi,
         ),
         "agent-sessions",
         env!("CARGO_PKG_VERSION"),
