@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use agent_sessions::streams::SessionEvent;
 use agent_sessions::types;
-use futures::StreamExt;
+use agent_sessions_server::api::CorsOrigins;
+use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -122,6 +123,7 @@ fn assert_refused(refusal: Result<Ws, Refusal>, status: u16, code: &str, what: &
 async fn every_refusal_is_a_json_error_before_the_upgrade() {
     let ctx = TestContext::with_options(TestOptions {
         max_streams: (1, 512),
+        cors: CorsOrigins::List(vec!["https://chat.example".into()]),
         ..TestOptions::with_keys(&[KEY])
     })
     .await;
@@ -205,7 +207,9 @@ async fn every_refusal_is_a_json_error_before_the_upgrade() {
         .await
         .expect("the slot comes back when the client leaves")
         .unwrap();
-    try_ws(&ctx, &path, &key).await.expect("the key opens it");
+    let allowed = [("x-api-key", KEY), ("origin", "https://chat.example")];
+    let socket = try_ws(&ctx, &path, &allowed).await;
+    drop(socket.expect("the key opens it, from a page of an allowed origin too"));
 
     // Expired: 410.
     ctx.advance_minutes(31);
@@ -258,4 +262,51 @@ async fn a_stopping_server_closes_its_sockets_as_going_away() {
     ctx.stop().await;
     let close = ws_close(&mut socket).await.expect("a close frame");
     assert_eq!(close.code, CloseCode::Away, "reconnect: {close:?}");
+}
+
+#[tokio::test]
+async fn what_clients_send_is_ignored_and_an_oversized_message_ends_the_socket() {
+    let ctx = TestContext::new().await;
+    let id = ctx.new_session_id(None).await;
+    let mut socket = ws(&ctx, &id, "").await;
+    socket.send(Message::text("hello?")).await.unwrap();
+    socket.send(Message::Ping(vec![1, 2].into())).await.unwrap();
+    assert!(matches!(
+        ws_message_or_pong(&mut socket).await,
+        Message::Pong(_)
+    ));
+    ctx.renew(&id).await;
+    let frame = ws_frame(&mut socket).await;
+    assert!(matches!(frame.event, SessionEvent::Session(_)), "{frame:?}");
+
+    // Clients have nothing to say here: a large message is not buffered, it ends the socket.
+    let _ = socket.send(Message::text("x".repeat(64 * 1024))).await;
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    ended.await.expect("the server closes the socket");
+    let mut open = ctx.slots.watch();
+    tokio::time::timeout(WAIT, open.wait_for(|n| *n == 0))
+        .await
+        .expect("and frees its slot")
+        .unwrap();
+}
+
+/// The next message, pongs included (pings excluded).
+async fn ws_message_or_pong(socket: &mut Ws) -> Message {
+    loop {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .expect("a message arrives in time")
+            .expect("the socket goes on")
+            .expect("a well-formed message");
+        if !matches!(message, Message::Ping(_)) {
+            return message;
+        }
+    }
 }
