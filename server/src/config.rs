@@ -117,7 +117,8 @@ pub struct Config {
     pub events_keepalive_seconds: f64,
 
     /// How many of its newest events each session keeps for clients that resume an event stream (0: all, until
-    /// the session is purged). A client resuming from an older event is told what it missed (`replay-gap`).
+    /// the session is purged); older ones are deleted an eighth of this at a time. A client resuming from an
+    /// older event is told what it missed (`replay-gap`).
     #[arg(
         long,
         env = "EVENTS_KEPT_PER_SESSION",

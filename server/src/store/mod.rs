@@ -266,9 +266,17 @@ pub struct StoreOptions {
     /// default is 30 s.
     pub acquire_timeout: Duration,
     /// How many of its newest events a session's log keeps (0: all); older ones are deleted as new ones are
-    /// stored, and a subscriber resuming from a deleted one is told it missed some. Every event is also
-    /// deleted with its session.
+    /// stored (in batches, see `prune_due`), and a subscriber resuming from a deleted one is told it missed
+    /// some. Every event is also deleted with its session.
     pub events_per_session: u32,
+}
+
+/// Whether a write that stored an event under `seq` prunes its session's log down to `keep` events (0: never).
+/// Finding what to prune walks up to `keep` index entries, too much for every write of a long session: so it
+/// runs when `seq` is a multiple of an eighth of `keep`, and a log holds about `keep` plus an eighth at most
+/// (on average; exactly `keep` for caps under 16). What was pruned is recorded exactly either way.
+pub(crate) fn prune_due(seq: i64, keep: u32) -> bool {
+    keep > 0 && seq % i64::from((keep / 8).max(1)) == 0
 }
 
 /// `--database-acquire-timeout-seconds`' default.
@@ -308,4 +316,17 @@ pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
 
 pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prune_due;
+
+    #[test]
+    fn small_logs_are_pruned_on_every_write_large_ones_every_eighth_of_their_cap() {
+        assert!((1..20).all(|seq| prune_due(seq, 3) && prune_due(seq, 15)));
+        assert!((1..2000).all(|seq| !prune_due(seq, 0)));
+        let due: Vec<i64> = (1..=400).filter(|&seq| prune_due(seq, 1000)).collect();
+        assert_eq!(due, [125, 250, 375]);
+    }
 }

@@ -15,7 +15,7 @@ use crate::store::schema::{
     ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS, MESSAGE_INSERT_COLUMNS,
     SESSION_INSERT_COLUMNS,
 };
-use crate::store::StoreError;
+use crate::store::{prune_due, StoreError};
 
 pub async fn insert_agent(conn: &mut PgConnection, agent: &Agent) -> Result<(), StoreError> {
     static SQL: LazyLock<String> = LazyLock::new(|| insert('$', "agents", AGENT_COLUMNS, ""));
@@ -87,7 +87,7 @@ pub async fn insert_message(
 }
 
 /// Stores the persistent events (assigning their seq), prunes the log of their session down to its `keep`
-/// newest events (0: all), and returns all of them for announcement. The caller holds the session's row lock
+/// newest events when due (`prune_due`), and returns all of them for announcement. The caller holds the session's row lock
 /// (every write of a session takes it), so two writers never prune one log at once.
 pub async fn store_events(
     conn: &mut PgConnection,
@@ -97,7 +97,7 @@ pub async fn store_events(
     static SQL: LazyLock<String> =
         LazyLock::new(|| insert('$', "events", EVENT_INSERT_COLUMNS, " RETURNING seq"));
     let mut out = Vec::with_capacity(events.len());
-    let mut stored_for = None;
+    let mut prune_for = None;
     for event in events {
         let mut event = event.clone();
         if !event.kind().is_transient() {
@@ -108,12 +108,14 @@ pub async fn store_events(
                 .await
                 .map_err(backend)?;
             event.seq = Some(seq);
-            stored_for = Some(event.session_id);
+            if prune_due(seq, keep) {
+                prune_for = Some(event.session_id);
+            }
         }
         out.push(event);
     }
     // A write's events are all of one session.
-    if let Some(session_id) = stored_for.filter(|_| keep > 0) {
+    if let Some(session_id) = prune_for {
         prune(conn, session_id, keep).await?;
     }
     Ok(out)

@@ -14,7 +14,7 @@ use crate::store::schema::{
     ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS, MESSAGE_COLUMNS, MESSAGE_INSERT_COLUMNS,
     SESSION_INSERT_COLUMNS,
 };
-use crate::store::StoreError;
+use crate::store::{prune_due, StoreError};
 
 /// One write, as data, so that the writer can apply many of them in one transaction.
 pub enum Write {
@@ -391,7 +391,7 @@ fn finish_reply(
 }
 
 /// Stores the persistent events (assigning their seq), prunes the log of their session down to its `keep`
-/// newest events (0: all), and returns all of them for announcement.
+/// newest events when due (`prune_due`), and returns all of them for announcement.
 ///
 /// The seq is the row's INTEGER PRIMARY KEY, read back with `last_insert_rowid` rather than `RETURNING`: SQLite
 /// buffers `RETURNING` rows in an ephemeral table, and opening and closing that table (a pager and page cache
@@ -404,20 +404,23 @@ fn store_events(
     static SQL: LazyLock<String> =
         LazyLock::new(|| insert('?', "events", EVENT_INSERT_COLUMNS, ""));
     let mut out = Vec::with_capacity(events.len());
-    let mut stored_for = None;
+    let mut prune_for = None;
     for mut event in events {
         if !event.kind().is_transient() {
             let mut statement = conn.prepare_cached(&SQL)?;
             let mut args = Params::new(&mut statement);
             rows::bind_event(&mut args, &event)?;
             args.execute()?;
-            event.seq = Some(conn.last_insert_rowid());
-            stored_for = Some(event.session_id);
+            let seq = conn.last_insert_rowid();
+            event.seq = Some(seq);
+            if prune_due(seq, keep) {
+                prune_for = Some(event.session_id);
+            }
         }
         out.push(event);
     }
     // A write's events are all of one session.
-    if let Some(session_id) = stored_for.filter(|_| keep > 0) {
+    if let Some(session_id) = prune_for {
         prune(conn, session_id, keep)?;
     }
     Ok(out)
