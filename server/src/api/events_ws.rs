@@ -47,6 +47,7 @@ impl EventsWsApi {
         method = "get",
         operation_id = "streamSessionEventsWebSocket"
     )]
+    // An operation's inputs are its parameters, one extractor each, as poem-openapi documents them.
     #[allow(clippy::too_many_arguments)]
     async fn ws(
         &self,
