@@ -3,7 +3,8 @@
 //!
 //! progenitor types one success body per operation and cannot type `text/event-stream`, so responses that are
 //! only an event stream are left out of what it sees, and an operation with no other success (the events
-//! stream) is left out entirely. `client/` has hand-written, typed methods for those (`client/streams.rs`).
+//! stream; the WebSocket feed, whose success is a 101 upgrade) is left out entirely. `client/` has hand-written,
+//! typed methods for the events stream (`client/streams.rs`) and reads the WebSocket feed's messages.
 //!
 //! String constraints (`pattern`, `minLength`, `maxLength`) are left out of what progenitor sees too: it would
 //! turn every constrained string into a validating newtype (`SendMessageRequestContent`), so that callers could

@@ -33,7 +33,10 @@
 //!
 //! **Hand-written** (event streams, which progenitor cannot type; see [`streams`]):
 //! [`Client::send_message_stream`] (`sendMessage` with the `sse` transport) and [`Client::session_events`]
-//! (`streamSessionEvents`), each a `Stream` of typed events.
+//! (`streamSessionEvents`), each a `Stream` of typed events; [`Client::session_events_resuming`], the events
+//! stream reconnecting by itself from the last event id (see [`Reconnect`]). The WebSocket feed
+//! (`streamSessionEventsWebSocket`) needs a WebSocket client of your choice; its messages read as typed
+//! frames with [`streams::SessionEventFrame::from_websocket`].
 
 mod generated {
     #![allow(clippy::all, unused_imports, unreachable_pub, missing_docs)]
@@ -42,7 +45,9 @@ mod generated {
 
 mod auth;
 mod convert;
+mod resume;
 pub mod streams;
 
 pub use auth::InvalidCredential;
 pub use generated::*;
+pub use resume::Reconnect;

@@ -1,6 +1,7 @@
 //! Hand-written, typed SDK methods for the two event-stream responses that progenitor cannot type: the `sse`
 //! transport of `sendMessage` (`Client::send_message_stream`) and the session events stream
-//! (`Client::session_events`). Both return a `Stream` of typed events parsed from `text/event-stream`.
+//! (`Client::session_events`). Both return a `Stream` of typed events parsed from `text/event-stream`. The
+//! same typed events read the WebSocket feed's messages (`SessionEventFrame::from_websocket`).
 
 use std::pin::Pin;
 
@@ -38,14 +39,43 @@ pub enum SessionEvent {
     Expired(types::SessionExpired),
     /// The session was deleted (the stream's last event).
     Deleted(types::SessionDeleted),
+    /// The stream resumed from an id older than the session's kept events: the events in between are gone
+    /// (refetch the history); the next events are the oldest kept. No id of its own.
+    ReplayGap(types::ReplayGap),
 }
 
-/// A session event with its id (None for transient `chunk` and `deleted` events). Pass the last id seen to
-/// `session_events` to resume without gaps.
+impl SessionEvent {
+    /// Whether the session has nothing more to say after this event (`expired`, `deleted`).
+    pub fn ends_stream(&self) -> bool {
+        matches!(self, SessionEvent::Expired(_) | SessionEvent::Deleted(_))
+    }
+}
+
+/// A session event with its id (None for transient `chunk` and `deleted` events, and for `replay-gap`). Pass the
+/// last id seen to `session_events` to resume without gaps (or use `session_events_resuming`, which does).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionEventFrame {
     pub id: Option<i64>,
     pub event: SessionEvent,
+}
+
+impl SessionEventFrame {
+    /// A text message of the WebSocket events feed (`GET /api/messaging/sessions/{sessionId}/ws`,
+    /// `{"id", "event", "data"}`), as the frame the SSE stream would have delivered.
+    pub fn from_websocket(text: &str) -> EventResult<Self> {
+        #[derive(serde::Deserialize)]
+        struct WebSocketEvent {
+            id: Option<String>,
+            event: String,
+            data: serde_json::Value,
+        }
+        let message: WebSocketEvent = decode("websocket message", text)?;
+        let data = message.data.to_string();
+        Ok(Self {
+            id: message.id.and_then(|id| id.parse().ok()),
+            event: session_event(&message.event, &data)?,
+        })
+    }
 }
 
 /// A failure while reading a stream that had started.
@@ -59,6 +89,9 @@ pub enum StreamError {
         data: String,
         reason: String,
     },
+    /// A resuming stream could not reconnect: the server refused (the session expired or was deleted meanwhile,
+    /// the credentials no longer do), or it stayed unreachable for every attempt. The stream ends after it.
+    Reconnect(Box<Error<types::ErrorResponse>>),
 }
 
 impl std::fmt::Display for StreamError {
@@ -68,6 +101,7 @@ impl std::fmt::Display for StreamError {
             StreamError::Malformed { event, reason, .. } => {
                 write!(f, "malformed '{event}' event: {reason}")
             }
+            StreamError::Reconnect(e) => write!(f, "could not reconnect the stream: {e}"),
         }
     }
 }
@@ -107,7 +141,9 @@ impl Client {
             .boxed())
     }
 
-    /// The session's events stream. With `last_event_id`, every stored event after it comes first.
+    /// The session's events stream, over one connection (see `session_events_resuming` for one that reconnects).
+    /// With `last_event_id`, every stored event after it comes first (after a `ReplayGap` if some of them are
+    /// no longer stored).
     pub async fn session_events(
         &self,
         session_id: &str,
@@ -199,6 +235,7 @@ fn session_event(event: &str, data: &str) -> EventResult<SessionEvent> {
         Name::Warning => SessionEvent::Warning(decode(event, data)?),
         Name::Expired => SessionEvent::Expired(decode(event, data)?),
         Name::Deleted => SessionEvent::Deleted(decode(event, data)?),
+        Name::ReplayGap => SessionEvent::ReplayGap(decode(event, data)?),
     })
 }
 

@@ -89,6 +89,7 @@ fn decode(component: &str, data: &str) -> Result<(), serde_json::Error> {
         "ExpiryWarning" => as_type::<types::ExpiryWarning>(data),
         "SessionExpired" => as_type::<types::SessionExpired>(data),
         "SessionDeleted" => as_type::<types::SessionDeleted>(data),
+        "ReplayGap" => as_type::<types::ReplayGap>(data),
         "ExchangeDone" => as_type::<types::ExchangeDone>(data),
         "ExchangeError" => as_type::<types::ExchangeError>(data),
         other => panic!("no generated type listed for {other}: add it here"),
@@ -145,8 +146,21 @@ fn names(doc: &Value, enum_schema: &str) -> BTreeSet<String> {
 }
 
 async fn raw_events(ctx: &TestContext, id: &str) -> reqwest::Response {
+    raw_events_after(ctx, id, None).await
+}
+
+/// The raw events stream, resumed after `last_event_id` if given.
+async fn raw_events_after(
+    ctx: &TestContext,
+    id: &str,
+    last_event_id: Option<i64>,
+) -> reqwest::Response {
     let url = ctx.url(&format!("/api/messaging/sessions/{id}/events"));
-    let response = reqwest::get(url).await.expect("the events stream opens");
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(last) = last_event_id {
+        request = request.header("Last-Event-ID", last.to_string());
+    }
+    let response = request.send().await.expect("the events stream opens");
     assert_eq!(response.status().as_u16(), 200);
     response
 }
@@ -210,6 +224,19 @@ async fn every_payload_matches_its_schema_and_generated_type() {
     let id = ctx.new_session_id(None).await;
     let events = raw_events(&ctx, &id).await;
     ctx.delete(&id).await;
+    seen.extend(check(&doc, "SessionStreamEvent", &to_end(events).await));
+
+    // One that keeps only its newest events, resumed from before them (then deleted, to end the stream).
+    let small = TestContext::with_options(TestOptions {
+        events_kept: 2,
+        ..TestOptions::default()
+    })
+    .await;
+    let id = small.new_session_id(None).await;
+    small.send(&id, "one", types::TransportType::Http).await;
+    small.send(&id, "two", types::TransportType::Http).await;
+    let events = raw_events_after(&small, &id, Some(0)).await;
+    small.delete(&id).await;
     seen.extend(check(&doc, "SessionStreamEvent", &to_end(events).await));
     assert_eq!(
         seen,

@@ -7,6 +7,7 @@ mod errors;
 mod event_payloads;
 mod fake_backend;
 mod faults;
+mod feeds;
 mod history;
 mod hygiene;
 mod lifecycle;

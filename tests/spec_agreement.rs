@@ -461,6 +461,39 @@ fn contract_with_deleted_status_is_detected() {
     assert!(diffs.iter().any(|d| d.contains(wanted)), "{diffs:#?}");
 }
 
+/// The WebSocket route is an operation of the server's spec like any other (its success a 101 without
+/// content), so the comparison holds its upgrade status, its errors and its parameters to the contract too.
+#[test]
+fn websocket_route_changes_are_detected() {
+    const WS: &str = "/paths/~1api~1messaging~1sessions~1{sessionId}~1ws/get";
+    let mut contract = contract_yaml();
+    contract
+        .pointer_mut(&format!("{WS}/responses"))
+        .and_then(Value::as_object_mut)
+        .and_then(|r| r.remove("101"))
+        .expect("openapi.yaml documents the WebSocket upgrade as a 101");
+    let params = contract
+        .pointer_mut(&format!("{WS}/parameters"))
+        .and_then(Value::as_array_mut)
+        .expect("the WebSocket route has parameters");
+    let query = params
+        .iter_mut()
+        .find(|p| p["name"] == "lastEventId")
+        .expect("a lastEventId parameter");
+    query["name"] = json!("lastEventID");
+    let diffs = diff_specs(&contract, &served_spec());
+    let route = "GET /api/messaging/sessions/{sessionId}/ws";
+    for wanted in [
+        "responses: status 101 is in the server's spec",
+        "parameter 'lastEventId' (query) is in the server's spec",
+    ] {
+        let found = diffs
+            .iter()
+            .any(|d| d.starts_with(route) && d.contains(wanted));
+        assert!(found, "{wanted}: {diffs:#?}");
+    }
+}
+
 #[test]
 fn contract_with_changed_shared_response_is_detected() {
     // A shared response stands for every operation that refers to it; the differ reports a pair of schemas

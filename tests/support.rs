@@ -41,6 +41,13 @@ pub struct TestOptions {
     pub connections: ConnectionSettings,
     /// Host names answered besides loopback names, when the server has no keys.
     pub allowed_hosts: Vec<String>,
+    /// How many of its newest events each session keeps (0: all).
+    pub events_kept: u32,
+    /// Keep-alives on idle event streams (SSE comments, WebSocket pings).
+    pub keepalive: StdDuration,
+    /// The port to listen on (0: any free one); a restart passes the port of the server it replaces, so that
+    /// clients reconnect to the same address.
+    pub port: u16,
 }
 
 impl Default for TestOptions {
@@ -63,6 +70,9 @@ impl Default for TestOptions {
             egress: EgressPolicy::default(),
             connections: ConnectionSettings::default(),
             allowed_hosts: Vec::new(),
+            events_kept: store::DEFAULT_EVENTS_PER_SESSION,
+            keepalive: StdDuration::from_secs(15),
+            port: 0,
         }
     }
 }
@@ -142,7 +152,13 @@ impl TestContext {
         clock: Arc<MockClock>,
         options: TestOptions,
     ) -> Self {
-        let store = store::open(&url).await.expect("open store");
+        let store_options = store::StoreOptions {
+            events_per_session: options.events_kept,
+            ..store::StoreOptions::default()
+        };
+        let store = store::open_with(&url, &store_options)
+            .await
+            .expect("open store");
         let service = Arc::new(SessionService::new(
             store.clone(),
             clock.clone(),
@@ -164,7 +180,7 @@ impl TestContext {
         );
         service.ensure_demo_agent().await.expect("demo agent");
         let agent_id = service.list_agents().await.expect("agents")[0].id;
-        let listener = agent_sessions_server::serve::bind("127.0.0.1", 0)
+        let listener = agent_sessions_server::serve::bind("127.0.0.1", options.port)
             .await
             .expect("bind");
         let local = listener.local_addr().expect("addr");
@@ -176,7 +192,7 @@ impl TestContext {
             access.clone(),
             HttpSettings {
                 streams: StreamSettings {
-                    keepalive: std::time::Duration::from_secs(15),
+                    keepalive: options.keepalive,
                     slots: slots.clone(),
                 },
                 cors: options.cors.clone(),
@@ -227,6 +243,13 @@ impl TestContext {
 
     pub fn sweeper(&self) -> Sweeper {
         Sweeper::new(self.service.clone(), std::time::Duration::from_secs(60))
+    }
+
+    /// The port this server listens on (a restart can take it over: `TestOptions::port`).
+    pub fn port(&self) -> u16 {
+        let port = self.base_url.rsplit(':').next();
+        port.and_then(|p| p.parse().ok())
+            .expect("the base URL has a port")
     }
 
     pub fn url(&self, path: &str) -> String {

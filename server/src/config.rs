@@ -116,6 +116,16 @@ pub struct Config {
     #[arg(long, env = "EVENTS_KEEPALIVE_SECONDS", default_value_t = 15.0, value_parser = finite)]
     pub events_keepalive_seconds: f64,
 
+    /// How many of its newest events each session keeps for clients that resume an event stream (0: all, until
+    /// the session is purged); older ones are deleted an eighth of this at a time. A client resuming from an
+    /// older event is told what it missed (`replay-gap`).
+    #[arg(
+        long,
+        env = "EVENTS_KEPT_PER_SESSION",
+        default_value_t = crate::store::DEFAULT_EVENTS_PER_SESSION
+    )]
+    pub events_kept_per_session: u32,
+
     /// API keys of the operator and its backends, comma-separated (several at once, to rotate one: add the new
     /// key, move the clients, remove the old one). Clients send one as `X-API-KEY` or `Authorization: Bearer`.
     /// With none, the server is open to anyone who reaches it, so it then listens only on a loopback address
@@ -303,6 +313,7 @@ impl Config {
             acquire_timeout: std::time::Duration::from_secs_f64(
                 self.database_acquire_timeout_seconds.clamp(0.1, 60.0),
             ),
+            events_per_session: self.events_kept_per_session,
         }
     }
 

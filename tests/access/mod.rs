@@ -47,7 +47,8 @@ impl Answer {
     }
 }
 
-/// A request with the given headers (and JSON body), read whole unless it is an event stream.
+/// A request with the given headers (and JSON body), read whole unless it is an event stream. A GET of the
+/// WebSocket route is a WebSocket handshake (admitted: 101).
 pub async fn call(
     ctx: &TestContext,
     method: Method,
@@ -55,7 +56,16 @@ pub async fn call(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Answer {
+    let websocket =
+        method == Method::GET && path.split('?').next().is_some_and(|p| p.ends_with("/ws"));
     let mut req = reqwest::Client::new().request(method, ctx.url(path));
+    if websocket {
+        req = req
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    }
     for (name, value) in headers {
         req = req.header(*name, *value);
     }

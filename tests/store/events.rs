@@ -173,3 +173,67 @@ pub(super) async fn large_events_arrive_whole(store: Arc<dyn SessionStore>) {
     };
     assert_eq!(session.metadata["blob"], big.metadata["blob"]);
 }
+
+/// Run on stores that keep 3 events per session (`KEPT`): each session's log keeps its newest events whatever
+/// the write that adds them, other sessions' logs are untouched, and a replay says how far the log was pruned,
+/// read with the events it returns.
+pub(super) async fn event_logs_keep_their_newest_events(store: Arc<dyn SessionStore>) {
+    let mut s = stored_session(&*store).await;
+    let mut other = stored_session(&*store).await;
+    assert!(touch(&*store, &mut other, at(1)).await);
+    for i in 0..5 {
+        assert!(touch(&*store, &mut s, at(10 + i)).await);
+    }
+    // Two events in one write.
+    let mut next = s.clone();
+    next.version += 1;
+    let events = vec![
+        SessionEvent::session(&next, SessionChange::TimeoutUpdated, at(20)),
+        SessionEvent::warning(&next, at(20)),
+    ];
+    assert!(store
+        .update_session(&next, s.version, events)
+        .await
+        .unwrap());
+
+    let all = store.replay_events(s.id, 0, 100).await.unwrap();
+    let kinds: Vec<EventKind> = all.events.iter().map(SessionEvent::kind).collect();
+    assert_eq!(
+        kinds,
+        [EventKind::Session, EventKind::Session, EventKind::Warning],
+        "the newest {KEPT} of 7 events"
+    );
+    let times: Vec<_> = all.events.iter().map(|e| e.at).collect();
+    assert_eq!(
+        times,
+        [at(14), at(20), at(20)],
+        "the fifth renewal is the oldest kept"
+    );
+    let seqs: Vec<i64> = all.events.iter().map(|e| e.seq.expect("seq")).collect();
+    // Pruned: the first four renewals, the last of them just below the oldest kept (no other session wrote
+    // in between).
+    assert!(all.pruned_through > 0 && all.pruned_through < seqs[0]);
+    let resumed = store
+        .replay_events(s.id, all.pruned_through, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.events, all.events,
+        "a client that has the last pruned one misses nothing"
+    );
+    assert_eq!(resumed.pruned_through, all.pruned_through);
+    let tail = store.replay_events(s.id, seqs[1], 100).await.unwrap();
+    assert_eq!(tail.events, all.events[2..]);
+
+    // The other session's log is whole.
+    let others = store.replay_events(other.id, 0, 100).await.unwrap();
+    assert_eq!((others.events.len(), others.pruned_through), (1, 0));
+    assert_eq!(
+        store.replay_events(Uuid::new_v4(), 0, 100).await.unwrap(),
+        Default::default()
+    );
+
+    // Deleting the session still takes its whole log.
+    assert!(store.delete_session(s.id, Vec::new()).await.unwrap());
+    assert!(store.events_after(s.id, 0, 100).await.unwrap().is_empty());
+}

@@ -100,6 +100,51 @@ macro_rules! conformance {
     };
 }
 
+/// Events a session keeps in the stores of `capped::*`.
+const KEPT: u32 = 3;
+
+/// The checks of stores that keep only `KEPT` events per session, on both backends.
+mod capped {
+    use agent_sessions_server::store::StoreOptions;
+
+    use super::*;
+
+    fn options() -> StoreOptions {
+        StoreOptions {
+            events_per_session: KEPT,
+            ..StoreOptions::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_event_logs_keep_their_newest_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite:{}", dir.path().join("store.db").display());
+        let store: Arc<dyn SessionStore> = Arc::new(
+            SqliteStore::open_with(&url, &options())
+                .await
+                .expect("open"),
+        );
+        event_logs_keep_their_newest_events(store.clone()).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_event_logs_keep_their_newest_events() {
+        let Some(url) = postgres_url().await else {
+            eprintln!("skipping PostgreSQL: no server");
+            return;
+        };
+        let store: Arc<dyn SessionStore> = Arc::new(
+            PostgresStore::open_with(&url, &options())
+                .await
+                .expect("open"),
+        );
+        event_logs_keep_their_newest_events(store.clone()).await;
+        store.close().await;
+    }
+}
+
 conformance!(
     agents_insert_get_list_delete,
     sessions_round_trip_and_update_with_version_check,

@@ -1,5 +1,5 @@
 //! Access control on the wire. `AccessControl`, a middleware around every `/api` route, reads the credentials
-//! (`X-API-KEY`, `Authorization: Bearer`, and `?access_token=` on the events route only), makes the request's
+//! (`X-API-KEY`, `Authorization: Bearer`, and `?access_token=` on the event routes only, SSE and WebSocket), makes the request's
 //! `Principal`, and counts it against that principal's rate limit, before anything reads the body or the store.
 //! The `Authorized<P>` extractor, each protected operation's first parameter, then admits or refuses the principal
 //! for that operation (401 / 403) and declares the operation's security requirement in the spec, so that the
@@ -39,7 +39,8 @@ pub trait Policy: Send + Sync + 'static {
 pub struct OperatorOnly;
 /// A session's own routes: an API key, or that session's token.
 pub struct OwnSession;
-/// The events stream: as `OwnSession`, and the token may come as `?access_token=` (EventSource cannot set headers).
+/// The events feed (SSE and WebSocket): as `OwnSession`, and the token may come as `?access_token=` (browsers'
+/// EventSource and WebSocket cannot set headers).
 pub struct OwnSessionEvents;
 
 impl Policy for OperatorOnly {
@@ -150,8 +151,8 @@ impl<'a, P: Policy> ApiExtractor<'a> for Authorized<P> {
             MetaSecurityScheme {
                 ty: "apiKey",
                 description: Some(
-                    "A session token as a query parameter, for EventSource (which cannot set headers): \
-                     streamSessionEvents only.",
+                    "A session token as a query parameter, for browsers' EventSource and WebSocket (which \
+                     cannot set headers): streamSessionEvents and streamSessionEventsWebSocket only.",
                 ),
                 name: Some("access_token"),
                 key_in: Some("query"),
@@ -324,7 +325,8 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// `GET /api/messaging/sessions/{sessionId}/events`, the one route that reads a token from the query.
+/// `GET /api/messaging/sessions/{sessionId}/events` and `…/ws`, the event feeds, the routes that read a token
+/// from the query.
 fn is_events_route(method: &Method, path: &str) -> bool {
     if method != Method::GET {
         return false;
@@ -332,7 +334,7 @@ fn is_events_route(method: &Method, path: &str) -> bool {
     let Some(rest) = path.strip_prefix("/api/messaging/sessions/") else {
         return false;
     };
-    matches!(rest.split('/').collect::<Vec<_>>()[..], [id, "events"] if !id.is_empty())
+    matches!(rest.split('/').collect::<Vec<_>>()[..], [id, "events" | "ws"] if !id.is_empty())
 }
 
 /// The session a `/api/messaging/sessions/{sessionId}/…` path names, percent-decoded as the route decodes it.
@@ -395,6 +397,10 @@ mod tests {
         assert!(!is_events_route(
             &Method::GET,
             "/api/messaging/sessions/x/messages"
+        ));
+        assert!(is_events_route(
+            &Method::GET,
+            "/api/messaging/sessions/x/ws"
         ));
         assert!(!is_events_route(
             &Method::GET,

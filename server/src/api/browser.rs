@@ -91,6 +91,11 @@ pub fn with_cors<E: Endpoint>(inner: E, origins: CorsOrigins) -> OriginFilter<Co
     }
 }
 
+/// The `Origin` that `OriginFilter` took off a request because it is not an allowed one. The WebSocket route
+/// looks at it: browsers open WebSockets from any page without CORS, so that route checks the origin itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignOrigin(pub String);
+
 pub struct OriginFilter<E> {
     inner: E,
     origins: Arc<CorsOrigins>,
@@ -100,13 +105,13 @@ impl<E: Endpoint> Endpoint for OriginFilter<E> {
     type Output = Response;
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
-        let allowed = req
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|o| o.to_str().ok())
-            .is_some_and(|o| self.origins.allows(o));
-        if !allowed {
-            req.headers_mut().remove(header::ORIGIN);
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        if let Some(origin) = origin {
+            let text = String::from_utf8_lossy(origin.as_bytes()).into_owned();
+            if !self.origins.allows(&text) {
+                req.headers_mut().remove(header::ORIGIN);
+                req.extensions_mut().insert(ForeignOrigin(text));
+            }
         }
         self.inner.call(req).await.map(IntoResponse::into_response)
     }

@@ -1,13 +1,16 @@
-//! The wire shapes of events: the JSON `data` of each frame of the events stream and of the `sse` transport,
-//! built from the domain's typed payloads with the same models as the REST answers.
+//! The wire shapes of events: the JSON `data` of each frame of the events stream (SSE and WebSocket alike) and
+//! of the `sse` transport, built from the domain's typed payloads with the same models as the REST answers.
 
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::models::{AgentResponseBody, MessageBody, SessionBody, SessionEventName};
-use super::types::{EventData, Minutes, Timestamp};
+use super::models::{
+    AgentResponseBody, MessageBody, SessionBody, SessionEventName, SessionStreamEvent,
+};
+use super::types::{EventData, EventId, Minutes, Timestamp};
 use crate::domain::session::remaining_ms;
-use crate::domain::{AgentReply, EventPayload, Message, SessionChange, SessionEvent};
+use crate::domain::{AgentReply, EventPayload, Message, ReplayGap, SessionChange, SessionEvent};
+use crate::service::FeedItem;
 
 /// `session`: the session's state after a renewal or a timeout change.
 #[derive(Serialize)]
@@ -41,6 +44,15 @@ struct Deleted {
     session_id: Uuid,
 }
 
+/// `replay-gap`: events after `requested` are no longer stored; the stream goes on from `oldestAvailable`.
+/// Ids as the frames' own ids are written: decimal text.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Gap {
+    requested: String,
+    oldest_available: Option<String>,
+}
+
 /// `done` of the `sse` transport: the stored reply and the reply it carries.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -56,8 +68,48 @@ struct Failed<'a> {
     code: &'a str,
 }
 
+/// A subscriber's feed item as a frame of the events stream (SSE or WebSocket); None for internal events,
+/// which subscribers never see.
+pub fn feed_frame(item: &FeedItem) -> Option<SessionStreamEvent> {
+    match item {
+        FeedItem::Event(e) => {
+            let (event, data) = session_frame(e)?;
+            Some(SessionStreamEvent {
+                id: e.seq.map(EventId),
+                event,
+                data,
+            })
+        }
+        FeedItem::Gap(gap) => Some(SessionStreamEvent {
+            id: None,
+            event: SessionEventName::ReplayGap,
+            data: replay_gap(gap),
+        }),
+    }
+}
+
+/// The name of an event on the wire (the `event:` of an SSE frame, `event` of a WebSocket message).
+pub fn event_name(name: SessionEventName) -> &'static str {
+    match name {
+        SessionEventName::Message => "message",
+        SessionEventName::Chunk => "chunk",
+        SessionEventName::Session => "session",
+        SessionEventName::Warning => "warning",
+        SessionEventName::Expired => "expired",
+        SessionEventName::Deleted => "deleted",
+        SessionEventName::ReplayGap => "replay-gap",
+    }
+}
+
+fn replay_gap(gap: &ReplayGap) -> EventData {
+    EventData::of(&Gap {
+        requested: gap.requested.to_string(),
+        oldest_available: gap.oldest_available.map(|id| id.to_string()),
+    })
+}
+
 /// An event as subscribers see it: its name and data; None for internal events, which they never see.
-pub fn session_frame(e: &SessionEvent) -> Option<(SessionEventName, EventData)> {
+fn session_frame(e: &SessionEvent) -> Option<(SessionEventName, EventData)> {
     let at = e.at;
     let frame = match &e.payload {
         EventPayload::Message(m) => (SessionEventName::Message, message(m)),

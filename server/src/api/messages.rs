@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use poem::http::StatusCode;
 use poem::web::sse::Event;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
@@ -15,19 +14,20 @@ use poem_openapi::{ApiResponse, OpenApi};
 use super::access::{Authorized, OwnSession, OwnSessionEvents};
 use super::body::JsonBody;
 use super::decode;
-use super::error::{ApiError, ErrorCode, EventsErrors, Failure, MessagesErrors, SendErrors};
+use super::error::{ApiError, EventsErrors, Failure, MessagesErrors, SendErrors};
+use super::event_feed;
 use super::event_stream::SseStream;
 use super::event_wire;
 use super::json_out::JsonOut;
 use super::models::{
     AgentResponseBody, CursorsBody, MessageBody, MessageListBody, MessageResponseBody,
     MessageResponseData, MessageStreamEvent, MessageStreamEventName, SendMessageRequest,
-    SessionEventName, SessionStatusBody, SessionStreamEvent,
+    SessionStatusBody, SessionStreamEvent,
 };
 use super::stream_slots::StreamSlots;
-use super::types::{Cursor, EventData, EventId, LastEventId, Timestamp, WideInt};
+use super::types::{Cursor, EventData, LastEventId, Timestamp, WideInt};
 use super::ApiTags;
-use crate::domain::{AgentReply, EventKind, Message, ReplyFailure, SessionEvent};
+use crate::domain::{AgentReply, Message, ReplyFailure};
 use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService, Transport};
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
@@ -174,7 +174,8 @@ impl MessagesApi {
 
     /// Real-time events of the session: messages, reply chunks, renewals, expiry warnings, expiry, deletion.
     ///
-    /// Reconnect with `Last-Event-ID` (or `lastEventId`) to receive every stored event after that id first.
+    /// Reconnect with `Last-Event-ID` (or `lastEventId`) to receive every stored event after that id first (after
+    /// a `replay-gap` event if some of them are no longer stored).
     #[oai(
         path = "/api/messaging/sessions/:sessionId/events",
         method = "get",
@@ -193,53 +194,14 @@ impl MessagesApi {
         #[oai(name = "lastEventId")]
         last_event_id: Query<Option<LastEventId>>,
     ) -> Result<SessionEventStream, Failure<EventsErrors>> {
-        // Both forms are checked, whichever is used: a malformed one is an error even next to a good one.
-        let ids = [last_event_id.0, last_event_id_header.0].map(|id| id.map(|id| id.0));
-        if let Some(bad) = ids
-            .iter()
-            .flatten()
-            .find(|id| id.len() > 18 || !id.bytes().all(|b| b.is_ascii_digit()))
-        {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::ValidationError,
-                format!("Invalid Last-Event-ID '{bad}': expected an event id"),
-            )
-            .into());
-        }
-        let [query_id, header_id] = ids;
-        let last = match query_id.or(header_id).filter(|id| !id.is_empty()) {
-            None => None,
-            Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    ErrorCode::ValidationError,
-                    format!("Invalid Last-Event-ID '{raw}': expected an event id"),
-                )
-            })?),
-        };
-        // The session is checked (404, 410) before a slot is taken, so that unknown ids count against nothing.
-        let session = service.get(&session_id).await?.session;
-        let slot = settings.slots.acquire(session.id)?;
-        let rx = service.subscribe(&session_id, last).await?;
-        // The slot lives as long as the stream: dropped when it ends or when the client goes away.
-        let events = stream::unfold((rx, slot), |(mut rx, slot)| async move {
-            rx.recv().await.map(|e| (e, (rx, slot)))
-        })
-        .filter_map(|e: SessionEvent| async move {
-            let (event, data) = event_wire::session_frame(&e)?;
-            Some(SessionStreamEvent {
-                id: e.seq.map(EventId),
-                event,
-                data,
-            })
-        })
-        .boxed();
+        let last = event_feed::resume_position(last_event_id.0, last_event_id_header.0)?;
+        let feed = event_feed::open(&service, &settings.slots, &session_id, last).await?;
         Ok(SseStream(
-            EventStream::new(events)
+            EventStream::new(feed.frames())
                 .keep_alive(settings.keepalive)
                 .to_event(|e| {
-                    let event = Event::message(e.data.0).event_type(event_kind(e.event).as_str());
+                    let event =
+                        Event::message(e.data.0).event_type(event_wire::event_name(e.event));
                     match e.id {
                         Some(id) => event.id(id.0.to_string()),
                         None => event,
@@ -318,16 +280,5 @@ fn message_event_name(name: MessageStreamEventName) -> &'static str {
         MessageStreamEventName::Chunk => "chunk",
         MessageStreamEventName::Done => "done",
         MessageStreamEventName::Error => "error",
-    }
-}
-
-fn event_kind(name: SessionEventName) -> EventKind {
-    match name {
-        SessionEventName::Message => EventKind::Message,
-        SessionEventName::Chunk => EventKind::Chunk,
-        SessionEventName::Session => EventKind::Session,
-        SessionEventName::Warning => EventKind::Warning,
-        SessionEventName::Expired => EventKind::Expired,
-        SessionEventName::Deleted => EventKind::Deleted,
     }
 }

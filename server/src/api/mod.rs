@@ -7,8 +7,10 @@ mod body;
 pub mod browser;
 pub(crate) mod decode;
 pub mod error;
+mod event_feed;
 mod event_stream;
 mod event_wire;
+mod events_ws;
 pub mod host_guard;
 mod json_out;
 mod messages;
@@ -63,6 +65,7 @@ pub struct HttpSettings {
 type Apis = (
     sessions::SessionsApi,
     messages::MessagesApi,
+    events_ws::EventsWsApi,
     agents::AgentsApi,
 );
 
@@ -71,6 +74,7 @@ fn service() -> OpenApiService<Apis, ()> {
         (
             sessions::SessionsApi,
             messages::MessagesApi,
+            events_ws::EventsWsApi,
             agents::AgentsApi,
         ),
         "agent-sessions",

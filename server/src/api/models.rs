@@ -609,12 +609,15 @@ pub enum SessionEventName {
     Warning,
     Expired,
     Deleted,
+    /// Named as elizaOS 2.x names it.
+    #[oai(rename = "replay-gap")]
+    ReplayGap,
 }
 
-/// One frame of the events stream: `id: <id>` (absent for transient `chunk` and `deleted` events),
-/// `event: <event>`, `data: <data as JSON>`. `message` carries a Message, `chunk` a ReplyChunk, `session`
-/// `{reason, session}`, `warning` `{sessionId, expiresAt, timeRemaining, warningThresholdMinutes}`, `expired`
-/// `{sessionId, expiredAt}`, `deleted` `{sessionId}`.
+/// One frame of the events stream: `id: <id>` (absent for transient `chunk` and `deleted` events, and for
+/// `replay-gap`), `event: <event>`, `data: <data as JSON>`. `message` carries a Message, `chunk` a ReplyChunk,
+/// `session` `{reason, session}`, `warning` `{sessionId, expiresAt, timeRemaining, warningThresholdMinutes}`,
+/// `expired` `{sessionId, expiredAt}`, `deleted` `{sessionId}`, `replay-gap` `{requested, oldestAvailable}`.
 #[derive(Object, Debug, Clone)]
 #[oai(rename = "SessionStreamEvent", rename_all = "camelCase")]
 pub struct SessionStreamEvent {

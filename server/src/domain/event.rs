@@ -190,6 +190,16 @@ impl EventPayload {
     }
 }
 
+/// What a subscriber resuming after event `requested` is told when the session's log no longer holds every
+/// event after it (the oldest are pruned, see `StoreOptions::events_per_session`): the events in between are
+/// gone, and the stream goes on from `oldest_available`. Never stored: it is about one subscriber's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayGap {
+    pub requested: i64,
+    /// The oldest event the log still holds; None when it holds none after `requested`.
+    pub oldest_available: Option<i64>,
+}
+
 /// One event of a session. `seq` is its id, assigned by the store when it is persisted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionEvent {

@@ -13,7 +13,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 pub use agent::{Agent, AgentBackend, OpenAiBackend};
 pub use error::{SessionError, StoreError};
 pub use event::{
-    EventKind, EventPayload, ReplyChunk, ReplyFailure, SessionChange, SessionEvent, SessionSnapshot,
+    EventKind, EventPayload, ReplayGap, ReplyChunk, ReplyFailure, SessionChange, SessionEvent,
+    SessionSnapshot,
 };
 pub use message::{AgentReply, Attachment, AttachmentKind, Message};
 pub use session::{Liveness, Notice, RenewRefused, Session};

@@ -140,7 +140,7 @@ pub async fn serve_with(
             crowded: crowded.clone(),
             closing: closing.clone(),
             cut: cut.clone(),
-            _permit: permit,
+            permit,
         }));
     }
 
@@ -191,8 +191,8 @@ struct Connection {
     closing: CancellationToken,
     /// The drain timed out: drop everything now.
     cut: CancellationToken,
-    /// This connection's place under `max_connections`, given back when it closes.
-    _permit: OwnedSemaphorePermit,
+    /// This connection's place under `max_connections`, given back when its socket closes.
+    permit: OwnedSemaphorePermit,
 }
 
 async fn connection(mut c: Connection) {
@@ -220,8 +220,9 @@ async fn connection(mut c: Connection) {
         .http2()
         .max_pending_accept_reset_streams(20)
         .max_header_list_size(16384);
-    let io = TokioIo::new(Watched::new(c.socket, timers.clone()));
-    // With upgrades: WebSocket routes take the connection over once their 101 is written.
+    let io = TokioIo::new(Watched::new(c.socket, timers.clone(), c.permit));
+    // With upgrades: the events feed's WebSocket route and Socket.IO. An upgraded connection leaves this task (and the drain,
+    // which waits only for HTTP connections) with its socket; the feed itself ends at shutdown.
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
     let mut finishing = false;

@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 /// Which clock ran out.
@@ -182,15 +182,22 @@ impl<B: http_body::Body + Unpin> http_body::Body for TimedBody<B> {
     }
 }
 
-/// The connection's socket, reporting its reads to the clocks.
+/// The connection's socket, reporting its reads to the clocks. It also carries the connection's place under
+/// the cap on connections: a connection upgraded to a WebSocket outlives its HTTP connection (hyper hands the
+/// socket over), and keeps its place for as long as the socket is open.
 pub(super) struct Watched<T> {
     io: T,
     timers: Arc<Timers>,
+    _place: OwnedSemaphorePermit,
 }
 
 impl<T> Watched<T> {
-    pub(super) fn new(io: T, timers: Arc<Timers>) -> Self {
-        Self { io, timers }
+    pub(super) fn new(io: T, timers: Arc<Timers>, place: OwnedSemaphorePermit) -> Self {
+        Self {
+            io,
+            timers,
+            _place: place,
+        }
     }
 }
 

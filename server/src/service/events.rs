@@ -5,17 +5,27 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast, mpsc};
 
 use super::SessionService;
-use crate::domain::{Notice, SessionError, SessionEvent};
+use crate::domain::{Notice, ReplayGap, SessionError, SessionEvent};
 
 /// Events replayed or announced per store query.
 const BATCH: u32 = 500;
 
+/// What a subscriber receives: the session's events, and, where the stored log no longer reaches back to the
+/// subscriber's position, a gap first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedItem {
+    Event(SessionEvent),
+    /// Events after the subscriber's last one were pruned; the next events are the oldest kept.
+    Gap(ReplayGap),
+}
+
 /// A subscriber's feed: replayed events first, then live ones, ending after `expired` or `deleted`.
-pub type EventSubscription = mpsc::Receiver<SessionEvent>;
+pub type EventSubscription = mpsc::Receiver<FeedItem>;
 
 impl SessionService {
     /// Subscribes to a session's events. With `last_event_id`, first replays every stored event after it, so a
-    /// reconnecting client misses nothing still in the session's history.
+    /// reconnecting client misses nothing still in the session's history; when some of those are no longer
+    /// stored, a `FeedItem::Gap` says so before the oldest that are.
     pub async fn subscribe(
         &self,
         id: &str,
@@ -54,7 +64,7 @@ impl SessionService {
                             seen = seq;
                         }
                         let ends = event.kind().ends_stream();
-                        if tx.send(event).await.is_err() || ends {
+                        if tx.send(FeedItem::Event(event)).await.is_err() || ends {
                             return;
                         }
                     }
@@ -120,26 +130,37 @@ impl SessionService {
     }
 }
 
-/// Sends the stored events after `seen`; false once the subscriber is gone or the stream has ended.
+/// Sends the stored events after `seen`, announcing a gap first where events after it were pruned; false once
+/// the subscriber is gone or the stream has ended.
 async fn catch_up(
     store: &dyn crate::store::SessionStore,
     session_id: uuid::Uuid,
     seen: &mut i64,
-    tx: &mpsc::Sender<SessionEvent>,
+    tx: &mpsc::Sender<FeedItem>,
 ) -> bool {
     loop {
-        let events = match store.events_after(session_id, *seen, BATCH).await {
-            Ok(events) => events,
+        let replay = match store.replay_events(session_id, *seen, BATCH).await {
+            Ok(replay) => replay,
             Err(e) => {
                 tracing::warn!(session = %session_id, error = %e, "could not replay events");
                 return false;
             }
         };
-        let done = events.len() < BATCH as usize;
-        for event in events {
+        // Checked on every batch: pruning can overtake a long replay too.
+        if replay.pruned_through > *seen {
+            let gap = ReplayGap {
+                requested: *seen,
+                oldest_available: replay.events.first().and_then(|e| e.seq),
+            };
+            if tx.send(FeedItem::Gap(gap)).await.is_err() {
+                return false;
+            }
+        }
+        let done = replay.events.len() < BATCH as usize;
+        for event in replay.events {
             *seen = event.seq.unwrap_or(*seen);
             let ends = event.kind().ends_stream();
-            if tx.send(event).await.is_err() || ends {
+            if tx.send(FeedItem::Event(event)).await.is_err() || ends {
                 return false;
             }
         }

@@ -24,7 +24,7 @@ use crate::domain::{
 use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
 pub use commands::{Checked, CreateSession, NewAgent, SendMessage, Transport};
-pub use events::EventSubscription;
+pub use events::{EventSubscription, FeedItem};
 pub use messages::{MessagePage, SendOutcome};
 pub use replies::{ReplyProgress, ReplyWatch, WaitEnded};
 

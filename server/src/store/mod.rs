@@ -72,6 +72,28 @@ pub enum Order {
     NewestFirst,
 }
 
+/// A session's stored events after some seq, as a subscriber resuming from there reads them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventReplay {
+    /// Oldest first.
+    pub events: Vec<SessionEvent>,
+    /// The highest seq pruned from the session's log (0: none), read in the same snapshot as `events`: a
+    /// subscriber whose last seq is below it has missed events. Pruning always keeps the session's newest
+    /// events, so whenever a subscriber has missed some, `events` is not empty; with no events it is 0.
+    pub pruned_through: i64,
+}
+
+impl EventReplay {
+    /// From rows of events each read with the session's `events_pruned_through`.
+    pub(crate) fn from_rows(rows: Vec<(SessionEvent, i64)>) -> Self {
+        let pruned_through = rows.first().map_or(0, |(_, pruned)| *pruned);
+        Self {
+            events: rows.into_iter().map(|(event, _)| event).collect(),
+            pruned_through,
+        }
+    }
+}
+
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     async fn insert_agent(&self, agent: &Agent) -> Result<(), StoreError>;
@@ -185,13 +207,26 @@ pub trait SessionStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// Persisted events of a session with `seq > after_seq`, oldest first, at most `limit`, with how far the
+    /// session's log has been pruned, read together.
+    async fn replay_events(
+        &self,
+        session_id: Uuid,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<EventReplay, StoreError>;
     /// Persisted events of a session with `seq > after_seq`, oldest first, at most `limit`.
     async fn events_after(
         &self,
         session_id: Uuid,
         after_seq: i64,
         limit: u32,
-    ) -> Result<Vec<SessionEvent>, StoreError>;
+    ) -> Result<Vec<SessionEvent>, StoreError> {
+        Ok(self
+            .replay_events(session_id, after_seq, limit)
+            .await?
+            .events)
+    }
     /// Committed events of one session from now on, in commit order.
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent>;
     /// Delivers a transient event (a reply chunk) to subscribers without storing it.
@@ -232,15 +267,31 @@ pub struct StoreOptions {
     /// (503). Short, so that while the database is down requests fail fast instead of hanging: sqlx's own
     /// default is 30 s.
     pub acquire_timeout: Duration,
+    /// How many of its newest events a session's log keeps (0: all); older ones are deleted as new ones are
+    /// stored (in batches, see `prune_due`), and a subscriber resuming from a deleted one is told it missed
+    /// some. Every event is also deleted with its session.
+    pub events_per_session: u32,
+}
+
+/// Whether a write that stored an event under `seq` prunes its session's log down to `keep` events (0: never).
+/// Finding what to prune walks up to `keep` index entries, too much for every write of a long session: so it
+/// runs when `seq` is a multiple of an eighth of `keep`, and a log holds about `keep` plus an eighth at most
+/// (on average; exactly `keep` for caps under 16). What was pruned is recorded exactly either way.
+pub(crate) fn prune_due(seq: i64, keep: u32) -> bool {
+    keep > 0 && seq % i64::from((keep / 8).max(1)) == 0
 }
 
 /// `--database-acquire-timeout-seconds`' default.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+/// `--events-kept-per-session`' default: hundreds of exchanges (each stores about three events), far more than
+/// a client that was briefly away needs, while one long-lived session cannot grow its log without bound.
+pub const DEFAULT_EVENTS_PER_SESSION: u32 = 1000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            events_per_session: DEFAULT_EVENTS_PER_SESSION,
         }
     }
 }
@@ -253,7 +304,7 @@ pub async fn open(url: &str) -> anyhow::Result<Arc<dyn SessionStore>> {
 /// Opens the store a `DATABASE_URL` names: `sqlite:PATH` or `postgres://…` (`postgresql://…`).
 pub async fn open_with(url: &str, options: &StoreOptions) -> anyhow::Result<Arc<dyn SessionStore>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::open(url).await?))
+        Ok(Arc::new(SqliteStore::open_with(url, options).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::open_with(url, options).await?))
     } else {
@@ -267,4 +318,17 @@ pub(crate) fn to_ms(t: DateTime<Utc>) -> i64 {
 
 pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prune_due;
+
+    #[test]
+    fn small_logs_are_pruned_on_every_write_large_ones_every_eighth_of_their_cap() {
+        assert!((1..20).all(|seq| prune_due(seq, 3) && prune_due(seq, 15)));
+        assert!((1..2000).all(|seq| !prune_due(seq, 0)));
+        let due: Vec<i64> = (1..=400).filter(|&seq| prune_due(seq, 1000)).collect();
+        assert_eq!(due, [125, 250, 375]);
+    }
 }

@@ -177,6 +177,12 @@ pub fn event<R: Row>(row: &R) -> Result<SessionEvent, R::Error> {
         .map_err(|e| row.invalid("kind", e))
 }
 
+/// Reads a row of `schema::events_after_with_horizon`: the event, and its session's `events_pruned_through`.
+pub fn event_with_horizon<R: Row>(row: &R) -> Result<(SessionEvent, i64), R::Error> {
+    let event = event(row)?;
+    Ok((event, row.get("pruned_through")?))
+}
+
 /// Binds `schema::EVENT_INSERT_COLUMNS`.
 pub fn bind_event<'v, B: Bind<'v>>(b: &mut B, e: &'v SessionEvent) -> Result<(), B::Error> {
     b.bind(e.session_id)?;

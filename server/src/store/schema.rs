@@ -137,6 +137,37 @@ pub fn decode_event(
     )?)
 }
 
+/// The seq of a session's (`1`) event at offset `2` from its newest: with `2` the number of events kept, the
+/// newest one to prune, if it has more. Walks the `events_by_session` index backwards, at most that many steps.
+pub fn event_prune_cutoff(prefix: char) -> String {
+    format!(
+        "SELECT seq FROM events WHERE session_id = {prefix}1 ORDER BY seq DESC LIMIT 1 OFFSET {prefix}2"
+    )
+}
+
+/// Deletes a session's (`1`) events up to seq `2` (the cutoff above).
+pub fn prune_events(prefix: char) -> String {
+    format!("DELETE FROM events WHERE session_id = {prefix}1 AND seq <= {prefix}2")
+}
+
+/// Records on the session (`1`) that its events up to seq `2` are gone, so that a subscriber resuming from
+/// an earlier id learns it missed some. Only ever raised.
+pub fn mark_events_pruned(prefix: char) -> String {
+    format!(
+        "UPDATE sessions SET events_pruned_through = {prefix}2 \
+         WHERE id = {prefix}1 AND events_pruned_through < {prefix}2"
+    )
+}
+
+/// A session's (`1`) stored events after seq `2`, oldest first, at most `3`, each with the session's
+/// `events_pruned_through` read in the same statement (one snapshot: no pruning can slip between the two).
+pub fn events_after_with_horizon(prefix: char) -> String {
+    format!(
+        "SELECT {EVENT_COLUMNS}, COALESCE((SELECT events_pruned_through FROM sessions WHERE id = {prefix}1), 0) \
+         AS pruned_through FROM events WHERE session_id = {prefix}1 AND seq > {prefix}2 ORDER BY seq LIMIT {prefix}3"
+    )
+}
+
 /// The SQL direction of `ORDER BY created_at, seq` for a listing in `order`.
 pub fn direction(order: Order) -> &'static str {
     match order {

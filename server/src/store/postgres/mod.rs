@@ -49,8 +49,8 @@ use super::schema::{
     direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    to_ms, AgentDeletion, MessageWindow, Order, SessionCounts, SessionFilter, SessionStore,
-    StoreError, StoreOptions,
+    to_ms, AgentDeletion, EventReplay, MessageWindow, Order, SessionCounts, SessionFilter,
+    SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{Agent, Message, Session, SessionEvent};
 
@@ -63,6 +63,8 @@ pub struct PostgresStore {
     shared: Arc<Shared>,
     /// Transient events, sent through the database by the publisher task.
     publisher: Publisher,
+    /// How many of its newest events each session's log keeps (0: all).
+    events_per_session: u32,
     /// The background tasks, taken by `close`. Dropping the store stops both tasks too (the stop signal and
     /// the publisher's queue close with it).
     tasks: Mutex<Option<Tasks>>,
@@ -102,6 +104,7 @@ impl PostgresStore {
             db,
             shared,
             publisher,
+            events_per_session: store_options.events_per_session,
             tasks: Mutex::new(Some(Tasks {
                 listener,
                 publisher: publisher_task,
@@ -265,7 +268,7 @@ impl SessionStore for PostgresStore {
         if writes::update_session_row(&mut tx, session, expected_version).await? == 0 {
             return Ok(false);
         }
-        let events = writes::store_events(&mut tx, &events).await?;
+        let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
         self.commit_announcing(tx, &events).await?;
         Ok(true)
     }
@@ -393,7 +396,7 @@ impl SessionStore for PostgresStore {
             return Ok(None);
         }
         let seq = writes::insert_message(&mut tx, message, ReplyState::Pending).await?;
-        let events = writes::store_events(&mut tx, &events).await?;
+        let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
         self.commit_announcing(tx, &events).await?;
         Ok(Some(seq))
     }
@@ -409,7 +412,7 @@ impl SessionStore for PostgresStore {
             return Ok(false);
         }
         writes::insert_message(&mut tx, message, ReplyState::None).await?;
-        let events = writes::store_events(&mut tx, &events).await?;
+        let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
         self.commit_announcing(tx, &events).await?;
         Ok(true)
     }
@@ -498,7 +501,7 @@ impl SessionStore for PostgresStore {
         if let Some(m) = reply {
             writes::insert_message(&mut tx, m, ReplyState::None).await?;
         }
-        let events = writes::store_events(&mut tx, &events).await?;
+        let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
         self.commit_announcing(tx, &events).await?;
         Ok(true)
     }
@@ -576,13 +579,13 @@ impl SessionStore for PostgresStore {
         Ok(messages)
     }
 
-    async fn events_after(
+    async fn replay_events(
         &self,
         session_id: Uuid,
         after_seq: i64,
         limit: u32,
-    ) -> Result<Vec<SessionEvent>, StoreError> {
-        replay::events_after(&mut *self.db.acquire().await?, session_id, after_seq, limit).await
+    ) -> Result<EventReplay, StoreError> {
+        replay::replay_events(&mut *self.db.acquire().await?, session_id, after_seq, limit).await
     }
 
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {

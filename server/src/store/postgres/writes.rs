@@ -11,10 +11,11 @@ use super::connection::backend;
 use crate::domain::{Agent, Message, Session, SessionEvent};
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
-    insert, insert_select, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
-    MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
+    event_prune_cutoff, insert, insert_select, mark_events_pruned, prune_events, update_session,
+    ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS, MESSAGE_INSERT_COLUMNS,
+    SESSION_INSERT_COLUMNS,
 };
-use crate::store::StoreError;
+use crate::store::{prune_due, StoreError};
 
 pub async fn insert_agent(conn: &mut PgConnection, agent: &Agent) -> Result<(), StoreError> {
     static SQL: LazyLock<String> = LazyLock::new(|| insert('$', "agents", AGENT_COLUMNS, ""));
@@ -85,14 +86,18 @@ pub async fn insert_message(
         .map_err(backend)
 }
 
-/// Stores the persistent events (assigning their seq) and returns all of them for announcement.
+/// Stores the persistent events (assigning their seq), prunes the log of their session down to its `keep`
+/// newest events when due (`prune_due`), and returns all of them for announcement. The caller holds the session's row lock
+/// (every write of a session takes it), so two writers never prune one log at once.
 pub async fn store_events(
     conn: &mut PgConnection,
     events: &[SessionEvent],
+    keep: u32,
 ) -> Result<Vec<SessionEvent>, StoreError> {
     static SQL: LazyLock<String> =
         LazyLock::new(|| insert('$', "events", EVENT_INSERT_COLUMNS, " RETURNING seq"));
     let mut out = Vec::with_capacity(events.len());
+    let mut prune_for = None;
     for event in events {
         let mut event = event.clone();
         if !event.kind().is_transient() {
@@ -103,10 +108,42 @@ pub async fn store_events(
                 .await
                 .map_err(backend)?;
             event.seq = Some(seq);
+            if prune_due(seq, keep) {
+                prune_for = Some(event.session_id);
+            }
         }
         out.push(event);
     }
+    // A write's events are all of one session.
+    if let Some(session_id) = prune_for {
+        prune(conn, session_id, keep).await?;
+    }
     Ok(out)
+}
+
+/// Deletes the session's events older than its `keep` newest, and records how far its log now starts.
+async fn prune(conn: &mut PgConnection, session_id: Uuid, keep: u32) -> Result<(), StoreError> {
+    static CUTOFF: LazyLock<String> = LazyLock::new(|| event_prune_cutoff('$'));
+    static DELETE: LazyLock<String> = LazyLock::new(|| prune_events('$'));
+    static MARK: LazyLock<String> = LazyLock::new(|| mark_events_pruned('$'));
+    let cutoff: Option<i64> = sqlx::query_scalar(&CUTOFF)
+        .bind(session_id)
+        .bind(i64::from(keep))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend)?;
+    let Some(cutoff) = cutoff else {
+        return Ok(());
+    };
+    for sql in [&*DELETE, &*MARK] {
+        sqlx::query(sql)
+            .bind(session_id)
+            .bind(cutoff)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// Locks a session's row for the rest of the transaction; false if there is no such session. Writes to a

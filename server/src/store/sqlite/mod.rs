@@ -27,12 +27,12 @@ use self::reads::FastReads;
 use self::writer::Job;
 use self::writes::{Applied, Write};
 use super::schema::{
-    direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, EVENT_COLUMNS, MESSAGE_COLUMNS,
-    SESSION_COLUMNS,
+    direction, events_after_with_horizon, ReplyState, AGENT_COLUMNS, AWAITING_REPLY,
+    MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    to_ms, AgentDeletion, EventBus, MessageWindow, Order, SessionCounts, SessionFilter,
-    SessionStore, StoreError,
+    to_ms, AgentDeletion, EventBus, EventReplay, MessageWindow, Order, SessionCounts,
+    SessionFilter, SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{Agent, Message, Session, SessionEvent};
 use crate::outage::OutageLog;
@@ -73,8 +73,13 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database a `sqlite:` URL names, and runs the migrations.
+    /// Opens (creating if needed) the database a `sqlite:` URL names, and runs the migrations; default options.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, &StoreOptions::default()).await
+    }
+
+    /// `open`, with these options (the acquire timeout is PostgreSQL's alone).
+    pub async fn open_with(url: &str, store_options: &StoreOptions) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -97,7 +102,13 @@ impl SqliteStore {
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
         let write_outage = Arc::new(OutageLog::new("SQLite writes"));
-        let writes = writer::spawn(&file, bus.clone(), fast.clone(), write_outage.clone())?;
+        let writes = writer::spawn(
+            &file,
+            bus.clone(),
+            fast.clone(),
+            write_outage.clone(),
+            store_options.events_per_session,
+        )?;
         let dir = match file.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
@@ -395,19 +406,19 @@ impl SessionStore for SqliteStore {
         Ok(messages)
     }
 
-    async fn events_after(
+    async fn replay_events(
         &self,
         session_id: Uuid,
         after_seq: i64,
         limit: u32,
-    ) -> Result<Vec<SessionEvent>, StoreError> {
-        self.fast.rows(
-            &format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
-            ),
+    ) -> Result<EventReplay, StoreError> {
+        static SQL: LazyLock<String> = LazyLock::new(|| events_after_with_horizon('?'));
+        let found = self.fast.rows(
+            &SQL,
             rusqlite::params![session_id, after_seq, limit],
-            rows::event(),
-        )
+            rows::event_with_horizon(),
+        )?;
+        Ok(EventReplay::from_rows(found))
     }
 
     fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {

@@ -120,9 +120,10 @@ pub fn message() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Message> 
     move |row| rows::message(&ByName::new(row, &layout))
 }
 
-pub fn event() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<SessionEvent> {
+pub fn event_with_horizon(
+) -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<(SessionEvent, i64)> {
     let layout = Layout::new();
-    move |row| rows::event(&ByName::new(row, &layout))
+    move |row| rows::event_with_horizon(&ByName::new(row, &layout))
 }
 
 pub fn agent() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Agent> {

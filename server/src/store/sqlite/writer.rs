@@ -47,11 +47,13 @@ pub enum Job {
 /// commits with `reads.count_commit`, which is how reads know when their snapshot is out of date.
 ///
 /// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access.
+/// Each session's event log keeps its `events_per_session` newest events (0: all).
 pub fn spawn(
     path: &Path,
     bus: Arc<EventBus>,
     reads: Arc<FastReads>,
     outage: Arc<OutageLog>,
+    events_per_session: u32,
 ) -> anyhow::Result<mpsc::Sender<Job>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(10))?;
@@ -78,7 +80,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
-            run(conn, rx, &bus, &writer_reads, &outage);
+            run(conn, rx, &bus, &writer_reads, &outage, events_per_session);
             drop(alive);
         })?;
     checkpointer.spawn(reads, writer_gone)?;
@@ -91,6 +93,7 @@ fn run(
     bus: &EventBus,
     reads: &FastReads,
     outage: &OutageLog,
+    keep: u32,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut stopped = None;
@@ -112,14 +115,14 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
+        commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage, keep);
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
+    commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage, keep);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -137,8 +140,9 @@ fn commit_and_answer_safely(
     bus: &EventBus,
     reads: &FastReads,
     outage: &OutageLog,
+    keep: u32,
 ) {
-    if caught(|| commit_and_answer(conn, batch, bus, reads, outage)).is_err() {
+    if caught(|| commit_and_answer(conn, batch, bus, reads, outage, keep)).is_err() {
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -153,11 +157,12 @@ fn commit_and_answer(
     bus: &EventBus,
     reads: &FastReads,
     outage: &OutageLog,
+    keep: u32,
 ) {
     if batch.is_empty() {
         return;
     }
-    let outcomes = apply_batch(conn, batch, reads);
+    let outcomes = apply_batch(conn, batch, reads, keep);
     // One line when writes start failing for lack of space or access, one when a commit succeeds again.
     match outcomes.iter().find_map(|o| {
         o.as_ref()
@@ -188,6 +193,7 @@ fn apply_batch(
     conn: &mut Connection,
     batch: &mut [Pending],
     reads: &FastReads,
+    keep: u32,
 ) -> Vec<Result<Applied, StoreError>> {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let e = failed(e);
@@ -195,7 +201,7 @@ fn apply_batch(
     }
     let mut outcomes = Vec::with_capacity(batch.len());
     for (write, _) in batch.iter_mut() {
-        let outcome = apply_atomically(conn, write);
+        let outcome = apply_atomically(conn, write, keep);
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back, as it may on a full disk or an I/O error: the writes
             // applied before this one are undone too, and the ones after it would each commit on their own
@@ -257,6 +263,7 @@ mod tests {
             Arc::new(EventBus::default()),
             Arc::new(FastReads::new(path.clone())),
             Arc::new(OutageLog::new("SQLite writes")),
+            0,
         )
         .unwrap();
         let before = submit(

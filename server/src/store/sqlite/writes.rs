@@ -10,10 +10,11 @@ use super::rows::{self as sqlite_rows, store_error as failed, Params};
 use crate::domain::{Agent, Message, Session, SessionEvent};
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
-    insert, insert_select, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
-    MESSAGE_COLUMNS, MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
+    event_prune_cutoff, insert, insert_select, mark_events_pruned, prune_events, update_session,
+    ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS, MESSAGE_COLUMNS, MESSAGE_INSERT_COLUMNS,
+    SESSION_INSERT_COLUMNS,
 };
-use crate::store::StoreError;
+use crate::store::{prune_due, StoreError};
 
 /// One write, as data, so that the writer can apply many of them in one transaction.
 pub enum Write {
@@ -86,7 +87,13 @@ impl Write {
 ///
 /// A write that panics fails alone, like one that errs: the panic is caught here, so that one bad write can
 /// never take the writer thread, and with it every later write of every client, down.
-pub fn apply_atomically(conn: &Connection, write: &mut Write) -> Result<Applied, StoreError> {
+///
+/// `keep`: how many of its newest events each session's log keeps (0: all).
+pub fn apply_atomically(
+    conn: &Connection,
+    write: &mut Write,
+    keep: u32,
+) -> Result<Applied, StoreError> {
     let compound = write.is_compound();
     if compound {
         conn.prepare_cached("SAVEPOINT write")
@@ -94,7 +101,7 @@ pub fn apply_atomically(conn: &Connection, write: &mut Write) -> Result<Applied,
             .map_err(failed)?;
     }
     let result = caught(|| {
-        apply(conn, write).and_then(|applied| {
+        apply(conn, write, keep).and_then(|applied| {
             if compound {
                 conn.prepare_cached("RELEASE write")?.execute([])?;
             }
@@ -122,7 +129,7 @@ pub fn caught<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
 }
 
 /// Applies one write. Its events are moved out (into `Applied::publish`), not copied: a write is applied once.
-fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
+fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Applied> {
     match write {
         Write::InsertAgent(agent) => insert_agent(conn, agent).map(rows_changed),
         Write::DeleteAgent(id, active_at) => delete_agent(conn, *id, *active_at),
@@ -132,7 +139,7 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
             Ok(Applied {
                 rows: n as u64,
                 publish: if n > 0 {
-                    store_events(conn, std::mem::take(events))?
+                    store_events(conn, std::mem::take(events), keep)?
                 } else {
                     Vec::new()
                 },
@@ -160,7 +167,7 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
             Ok(Applied {
                 rows: 1,
                 seq,
-                publish: store_events(conn, std::mem::take(events))?,
+                publish: store_events(conn, std::mem::take(events), keep)?,
                 ..Default::default()
             })
         }
@@ -170,7 +177,7 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
                 Some(seq) => Ok(Applied {
                     rows: 1,
                     seq: Some(seq),
-                    publish: store_events(conn, std::mem::take(events))?,
+                    publish: store_events(conn, std::mem::take(events), keep)?,
                     ..Default::default()
                 }),
             }
@@ -193,7 +200,7 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
             }
             Ok(Applied {
                 rows: 1,
-                publish: store_events(conn, std::mem::take(events))?,
+                publish: store_events(conn, std::mem::take(events), keep)?,
                 ..Default::default()
             })
         }
@@ -383,7 +390,8 @@ fn finish_reply(
     }
 }
 
-/// Stores the persistent events (assigning their seq) and returns all of them for announcement.
+/// Stores the persistent events (assigning their seq), prunes the log of their session down to its `keep`
+/// newest events when due (`prune_due`), and returns all of them for announcement.
 ///
 /// The seq is the row's INTEGER PRIMARY KEY, read back with `last_insert_rowid` rather than `RETURNING`: SQLite
 /// buffers `RETURNING` rows in an ephemeral table, and opening and closing that table (a pager and page cache
@@ -391,21 +399,49 @@ fn finish_reply(
 fn store_events(
     conn: &Connection,
     events: Vec<SessionEvent>,
+    keep: u32,
 ) -> rusqlite::Result<Vec<SessionEvent>> {
     static SQL: LazyLock<String> =
         LazyLock::new(|| insert('?', "events", EVENT_INSERT_COLUMNS, ""));
     let mut out = Vec::with_capacity(events.len());
+    let mut prune_for = None;
     for mut event in events {
         if !event.kind().is_transient() {
             let mut statement = conn.prepare_cached(&SQL)?;
             let mut args = Params::new(&mut statement);
             rows::bind_event(&mut args, &event)?;
             args.execute()?;
-            event.seq = Some(conn.last_insert_rowid());
+            let seq = conn.last_insert_rowid();
+            event.seq = Some(seq);
+            if prune_due(seq, keep) {
+                prune_for = Some(event.session_id);
+            }
         }
         out.push(event);
     }
+    // A write's events are all of one session.
+    if let Some(session_id) = prune_for {
+        prune(conn, session_id, keep)?;
+    }
     Ok(out)
+}
+
+/// Deletes the session's events older than its `keep` newest, and records how far its log now starts.
+fn prune(conn: &Connection, session_id: Uuid, keep: u32) -> rusqlite::Result<()> {
+    static CUTOFF: LazyLock<String> = LazyLock::new(|| event_prune_cutoff('?'));
+    static DELETE: LazyLock<String> = LazyLock::new(|| prune_events('?'));
+    static MARK: LazyLock<String> = LazyLock::new(|| mark_events_pruned('?'));
+    let cutoff: Option<i64> = conn
+        .prepare_cached(&CUTOFF)?
+        .query_row(params![session_id, keep], |row| row.get(0))
+        .optional()?;
+    if let Some(cutoff) = cutoff {
+        conn.prepare_cached(&DELETE)?
+            .execute(params![session_id, cutoff])?;
+        conn.prepare_cached(&MARK)?
+            .execute(params![session_id, cutoff])?;
+    }
+    Ok(())
 }
 
 /// Inserts a message and returns its seq (see `store_events` on why not `RETURNING`); with `only_if_session`,
