@@ -41,6 +41,8 @@ pub struct TestOptions {
     pub connections: ConnectionSettings,
     /// Host names answered besides loopback names, when the server has no keys.
     pub allowed_hosts: Vec<String>,
+    /// How long a retry under an idempotency key waits for the first request in flight.
+    pub idempotency_wait: std::time::Duration,
 }
 
 impl Default for TestOptions {
@@ -63,6 +65,7 @@ impl Default for TestOptions {
             egress: EgressPolicy::default(),
             connections: ConnectionSettings::default(),
             allowed_hosts: Vec::new(),
+            idempotency_wait: ServiceConfig::default().idempotency_wait,
         }
     }
 }
@@ -154,6 +157,7 @@ impl TestContext {
                 max_sessions_per_user: options.quotas.0,
                 max_messages_per_session: options.quotas.1,
                 egress: options.egress,
+                idempotency_wait: options.idempotency_wait,
                 ..ServiceConfig::default()
             },
         ));
@@ -560,6 +564,7 @@ pub fn message(content: &str, transport: types::TransportType) -> types::SendMes
         metadata: Default::default(),
         transport: Some(transport),
         mode: None,
+        client_message_id: None,
     }
 }
 

@@ -491,7 +491,7 @@ macro_rules! error_statuses {
 // Every operation reads or writes the store, so every one may answer 503 while the database is away.
 error_statuses! {
     HealthErrors = [429, 500, 503];
-    CreateSessionErrors = [400, 401, 403, 404, 413, 415, 429, 500, 503];
+    CreateSessionErrors = [400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503];
     ListErrors = [400, 401, 403, 429, 500, 503];
     LookupErrors = [401, 403, 404, 410, 429, 500, 503];
     DeleteErrors = [401, 403, 404, 429, 500, 503];
@@ -500,7 +500,7 @@ error_statuses! {
     TokenErrors = [401, 403, 404, 410, 429, 500, 503];
     CreateAgentErrors = [400, 401, 403, 413, 415, 429, 500, 503];
     AgentListErrors = [401, 403, 429, 500, 503];
-    SendErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500, 502, 503, 504];
+    SendErrors = [400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 500, 502, 503, 504];
     MessagesErrors = [400, 401, 403, 404, 410, 429, 500, 503];
     EventsErrors = [400, 401, 403, 404, 410, 429, 500, 503];
     AgentLookupErrors = [401, 403, 404, 429, 500, 503];

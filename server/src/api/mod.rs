@@ -10,6 +10,7 @@ pub mod error;
 mod event_stream;
 mod event_wire;
 pub mod host_guard;
+mod idempotency;
 mod json_out;
 mod messages;
 pub mod models;
