@@ -9,6 +9,7 @@ mod fake_backend;
 mod faults;
 mod history;
 mod hygiene;
+mod idempotency;
 mod lifecycle;
 mod messaging;
 mod multi_instance;
