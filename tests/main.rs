@@ -10,6 +10,7 @@ mod faults;
 mod feeds;
 mod history;
 mod hygiene;
+mod idempotency;
 mod lifecycle;
 mod messaging;
 mod multi_instance;

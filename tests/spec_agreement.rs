@@ -550,15 +550,16 @@ fn contract_with_changed_security_is_detected() {
 }
 
 /// The codes each error status may carry (the server's table, `server/src/api/error.rs`, as documented).
-const CODES_BY_STATUS: [(&str, &[&str]); 14] = [
+const CODES_BY_STATUS: [(&str, &[&str]); 15] = [
     ("400", &["VALIDATION_ERROR", "SESSION_RENEWAL_FAILED"]),
     ("401", &["UNAUTHORIZED"]),
     ("403", &["FORBIDDEN"]),
     ("404", &["SESSION_NOT_FOUND", "AGENT_NOT_FOUND"]),
-    ("409", &["AGENT_IN_USE"]),
+    ("409", &["AGENT_IN_USE", "IDEMPOTENCY_KEY_IN_USE"]),
     ("410", &["SESSION_EXPIRED"]),
     ("413", &["PAYLOAD_TOO_LARGE"]),
     ("415", &["INVALID_CONTENT_TYPE"]),
+    ("422", &["IDEMPOTENCY_KEY_REUSED"]),
     ("429", &["RATE_LIMIT_EXCEEDED", "QUOTA_EXCEEDED"]),
     ("500", &["INTERNAL_SERVER_ERROR"]),
     ("502", &["AGENT_ERROR"]),

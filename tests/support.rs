@@ -48,6 +48,8 @@ pub struct TestOptions {
     /// The port to listen on (0: any free one); a restart passes the port of the server it replaces, so that
     /// clients reconnect to the same address.
     pub port: u16,
+    /// How long a retry under an idempotency key waits for the first request in flight.
+    pub idempotency_wait: std::time::Duration,
 }
 
 impl Default for TestOptions {
@@ -73,6 +75,7 @@ impl Default for TestOptions {
             events_kept: store::DEFAULT_EVENTS_PER_SESSION,
             keepalive: StdDuration::from_secs(15),
             port: 0,
+            idempotency_wait: ServiceConfig::default().idempotency_wait,
         }
     }
 }
@@ -170,6 +173,7 @@ impl TestContext {
                 max_sessions_per_user: options.quotas.0,
                 max_messages_per_session: options.quotas.1,
                 egress: options.egress,
+                idempotency_wait: options.idempotency_wait,
                 ..ServiceConfig::default()
             },
         ));
@@ -583,6 +587,7 @@ pub fn message(content: &str, transport: types::TransportType) -> types::SendMes
         metadata: Default::default(),
         transport: Some(transport),
         mode: None,
+        client_message_id: None,
     }
 }
 

@@ -335,6 +335,7 @@ impl Config {
             max_sessions_per_user: self.max_sessions_per_user,
             max_messages_per_session: self.max_messages_per_session,
             egress: self.egress_policy()?,
+            ..ServiceConfig::default()
         })
     }
 

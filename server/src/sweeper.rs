@@ -1,5 +1,6 @@
 //! The background sweeper: announces expiry warnings and expirations to subscribers as the clock crosses them,
-//! restarts replies whose worker died, and purges sessions past their retention period. Expiry itself is decided on every request from
+//! restarts replies whose worker died, and purges sessions past their retention period and idempotency keys
+//! past their 24 hours. Expiry itself is decided on every request from
 //! `expiresAt` and the clock; the sweeper only announces and reclaims space.
 //!
 //! While the store is unavailable (a database outage), passes fail: the sweeper then waits longer between
@@ -36,6 +37,8 @@ pub struct SweepReport {
     /// Sessions whose stalled replies were restarted.
     pub recovered: u64,
     pub purged: u64,
+    /// Idempotency keys deleted.
+    pub purged_keys: u64,
 }
 
 pub struct Sweeper {
@@ -51,15 +54,20 @@ impl Sweeper {
         }
     }
 
-    /// One full pass at `now`: announcements, stalled-reply recovery, then the purge.
+    /// One full pass at `now`: announcements, stalled-reply recovery, then the purges.
     pub async fn run_once(&self, now: DateTime<Utc>) -> Result<SweepReport, SessionError> {
         let announced = self.service.announce_due(now).await?;
         let recovered = self.service.recover_stalled_replies(now).await?;
         let purged = self.service.purge_expired(now, PURGE_BATCH, 0).await?;
+        let purged_keys = self
+            .service
+            .purge_idempotency_keys(now, PURGE_BATCH)
+            .await?;
         Ok(SweepReport {
             announced,
             recovered,
             purged,
+            purged_keys,
         })
     }
 
@@ -107,12 +115,27 @@ impl Sweeper {
                         _ = purge_stop.changed() => return,
                     }
                     let now = self.service.now();
+                    let purges = async {
+                        let sessions = self
+                            .service
+                            .purge_expired(now, PURGE_BATCH, PURGE_REST_FACTOR)
+                            .await?;
+                        let keys = self
+                            .service
+                            .purge_idempotency_keys(now, PURGE_BATCH)
+                            .await?;
+                        Ok::<_, SessionError>((sessions, keys))
+                    };
                     tokio::select! {
-                        purged = self.service.purge_expired(now, PURGE_BATCH, PURGE_REST_FACTOR) => match purged {
-                            Ok(n) => {
+                        purged = purges => match purged {
+                            Ok((sessions, keys)) => {
                                 outage.recovered();
-                                if n > 0 {
-                                    tracing::info!(purged = n, "sweeper purged expired sessions");
+                                if sessions > 0 || keys > 0 {
+                                    tracing::info!(
+                                        purged = sessions,
+                                        purged_keys = keys,
+                                        "sweeper purged expired sessions and idempotency keys"
+                                    );
                                 }
                             }
                             Err(e) => report(&outage, &e),

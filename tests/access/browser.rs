@@ -106,6 +106,7 @@ async fn an_allowed_origin_gets_preflight_and_response_headers() {
         "ratelimit-reset",
         "retry-after",
         "x-request-id",
+        "idempotent-replayed",
     ];
     assert_lists(&answer, "access-control-expose-headers", &exposed, "send");
     // A refusal is readable by the page too.

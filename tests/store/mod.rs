@@ -26,12 +26,14 @@ use crate::pg::{postgres_url, psql};
 
 mod events;
 mod fixtures;
+mod idempotency;
 mod messages;
 mod postgres_instances;
 mod records;
 
 use events::*;
 use fixtures::*;
+use idempotency::*;
 use messages::*;
 use records::*;
 
@@ -168,4 +170,9 @@ conformance!(
     deleting_an_agent_leaves_no_orphans_under_racing_inserts,
     quotas_are_counted,
     sessions_are_found_by_channel,
+    idempotency_keys_claim_complete_and_replay,
+    a_released_idempotency_key_is_claimed_again,
+    idempotency_keys_expire_and_stale_claims_are_taken_over,
+    expired_idempotency_keys_are_purged_in_batches,
+    concurrent_idempotency_claims_take_a_key_once,
 );

@@ -3,6 +3,8 @@
 
 use super::*;
 
+use agent_sessions_server::domain::{KeyState, StoredResponse};
+
 /// `n` stores on one fresh database, or None (skip) without a server.
 async fn instances(n: usize) -> Option<(String, Vec<Arc<dyn SessionStore>>)> {
     let Some(url) = postgres_url().await else {
@@ -228,5 +230,28 @@ async fn listener_replays_events_missed_while_disconnected() {
     let live = next_event(&mut rx).await;
     assert!(live.seq > missed.seq);
     expect_marker_next(&**store, &mut rx, s.id).await;
+    close_all(stores).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_is_claimed_once_over_instances() {
+    let Some((_, stores)) = instances(3).await else {
+        return;
+    };
+    let k = key("key:shared", "createSession", "one-of-thirty");
+    let winners = concurrent_key_claims(&stores, &k, 30).await;
+    assert_eq!(winners.len(), 1, "exactly one instance's claim wins");
+    let response = StoredResponse {
+        status: 201,
+        body: r#"{"sessionId":"s"}"#.into(),
+    };
+    assert!(stores[0]
+        .complete_idempotency_key(&k, winners[0], &response)
+        .await
+        .unwrap());
+    for store in &stores {
+        let record = store.get_idempotency_key(&k, at(1)).await.unwrap().unwrap();
+        assert_eq!(record.state, KeyState::Done(response.clone()));
+    }
     close_all(stores).await;
 }

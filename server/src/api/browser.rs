@@ -60,7 +60,7 @@ const ALLOWED_HEADERS: [&str; 5] = [
     "idempotency-key",
 ];
 /// Response headers a page may read.
-const EXPOSED_HEADERS: [&str; 7] = [
+const EXPOSED_HEADERS: [&str; 8] = [
     "ratelimit-limit",
     "ratelimit-remaining",
     "ratelimit-reset",
@@ -68,6 +68,7 @@ const EXPOSED_HEADERS: [&str; 7] = [
     "retry-after",
     "x-request-id",
     "www-authenticate",
+    "idempotent-replayed",
 ];
 
 /// `inner` behind the CORS layer: poem's `Cors` for allowed origins, behind the filter that drops every other

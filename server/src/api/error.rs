@@ -95,6 +95,8 @@ pub enum ErrorCode {
     ServiceUnavailable,
     AgentInUse,
     QuotaExceeded,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
 }
 
 /// The body of every error response.
@@ -283,6 +285,25 @@ impl From<SessionError> for ApiError {
             )
             .with_details(serde_json::json!({ "unansweredLimit": limit }))
             .with_header(poem::http::header::RETRY_AFTER, "1"),
+            SessionError::IdempotencyKeyReused { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdempotencyKeyReused,
+                message,
+            ),
+            SessionError::IdempotencyKeyInUse { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::IdempotencyKeyInUse,
+                message,
+            )
+            .with_header(poem::http::header::RETRY_AFTER, "1"),
+            SessionError::IdempotencyKeyStreamed {
+                user_message_id, ..
+            } => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::IdempotencyKeyInUse,
+                message,
+            )
+            .with_details(serde_json::json!({ "userMessageId": user_message_id })),
             // The health check, polled: the same reasoning as above.
             SessionError::Unavailable(cause) => {
                 tracing::debug!(error = %cause, "unhealthy");
@@ -412,8 +433,12 @@ fn describe(status: u16) -> &'static str {
         403 => "The credentials do not cover this operation or this session (`FORBIDDEN`)",
         429 => "Too many requests (`RATE_LIMIT_EXCEEDED`, `Retry-After` says when to retry), or a quota reached (`QUOTA_EXCEEDED`)",
         404 => "Not found (`SESSION_NOT_FOUND`, `AGENT_NOT_FOUND`)",
-        409 => "The agent still has active sessions (`AGENT_IN_USE`)",
+        409 => {
+            "The agent still has active sessions (`AGENT_IN_USE`), or the first request under this \
+             `Idempotency-Key` is still in progress (`IDEMPOTENCY_KEY_IN_USE`)"
+        }
         410 => "The session has expired (`SESSION_EXPIRED`)",
+        422 => "This `Idempotency-Key` was used for a different request (`IDEMPOTENCY_KEY_REUSED`)",
         413 => "Request body too large (`PAYLOAD_TOO_LARGE`)",
         415 => "Content-Type is not application/json (`INVALID_CONTENT_TYPE`)",
         500 => "Internal error (`INTERNAL_SERVER_ERROR`); details carry a request id",
@@ -466,7 +491,7 @@ macro_rules! error_statuses {
 // Every operation reads or writes the store, so every one may answer 503 while the database is away.
 error_statuses! {
     HealthErrors = [429, 500, 503];
-    CreateSessionErrors = [400, 401, 403, 404, 413, 415, 429, 500, 503];
+    CreateSessionErrors = [400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503];
     ListErrors = [400, 401, 403, 429, 500, 503];
     LookupErrors = [401, 403, 404, 410, 429, 500, 503];
     DeleteErrors = [401, 403, 404, 429, 500, 503];
@@ -475,7 +500,7 @@ error_statuses! {
     TokenErrors = [401, 403, 404, 410, 429, 500, 503];
     CreateAgentErrors = [400, 401, 403, 413, 415, 429, 500, 503];
     AgentListErrors = [401, 403, 429, 500, 503];
-    SendErrors = [400, 401, 403, 404, 410, 413, 415, 429, 500, 502, 503, 504];
+    SendErrors = [400, 401, 403, 404, 409, 410, 413, 415, 422, 429, 500, 502, 503, 504];
     MessagesErrors = [400, 401, 403, 404, 410, 429, 500, 503];
     EventsErrors = [400, 401, 403, 404, 410, 429, 500, 503];
     AgentLookupErrors = [401, 403, 404, 429, 500, 503];

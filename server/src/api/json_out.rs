@@ -1,13 +1,16 @@
 //! `JsonOut<T>`: a JSON response payload that documents `T`'s schema like poem-openapi's `Json<T>`, but writes
-//! the body with serde directly.
+//! the body with serde directly; and `JsonBytes<T>`, the same with the body serialized beforehand (an answer
+//! kept under an idempotency key, and answered again byte for byte).
 //!
 //! Why: `Json<T>` builds a `serde_json::Value` tree of the whole response (a map allocation per object, a
 //! string per key and value) and then serializes the tree. On `getSession` under load that was a sizeable part
 //! of the handler's CPU. The response models derive `Serialize` mirroring their `oai` attributes, and the test
 //! `serde_matches_to_json` below holds the two serializations equal, so the contract cannot drift.
 
-use poem::http::header::CONTENT_TYPE;
-use poem::http::StatusCode;
+use std::marker::PhantomData;
+
+use poem::http::header::{HeaderValue, CONTENT_TYPE};
+use poem::http::{HeaderName, StatusCode};
 use poem::{IntoResponse, Response};
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
@@ -40,6 +43,71 @@ impl<T: Serialize + Send> IntoResponse for JsonOut<T> {
             // Only a map with non-string keys can fail, and the models have none; answer the API's error anyway.
             Err(e) => poem::error::ResponseError::as_response(&ApiError::internal(&e)),
         }
+    }
+}
+
+/// A JSON body serialized already, documented as `T`: the answer to a request under an idempotency key, which
+/// is kept as these bytes and answered again to retries (then marked `Idempotent-Replayed: true`).
+pub struct JsonBytes<T> {
+    body: Vec<u8>,
+    replayed: bool,
+    _schema: PhantomData<fn() -> T>,
+}
+
+/// The header that marks a replayed answer.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+impl<T: Serialize> JsonBytes<T> {
+    pub fn new(value: &T) -> Result<Self, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|e| ApiError::internal(&e))?;
+        Ok(Self {
+            body,
+            replayed: false,
+            _schema: PhantomData,
+        })
+    }
+}
+
+impl<T> JsonBytes<T> {
+    /// A kept answer, answered again.
+    pub fn replayed(body: String) -> Self {
+        Self {
+            body: body.into_bytes(),
+            replayed: true,
+            _schema: PhantomData,
+        }
+    }
+
+    /// The body as text, to be kept (serde_json writes UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl<T: Type> Payload for JsonBytes<T> {
+    const CONTENT_TYPE: &'static str = JSON;
+
+    fn schema_ref() -> MetaSchemaRef {
+        T::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+impl<T> IntoResponse for JsonBytes<T> {
+    fn into_response(self) -> Response {
+        let mut response = Response::builder()
+            .header(CONTENT_TYPE, JSON)
+            .body(self.body);
+        if self.replayed {
+            response.headers_mut().insert(
+                HeaderName::from_static(IDEMPOTENT_REPLAYED),
+                HeaderValue::from_static("true"),
+            );
+        }
+        response
     }
 }
 

@@ -18,7 +18,8 @@ use super::error::{ApiError, EventsErrors, Failure, MessagesErrors, SendErrors};
 use super::event_feed;
 use super::event_stream::SseStream;
 use super::event_wire;
-use super::json_out::JsonOut;
+use super::idempotency::{self, Answer, Keep, KeyHeader, Scope};
+use super::json_out::{JsonBytes, JsonOut};
 use super::models::{
     AgentResponseBody, CursorsBody, MessageBody, MessageListBody, MessageResponseBody,
     MessageResponseData, MessageStreamEvent, MessageStreamEventName, SendMessageRequest,
@@ -27,8 +28,11 @@ use super::models::{
 use super::stream_slots::StreamSlots;
 use super::types::{Cursor, EventData, LastEventId, Timestamp, WideInt};
 use super::ApiTags;
-use crate::domain::{AgentReply, Message, ReplyFailure};
-use crate::service::{ReplyProgress, ReplyWatch, SendOutcome, SessionService, Transport};
+use crate::auth::Access;
+use crate::domain::{AgentReply, Message, ReplyFailure, SessionError, StoredResponse};
+use crate::service::{
+    ReplyProgress, ReplyWatch, SendMessage, SendOutcome, SessionService, Transport,
+};
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
 
@@ -59,12 +63,37 @@ type SessionEventStream = SseStream<SessionStreamEvent>;
 
 #[derive(ApiResponse)]
 pub enum SendMessageResponse {
-    /// Transports `websocket` and `http`: the stored message (and, for `http`, the agent's reply).
+    /// Transports `websocket` and `http`: the stored message (and, for `http`, the agent's reply); to a retry
+    /// under the same `Idempotency-Key`, the first answer again.
     #[oai(status = 201)]
-    Sent(JsonOut<Box<MessageResponseBody>>),
+    Sent(JsonBytes<MessageResponseBody>),
     /// Transport `sse`: `user_message`, then `chunk` events, then exactly one `done` or `error`.
     #[oai(status = 200)]
     Stream(MessageStream),
+}
+
+/// A send's answer once its message is stored: the JSON body (`websocket`, and `http` once the agent has
+/// answered), or the exchange still to stream (`sse`).
+enum Sent {
+    Json(JsonBytes<MessageResponseBody>),
+    Stream(Box<SendOutcome>),
+}
+
+/// What a retry of a send gets: the JSON body as answered; of an `sse` exchange, which cannot be streamed
+/// again, the stored user message (a 200 marks it), for the 409 that names it.
+impl Keep for Sent {
+    fn keep(&self) -> StoredResponse {
+        match self {
+            Sent::Json(body) => StoredResponse {
+                status: 201,
+                body: body.text(),
+            },
+            Sent::Stream(outcome) => StoredResponse {
+                status: 200,
+                body: event_wire::message(&outcome.user_message).0,
+            },
+        }
+    }
 }
 
 pub struct MessagesApi;
@@ -77,58 +106,50 @@ impl MessagesApi {
         method = "post",
         operation_id = "sendMessage"
     )]
+    #[allow(clippy::too_many_arguments)] // the operation's parameters, as poem-openapi takes them
     async fn send(
         &self,
-        _auth: Authorized<OwnSession>,
+        auth: Authorized<OwnSession>,
         service: Service<'_>,
+        access: Data<&Arc<Access>>,
         settings: Data<&StreamSettings>,
         #[oai(name = "sessionId")] session_id: Path<String>,
+        /// Makes the request safe to retry: within 24 hours, the same key with the same body answers the
+        /// first response again instead of sending the message twice. `clientMessageId` in the body is an
+        /// alias.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: KeyHeader,
         body: JsonBody<SendMessageRequest>,
     ) -> Result<SendMessageResponse, Failure<SendErrors>> {
-        let mut outcome = service
-            .send(&session_id, decode::send_message(body.value)?)
-            .await?;
-        match outcome.transport {
-            Transport::WebSocket => {
-                let body = message_response(&outcome, None);
-                Ok(SendMessageResponse::Sent(JsonOut(Box::new(body))))
+        let header = idempotency_key.0.as_deref();
+        let scope = Scope::SendMessage {
+            session_id: &session_id,
+        };
+        let keyed = idempotency::request(&access, &auth.principal, scope, header, &body.value)?;
+        let key = keyed.as_ref().map(|k| k.key.key.clone());
+        let command = decode::send_message(body.value)?;
+        let service = service.0.clone();
+        let work = send_message(service.clone(), session_id.0.clone(), command);
+        let outcome = match idempotency::run(&service, keyed, work).await? {
+            Answer::Fresh(Sent::Json(body)) => return Ok(SendMessageResponse::Sent(body)),
+            Answer::Fresh(Sent::Stream(outcome)) => outcome,
+            Answer::Replayed(kept) if kept.status == 200 => {
+                return Err(streamed_already(key.unwrap_or_default(), &kept).into())
             }
-            Transport::Http => loop {
-                let next = match outcome.reply.as_mut() {
-                    Some(watch) => watch.next().await,
-                    None => None,
-                };
-                match next {
-                    Some(ReplyProgress::Chunk(_)) => continue,
-                    Some(ReplyProgress::Done { reply, .. }) => {
-                        let body = message_response(&outcome, Some(&reply));
-                        return Ok(SendMessageResponse::Sent(JsonOut(Box::new(body))));
-                    }
-                    Some(ReplyProgress::Failed(e)) => return Err(ApiError::from(&e).into()),
-                    Some(ReplyProgress::Ended(why)) => {
-                        return Err(ApiError::wait_ended(why, &session_id).into())
-                    }
-                    None => {
-                        let failure = ReplyFailure::Failed {
-                            reason: "no reply".into(),
-                        };
-                        return Err(ApiError::from(&failure).into());
-                    }
-                }
-            },
-            Transport::Sse => {
-                let keepalive = settings.keepalive;
-                Ok(SendMessageResponse::Stream(SseStream(
-                    EventStream::new(exchange_stream(
-                        &outcome.user_message,
-                        outcome.reply,
-                        session_id.0.clone(),
-                    ))
-                    .keep_alive(keepalive)
-                    .to_event(|e| Event::message(e.data.0).event_type(message_event_name(e.event))),
-                )))
+            Answer::Replayed(kept) => {
+                return Ok(SendMessageResponse::Sent(JsonBytes::replayed(kept.body)))
             }
-        }
+        };
+        let keepalive = settings.keepalive;
+        Ok(SendMessageResponse::Stream(SseStream(
+            EventStream::new(exchange_stream(
+                &outcome.user_message,
+                outcome.reply,
+                session_id.0.clone(),
+            ))
+            .keep_alive(keepalive)
+            .to_event(|e| Event::message(e.data.0).event_type(message_event_name(e.event))),
+        )))
     }
 
     /// A page of the session's history, newest first.
@@ -209,6 +230,57 @@ impl MessagesApi {
                 }),
         ))
     }
+}
+
+/// Stores the message, then answers as its transport says: at once (`websocket`), once the agent has answered
+/// (`http`), or with the exchange to stream (`sse`).
+async fn send_message(
+    service: Arc<SessionService>,
+    session_id: String,
+    command: SendMessage,
+) -> Result<Sent, ApiError> {
+    let mut outcome = service.send(&session_id, command).await?;
+    match outcome.transport {
+        Transport::WebSocket => Ok(Sent::Json(JsonBytes::new(&message_response(
+            &outcome, None,
+        ))?)),
+        Transport::Http => loop {
+            let next = match outcome.reply.as_mut() {
+                Some(watch) => watch.next().await,
+                None => None,
+            };
+            match next {
+                Some(ReplyProgress::Chunk(_)) => continue,
+                Some(ReplyProgress::Done { reply, .. }) => {
+                    let body = message_response(&outcome, Some(&reply));
+                    return Ok(Sent::Json(JsonBytes::new(&body)?));
+                }
+                Some(ReplyProgress::Failed(e)) => return Err(ApiError::from(&e)),
+                Some(ReplyProgress::Ended(why)) => {
+                    return Err(ApiError::wait_ended(why, &session_id))
+                }
+                None => {
+                    let failure = ReplyFailure::Failed {
+                        reason: "no reply".into(),
+                    };
+                    return Err(ApiError::from(&failure));
+                }
+            }
+        },
+        Transport::Sse => Ok(Sent::Stream(Box::new(outcome))),
+    }
+}
+
+/// The answer to a retry of an `sse` send: its exchange cannot be streamed again, but its message is stored.
+fn streamed_already(key: String, kept: &StoredResponse) -> ApiError {
+    let user_message_id = serde_json::from_str::<serde_json::Value>(&kept.body)
+        .ok()
+        .and_then(|m| m["id"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    ApiError::from(SessionError::IdempotencyKeyStreamed {
+        key,
+        user_message_id,
+    })
 }
 
 fn message_response(outcome: &SendOutcome, reply: Option<&AgentReply>) -> MessageResponseBody {

@@ -12,6 +12,7 @@ mod event_stream;
 mod event_wire;
 mod events_ws;
 pub mod host_guard;
+mod idempotency;
 mod json_out;
 mod messages;
 pub mod models;

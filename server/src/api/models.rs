@@ -503,6 +503,10 @@ pub struct SendMessageRequest {
     pub transport: Option<TransportType>,
     /// Legacy alias of `transport`: `sync` = http, `stream` = sse.
     pub mode: Option<ResponseMode>,
+    /// The `Idempotency-Key` header's alias (elizaOS 2.x's name): 1 to 255 printable ASCII characters, not
+    /// starting or ending with a space.
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$"))]
+    pub client_message_id: Option<String>,
 }
 
 /// The agent's answer.

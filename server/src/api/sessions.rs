@@ -15,7 +15,8 @@ use super::error::{
     ApiError, CreateSessionErrors, DeleteErrors, Failure, HealthErrors, ListErrors, LookupErrors,
     RenewErrors, TokenErrors, UpdateTimeoutErrors,
 };
-use super::json_out::JsonOut;
+use super::idempotency::{self, Answer, Keep, KeyHeader, Scope};
+use super::json_out::{JsonBytes, JsonOut};
 use super::models::{
     CreateSessionRequest, DeleteBody, HealthBody, SessionBody, SessionListBody, SessionTokenBody,
     TimeoutConfigUpdate,
@@ -23,7 +24,7 @@ use super::models::{
 use super::types::Timestamp;
 use super::ApiTags;
 use crate::auth::{Access, IssuedToken};
-use crate::domain::Session;
+use crate::domain::{Session, StoredResponse};
 use crate::service::{SessionService, SessionView};
 use crate::store::SessionFilter;
 
@@ -35,9 +36,18 @@ const DEFAULT_LIST_LIMIT: u32 = 100;
 
 #[derive(ApiResponse)]
 pub enum CreatedSession {
-    /// Session created.
+    /// Session created (or, to a retry under the same `Idempotency-Key`, the first answer again).
     #[oai(status = 201)]
-    Created(JsonOut<SessionBody>),
+    Created(JsonBytes<SessionBody>),
+}
+
+impl Keep for JsonBytes<SessionBody> {
+    fn keep(&self) -> StoredResponse {
+        StoredResponse {
+            status: 201,
+            body: self.text(),
+        }
+    }
 }
 
 fn session(view: SessionView) -> JsonOut<SessionBody> {
@@ -78,17 +88,42 @@ impl SessionsApi {
     )]
     async fn create(
         &self,
-        _auth: Authorized<OperatorOnly>,
+        auth: Authorized<OperatorOnly>,
         service: Service<'_>,
         access: AccessData<'_>,
+        /// Makes the request safe to retry: within 24 hours, the same key with the same body answers the
+        /// first response again (the same session) instead of creating another.
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: KeyHeader,
         body: JsonBody<CreateSessionRequest>,
     ) -> Result<CreatedSession, Failure<CreateSessionErrors>> {
-        let view = service.create(decode::create_session(body.value)?).await?;
-        let issued = token(&access, &view.session)?;
-        let mut body = SessionBody::from_view(view);
-        body.session_token = Some(issued.token);
-        body.session_token_expires_at = Some(Timestamp(issued.expires_at));
-        Ok(CreatedSession::Created(JsonOut(body)))
+        let header = idempotency_key.0.as_deref();
+        let keyed = idempotency::request(
+            &access,
+            &auth.principal,
+            Scope::CreateSession,
+            header,
+            &body.value,
+        )?;
+        let command = decode::create_session(body.value)?;
+        let (service, access) = (service.0.clone(), access.0.clone());
+        let work = {
+            let service = service.clone();
+            async move {
+                let view = service.create(command).await?;
+                let issued = token(&access, &view.session)?;
+                let mut body = SessionBody::from_view(view);
+                body.session_token = Some(issued.token);
+                body.session_token_expires_at = Some(Timestamp(issued.expires_at));
+                JsonBytes::new(&body)
+            }
+        };
+        Ok(CreatedSession::Created(
+            match idempotency::run(&service, keyed, work).await? {
+                Answer::Fresh(body) => body,
+                Answer::Replayed(kept) => JsonBytes::replayed(kept.body),
+            },
+        ))
     }
 
     /// List active sessions, newest first.

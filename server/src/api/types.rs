@@ -1,5 +1,6 @@
 //! Wire scalars poem-openapi has no exact type for: ISO timestamps with milliseconds and a `Z`, minute counts
-//! that print as `30` rather than `30.0`, and free-form JSON objects (`metadata`).
+//! that print as `30` rather than `30.0`, free-form JSON objects (`metadata`), and text parameters documented
+//! with bounds the handlers check themselves (cursors, event ids, idempotency keys).
 
 use std::borrow::Cow;
 
@@ -272,6 +273,25 @@ documented_text!(Cursor, "string_cursor", CURSOR_PATTERN);
 
 // An event id as `Last-Event-ID` sends it back; empty: none.
 documented_text!(LastEventId, "string_last_event_id", r"^[0-9]{0,18}$");
+
+/// An idempotency key: printable ASCII, no space first or last (`domain::validate::idempotency_key`).
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]([ -~]*[!-~])?$";
+
+/// The schema of an `Idempotency-Key` header, with its bounds (`api::idempotency::KeyHeader` reads the header
+/// itself, and `domain::validate::idempotency_key` checks it with a message of its own).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKeyText(pub String);
+
+scalar_type!(
+    IdempotencyKeyText,
+    "string_idempotency_key",
+    MetaSchema {
+        min_length: Some(1),
+        max_length: Some(crate::domain::idempotency::MAX_KEY_CHARS),
+        pattern: Some(IDEMPOTENCY_KEY_PATTERN.to_string()),
+        ..MetaSchema::new("string")
+    }
+);
 
 #[cfg(test)]
 mod tests {

@@ -55,6 +55,23 @@ impl ApiKeys {
         }
         found
     }
+
+    /// A stable name of the key `id`, safe to store: a digest of the key's digest under a label of its own, so
+    /// that it is the same on every instance configured with the key (whatever its position in the list),
+    /// never reveals the key, and is not the digest keys are compared by.
+    pub fn identity(&self, id: KeyId) -> Option<String> {
+        let key_digest = self.digests.get(id.0)?;
+        let mut named = Sha256::new();
+        named.update(b"agent-sessions principal\0");
+        named.update(key_digest);
+        Some(
+            named
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -85,5 +102,22 @@ mod tests {
             "{printed}"
         );
         assert!(ApiKeys::new(Vec::<String>::new()).is_empty());
+    }
+
+    #[test]
+    fn identities_follow_the_key_not_its_position_and_never_show_it() {
+        let a = ApiKeys::new(["alpha-key", "beta-key"]);
+        let b = ApiKeys::new(["beta-key", "alpha-key"]);
+        let alpha = a.identity(KeyId(0)).unwrap();
+        assert_eq!(b.identity(KeyId(1)), Some(alpha.clone()));
+        assert_ne!(a.identity(KeyId(1)), Some(alpha.clone()));
+        assert_eq!(alpha.len(), 64);
+        assert!(!alpha.contains("alpha"));
+        let compared: String = digest("alpha-key")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_ne!(alpha, compared);
+        assert_eq!(a.identity(KeyId(2)), None);
     }
 }

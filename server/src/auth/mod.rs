@@ -191,6 +191,22 @@ impl Access {
         }
     }
 
+    /// A stable, storable name of `principal`, by which idempotency keys are scoped: `key:<digest>` for an API
+    /// key (a digest, never the key; the same on every instance configured with it), `session:<id>` for a
+    /// session token, and `anonymous` for every caller of a server without keys (they cannot be told apart).
+    pub fn principal_id(&self, principal: &Principal) -> String {
+        match principal {
+            Principal::Operator { key: Some(id) } => match self.keys.identity(*id) {
+                Some(identity) => format!("key:{identity}"),
+                None => "anonymous".to_string(),
+            },
+            Principal::Session(claims) => format!("session:{}", claims.session_id),
+            Principal::Operator { key: None } | Principal::Anonymous | Principal::Rejected(_) => {
+                "anonymous".to_string()
+            }
+        }
+    }
+
     /// The rate-limit bucket of a request from `principal` at client address `ip`. None for the callers of a
     /// server without keys: it is on loopback (a developer's machine, a benchmark) or, with `--allow-anonymous`,
     /// behind a proxy that authenticates, whose limits are the ones that can tell clients apart.

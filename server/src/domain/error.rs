@@ -34,6 +34,21 @@ pub enum SessionError {
     /// The session already has `limit` messages waiting for the agent.
     #[error("The session already has {limit} unanswered messages: wait for the agent's replies before sending more")]
     TooManyPending { limit: u32 },
+    /// An idempotency key already names a request with a different body: a key stands for one request.
+    #[error("Idempotency-Key '{key}' was already used for a different request: use a new key for a new request")]
+    IdempotencyKeyReused { key: String },
+    /// The first request under this idempotency key is still being served, longer than a retry waits for it.
+    #[error(
+        "A request with Idempotency-Key '{key}' is still in progress: retry once it has finished"
+    )]
+    IdempotencyKeyInUse { key: String },
+    /// The first request under this idempotency key was an `sse` exchange, which cannot be answered again: its
+    /// message is stored and its reply goes to the history and the events stream.
+    #[error("Idempotency-Key '{key}' already started an sse exchange: its message '{user_message_id}' is stored, and its reply is in the history and on the events stream")]
+    IdempotencyKeyStreamed {
+        key: String,
+        user_message_id: String,
+    },
     /// The server cannot do its job at all right now (e.g. the store takes no writes); health reports it.
     #[error("The server cannot store anything right now: {0}")]
     Unavailable(String),

@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod error;
 pub mod event;
+pub mod idempotency;
 pub mod message;
 pub mod session;
 pub mod timeout;
@@ -15,6 +16,10 @@ pub use error::{SessionError, StoreError};
 pub use event::{
     EventKind, EventPayload, ReplayGap, ReplyChunk, ReplyFailure, SessionChange, SessionEvent,
     SessionSnapshot,
+};
+pub use idempotency::{
+    ClaimOutcome, Fingerprint, IdempotencyKey, IdempotencyRecord, KeyClaim, KeyState,
+    StoredResponse,
 };
 pub use message::{AgentReply, Attachment, AttachmentKind, Message};
 pub use session::{Liveness, Notice, RenewRefused, Session};

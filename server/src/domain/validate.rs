@@ -130,6 +130,25 @@ pub fn content(content: &str) -> Result<(), SessionError> {
     Ok(())
 }
 
+/// An idempotency key (the `Idempotency-Key` header, or `clientMessageId`, named by `field`): 1 to
+/// [`super::idempotency::MAX_KEY_CHARS`] printable ASCII characters (space to `~`), not starting or ending
+/// with a space, so that keys compare and store the same everywhere and a header can carry any of them (HTTP
+/// drops spaces around a header's value).
+pub fn idempotency_key(key: &str, field: &str) -> Result<(), SessionError> {
+    let max = super::idempotency::MAX_KEY_CHARS;
+    let printable = key.bytes().all(|b| (b' '..=b'~').contains(&b));
+    if key.is_empty() || key.len() > max || !printable || key.starts_with(' ') || key.ends_with(' ')
+    {
+        return Err(SessionError::invalid_field(
+            format!(
+                "{field} must be 1 to {max} printable ASCII characters, not starting or ending with a space"
+            ),
+            field,
+        ));
+    }
+    Ok(())
+}
+
 /// `attachments`: absent, or an array of `{type, url, name?, size?, mimeType?}`.
 pub fn attachments(value: Option<Value>) -> Result<Option<Vec<super::Attachment>>, SessionError> {
     let items = match value {
@@ -274,6 +293,20 @@ mod tests {
     #[test]
     fn nul_characters_are_refused() {
         assert!(content("a\0b").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_short_printable_ascii() {
+        assert!(idempotency_key("3c90c3cc-0d44-4b50-8888-8dd25736052a", "Idempotency-Key").is_ok());
+        assert!(idempotency_key("a key ~", "clientMessageId").is_ok());
+        assert!(idempotency_key(&"k".repeat(255), "Idempotency-Key").is_ok());
+        for bad in ["", " ", " lead", "trail ", "tab\there", "é", "\u{7f}"] {
+            assert!(idempotency_key(bad, "Idempotency-Key").is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            message(idempotency_key(&"k".repeat(256), "clientMessageId")),
+            "clientMessageId must be 1 to 255 printable ASCII characters, not starting or ending with a space"
+        );
     }
     #[test]
     fn cursors_accept_ms_and_iso() {

@@ -2,10 +2,11 @@
 //! domain's pure transitions and persists them with optimistic concurrency.
 //!
 //! Submodules: `messages` (send and history), `replies` (per-session reply workers), `events` (the real-time
-//! stream and expiry notices).
+//! stream and expiry notices), `idempotency` (requests under an idempotency key).
 
 mod commands;
 mod events;
+mod idempotency;
 mod messages;
 mod replies;
 
@@ -25,6 +26,7 @@ use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
 pub use commands::{Checked, CreateSession, NewAgent, SendMessage, Transport};
 pub use events::{EventSubscription, FeedItem};
+pub use idempotency::{Begun, Claim, IdempotentRequest};
 pub use messages::{MessagePage, SendOutcome};
 pub use replies::{ReplyProgress, ReplyWatch, WaitEnded};
 
@@ -82,6 +84,8 @@ pub struct ServiceConfig {
     pub max_messages_per_session: u32,
     /// What agent backends may reach and use (secrets, hosts, reply size, CA roots).
     pub egress: EgressPolicy,
+    /// How long a retry under an idempotency key waits for the first request still in flight (then 409).
+    pub idempotency_wait: std::time::Duration,
 }
 
 impl Default for ServiceConfig {
@@ -95,6 +99,7 @@ impl Default for ServiceConfig {
             max_sessions_per_user: 1000,
             max_messages_per_session: 10_000,
             egress: EgressPolicy::default(),
+            idempotency_wait: idempotency::DEFAULT_WAIT,
         }
     }
 }
@@ -112,6 +117,9 @@ pub struct SessionService {
     replies: Arc<replies::Replier>,
     /// Cancelled when the server starts shutting down (see [`SessionService::begin_shutdown`]).
     stopping: tokio_util::sync::CancellationToken,
+    idempotency: idempotency::IdempotencySettings,
+    /// Woken whenever a request under an idempotency key settles here, for retries waiting on it.
+    settled: Arc<tokio::sync::Notify>,
 }
 
 impl SessionService {
@@ -127,6 +135,14 @@ impl SessionService {
             config.history_limit,
             stopping.clone(),
         ));
+        let idempotency = idempotency::IdempotencySettings {
+            wait: config.idempotency_wait,
+            // Past every wait of the first request (an `http` send's agent reply included), with room to spare.
+            lease: chrono::Duration::from_std(
+                config.agent_timeout * 2 + std::time::Duration::from_secs(60),
+            )
+            .unwrap_or(Duration::minutes(10)),
+        };
         Self {
             store,
             clock,
@@ -139,6 +155,8 @@ impl SessionService {
             backends,
             replies,
             stopping,
+            idempotency,
+            settled: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

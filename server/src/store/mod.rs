@@ -22,7 +22,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::domain::{
+    Agent, ClaimOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim, Message, Session,
+    SessionEvent, StoredResponse,
+};
 
 pub use crate::domain::StoreError;
 pub use bus::EventBus;
@@ -245,6 +248,39 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// How many of the session's user messages still wait for a reply (pending or being answered).
     async fn count_unanswered(&self, session_id: Uuid) -> Result<u64, StoreError>;
+
+    /// Claims an idempotency key for a request, atomically across instances: stores it in flight unless a live
+    /// record holds it. A record that has expired (`expires_at <= claim.now`), or an in-flight one of the same
+    /// fingerprint claimed at or before `claim.stale_before` (its request died with its instance), is taken
+    /// over. Otherwise returns the record that holds the key.
+    async fn claim_idempotency_key(&self, claim: &KeyClaim) -> Result<ClaimOutcome, StoreError>;
+    /// Ends `owner`'s claim on `key` with the response to replay. False, changing nothing, if the claim is no
+    /// longer `owner`'s (it was taken over, or released).
+    async fn complete_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        owner: Uuid,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError>;
+    /// Drops `owner`'s in-flight claim on `key` (its request failed), so that a retry does the work. False if
+    /// the claim is no longer `owner`'s.
+    async fn release_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        owner: Uuid,
+    ) -> Result<bool, StoreError>;
+    /// The record of `key`, unless there is none or it has expired at `now`.
+    async fn get_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// Deletes up to `limit` idempotency records with `expires_at <= now`; returns how many. Callers loop.
+    async fn purge_idempotency_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
 
     /// The stored value of the setting `name`; when there is none yet, stores `value` first. Instances racing
     /// on an empty database all get the one value that won.

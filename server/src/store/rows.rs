@@ -10,10 +10,13 @@ use serde_json::Value;
 use sqlx::error::BoxDynError;
 use sqlx::Postgres;
 
-use super::schema::{self, ReplyState};
+use super::schema::{self, ReplyState, KEY_DONE, KEY_IN_FLIGHT};
 use super::SessionCounts;
 use super::{from_ms, to_ms};
-use crate::domain::{Agent, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use crate::domain::{
+    Agent, Fingerprint, IdempotencyKey, IdempotencyRecord, KeyClaim, KeyState, Message, Notice,
+    Session, SessionEvent, StoredResponse, TimeoutConfig,
+};
 
 /// A value both drivers can read from a column.
 pub trait Column:
@@ -209,4 +212,78 @@ pub fn bind_agent<'v, B: Bind<'v>>(b: &mut B, a: &'v Agent) -> Result<(), B::Err
     b.bind(schema::to_json(&a.backend))?;
     b.bind(schema::to_json(&a.session_defaults))?;
     b.bind(to_ms(a.created_at))
+}
+
+/// Reads `schema::IDEMPOTENCY_COLUMNS`.
+pub fn idempotency_record<R: Row>(row: &R) -> Result<IdempotencyRecord, R::Error> {
+    let key = IdempotencyKey {
+        principal: row.get("principal")?,
+        scope: row.get("scope")?,
+        key: row.get("key")?,
+    };
+    let fingerprint: String = row.get("fingerprint")?;
+    let fingerprint = Fingerprint::from_hex(&fingerprint)
+        .ok_or_else(|| row.invalid("fingerprint", "not a SHA-256 digest in hex".into()))?;
+    let owner = row.get("owner")?;
+    let state: i16 = row.get("state")?;
+    let status: Option<i16> = row.get("status")?;
+    let response: Option<String> = row.get("response")?;
+    let state = match (state, status, response) {
+        (KEY_IN_FLIGHT, _, _) => KeyState::InFlight,
+        (KEY_DONE, Some(status), Some(body)) => KeyState::Done(StoredResponse {
+            status: u16::try_from(status).map_err(|e| row.invalid("status", e.into()))?,
+            body,
+        }),
+        _ => return Err(row.invalid("state", format!("no such key state: {state}").into())),
+    };
+    Ok(IdempotencyRecord {
+        key,
+        fingerprint,
+        owner,
+        state,
+        created_at: row.time("created_at")?,
+        expires_at: row.time("expires_at")?,
+    })
+}
+
+/// Binds the three columns that name a key: `principal, scope, key`.
+pub fn bind_key<'v, B: Bind<'v>>(b: &mut B, key: &'v IdempotencyKey) -> Result<(), B::Error> {
+    b.bind(key.principal.as_str())?;
+    b.bind(key.scope.as_str())?;
+    b.bind(key.key.as_str())
+}
+
+/// Binds `schema::IDEMPOTENCY_CLAIM_COLUMNS`, then the claim's `stale_before` (see `schema::claim_key`).
+pub fn bind_key_claim<'v, B: Bind<'v>>(b: &mut B, claim: &'v KeyClaim) -> Result<(), B::Error> {
+    bind_key(b, &claim.key)?;
+    b.bind(claim.fingerprint.to_hex())?;
+    b.bind(claim.owner)?;
+    b.bind(KEY_IN_FLIGHT)?;
+    b.bind(to_ms(claim.now))?;
+    b.bind(to_ms(claim.expires_at()))?;
+    b.bind(to_ms(claim.stale_before))
+}
+
+/// Binds what `schema::complete_key` sets, then the key, its owner and the state it must still be in.
+pub fn bind_key_completion<'v, B: Bind<'v>>(
+    b: &mut B,
+    key: &'v IdempotencyKey,
+    owner: uuid::Uuid,
+    response: &'v StoredResponse,
+) -> Result<(), B::Error> {
+    b.bind(KEY_DONE)?;
+    b.bind(i16::try_from(response.status).unwrap_or(i16::MAX))?;
+    b.bind(response.body.as_str())?;
+    bind_key_owner(b, key, owner)
+}
+
+/// Binds the key, its owner and the in-flight state (`schema::release_key`, and the end of a completion).
+pub fn bind_key_owner<'v, B: Bind<'v>>(
+    b: &mut B,
+    key: &'v IdempotencyKey,
+    owner: uuid::Uuid,
+) -> Result<(), B::Error> {
+    bind_key(b, key)?;
+    b.bind(owner)?;
+    b.bind(KEY_IN_FLIGHT)
 }

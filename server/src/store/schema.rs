@@ -48,6 +48,71 @@ pub const EVENT_INSERT_COLUMNS: &str = "session_id, kind, data, created_at";
 /// An agent as `rows::agent` reads it, and as `rows::bind_agent` inserts it.
 pub const AGENT_COLUMNS: &str = "id, name, backend, session_defaults, created_at";
 
+/// An idempotency key's record as `rows::idempotency_record` reads it.
+pub const IDEMPOTENCY_COLUMNS: &str =
+    "principal, scope, key, fingerprint, owner, state, status, response, created_at, expires_at";
+
+/// The columns a claim inserts, in `rows::bind_key_claim` order (`status` and `response` stay NULL until done).
+pub const IDEMPOTENCY_CLAIM_COLUMNS: &str =
+    "principal, scope, key, fingerprint, owner, state, created_at, expires_at";
+
+/// `idempotency_keys.state`: the first request under the key is still being served.
+pub const KEY_IN_FLIGHT: i16 = 1;
+/// `idempotency_keys.state`: it succeeded, and `status` and `response` hold its answer.
+pub const KEY_DONE: i16 = 2;
+
+/// Claiming a key: `IDEMPOTENCY_CLAIM_COLUMNS`, then the instant before which an in-flight claim is stale. The
+/// insert wins unless a live record holds the key; an expired record, or a stale in-flight one of the same
+/// request (its instance died), is taken over in place. One statement, so that of several instances racing on
+/// one key exactly one claims it (the primary key decides, `ON CONFLICT` in both databases).
+pub fn claim_key(prefix: char) -> String {
+    let n = column_count(IDEMPOTENCY_CLAIM_COLUMNS);
+    // 6: state, 7: created_at (now), n + 1: stale_before.
+    let rest = format!(
+        " ON CONFLICT (principal, scope, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+         owner = excluded.owner, state = excluded.state, status = NULL, response = NULL, \
+         created_at = excluded.created_at, expires_at = excluded.expires_at \
+         WHERE idempotency_keys.expires_at <= {prefix}7 OR (idempotency_keys.state = {prefix}6 \
+         AND idempotency_keys.created_at <= {prefix}{} AND idempotency_keys.fingerprint = excluded.fingerprint)",
+        n + 1
+    );
+    insert(prefix, "idempotency_keys", IDEMPOTENCY_CLAIM_COLUMNS, &rest)
+}
+
+/// `WHERE` one key is held by one owner in one state: the key's three columns, the owner, the state.
+fn key_held(prefix: char, first: usize) -> String {
+    format!(
+        "principal = {prefix}{} AND scope = {prefix}{} AND key = {prefix}{} AND owner = {prefix}{} \
+         AND state = {prefix}{}",
+        first,
+        first + 1,
+        first + 2,
+        first + 3,
+        first + 4
+    )
+}
+
+/// Completing a claim: the new state, status and response, then `key_held` (key, owner, in flight).
+pub fn complete_key(prefix: char) -> String {
+    format!(
+        "UPDATE idempotency_keys SET state = {prefix}1, status = {prefix}2, response = {prefix}3 WHERE {}",
+        key_held(prefix, 4)
+    )
+}
+
+/// Releasing a claim: `key_held` (key, owner, in flight).
+pub fn release_key(prefix: char) -> String {
+    format!("DELETE FROM idempotency_keys WHERE {}", key_held(prefix, 1))
+}
+
+/// A key's live record: the key's three columns, then the instant it must not have expired by.
+pub fn select_key(prefix: char) -> String {
+    format!(
+        "SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency_keys WHERE principal = {prefix}1 \
+         AND scope = {prefix}2 AND key = {prefix}3 AND expires_at > {prefix}4"
+    )
+}
+
 /// `messages.reply_state`: where a message stands in the reply queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i16)]
@@ -257,5 +322,14 @@ mod tests {
             "INSERT INTO t (a, b) VALUES ($1, $2) RETURNING a"
         );
         assert!(update_session('?').ends_with("warn_at = ?12 WHERE id = ?13 AND version = ?14"));
+        assert!(claim_key('$').starts_with(
+            "INSERT INTO idempotency_keys (principal, scope, key, fingerprint, owner, state, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT"
+        ));
+        assert!(claim_key('?').ends_with(
+            "created_at <= ?9 AND idempotency_keys.fingerprint = excluded.fingerprint)"
+        ));
+        assert!(complete_key('?').ends_with("owner = ?7 AND state = ?8"));
+        assert!(release_key('$').ends_with("key = $3 AND owner = $4 AND state = $5"));
     }
 }

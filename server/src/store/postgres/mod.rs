@@ -1,8 +1,9 @@
 //! `PostgresStore`: the backend for one or several server instances sharing a PostgreSQL database, including the
 //! delivery of committed events to the subscribers of every instance (LISTEN/NOTIFY). This file is the
 //! `SessionStore` implementation and its queries; beside it: `writes.rs` (the statements writes are made of),
-//! `replay.rs` (reading events back), `notify.rs` (publishing), `listener.rs` (LISTEN, replay after a
-//! reconnect), `connection.rs` (failing fast while the database is away), `rows.rs` (rows and arguments).
+//! `idempotency.rs` (idempotency keys), `replay.rs` (reading events back), `notify.rs` (publishing),
+//! `listener.rs` (LISTEN, replay after a reconnect), `connection.rs` (failing fast while the database is
+//! away), `rows.rs` (rows and arguments).
 //!
 //! Concurrency is the database's: every session write is a conditional `UPDATE ... WHERE version = $expected`
 //! or takes the session row's lock first, so the writes of one session are serialised across processes and
@@ -22,6 +23,7 @@
 //! starts and once when it ends (`OutageLog`).
 
 mod connection;
+mod idempotency;
 mod listener;
 mod notify;
 mod replay;
@@ -52,7 +54,10 @@ use super::{
     to_ms, AgentDeletion, EventReplay, MessageWindow, Order, SessionCounts, SessionFilter,
     SessionStore, StoreError, StoreOptions,
 };
-use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::domain::{
+    Agent, ClaimOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim, Message, Session,
+    SessionEvent, StoredResponse,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -641,6 +646,43 @@ impl SessionStore for PostgresStore {
             .await
             .map_err(backend)?;
         Ok(n.max(0) as u64)
+    }
+
+    async fn claim_idempotency_key(&self, claim: &KeyClaim) -> Result<ClaimOutcome, StoreError> {
+        idempotency::claim(&mut *self.db.acquire().await?, claim).await
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        owner: Uuid,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        idempotency::complete(&mut *self.db.acquire().await?, key, owner, response).await
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        owner: Uuid,
+    ) -> Result<bool, StoreError> {
+        idempotency::release(&mut *self.db.acquire().await?, key, owner).await
+    }
+
+    async fn get_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        idempotency::get(&mut *self.db.acquire().await?, key, now).await
+    }
+
+    async fn purge_idempotency_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        idempotency::purge(&mut *self.db.acquire().await?, now, limit).await
     }
 
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {

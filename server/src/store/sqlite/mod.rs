@@ -6,6 +6,7 @@
 //! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`.
 
 mod checkpoint;
+mod idempotency;
 mod reads;
 mod rows;
 mod writer;
@@ -34,7 +35,10 @@ use super::{
     to_ms, AgentDeletion, EventBus, EventReplay, MessageWindow, Order, SessionCounts,
     SessionFilter, SessionStore, StoreError, StoreOptions,
 };
-use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::domain::{
+    Agent, ClaimOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim, Message, Session,
+    SessionEvent, StoredResponse,
+};
 use crate::outage::OutageLog;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -460,6 +464,56 @@ impl SessionStore for SqliteStore {
         });
         let n: Vec<i64> = self.fast.rows(&SQL, [session_id], |row| row.get(0))?;
         Ok(n.first().copied().unwrap_or(0).max(0) as u64)
+    }
+
+    async fn claim_idempotency_key(&self, claim: &KeyClaim) -> Result<ClaimOutcome, StoreError> {
+        let applied = self.write(Write::ClaimKey(Box::new(claim.clone()))).await?;
+        applied
+            .key_claim
+            .ok_or_else(|| StoreError::Backend("an idempotency claim had no outcome".into()))
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        owner: Uuid,
+        response: &StoredResponse,
+    ) -> Result<bool, StoreError> {
+        let (key, response) = (Box::new(key.clone()), Box::new(response.clone()));
+        self.changed(Write::CompleteKey(key, owner, response)).await
+    }
+
+    async fn release_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        owner: Uuid,
+    ) -> Result<bool, StoreError> {
+        self.changed(Write::ReleaseKey(Box::new(key.clone()), owner))
+            .await
+    }
+
+    async fn get_idempotency_key(
+        &self,
+        key: &IdempotencyKey,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.fast.one(
+            &idempotency::SELECT,
+            rusqlite::params![key.principal, key.scope, key.key, to_ms(now)],
+            rows::idempotency_record(),
+        )
+    }
+
+    async fn purge_idempotency_keys(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        let purge = Write::PurgeKeys {
+            now: to_ms(now),
+            limit,
+        };
+        Ok(self.write(purge).await?.rows)
     }
 
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError> {

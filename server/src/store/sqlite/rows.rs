@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 
 use sqlx::error::BoxDynError;
 
-use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::domain::{Agent, IdempotencyRecord, Message, Session, SessionEvent};
 use crate::store::rows::{self, Bind, Column, Param, Row};
 use crate::store::{SessionCounts, StoreError};
 
@@ -134,6 +134,12 @@ pub fn agent() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
 pub fn session_counts() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<SessionCounts> {
     let layout = Layout::new();
     move |row| rows::session_counts(&ByName::new(row, &layout))
+}
+
+pub fn idempotency_record() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<IdempotencyRecord>
+{
+    let layout = Layout::new();
+    move |row| rows::idempotency_record(&ByName::new(row, &layout))
 }
 
 /// A prepared statement's parameters, bound one after the other.

@@ -6,8 +6,11 @@ use std::sync::LazyLock;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use super::idempotency;
 use super::rows::{self as sqlite_rows, store_error as failed, Params};
-use crate::domain::{Agent, Message, Session, SessionEvent};
+use crate::domain::{
+    Agent, ClaimOutcome, IdempotencyKey, KeyClaim, Message, Session, SessionEvent, StoredResponse,
+};
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
     event_prune_cutoff, insert, insert_select, mark_events_pruned, prune_events, update_session,
@@ -36,6 +39,17 @@ pub enum Write {
         stale_before: i64,
     },
     FinishReply(Uuid, Option<Box<Message>>, Vec<SessionEvent>),
+    /// Claims an idempotency key (see `SessionStore::claim_idempotency_key`).
+    ClaimKey(Box<KeyClaim>),
+    /// Completes an idempotency key's claim with the response to replay.
+    CompleteKey(Box<IdempotencyKey>, Uuid, Box<StoredResponse>),
+    /// Releases an idempotency key's in-flight claim.
+    ReleaseKey(Box<IdempotencyKey>, Uuid),
+    /// Deletes up to `limit` idempotency keys expired at `now`.
+    PurgeKeys {
+        now: i64,
+        limit: u32,
+    },
     /// Stores a setting unless it already has a value.
     InsertSetting {
         name: String,
@@ -48,13 +62,15 @@ pub enum Write {
     Panic,
 }
 
-/// What a write did: rows affected, the seq of an inserted message, a claimed message, and the events to
-/// announce once the transaction has committed (persisted ones carrying their new seq).
+/// What a write did: rows affected, the seq of an inserted message, a claimed message, what claiming an
+/// idempotency key found, and the events to announce once the transaction has committed (persisted ones
+/// carrying their new seq).
 #[derive(Default)]
 pub struct Applied {
     pub rows: u64,
     pub seq: Option<i64>,
     pub message: Option<Message>,
+    pub key_claim: Option<ClaimOutcome>,
     pub publish: Vec<SessionEvent>,
 }
 
@@ -67,6 +83,10 @@ impl Write {
             | Write::InsertSession(_)
             | Write::ClaimReply { .. }
             | Write::InsertSetting { .. }
+            | Write::ClaimKey(_)
+            | Write::CompleteKey(..)
+            | Write::ReleaseKey(..)
+            | Write::PurgeKeys { .. }
             | Write::Probe => false,
             Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => persists(events),
             Write::DeleteAgent(..)
@@ -204,6 +224,19 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
                 ..Default::default()
             })
         }
+        Write::ClaimKey(claim) => {
+            let outcome = idempotency::claim(conn, claim)?;
+            Ok(Applied {
+                rows: u64::from(outcome == ClaimOutcome::Claimed),
+                key_claim: Some(outcome),
+                ..Default::default()
+            })
+        }
+        Write::CompleteKey(key, owner, response) => {
+            idempotency::complete(conn, key, *owner, response).map(rows_changed)
+        }
+        Write::ReleaseKey(key, owner) => idempotency::release(conn, key, *owner).map(rows_changed),
+        Write::PurgeKeys { now, limit } => idempotency::purge(conn, *now, *limit).map(rows_changed),
         Write::InsertSetting { name, value } => conn
             .prepare_cached(
                 "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
