@@ -13,7 +13,10 @@ use sqlx::Postgres;
 use super::schema::{self, ReplyState};
 use super::SessionCounts;
 use super::{from_ms, to_ms};
-use crate::domain::{Agent, Message, Notice, Session, SessionEvent, TimeoutConfig};
+use crate::domain::{
+    Agent, Delivery, EventFilter, Message, Notice, OutboundEvent, Session, SessionEvent,
+    TimeoutConfig, Webhook,
+};
 
 /// A value both drivers can read from a column.
 pub trait Column:
@@ -203,4 +206,50 @@ pub fn bind_agent<'v, B: Bind<'v>>(b: &mut B, a: &'v Agent) -> Result<(), B::Err
     b.bind(schema::to_json(&a.backend))?;
     b.bind(schema::to_json(&a.session_defaults))?;
     b.bind(to_ms(a.created_at))
+}
+
+/// Reads `schema::WEBHOOK_COLUMNS`.
+pub fn webhook<R: Row>(row: &R) -> Result<Webhook, R::Error> {
+    Ok(Webhook {
+        id: row.get("id")?,
+        url: row.get("url")?,
+        events: EventFilter::from_bits(row.get("events")?),
+        secret: row.get("secret")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// Binds `schema::WEBHOOK_COLUMNS`.
+pub fn bind_webhook<'v, B: Bind<'v>>(b: &mut B, w: &'v Webhook) -> Result<(), B::Error> {
+    b.bind(w.id)?;
+    b.bind(w.url.as_str())?;
+    b.bind(w.events.bits())?;
+    b.bind(w.secret.as_str())?;
+    b.bind(to_ms(w.created_at))
+}
+
+/// Binds the parameters of `schema::queue_deliveries`.
+pub fn bind_outbound<'v, B: Bind<'v>>(b: &mut B, e: &'v OutboundEvent) -> Result<(), B::Error> {
+    b.bind(e.id)?;
+    b.bind(e.session_id)?;
+    b.bind(e.kind.as_str())?;
+    b.bind(e.body.as_str())?;
+    b.bind(to_ms(e.at))?;
+    b.bind(e.kind.bit())
+}
+
+/// Reads `schema::DELIVERY_COLUMNS`.
+pub fn delivery<R: Row>(row: &R) -> Result<Delivery, R::Error> {
+    Ok(Delivery {
+        seq: row.get("seq")?,
+        webhook_id: row.get("webhook_id")?,
+        url: row.get("url")?,
+        secret: row.get("secret")?,
+        event_id: row.get("event_id")?,
+        session_id: row.get("session_id")?,
+        body: row.get("body")?,
+        attempts: row.get::<i32>("attempts")?.max(0) as u32,
+        enqueued_at: row.time("created_at")?,
+        claim: row.get("claim")?,
+    })
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::checkpoint::Checkpointer;
 use super::reads::FastReads;
@@ -46,10 +46,12 @@ pub enum Job {
 /// Opens the write connection and starts the writer thread; returns the queue to it. The writer counts its
 /// commits with `reads.count_commit`, which is how reads know when their snapshot is out of date.
 ///
-/// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access.
+/// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access;
+/// `queued` is notified after every commit that queued webhook deliveries.
 pub fn spawn(
     path: &Path,
     bus: Arc<EventBus>,
+    queued: Arc<Notify>,
     reads: Arc<FastReads>,
     outage: Arc<OutageLog>,
 ) -> anyhow::Result<mpsc::Sender<Job>> {
@@ -78,17 +80,27 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
-            run(conn, rx, &bus, &writer_reads, &outage);
+            let after = AfterCommit {
+                bus: &bus,
+                queued: &queued,
+            };
+            run(conn, rx, &after, &writer_reads, &outage);
             drop(alive);
         })?;
     checkpointer.spawn(reads, writer_gone)?;
     Ok(tx)
 }
 
+/// Who hears of a commit: subscribers of its events, and the webhook dispatcher when it queued deliveries.
+struct AfterCommit<'a> {
+    bus: &'a EventBus,
+    queued: &'a Notify,
+}
+
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
-    bus: &EventBus,
+    after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
 ) {
@@ -112,14 +124,14 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
+        commit_and_answer_safely(&mut conn, &mut batch, after, reads, outage);
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage);
+    commit_and_answer_safely(&mut conn, &mut batch, after, reads, outage);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -134,11 +146,11 @@ type Pending = (Write, oneshot::Sender<Result<Applied, StoreError>>);
 fn commit_and_answer_safely(
     conn: &mut Connection,
     batch: &mut Vec<Pending>,
-    bus: &EventBus,
+    after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
 ) {
-    if caught(|| commit_and_answer(conn, batch, bus, reads, outage)).is_err() {
+    if caught(|| commit_and_answer(conn, batch, after, reads, outage)).is_err() {
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -150,7 +162,7 @@ fn commit_and_answer_safely(
 fn commit_and_answer(
     conn: &mut Connection,
     batch: &mut Vec<Pending>,
-    bus: &EventBus,
+    after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
 ) {
@@ -174,8 +186,11 @@ fn commit_and_answer(
     }
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
-            bus.publish(event);
+            after.bus.publish(event);
         }
+    }
+    if outcomes.iter().flatten().any(|o| o.queued > 0) {
+        after.queued.notify_one();
     }
     for ((_, done), outcome) in batch.drain(..).zip(outcomes) {
         let _ = done.send(outcome);
@@ -255,6 +270,7 @@ mod tests {
         let queue = spawn(
             &path,
             Arc::new(EventBus::default()),
+            Arc::new(Notify::new()),
             Arc::new(FastReads::new(path.clone())),
             Arc::new(OutageLog::new("SQLite writes")),
         )

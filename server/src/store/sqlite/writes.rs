@@ -7,7 +7,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
 use super::rows::{self as sqlite_rows, store_error as failed, Params};
-use crate::domain::{Agent, Message, Session, SessionEvent};
+use super::webhooks;
+use crate::domain::{Agent, Delivery, DeliveryOutcome, Message, Session, SessionEvent, Webhook};
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
     insert, insert_select, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
@@ -35,6 +36,24 @@ pub enum Write {
         stale_before: i64,
     },
     FinishReply(Uuid, Option<Box<Message>>, Vec<SessionEvent>),
+    InsertWebhook(Box<Webhook>),
+    DeleteWebhook(Uuid),
+    /// Times in epoch ms.
+    ClaimDeliveries {
+        now: i64,
+        lease_until: i64,
+        claim: Uuid,
+        limit: u32,
+    },
+    FinishDelivery {
+        seq: i64,
+        claim: Uuid,
+        outcome: DeliveryOutcome,
+    },
+    PurgeFailedDeliveries {
+        before: i64,
+        limit: u32,
+    },
     /// Stores a setting unless it already has a value.
     InsertSetting {
         name: String,
@@ -47,28 +66,38 @@ pub enum Write {
     Panic,
 }
 
-/// What a write did: rows affected, the seq of an inserted message, a claimed message, and the events to
-/// announce once the transaction has committed (persisted ones carrying their new seq).
+/// What a write did: rows affected, the seq of an inserted message, a claimed message or claimed deliveries,
+/// the events to announce once the transaction has committed (persisted ones carrying their new seq), and how
+/// many webhook deliveries it queued.
 #[derive(Default)]
 pub struct Applied {
     pub rows: u64,
     pub seq: Option<i64>,
     pub message: Option<Message>,
+    pub deliveries: Vec<Delivery>,
     pub publish: Vec<SessionEvent>,
+    pub queued: u64,
 }
 
 impl Write {
     /// Whether applying it takes more than one writing statement.
     fn is_compound(&self) -> bool {
-        let persists = |events: &[SessionEvent]| events.iter().any(|e| !e.kind().is_transient());
         match self {
             Write::InsertAgent(_)
-            | Write::InsertSession(_)
             | Write::ClaimReply { .. }
+            | Write::InsertWebhook(_)
+            | Write::FinishDelivery { .. }
+            | Write::PurgeFailedDeliveries { .. }
             | Write::InsertSetting { .. }
             | Write::Probe => false,
-            Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => persists(events),
+            // Events are stored, and webhook deliveries queued, beside the row.
+            Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => {
+                !events.is_empty()
+            }
+            // The session and its `session.created` deliveries; the claim and the reads of what it claimed.
+            Write::InsertSession(_) | Write::ClaimDeliveries { .. } => true,
             Write::DeleteAgent(..)
+            | Write::DeleteWebhook(_)
             | Write::DeleteSession(..)
             | Write::Purge { .. }
             | Write::RecordMessage(..)
@@ -126,28 +155,37 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
     match write {
         Write::InsertAgent(agent) => insert_agent(conn, agent).map(rows_changed),
         Write::DeleteAgent(id, active_at) => delete_agent(conn, *id, *active_at),
-        Write::InsertSession(session) => insert_session(conn, session).map(rows_changed),
-        Write::UpdateSession(session, expected, events) => {
-            let n = update_session_row(conn, session, *expected)?;
+        Write::InsertSession(session) => {
+            let n = insert_session(conn, session)?;
             Ok(Applied {
                 rows: n as u64,
-                publish: if n > 0 {
-                    store_events(conn, std::mem::take(events))?
+                queued: if n > 0 {
+                    webhooks::queue_created(conn, session)?
                 } else {
-                    Vec::new()
+                    0
                 },
                 ..Default::default()
             })
         }
-        Write::DeleteSession(id, events) => {
-            let n = delete_session(conn, *id)?;
+        Write::UpdateSession(session, expected, events) => {
+            if update_session_row(conn, session, *expected)? == 0 {
+                return Ok(Applied::default());
+            }
             Ok(Applied {
-                rows: n as u64,
-                publish: if n > 0 {
-                    std::mem::take(events)
-                } else {
-                    Vec::new()
-                },
+                rows: 1,
+                queued: webhooks::queue_events(conn, events)?,
+                publish: store_events(conn, std::mem::take(events))?,
+                ..Default::default()
+            })
+        }
+        Write::DeleteSession(id, events) => {
+            if delete_session(conn, *id)? == 0 {
+                return Ok(Applied::default());
+            }
+            Ok(Applied {
+                rows: 1,
+                queued: webhooks::queue_events(conn, events)?,
+                publish: std::mem::take(events),
                 ..Default::default()
             })
         }
@@ -160,6 +198,7 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
             Ok(Applied {
                 rows: 1,
                 seq,
+                queued: webhooks::queue_events(conn, events)?,
                 publish: store_events(conn, std::mem::take(events))?,
                 ..Default::default()
             })
@@ -170,6 +209,7 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
                 Some(seq) => Ok(Applied {
                     rows: 1,
                     seq: Some(seq),
+                    queued: webhooks::queue_events(conn, events)?,
                     publish: store_events(conn, std::mem::take(events))?,
                     ..Default::default()
                 }),
@@ -193,9 +233,33 @@ fn apply(conn: &Connection, write: &mut Write) -> rusqlite::Result<Applied> {
             }
             Ok(Applied {
                 rows: 1,
+                queued: webhooks::queue_events(conn, events)?,
                 publish: store_events(conn, std::mem::take(events))?,
                 ..Default::default()
             })
+        }
+        Write::InsertWebhook(webhook) => webhooks::insert_webhook(conn, webhook).map(rows_changed),
+        Write::DeleteWebhook(id) => webhooks::delete_webhook(conn, *id).map(rows_changed),
+        Write::ClaimDeliveries {
+            now,
+            lease_until,
+            claim,
+            limit,
+        } => {
+            let deliveries = webhooks::claim(conn, *now, *lease_until, *claim, *limit)?;
+            Ok(Applied {
+                rows: deliveries.len() as u64,
+                deliveries,
+                ..Default::default()
+            })
+        }
+        Write::FinishDelivery {
+            seq,
+            claim,
+            outcome,
+        } => webhooks::finish(conn, *seq, *claim, outcome).map(rows_changed),
+        Write::PurgeFailedDeliveries { before, limit } => {
+            webhooks::purge_failed(conn, *before, *limit).map(rows_changed)
         }
         Write::InsertSetting { name, value } => conn
             .prepare_cached(
