@@ -2,12 +2,13 @@
 //! domain's pure transitions and persists them with optimistic concurrency.
 //!
 //! Submodules: `messages` (send and history), `replies` (per-session reply workers), `events` (the real-time
-//! stream and expiry notices).
+//! stream and expiry notices), `webhooks` (registering outbound webhooks).
 
 mod commands;
 mod events;
 mod messages;
 mod replies;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ use crate::domain::{
 };
 use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
-pub use commands::{Checked, CreateSession, NewAgent, SendMessage, Transport};
+pub use commands::{Checked, CreateSession, NewAgent, NewWebhook, SendMessage, Transport};
 pub use events::EventSubscription;
 pub use messages::{MessagePage, SendOutcome};
 pub use replies::{ReplyProgress, ReplyWatch, WaitEnded};
@@ -156,6 +157,11 @@ impl SessionService {
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
+    }
+
+    /// The agent backends' HTTP client and egress policy, which outbound webhooks share.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
     }
 
     pub fn policy(&self) -> &TimeoutPolicy {
