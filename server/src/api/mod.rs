@@ -17,6 +17,8 @@ pub mod routes;
 mod sessions;
 pub mod stream_slots;
 pub mod types;
+mod webhook_models;
+mod webhooks;
 
 use std::sync::{Arc, OnceLock};
 
@@ -43,6 +45,8 @@ pub enum ApiTags {
     Sessions,
     /// The agents sessions talk to.
     Agents,
+    /// Receivers of signed session and message events.
+    Webhooks,
 }
 
 pub use browser::CorsOrigins;
@@ -63,6 +67,7 @@ type Apis = (
     sessions::SessionsApi,
     messages::MessagesApi,
     agents::AgentsApi,
+    webhooks::WebhooksApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -71,6 +76,7 @@ fn service() -> OpenApiService<Apis, ()> {
             sessions::SessionsApi,
             messages::MessagesApi,
             agents::AgentsApi,
+            webhooks::WebhooksApi,
         ),
         "agent-sessions",
         env!("CARGO_PKG_VERSION"),
@@ -161,12 +167,14 @@ impl ApiError {
     }
 }
 
-/// The not-found error for the id segment of a session or agent path.
+/// The not-found error for the id segment of a session, agent or webhook path.
 fn unknown_id_in_path(path: &str) -> Option<ApiError> {
     let (rest, code, what) = if let Some(rest) = path.strip_prefix("/api/messaging/sessions/") {
         (rest, ErrorCode::SessionNotFound, "Session")
     } else if let Some(rest) = path.strip_prefix("/api/agents/") {
         (rest, ErrorCode::AgentNotFound, "Agent")
+    } else if let Some(rest) = path.strip_prefix("/api/webhooks/") {
+        (rest, ErrorCode::WebhookNotFound, "Webhook")
     } else {
         return None;
     };
