@@ -20,3 +20,4 @@ mod sqlite_wal;
 mod store;
 mod support;
 mod timeouts;
+mod webhooks;

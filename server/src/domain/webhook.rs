@@ -344,7 +344,7 @@ impl RetryPolicy {
         Duration::milliseconds(delay.min(self.max_delay.num_milliseconds().max(first)))
     }
 
-    /// What a failed attempt of `delivery` at `now` leads to.
+    /// What a failed attempt of `delivery`, made at `now`, leads to.
     pub fn after_failure(
         &self,
         delivery: &Delivery,

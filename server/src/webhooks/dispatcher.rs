@@ -136,11 +136,13 @@ async fn claim_and_send(
 
 /// One attempt of a claimed delivery, and its outcome recorded.
 async fn send(shared: Arc<Shared>, delivery: Delivery) {
-    let timestamp = shared.clock.now().timestamp();
+    // The attempt's time signs it and schedules its retry: a retry is due its delay after the attempt began,
+    // however long the receiver took to fail.
+    let started = shared.clock.now();
     let sent = attempt(
         &shared.backends,
         &delivery,
-        timestamp,
+        started.timestamp(),
         shared.settings.timeout,
     )
     .await;
@@ -149,7 +151,7 @@ async fn send(shared: Arc<Shared>, delivery: Delivery) {
         Err(error) => shared
             .settings
             .retry
-            .after_failure(&delivery, shared.clock.now(), error),
+            .after_failure(&delivery, started, error),
     };
     let (webhook, event, attempts) = (delivery.webhook_id, delivery.event_id, delivery.attempts);
     match &outcome {
