@@ -29,11 +29,13 @@ mod fixtures;
 mod messages;
 mod postgres_instances;
 mod records;
+mod webhooks;
 
 use events::*;
 use fixtures::*;
 use messages::*;
 use records::*;
+use webhooks::*;
 
 /// Long enough for a loaded CI machine; only reached when an event is really missing.
 const WAIT: StdDuration = StdDuration::from_secs(20);
@@ -122,4 +124,6 @@ conformance!(
     a_setting_is_written_once,
     deleting_an_agent_leaves_no_orphans_under_racing_inserts,
     quotas_are_counted,
+    deliveries_are_queued_with_their_events,
+    claims_take_each_queues_head_under_a_lease,
 );
