@@ -24,8 +24,8 @@
 //! **Generated** from the contract (one method per `operationId`): `get_sessions_health`, `create_session`,
 //! `list_sessions`, `get_session`, `delete_session`, `send_message` (transports `websocket` and `http`),
 //! `get_messages`, `renew_session`, `update_session_timeout`, `session_heartbeat`, `list_agents`,
-//! `create_agent`, `get_agent`, `delete_agent`. Errors come back as `Error::ErrorResponse` carrying the API's
-//! `ErrorResponse` body (`error.code`, `error.message`).
+//! `create_agent`, `get_agent`, `delete_agent`, `create_webhook`, `list_webhooks`, `delete_webhook`. Errors
+//! come back as `Error::ErrorResponse` carrying the API's `ErrorResponse` body (`error.code`, `error.message`).
 //!
 //! **Authentication**: [`Client::with_api_key`] (an operator or backend: `X-API-KEY`) and
 //! [`Client::with_session_token`] (an end user's client, one session: `Authorization: Bearer`) authenticate every
@@ -36,7 +36,8 @@
 //! (`streamSessionEvents`), each a `Stream` of typed events; [`Client::session_events_resuming`], the events
 //! stream reconnecting by itself from the last event id (see [`Reconnect`]). The WebSocket feed
 //! (`streamSessionEventsWebSocket`) needs a WebSocket client of your choice; its messages read as typed
-//! frames with [`streams::SessionEventFrame::from_websocket`].
+//! frames with [`streams::SessionEventFrame::from_websocket`]. For receivers of the server's webhooks,
+//! [`webhooks::verify`] (the signature and the timestamp of a delivery).
 
 mod generated {
     #![allow(clippy::all, unused_imports, unreachable_pub, missing_docs)]
@@ -47,6 +48,7 @@ mod auth;
 mod convert;
 mod resume;
 pub mod streams;
+pub mod webhooks;
 
 pub use auth::InvalidCredential;
 pub use generated::*;

@@ -22,3 +22,4 @@ mod sqlite_wal;
 mod store;
 mod support;
 mod timeouts;
+mod webhooks;

@@ -554,7 +554,10 @@ const CODES_BY_STATUS: [(&str, &[&str]); 15] = [
     ("400", &["VALIDATION_ERROR", "SESSION_RENEWAL_FAILED"]),
     ("401", &["UNAUTHORIZED"]),
     ("403", &["FORBIDDEN"]),
-    ("404", &["SESSION_NOT_FOUND", "AGENT_NOT_FOUND"]),
+    (
+        "404",
+        &["SESSION_NOT_FOUND", "AGENT_NOT_FOUND", "WEBHOOK_NOT_FOUND"],
+    ),
     ("409", &["AGENT_IN_USE", "IDEMPOTENCY_KEY_IN_USE"]),
     ("410", &["SESSION_EXPIRED"]),
     ("413", &["PAYLOAD_TOO_LARGE"]),

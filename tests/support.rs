@@ -15,6 +15,7 @@ use agent_sessions_server::domain::TimeoutPolicy;
 use agent_sessions_server::service::{ServiceConfig, SessionService};
 use agent_sessions_server::store::{self, SessionStore};
 use agent_sessions_server::sweeper::Sweeper;
+use agent_sessions_server::webhooks::{Dispatcher, WebhookSettings};
 use agent_sessions_server::ConnectionSettings;
 use chrono::Duration;
 use futures::StreamExt;
@@ -50,6 +51,8 @@ pub struct TestOptions {
     pub port: u16,
     /// How long a retry under an idempotency key waits for the first request in flight.
     pub idempotency_wait: std::time::Duration,
+    /// How webhook deliveries are made (the dispatcher runs as in the server, polling often).
+    pub webhooks: WebhookSettings,
 }
 
 impl Default for TestOptions {
@@ -76,6 +79,11 @@ impl Default for TestOptions {
             keepalive: StdDuration::from_secs(15),
             port: 0,
             idempotency_wait: ServiceConfig::default().idempotency_wait,
+            webhooks: WebhookSettings {
+                // Real time, the pace at which a moved mock clock is noticed: short, so that tests are quick.
+                poll_interval: StdDuration::from_millis(50),
+                ..WebhookSettings::default()
+            },
         }
     }
 }
@@ -108,6 +116,9 @@ pub struct TestContext {
     dir: Arc<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The webhook dispatcher, as the server runs it, and what stops it.
+    dispatcher_stop: tokio::sync::watch::Sender<bool>,
+    dispatcher: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestContext {
@@ -203,6 +214,8 @@ impl TestContext {
                 host_guard: HostGuard::for_listener(local, &options.allowed_hosts),
             },
         );
+        let (dispatcher_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let dispatcher = Dispatcher::new(service.clone(), options.webhooks).spawn(stop_rx);
         let connections = options.connections.clone();
         let stopping = service.clone();
         let server = tokio::spawn(async move {
@@ -230,6 +243,8 @@ impl TestContext {
             dir,
             shutdown: Some(tx),
             server: Some(server),
+            dispatcher_stop,
+            dispatcher: Some(dispatcher),
         }
     }
 
@@ -240,6 +255,12 @@ impl TestContext {
         }
         if let Some(server) = self.server.take() {
             server.await.expect("server task ends cleanly");
+        }
+        let _ = self.dispatcher_stop.send(true);
+        if let Some(dispatcher) = self.dispatcher.take() {
+            dispatcher
+                .await
+                .expect("the webhook dispatcher ends cleanly");
         }
         self.store.close().await;
         (self.dir.clone(), self.db_path.clone(), self.clock.clone())
@@ -286,6 +307,11 @@ impl TestContext {
 
     pub fn advance_minutes(&self, minutes: i64) {
         self.clock.advance(Duration::minutes(minutes));
+    }
+
+    /// Wakes the webhook dispatcher now (after the clock moved), instead of at its next poll.
+    pub fn wake_webhooks(&self) {
+        self.store.deliveries_queued().notify_one();
     }
 }
 
@@ -451,6 +477,7 @@ impl Drop for TestContext {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+        let _ = self.dispatcher_stop.send(true);
     }
 }
 

@@ -11,6 +11,7 @@
 //!   (secrets, hosts, reply size, CA roots) their HTTP calls follow.
 //! - [`clock`]: `Clock`, `SystemClock`, `MockClock`.
 //! - [`sweeper`]: the background purge of sessions past retention.
+//! - [`webhooks`]: outbound webhooks: signing, and the background dispatcher of the store's delivery queue.
 //! - [`outage`]: retry pacing and once-per-burst failure logs, for living through database outages.
 //! - [`serve`]: connections: accept loop, cap, header and idle timeouts, bounded drain at shutdown.
 //! - [`fd_limit`]: the open-file limit, raised at start, and the connection budget it allows.
@@ -32,6 +33,7 @@ pub mod shutdown;
 pub mod socketio;
 pub mod store;
 pub mod sweeper;
+pub mod webhooks;
 
 pub use app::app;
 pub use serve::{serve, serve_with, ConnectionSettings};

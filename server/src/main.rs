@@ -9,6 +9,7 @@ use agent_sessions_server::config::{shutdown_reserve, Config};
 use agent_sessions_server::service::SessionService;
 use agent_sessions_server::shutdown::{exit_after, StopSignals};
 use agent_sessions_server::sweeper::Sweeper;
+use agent_sessions_server::webhooks::{Dispatcher, WebhookSettings};
 use agent_sessions_server::{app, fd_limit, openapi_spec_json, serve, serve_with, store};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -95,7 +96,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let mut signals = StopSignals::install()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let sweeper = Sweeper::new(service.clone(), config.cleanup_interval()).spawn(stop_rx);
+    let sweeper = Sweeper::new(service.clone(), config.cleanup_interval()).spawn(stop_rx.clone());
+    let dispatcher = Dispatcher::new(service.clone(), WebhookSettings::default()).spawn(stop_rx);
 
     let mode = if access.requires_credentials() {
         "API keys required"
@@ -135,8 +137,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let http = config.http_settings(addr, fitted.max_streams);
     serve_with(listener, app(service, access, http), shutdown, connections).await?;
 
-    // What is left of the bound after the drain (at least the reserve), for the sweeper and the store, less a
-    // margin for the runtime's own stop below.
+    // What is left of the bound after the drain (at least the reserve), for the background tasks and the store,
+    // less a margin for the runtime's own stop below.
     let signalled = signalled.get().copied().unwrap_or_else(Instant::now);
     let margin = (RUNTIME_STOP + Duration::from_millis(100)).min(shutdown_reserve(bound) / 2);
     let deadline = signalled + bound - margin;
@@ -148,6 +150,16 @@ async fn run(config: Config) -> anyhow::Result<()> {
     {
         tracing::warn!("the sweeper did not stop in time: abandoned");
         sweeper_abort.abort();
+    }
+    // The dispatcher stopped claiming when the shutdown began; what it still sends finishes here, or keeps its
+    // lease and is sent again later (by this server after a restart, or by another instance).
+    let dispatcher_abort = dispatcher.abort_handle();
+    if tokio::time::timeout_at(deadline.into(), dispatcher)
+        .await
+        .is_err()
+    {
+        tracing::warn!("webhook deliveries still in flight at the shutdown bound: abandoned");
+        dispatcher_abort.abort();
     }
     if tokio::time::timeout_at(deadline.into(), store.close())
         .await

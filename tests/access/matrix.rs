@@ -86,6 +86,8 @@ fn body_for(op: &Operation, agent_id: Uuid) -> Option<Value> {
         "createAgent" => json!({"name": "matrix"}),
         "sendMessage" => json!({"content": "hello"}),
         "updateSessionTimeout" => json!({"timeoutMinutes": 60}),
+        // Nothing listens there, and warnings come only from the sweeper, which does not run here.
+        "createWebhook" => json!({"url": "http://127.0.0.1:9/matrix", "events": ["session.warning"]}),
         other => panic!(
             "the authorization matrix has no request body for operation '{other}': add one to body_for"
         ),
@@ -93,12 +95,13 @@ fn body_for(op: &Operation, agent_id: Uuid) -> Option<Value> {
 }
 
 /// Fresh resources for one cell: a session of "this" client with its token, another session with its token,
-/// and an agent, all created with the key.
+/// an agent and a webhook, all created with the key.
 struct Fixture {
     session: Uuid,
     token: String,
     other_token: String,
     agent: Uuid,
+    webhook: Uuid,
 }
 
 async fn create_session(ctx: &TestContext, timeout: Value) -> (Uuid, String) {
@@ -131,18 +134,29 @@ async fn fixture(ctx: &TestContext) -> Fixture {
     )
     .await;
     assert_eq!(agent.status, 201, "{}", agent.body);
+    let webhook = call(
+        ctx,
+        Method::POST,
+        "/api/webhooks",
+        &refs(&key_header(KEY)),
+        Some(&json!({"url": "http://127.0.0.1:9/matrix", "events": ["session.warning"]})),
+    )
+    .await;
+    assert_eq!(webhook.status, 201, "{}", webhook.body);
     Fixture {
         session,
         token,
         other_token,
         agent: agent.body["id"].as_str().unwrap().parse().unwrap(),
+        webhook: webhook.body["id"].as_str().unwrap().parse().unwrap(),
     }
 }
 
-fn path_for(op: &Operation, session: Uuid, agent: Uuid) -> String {
+fn path_for(op: &Operation, f: &Fixture, session: Uuid) -> String {
     op.path
         .replace("{sessionId}", &session.to_string())
-        .replace("{agentId}", &agent.to_string())
+        .replace("{agentId}", &f.agent.to_string())
+        .replace("{webhookId}", &f.webhook.to_string())
 }
 
 /// `token` with its payload replaced by `payload_of`'s, keeping `token`'s signature: a forgery.
@@ -254,7 +268,7 @@ async fn every_operation_admits_exactly_the_credentials_its_contract_lists() {
                 }
                 _ => unreachable!(),
             };
-            let mut path = path_for(op, session, f.agent);
+            let mut path = path_for(op, &f, session);
             if label == "this session's token as ?access_token=" {
                 path = format!("{path}?access_token={}", f.token);
             }

@@ -30,12 +30,14 @@ mod idempotency;
 mod messages;
 mod postgres_instances;
 mod records;
+mod webhooks;
 
 use events::*;
 use fixtures::*;
 use idempotency::*;
 use messages::*;
 use records::*;
+use webhooks::*;
 
 /// Long enough for a loaded CI machine; only reached when an event is really missing.
 const WAIT: StdDuration = StdDuration::from_secs(20);
@@ -175,4 +177,6 @@ conformance!(
     idempotency_keys_expire_and_stale_claims_are_taken_over,
     expired_idempotency_keys_are_purged_in_batches,
     concurrent_idempotency_claims_take_a_key_once,
+    deliveries_are_queued_with_their_events,
+    claims_take_each_queues_head_under_a_lease,
 );

@@ -143,6 +143,63 @@ async fn claims_across_instances_take_a_message_once() {
     close_all(stores).await;
 }
 
+/// Dispatchers of three instances claiming at once: every head is claimed by exactly one of them, and none of
+/// them takes a session's second delivery while its first is leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_claims_across_instances_take_each_head_once() {
+    use agent_sessions_server::domain::EventFilter;
+    let Some((_, stores)) = instances(3).await else {
+        return;
+    };
+    stores[0]
+        .insert_webhook(&super::webhooks::webhook(EventFilter::all(), 0))
+        .await
+        .unwrap();
+    let mut sessions = Vec::new();
+    for i in 0..30 {
+        let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
+        insert(&*stores[i % 3], &s).await;
+        record(&*stores[(i + 1) % 3], &mut s, "m", at(1)).await;
+        sessions.push(s.id);
+    }
+    let claims = futures::future::join_all((0..12).map(|i| {
+        let store = stores[i % 3].clone();
+        async move {
+            store
+                .claim_deliveries(at(10), at(60_010), Uuid::new_v4(), 4)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let mut claimed: Vec<(Uuid, Uuid)> = claims
+        .iter()
+        .flatten()
+        .map(|d| (d.session_id, d.event_id))
+        .collect();
+    claimed.sort();
+    let mut by_session: Vec<Uuid> = claimed.iter().map(|(s, _)| *s).collect();
+    by_session.dedup();
+    assert_eq!(
+        claimed.len(),
+        by_session.len(),
+        "one delivery per session: {claimed:?}"
+    );
+    // Whatever the claims left (fewer than 30 if several raced for the same heads) is there for the next ones.
+    let rest = stores[1]
+        .claim_deliveries(at(10), at(60_010), Uuid::new_v4(), 100)
+        .await
+        .unwrap();
+    let mut heads: Vec<Uuid> = by_session
+        .into_iter()
+        .chain(rest.iter().map(|d| d.session_id))
+        .collect();
+    heads.sort();
+    sessions.sort();
+    assert_eq!(heads, sessions, "every session's head, each once");
+    close_all(stores).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweepers_of_several_instances_share_the_work() {
     let Some((_, stores)) = instances(2).await else {

@@ -98,7 +98,10 @@ impl EgressPolicy {
         })
     }
 
-    fn check_url(&self, field: &'static str, raw: &str) -> Result<(), Refusal> {
+    /// Checks a URL the server is to call (an agent backend's, a webhook's), `field` naming it in the refusal:
+    /// its host against the allowlist, and its address when it names one. Names are checked again after DNS
+    /// resolution.
+    pub fn check_url(&self, field: &'static str, raw: &str) -> Result<(), Refusal> {
         let refuse = |why: String| Refusal {
             field,
             message: format!("{field} {why}"),

@@ -7,7 +7,7 @@ pub mod egress;
 mod http;
 mod openai;
 mod resolve;
-mod response;
+pub(crate) mod response;
 mod sse;
 mod webhook;
 
@@ -87,6 +87,12 @@ impl Backends {
         &self.policy
     }
 
+    /// The shared HTTP client (policy-filtered DNS, no redirects, no proxy, a connect timeout), which outbound
+    /// webhooks use too.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The backend that answers for an agent configured with `backend`, or why it may not: the policy is checked
     /// again here because a stored agent may predate it, and before any connection, so that nothing (a refused
     /// secret above all) is ever sent.
@@ -117,16 +123,20 @@ impl Backends {
     }
 
     fn check_tls(&self, url: &str) -> Result<(), AgentError> {
+        match self.tls_refusal(url) {
+            Some(why) => Err(AgentError::Failed(why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Why `url` cannot be called at all, when it is https and this machine trusts no certificate.
+    pub fn tls_refusal(&self, url: &str) -> Option<String> {
         let https = url
             .get(..8)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
-        if https && !self.has_roots {
-            return Err(AgentError::Failed(
-                "https backends need CA certificates: this machine has none, and --agent-ca-file (AGENT_CA_FILE) \
-                 is not set"
-                    .into(),
-            ));
-        }
-        Ok(())
+        (https && !self.has_roots).then(|| {
+            "https needs CA certificates: this machine has none, and --agent-ca-file (AGENT_CA_FILE) is not set"
+                .to_string()
+        })
     }
 }

@@ -8,8 +8,10 @@
 use serde_json::{Map, Value};
 
 use crate::domain::validate;
-use crate::domain::{AgentBackend, OpenAiBackend, SessionError, TimeoutConfigPatch};
-use crate::service::{CreateSession, NewAgent, SendMessage, Transport};
+use crate::domain::{
+    AgentBackend, EventFilter, OpenAiBackend, SessionError, TimeoutConfigPatch, WebhookEventType,
+};
+use crate::service::{CreateSession, NewAgent, NewWebhook, SendMessage, Transport};
 
 fn as_object(body: Value) -> Result<Map<String, Value>, SessionError> {
     match body {
@@ -197,6 +199,73 @@ pub fn send_message(body: Value) -> Result<SendMessage, SessionError> {
         metadata: validate::metadata(map.remove("metadata")),
         attachments: validate::attachments(map.remove("attachments")),
     })
+}
+
+/// `createWebhook`: `url` (an http or https URL), then `events` (absent: every type).
+pub fn new_webhook(body: Value) -> Result<NewWebhook, SessionError> {
+    let map = as_object(body)?;
+    let url = match map.get("url") {
+        None | Some(Value::Null) => {
+            return Err(SessionError::invalid_field(
+                "Missing required field: url",
+                "url",
+            ))
+        }
+        Some(Value::String(s)) if is_http_url(s) => s.clone(),
+        Some(_) => {
+            return Err(SessionError::invalid_field(
+                "url must be an http or https URL",
+                "url",
+            ))
+        }
+    };
+    let events = match map.get("events") {
+        None => EventFilter::all(),
+        Some(Value::Array(names)) => {
+            let mut types = Vec::with_capacity(names.len());
+            for name in names {
+                let known = name.as_str().and_then(WebhookEventType::parse);
+                types.push(known.ok_or_else(|| unknown_event_type(name))?);
+            }
+            let filter = EventFilter::of(types);
+            if filter.is_empty() {
+                return Err(SessionError::invalid_field(
+                    "events must name at least one event type (leave it out for all of them)",
+                    "events",
+                ));
+            }
+            filter
+        }
+        Some(_) => {
+            return Err(SessionError::invalid_field(
+                "events must be an array of event types",
+                "events",
+            ))
+        }
+    };
+    Ok(NewWebhook { url, events })
+}
+
+fn unknown_event_type(name: &Value) -> SessionError {
+    let listed: Vec<&str> = WebhookEventType::ALL.iter().map(|t| t.as_str()).collect();
+    let shown = match name {
+        Value::String(s) => format!("'{}'", s.chars().take(50).collect::<String>()),
+        _ => "a value that is not a string".to_string(),
+    };
+    SessionError::invalid_field(
+        format!(
+            "events: {shown} is not an event type (expected one of: {})",
+            listed.join(", ")
+        ),
+        "events",
+    )
+}
+
+/// An absolute http or https URL with a host, without NUL characters.
+fn is_http_url(raw: &str) -> bool {
+    !raw.contains('\0')
+        && url::Url::parse(raw)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
 }
 
 #[cfg(test)]

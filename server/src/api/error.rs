@@ -81,6 +81,7 @@ pub enum ErrorCode {
     InvalidContentType,
     SessionNotFound,
     AgentNotFound,
+    WebhookNotFound,
     NotFound,
     MethodNotAllowed,
     SessionExpired,
@@ -248,6 +249,9 @@ impl From<SessionError> for ApiError {
             }
             SessionError::AgentNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, ErrorCode::AgentNotFound, message)
+            }
+            SessionError::WebhookNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::WebhookNotFound, message)
             }
             SessionError::SessionExpired { id, expired_at } => ApiError::new(
                 StatusCode::GONE,
@@ -432,7 +436,7 @@ fn describe(status: u16) -> &'static str {
         }
         403 => "The credentials do not cover this operation or this session (`FORBIDDEN`)",
         429 => "Too many requests (`RATE_LIMIT_EXCEEDED`, `Retry-After` says when to retry), or a quota reached (`QUOTA_EXCEEDED`)",
-        404 => "Not found (`SESSION_NOT_FOUND`, `AGENT_NOT_FOUND`)",
+        404 => "Not found (`SESSION_NOT_FOUND`, `AGENT_NOT_FOUND`, `WEBHOOK_NOT_FOUND`)",
         409 => {
             "The agent still has active sessions (`AGENT_IN_USE`), or the first request under this \
              `Idempotency-Key` is still in progress (`IDEMPOTENCY_KEY_IN_USE`)"
@@ -505,6 +509,9 @@ error_statuses! {
     EventsErrors = [400, 401, 403, 404, 410, 429, 500, 503];
     AgentLookupErrors = [401, 403, 404, 429, 500, 503];
     DeleteAgentErrors = [401, 403, 404, 409, 429, 500, 503];
+    CreateWebhookErrors = [400, 401, 403, 413, 415, 429, 500, 503];
+    WebhookListErrors = [401, 403, 429, 500, 503];
+    DeleteWebhookErrors = [401, 403, 404, 429, 500, 503];
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ pub mod routes;
 mod sessions;
 pub mod stream_slots;
 pub mod types;
+mod webhook_models;
+mod webhooks;
 
 use std::sync::{Arc, OnceLock};
 
@@ -47,6 +49,8 @@ pub enum ApiTags {
     Sessions,
     /// The agents sessions talk to.
     Agents,
+    /// Receivers of signed session and message events.
+    Webhooks,
 }
 
 pub use browser::CorsOrigins;
@@ -68,6 +72,7 @@ type Apis = (
     messages::MessagesApi,
     events_ws::EventsWsApi,
     agents::AgentsApi,
+    webhooks::WebhooksApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
@@ -77,6 +82,7 @@ fn service() -> OpenApiService<Apis, ()> {
             messages::MessagesApi,
             events_ws::EventsWsApi,
             agents::AgentsApi,
+            webhooks::WebhooksApi,
         ),
         "agent-sessions",
         env!("CARGO_PKG_VERSION"),
@@ -211,12 +217,14 @@ impl ApiError {
     }
 }
 
-/// The not-found error for the id segment of a session or agent path.
+/// The not-found error for the id segment of a session, agent or webhook path.
 fn unknown_id_in_path(path: &str) -> Option<ApiError> {
     let (rest, code, what) = if let Some(rest) = path.strip_prefix("/api/messaging/sessions/") {
         (rest, ErrorCode::SessionNotFound, "Session")
     } else if let Some(rest) = path.strip_prefix("/api/agents/") {
         (rest, ErrorCode::AgentNotFound, "Agent")
+    } else if let Some(rest) = path.strip_prefix("/api/webhooks/") {
+        (rest, ErrorCode::WebhookNotFound, "Webhook")
     } else {
         return None;
     };

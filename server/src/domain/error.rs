@@ -21,6 +21,8 @@ pub enum SessionError {
     },
     #[error("Agent with ID '{0}' not found")]
     AgentNotFound(String),
+    #[error("Webhook '{0}' not found")]
+    WebhookNotFound(String),
     #[error("Failed to renew session '{id}': {reason}")]
     RenewalFailed { id: String, reason: String },
     #[error("storage failure")]

@@ -8,6 +8,7 @@ pub mod message;
 pub mod session;
 pub mod timeout;
 pub mod validate;
+pub mod webhook;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -24,6 +25,9 @@ pub use idempotency::{
 pub use message::{AgentReply, Attachment, AttachmentKind, Message};
 pub use session::{Liveness, Notice, RenewRefused, Session};
 pub use timeout::{TimeoutConfig, TimeoutConfigPatch, TimeoutPolicy};
+pub use webhook::{
+    Delivery, DeliveryOutcome, EventFilter, OutboundEvent, RetryPolicy, Webhook, WebhookEventType,
+};
 
 /// ISO-8601 in UTC with millisecond precision, the one timestamp format of the API.
 pub fn iso(t: DateTime<Utc>) -> String {

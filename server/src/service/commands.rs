@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::domain::{AgentBackend, Attachment, SessionError, TimeoutConfigPatch};
+use crate::domain::{AgentBackend, Attachment, EventFilter, SessionError, TimeoutConfigPatch};
 
 /// A field decoded from a request, or the error it is to be refused with once the checks before it pass.
 pub type Checked<T> = Result<T, SessionError>;
@@ -52,4 +52,11 @@ pub struct NewAgent {
     pub name: String,
     pub backend: AgentBackend,
     pub session_defaults: TimeoutConfigPatch,
+}
+
+/// `createWebhook`: an http(s) URL (the egress policy is the service's to apply) and the event types wanted.
+#[derive(Debug)]
+pub struct NewWebhook {
+    pub url: String,
+    pub events: EventFilter,
 }

@@ -2,13 +2,15 @@
 //! domain's pure transitions and persists them with optimistic concurrency.
 //!
 //! Submodules: `messages` (send and history), `replies` (per-session reply workers), `events` (the real-time
-//! stream and expiry notices), `idempotency` (requests under an idempotency key).
+//! stream and expiry notices), `idempotency` (requests under an idempotency key), `webhooks` (registering
+//! outbound webhooks).
 
 mod commands;
 mod events;
 mod idempotency;
 mod messages;
 mod replies;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ use crate::domain::{
 };
 use crate::store::{AgentDeletion, SessionCounts, SessionFilter, SessionStore};
 
-pub use commands::{Checked, CreateSession, NewAgent, SendMessage, Transport};
+pub use commands::{Checked, CreateSession, NewAgent, NewWebhook, SendMessage, Transport};
 pub use events::{EventSubscription, FeedItem};
 pub use idempotency::{Begun, Claim, IdempotentRequest};
 pub use messages::{MessagePage, SendOutcome};
@@ -174,6 +176,11 @@ impl SessionService {
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.store
+    }
+
+    /// The agent backends' HTTP client and egress policy, which outbound webhooks share.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
     }
 
     pub fn policy(&self) -> &TimeoutPolicy {

@@ -7,6 +7,10 @@
 //! from the lists) and `rows.rs` (records decoded from rows by column name, and bound to statements), so that
 //! a column is added in one place for both. `bus.rs` fans committed events out to this process's
 //! subscribers.
+//!
+//! Outbound webhooks use the store as their queue (an outbox): every write that commits an event webhooks hear
+//! of (`OutboundEvent::of`, and `session.created` on `insert_session`) queues a delivery per matching webhook in
+//! the same transaction, so that an event is queued exactly when it is committed, whatever happens next.
 
 mod bus;
 mod postgres;
@@ -19,12 +23,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, Notify};
 use uuid::Uuid;
 
 use crate::domain::{
-    Agent, ClaimOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim, Message, Session,
-    SessionEvent, StoredResponse,
+    Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim,
+    Message, Session, SessionEvent, StoredResponse, Webhook,
 };
 
 pub use crate::domain::StoreError;
@@ -64,6 +68,15 @@ pub struct SessionCounts {
 pub struct MessageWindow {
     pub after_ms: Option<i64>,
     pub before_ms: Option<i64>,
+}
+
+/// Queued webhook deliveries, by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeliveryCounts {
+    /// Not delivered yet, and still to be tried.
+    pub pending: u64,
+    /// Given up on (kept until purged).
+    pub failed: u64,
 }
 
 /// Which end of a window a listing starts from.
@@ -113,6 +126,7 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<AgentDeletion, StoreError>;
 
     /// Stores a new session, only if its agent exists (checked atomically with the insert); false if it does not.
+    /// Queues its `session.created` deliveries in the same transaction.
     async fn insert_session(&self, session: &Session) -> Result<bool, StoreError>;
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError>;
     /// The session whose channel is `channel_id` (Socket.IO clients name a session by its channel).
@@ -285,6 +299,47 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The stored value of the setting `name`; when there is none yet, stores `value` first. Instances racing
     /// on an empty database all get the one value that won.
     async fn setting_or_insert(&self, name: &str, value: &str) -> Result<String, StoreError>;
+
+    /// Registers a webhook: from the next commit on, events it wants are queued for it.
+    async fn insert_webhook(&self, webhook: &Webhook) -> Result<(), StoreError>;
+    /// Every webhook, oldest first.
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>, StoreError>;
+    /// Deletes a webhook with every delivery queued or failed for it; false if there was no such webhook.
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError>;
+    /// The earliest time at which a queued delivery may be claimed (the head of its webhook's and session's
+    /// queue, due and not leased); None when nothing is pending. Cheap enough to poll.
+    async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// Claims up to `limit` deliveries that may go at `now`: each the oldest pending delivery of its webhook and
+    /// session (so one session's events reach a webhook in commit order, one at a time), due, and not leased.
+    /// They are leased to `claim` until `lease_until` and their attempt is counted. Across instances, a delivery
+    /// is held by one claim at a time; once its lease has passed without an outcome, it may be claimed again.
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        claim: Uuid,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Records how an attempt of the delivery `seq` ended, only while `claim` still holds it (false otherwise:
+    /// its lease passed and another claim took it, or its webhook was deleted). `Delivered` removes it from
+    /// the queue.
+    async fn finish_delivery(
+        &self,
+        seq: i64,
+        claim: Uuid,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool, StoreError>;
+    /// Deletes up to `limit` failed deliveries of events committed at or before `before`; returns how many.
+    async fn purge_failed_deliveries(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError>;
+    /// How many deliveries are pending and failed.
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError>;
+    /// Notified in this process after each commit that queued deliveries, so that a dispatcher here starts at
+    /// once instead of at its next poll (other instances find them by polling).
+    fn deliveries_queued(&self) -> Arc<Notify>;
 
     /// Whether the store can take writes right now; the error says why not (the health route reports it, as
     /// 503). Load balancers poll it: it must stay cheap, and answer quickly when the database is away.

@@ -14,8 +14,9 @@ use super::schema::{self, ReplyState, KEY_DONE, KEY_IN_FLIGHT};
 use super::SessionCounts;
 use super::{from_ms, to_ms};
 use crate::domain::{
-    Agent, Fingerprint, IdempotencyKey, IdempotencyRecord, KeyClaim, KeyState, Message, Notice,
-    Session, SessionEvent, StoredResponse, TimeoutConfig,
+    Agent, Delivery, EventFilter, Fingerprint, IdempotencyKey, IdempotencyRecord, KeyClaim,
+    KeyState, Message, Notice, OutboundEvent, Session, SessionEvent, StoredResponse, TimeoutConfig,
+    Webhook,
 };
 
 /// A value both drivers can read from a column.
@@ -286,4 +287,50 @@ pub fn bind_key_owner<'v, B: Bind<'v>>(
     bind_key(b, key)?;
     b.bind(owner)?;
     b.bind(KEY_IN_FLIGHT)
+}
+
+/// Reads `schema::WEBHOOK_COLUMNS`.
+pub fn webhook<R: Row>(row: &R) -> Result<Webhook, R::Error> {
+    Ok(Webhook {
+        id: row.get("id")?,
+        url: row.get("url")?,
+        events: EventFilter::from_bits(row.get("events")?),
+        secret: row.get("secret")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+/// Binds `schema::WEBHOOK_COLUMNS`.
+pub fn bind_webhook<'v, B: Bind<'v>>(b: &mut B, w: &'v Webhook) -> Result<(), B::Error> {
+    b.bind(w.id)?;
+    b.bind(w.url.as_str())?;
+    b.bind(w.events.bits())?;
+    b.bind(w.secret.as_str())?;
+    b.bind(to_ms(w.created_at))
+}
+
+/// Binds the parameters of `schema::queue_deliveries`.
+pub fn bind_outbound<'v, B: Bind<'v>>(b: &mut B, e: &'v OutboundEvent) -> Result<(), B::Error> {
+    b.bind(e.id)?;
+    b.bind(e.session_id)?;
+    b.bind(e.kind.as_str())?;
+    b.bind(e.body.as_str())?;
+    b.bind(to_ms(e.at))?;
+    b.bind(e.kind.bit())
+}
+
+/// Reads `schema::DELIVERY_COLUMNS`.
+pub fn delivery<R: Row>(row: &R) -> Result<Delivery, R::Error> {
+    Ok(Delivery {
+        seq: row.get("seq")?,
+        webhook_id: row.get("webhook_id")?,
+        url: row.get("url")?,
+        secret: row.get("secret")?,
+        event_id: row.get("event_id")?,
+        session_id: row.get("session_id")?,
+        body: row.get("body")?,
+        attempts: row.get::<i32>("attempts")?.max(0) as u32,
+        enqueued_at: row.time("created_at")?,
+        claim: row.get("claim")?,
+    })
 }

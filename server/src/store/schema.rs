@@ -113,6 +113,37 @@ pub fn select_key(prefix: char) -> String {
     )
 }
 
+/// A webhook as `rows::webhook` reads it, and as `rows::bind_webhook` inserts it.
+pub const WEBHOOK_COLUMNS: &str = "id, url, events, secret, created_at";
+
+/// A claimed delivery as `rows::delivery` reads it: the queue row (`d`) with its webhook's URL and secret (`w`).
+pub const DELIVERY_COLUMNS: &str = "d.seq AS seq, d.webhook_id AS webhook_id, w.url AS url, \
+    w.secret AS secret, d.event_id AS event_id, d.session_id AS session_id, d.body AS body, \
+    d.attempts AS attempts, d.created_at AS created_at, d.claim AS claim";
+
+/// "Pending" and "failed" of `webhook_deliveries.state`, written into the SQL text for the same reason as
+/// [`AWAITING_REPLY`]: they are the conditions of the partial indexes `webhook_deliveries_queue` and
+/// `webhook_deliveries_failed`, which a planner uses only when it sees them while planning. Delivered rows are
+/// deleted, so there is no third state.
+pub const DELIVERY_PENDING: &str = "state = 0";
+pub const DELIVERY_FAILED: &str = "state = 2";
+
+/// Queues an outbound event (bound by `rows::bind_outbound`) for every webhook whose filter holds its type: one
+/// statement inside the transaction that commits the event, which inserts nothing while no webhook wants it.
+/// `rest` ends the select (PostgreSQL's row lock).
+pub fn queue_deliveries(p: char, rest: &str) -> String {
+    format!(
+        "INSERT INTO webhook_deliveries \
+           (webhook_id, event_id, session_id, kind, body, created_at, next_attempt_at) \
+         SELECT id, {p}1, {p}2, {p}3, {p}4, {p}5, {p}5 FROM webhooks WHERE (events & {p}6) <> 0{rest}"
+    )
+}
+
+/// A pending delivery `d` whose webhook and session have no earlier pending one: the head of its queue, the only
+/// one of them that may go.
+pub const QUEUE_HEAD: &str = "NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE e.state = 0 \
+    AND e.webhook_id = d.webhook_id AND e.session_id = d.session_id AND e.seq < d.seq)";
+
 /// `messages.reply_state`: where a message stands in the reply queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(i16)]
@@ -310,6 +341,23 @@ mod tests {
         ] {
             assert!(migration.contains(&index), "{index}");
         }
+    }
+
+    /// The delivery states written into queries are the conditions of the migrations' partial indexes.
+    #[test]
+    fn delivery_states_are_the_partial_index_conditions_of_both_migrations() {
+        for migration in [
+            include_str!("../../migrations/sqlite/0008_webhooks.sql"),
+            include_str!("../../migrations/postgres/0006_webhooks.sql"),
+        ] {
+            for index in [
+                format!("(webhook_id, session_id, seq) WHERE {DELIVERY_PENDING};"),
+                format!("(created_at) WHERE {DELIVERY_FAILED};"),
+            ] {
+                assert!(migration.contains(&index), "{index}");
+            }
+        }
+        assert!(QUEUE_HEAD.contains(&format!("e.{DELIVERY_PENDING}")));
     }
 
     #[test]

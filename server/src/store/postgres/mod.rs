@@ -3,7 +3,7 @@
 //! `SessionStore` implementation and its queries; beside it: `writes.rs` (the statements writes are made of),
 //! `idempotency.rs` (idempotency keys), `replay.rs` (reading events back), `notify.rs` (publishing),
 //! `listener.rs` (LISTEN, replay after a reconnect), `connection.rs` (failing fast while the database is
-//! away), `rows.rs` (rows and arguments).
+//! away), `rows.rs` (rows and arguments), `webhooks.rs` (the webhook tables and the delivery queue).
 //!
 //! Concurrency is the database's: every session write is a conditional `UPDATE ... WHERE version = $expected`
 //! or takes the session row's lock first, so the writes of one session are serialised across processes and
@@ -28,6 +28,7 @@ mod listener;
 mod notify;
 mod replay;
 mod rows;
+mod webhooks;
 mod writes;
 
 use std::str::FromStr;
@@ -39,7 +40,7 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, Postgres};
 use sqlx::{ConnectOptions, Connection, QueryBuilder};
-use tokio::sync::{broadcast, Mutex};
+use tokio::sync::{broadcast, Mutex, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -51,12 +52,12 @@ use super::schema::{
     direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    to_ms, AgentDeletion, EventReplay, MessageWindow, Order, SessionCounts, SessionFilter,
-    SessionStore, StoreError, StoreOptions,
+    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventReplay, MessageWindow, Order,
+    SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{
-    Agent, ClaimOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim, Message, Session,
-    SessionEvent, StoredResponse,
+    Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim,
+    Message, Session, SessionEvent, StoredResponse, Webhook,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -70,6 +71,8 @@ pub struct PostgresStore {
     publisher: Publisher,
     /// How many of its newest events each session's log keeps (0: all).
     events_per_session: u32,
+    /// Notified after this store's commits that queued webhook deliveries.
+    queued: Arc<Notify>,
     /// The background tasks, taken by `close`. Dropping the store stops both tasks too (the stop signal and
     /// the publisher's queue close with it).
     tasks: Mutex<Option<Tasks>>,
@@ -110,6 +113,7 @@ impl PostgresStore {
             shared,
             publisher,
             events_per_session: store_options.events_per_session,
+            queued: Arc::new(Notify::new()),
             tasks: Mutex::new(Some(Tasks {
                 listener,
                 publisher: publisher_task,
@@ -119,24 +123,35 @@ impl PostgresStore {
 
     /// Commits `tx` with NOTIFYs for `events`, then waits until the listener has handed them to this store's
     /// subscribers. So, as with SQLite, a write has been announced here when it returns, and a `subscribe`
-    /// made after it returns never receives its events.
+    /// made after it returns never receives its events. `queued`: the webhook deliveries the transaction
+    /// queued, of which this instance's dispatcher hears at once.
     async fn commit_announcing(
         &self,
         mut tx: sqlx::Transaction<'_, Postgres>,
         events: &[SessionEvent],
+        queued: u64,
     ) -> Result<(), StoreError> {
         if events.is_empty() {
-            return tx.commit().await.map_err(backend);
+            tx.commit().await.map_err(backend)?;
+            self.announce_queued(queued);
+            return Ok(());
         }
         // Checked before committing: if the listener is away now, it replays these events when it is back.
         let listening = self.db.reach.listening.load(Ordering::Acquire);
         let (ack, loopback) = self.shared.loopback();
         notify(&mut *tx, events, Some(ack)).await.map_err(backend)?;
         tx.commit().await.map_err(backend)?;
+        self.announce_queued(queued);
         if listening {
             loopback.wait().await;
         }
         Ok(())
+    }
+
+    fn announce_queued(&self, queued: u64) {
+        if queued > 0 {
+            self.queued.notify_one();
+        }
     }
 
     /// A connection for a write with `events`, once the transient events published before them are out: so
@@ -246,7 +261,15 @@ impl SessionStore for PostgresStore {
     }
 
     async fn insert_session(&self, session: &Session) -> Result<bool, StoreError> {
-        writes::insert_session(&mut *self.db.acquire().await?, session).await
+        let mut conn = self.db.acquire().await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
+        if !writes::insert_session(&mut tx, session).await? {
+            return Ok(false);
+        }
+        let queued = webhooks::queue_created(&mut tx, session).await?;
+        tx.commit().await.map_err(backend)?;
+        self.announce_queued(queued);
+        Ok(true)
     }
 
     async fn get_session(&self, id: Uuid) -> Result<Option<Session>, StoreError> {
@@ -273,8 +296,9 @@ impl SessionStore for PostgresStore {
         if writes::update_session_row(&mut tx, session, expected_version).await? == 0 {
             return Ok(false);
         }
+        let queued = webhooks::queue_events(&mut tx, &events).await?;
         let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
-        self.commit_announcing(tx, &events).await?;
+        self.commit_announcing(tx, &events, queued).await?;
         Ok(true)
     }
 
@@ -295,7 +319,8 @@ impl SessionStore for PostgresStore {
             .rows_affected();
         writes::delete_children(&mut tx, &[id]).await?;
         let events = if n > 0 { events } else { Vec::new() };
-        self.commit_announcing(tx, &events).await?;
+        let queued = webhooks::queue_events(&mut tx, &events).await?;
+        self.commit_announcing(tx, &events, queued).await?;
         Ok(n > 0)
     }
 
@@ -401,8 +426,9 @@ impl SessionStore for PostgresStore {
             return Ok(None);
         }
         let seq = writes::insert_message(&mut tx, message, ReplyState::Pending).await?;
+        let queued = webhooks::queue_events(&mut tx, &events).await?;
         let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
-        self.commit_announcing(tx, &events).await?;
+        self.commit_announcing(tx, &events, queued).await?;
         Ok(Some(seq))
     }
 
@@ -417,8 +443,9 @@ impl SessionStore for PostgresStore {
             return Ok(false);
         }
         writes::insert_message(&mut tx, message, ReplyState::None).await?;
+        let queued = webhooks::queue_events(&mut tx, &events).await?;
         let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
-        self.commit_announcing(tx, &events).await?;
+        self.commit_announcing(tx, &events, queued).await?;
         Ok(true)
     }
 
@@ -506,8 +533,9 @@ impl SessionStore for PostgresStore {
         if let Some(m) = reply {
             writes::insert_message(&mut tx, m, ReplyState::None).await?;
         }
+        let queued = webhooks::queue_events(&mut tx, &events).await?;
         let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
-        self.commit_announcing(tx, &events).await?;
+        self.commit_announcing(tx, &events, queued).await?;
         Ok(true)
     }
 
@@ -699,6 +727,69 @@ impl SessionStore for PostgresStore {
             .fetch_one(&mut *self.db.acquire().await?)
             .await
             .map_err(backend)
+    }
+
+    async fn insert_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        webhooks::insert_webhook(&mut *self.db.acquire().await?, webhook).await
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        webhooks::list_webhooks(&mut *self.db.acquire().await?).await
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        let mut conn = self.db.acquire().await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
+        let deleted = webhooks::delete_webhook(&mut tx, id).await?;
+        tx.commit().await.map_err(backend)?;
+        Ok(deleted)
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let due = webhooks::next_due(&mut *self.db.acquire().await?).await?;
+        Ok(due.map(from_ms))
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        claim: Uuid,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        webhooks::claim(
+            &mut *self.db.acquire().await?,
+            now,
+            lease_until,
+            claim,
+            limit,
+        )
+        .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        seq: i64,
+        claim: Uuid,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool, StoreError> {
+        webhooks::finish(&mut *self.db.acquire().await?, seq, claim, outcome).await
+    }
+
+    async fn purge_failed_deliveries(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        webhooks::purge_failed(&mut *self.db.acquire().await?, before, limit).await
+    }
+
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
+        webhooks::counts(&mut *self.db.acquire().await?).await
+    }
+
+    fn deliveries_queued(&self) -> Arc<Notify> {
+        self.queued.clone()
     }
 
     /// A connection (fast to fail while the database is away) and one round trip: cheap enough for a polled

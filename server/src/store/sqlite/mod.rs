@@ -3,12 +3,14 @@
 //! Migrations use sqlx. Reads run synchronously on the calling thread (`reads.rs`), and every write goes to one
 //! writer thread with group commit (`writer.rs`, applying `writes.rs`), beside a checkpoint thread
 //! (`checkpoint.rs`): both because sqlx's per-statement thread hand-offs dominated the profiles of those
-//! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`.
+//! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`; the
+//! webhook tables' statements are in `webhooks.rs`.
 
 mod checkpoint;
 mod idempotency;
 mod reads;
 mod rows;
+mod webhooks;
 mod writer;
 mod writes;
 
@@ -21,7 +23,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex, Notify};
 use uuid::Uuid;
 
 use self::reads::FastReads;
@@ -32,12 +34,12 @@ use super::schema::{
     MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    to_ms, AgentDeletion, EventBus, EventReplay, MessageWindow, Order, SessionCounts,
-    SessionFilter, SessionStore, StoreError, StoreOptions,
+    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventBus, EventReplay, MessageWindow, Order,
+    SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{
-    Agent, ClaimOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim, Message, Session,
-    SessionEvent, StoredResponse,
+    Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim,
+    Message, Session, SessionEvent, StoredResponse, Webhook,
 };
 use crate::outage::OutageLog;
 
@@ -50,6 +52,8 @@ pub struct SqliteStore {
     writes: Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
     bus: Arc<EventBus>,
+    /// Notified by the writer after commits that queued webhook deliveries.
+    queued: Arc<Notify>,
     /// Whether commits fail for lack of space or access (a full disk, a read-only file), as the writer last
     /// found: logged once per outage, and the health check looks closer while it lasts.
     write_outage: Arc<OutageLog>,
@@ -106,9 +110,11 @@ impl SqliteStore {
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
         let write_outage = Arc::new(OutageLog::new("SQLite writes"));
+        let queued = Arc::new(Notify::new());
         let writes = writer::spawn(
             &file,
             bus.clone(),
+            queued.clone(),
             fast.clone(),
             write_outage.clone(),
             store_options.events_per_session,
@@ -121,6 +127,7 @@ impl SqliteStore {
             fast,
             writes: Mutex::new(Some(writes)),
             bus,
+            queued,
             write_outage,
             dir,
         })
@@ -527,6 +534,86 @@ impl SessionStore for SqliteStore {
         .await?;
         self.setting(name)?
             .ok_or_else(|| StoreError::Backend(format!("setting '{name}' was not stored")))
+    }
+
+    async fn insert_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        self.write(Write::InsertWebhook(Box::new(webhook.clone())))
+            .await
+            .map(drop)
+    }
+
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        self.fast.rows(&webhooks::LIST, [], rows::webhook())
+    }
+
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.changed(Write::DeleteWebhook(id)).await
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let due: Vec<Option<i64>> = self.fast.rows(&webhooks::NEXT_DUE, [], |row| row.get(0))?;
+        Ok(due.into_iter().flatten().next().map(from_ms))
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        claim: Uuid,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let applied = self
+            .write(Write::ClaimDeliveries {
+                now: to_ms(now),
+                lease_until: to_ms(lease_until),
+                claim,
+                limit,
+            })
+            .await?;
+        Ok(applied.deliveries)
+    }
+
+    async fn finish_delivery(
+        &self,
+        seq: i64,
+        claim: Uuid,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool, StoreError> {
+        self.changed(Write::FinishDelivery {
+            seq,
+            claim,
+            outcome: outcome.clone(),
+        })
+        .await
+    }
+
+    async fn purge_failed_deliveries(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        Ok(self
+            .write(Write::PurgeFailedDeliveries {
+                before: to_ms(before),
+                limit,
+            })
+            .await?
+            .rows)
+    }
+
+    async fn delivery_counts(&self) -> Result<DeliveryCounts, StoreError> {
+        let counts: Vec<(i64, i64)> = self
+            .fast
+            .rows(&webhooks::COUNTS, [], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let (pending, failed) = counts.first().copied().unwrap_or_default();
+        Ok(DeliveryCounts {
+            pending: pending.max(0) as u64,
+            failed: failed.max(0) as u64,
+        })
+    }
+
+    fn deliveries_queued(&self) -> Arc<Notify> {
+        self.queued.clone()
     }
 
     /// Free while commits succeed. After a commit failed for lack of space or access: the free space, then a

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 
 use sqlx::error::BoxDynError;
 
-use crate::domain::{Agent, IdempotencyRecord, Message, Session, SessionEvent};
+use crate::domain::{Agent, Delivery, IdempotencyRecord, Message, Session, SessionEvent, Webhook};
 use crate::store::rows::{self, Bind, Column, Param, Row};
 use crate::store::{SessionCounts, StoreError};
 
@@ -129,6 +129,16 @@ pub fn event_with_horizon(
 pub fn agent() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Agent> {
     let layout = Layout::new();
     move |row| rows::agent(&ByName::new(row, &layout))
+}
+
+pub fn webhook() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
+    let layout = Layout::new();
+    move |row| rows::webhook(&ByName::new(row, &layout))
+}
+
+pub fn delivery() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    let layout = Layout::new();
+    move |row| rows::delivery(&ByName::new(row, &layout))
 }
 
 pub fn session_counts() -> impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<SessionCounts> {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::checkpoint::Checkpointer;
 use super::reads::FastReads;
@@ -46,11 +46,13 @@ pub enum Job {
 /// Opens the write connection and starts the writer thread; returns the queue to it. The writer counts its
 /// commits with `reads.count_commit`, which is how reads know when their snapshot is out of date.
 ///
-/// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access.
-/// Each session's event log keeps its `events_per_session` newest events (0: all).
+/// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access;
+/// `queued` is notified after every commit that queued webhook deliveries. Each session's event log keeps its
+/// `events_per_session` newest events (0: all).
 pub fn spawn(
     path: &Path,
     bus: Arc<EventBus>,
+    queued: Arc<Notify>,
     reads: Arc<FastReads>,
     outage: Arc<OutageLog>,
     events_per_session: u32,
@@ -80,17 +82,27 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("sqlite-writer".into())
         .spawn(move || {
-            run(conn, rx, &bus, &writer_reads, &outage, events_per_session);
+            let after = AfterCommit {
+                bus: &bus,
+                queued: &queued,
+            };
+            run(conn, rx, &after, &writer_reads, &outage, events_per_session);
             drop(alive);
         })?;
     checkpointer.spawn(reads, writer_gone)?;
     Ok(tx)
 }
 
+/// Who hears of a commit: subscribers of its events, and the webhook dispatcher when it queued deliveries.
+struct AfterCommit<'a> {
+    bus: &'a EventBus,
+    queued: &'a Notify,
+}
+
 fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
-    bus: &EventBus,
+    after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
     keep: u32,
@@ -115,14 +127,14 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage, keep);
+        commit_and_answer_safely(&mut conn, &mut batch, after, reads, outage, keep);
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer_safely(&mut conn, &mut batch, bus, reads, outage, keep);
+    commit_and_answer_safely(&mut conn, &mut batch, after, reads, outage, keep);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -137,12 +149,12 @@ type Pending = (Write, oneshot::Sender<Result<Applied, StoreError>>);
 fn commit_and_answer_safely(
     conn: &mut Connection,
     batch: &mut Vec<Pending>,
-    bus: &EventBus,
+    after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
     keep: u32,
 ) {
-    if caught(|| commit_and_answer(conn, batch, bus, reads, outage, keep)).is_err() {
+    if caught(|| commit_and_answer(conn, batch, after, reads, outage, keep)).is_err() {
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -154,7 +166,7 @@ fn commit_and_answer_safely(
 fn commit_and_answer(
     conn: &mut Connection,
     batch: &mut Vec<Pending>,
-    bus: &EventBus,
+    after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
     keep: u32,
@@ -179,8 +191,11 @@ fn commit_and_answer(
     }
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
-            bus.publish(event);
+            after.bus.publish(event);
         }
+    }
+    if outcomes.iter().flatten().any(|o| o.queued > 0) {
+        after.queued.notify_one();
     }
     for ((_, done), outcome) in batch.drain(..).zip(outcomes) {
         let _ = done.send(outcome);
@@ -261,6 +276,7 @@ mod tests {
         let queue = spawn(
             &path,
             Arc::new(EventBus::default()),
+            Arc::new(Notify::new()),
             Arc::new(FastReads::new(path.clone())),
             Arc::new(OutageLog::new("SQLite writes")),
             0,

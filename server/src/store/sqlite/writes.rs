@@ -8,8 +8,10 @@ use uuid::Uuid;
 
 use super::idempotency;
 use super::rows::{self as sqlite_rows, store_error as failed, Params};
+use super::webhooks;
 use crate::domain::{
-    Agent, ClaimOutcome, IdempotencyKey, KeyClaim, Message, Session, SessionEvent, StoredResponse,
+    Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, KeyClaim, Message, Session,
+    SessionEvent, StoredResponse, Webhook,
 };
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
@@ -50,6 +52,24 @@ pub enum Write {
         now: i64,
         limit: u32,
     },
+    InsertWebhook(Box<Webhook>),
+    DeleteWebhook(Uuid),
+    /// Times in epoch ms.
+    ClaimDeliveries {
+        now: i64,
+        lease_until: i64,
+        claim: Uuid,
+        limit: u32,
+    },
+    FinishDelivery {
+        seq: i64,
+        claim: Uuid,
+        outcome: DeliveryOutcome,
+    },
+    PurgeFailedDeliveries {
+        before: i64,
+        limit: u32,
+    },
     /// Stores a setting unless it already has a value.
     InsertSetting {
         name: String,
@@ -62,34 +82,43 @@ pub enum Write {
     Panic,
 }
 
-/// What a write did: rows affected, the seq of an inserted message, a claimed message, what claiming an
-/// idempotency key found, and the events to announce once the transaction has committed (persisted ones
-/// carrying their new seq).
+/// What a write did: rows affected, the seq of an inserted message, a claimed message or claimed deliveries,
+/// what claiming an idempotency key found, the events to announce once the transaction has committed
+/// (persisted ones carrying their new seq), and how many webhook deliveries it queued.
 #[derive(Default)]
 pub struct Applied {
     pub rows: u64,
     pub seq: Option<i64>,
     pub message: Option<Message>,
     pub key_claim: Option<ClaimOutcome>,
+    pub deliveries: Vec<Delivery>,
     pub publish: Vec<SessionEvent>,
+    pub queued: u64,
 }
 
 impl Write {
     /// Whether applying it takes more than one writing statement.
     fn is_compound(&self) -> bool {
-        let persists = |events: &[SessionEvent]| events.iter().any(|e| !e.kind().is_transient());
         match self {
             Write::InsertAgent(_)
-            | Write::InsertSession(_)
             | Write::ClaimReply { .. }
+            | Write::InsertWebhook(_)
+            | Write::FinishDelivery { .. }
+            | Write::PurgeFailedDeliveries { .. }
             | Write::InsertSetting { .. }
             | Write::ClaimKey(_)
             | Write::CompleteKey(..)
             | Write::ReleaseKey(..)
             | Write::PurgeKeys { .. }
             | Write::Probe => false,
-            Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => persists(events),
+            // Events are stored, and webhook deliveries queued, beside the row.
+            Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => {
+                !events.is_empty()
+            }
+            // The session and its `session.created` deliveries; the claim and the reads of what it claimed.
+            Write::InsertSession(_) | Write::ClaimDeliveries { .. } => true,
             Write::DeleteAgent(..)
+            | Write::DeleteWebhook(_)
             | Write::DeleteSession(..)
             | Write::Purge { .. }
             | Write::RecordMessage(..)
@@ -153,28 +182,37 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
     match write {
         Write::InsertAgent(agent) => insert_agent(conn, agent).map(rows_changed),
         Write::DeleteAgent(id, active_at) => delete_agent(conn, *id, *active_at),
-        Write::InsertSession(session) => insert_session(conn, session).map(rows_changed),
-        Write::UpdateSession(session, expected, events) => {
-            let n = update_session_row(conn, session, *expected)?;
+        Write::InsertSession(session) => {
+            let n = insert_session(conn, session)?;
             Ok(Applied {
                 rows: n as u64,
-                publish: if n > 0 {
-                    store_events(conn, std::mem::take(events), keep)?
+                queued: if n > 0 {
+                    webhooks::queue_created(conn, session)?
                 } else {
-                    Vec::new()
+                    0
                 },
                 ..Default::default()
             })
         }
-        Write::DeleteSession(id, events) => {
-            let n = delete_session(conn, *id)?;
+        Write::UpdateSession(session, expected, events) => {
+            if update_session_row(conn, session, *expected)? == 0 {
+                return Ok(Applied::default());
+            }
             Ok(Applied {
-                rows: n as u64,
-                publish: if n > 0 {
-                    std::mem::take(events)
-                } else {
-                    Vec::new()
-                },
+                rows: 1,
+                queued: webhooks::queue_events(conn, events)?,
+                publish: store_events(conn, std::mem::take(events), keep)?,
+                ..Default::default()
+            })
+        }
+        Write::DeleteSession(id, events) => {
+            if delete_session(conn, *id)? == 0 {
+                return Ok(Applied::default());
+            }
+            Ok(Applied {
+                rows: 1,
+                queued: webhooks::queue_events(conn, events)?,
+                publish: std::mem::take(events),
                 ..Default::default()
             })
         }
@@ -187,6 +225,7 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
             Ok(Applied {
                 rows: 1,
                 seq,
+                queued: webhooks::queue_events(conn, events)?,
                 publish: store_events(conn, std::mem::take(events), keep)?,
                 ..Default::default()
             })
@@ -197,6 +236,7 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
                 Some(seq) => Ok(Applied {
                     rows: 1,
                     seq: Some(seq),
+                    queued: webhooks::queue_events(conn, events)?,
                     publish: store_events(conn, std::mem::take(events), keep)?,
                     ..Default::default()
                 }),
@@ -220,6 +260,7 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
             }
             Ok(Applied {
                 rows: 1,
+                queued: webhooks::queue_events(conn, events)?,
                 publish: store_events(conn, std::mem::take(events), keep)?,
                 ..Default::default()
             })
@@ -237,6 +278,29 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
         }
         Write::ReleaseKey(key, owner) => idempotency::release(conn, key, *owner).map(rows_changed),
         Write::PurgeKeys { now, limit } => idempotency::purge(conn, *now, *limit).map(rows_changed),
+        Write::InsertWebhook(webhook) => webhooks::insert_webhook(conn, webhook).map(rows_changed),
+        Write::DeleteWebhook(id) => webhooks::delete_webhook(conn, *id).map(rows_changed),
+        Write::ClaimDeliveries {
+            now,
+            lease_until,
+            claim,
+            limit,
+        } => {
+            let deliveries = webhooks::claim(conn, *now, *lease_until, *claim, *limit)?;
+            Ok(Applied {
+                rows: deliveries.len() as u64,
+                deliveries,
+                ..Default::default()
+            })
+        }
+        Write::FinishDelivery {
+            seq,
+            claim,
+            outcome,
+        } => webhooks::finish(conn, *seq, *claim, outcome).map(rows_changed),
+        Write::PurgeFailedDeliveries { before, limit } => {
+            webhooks::purge_failed(conn, *before, *limit).map(rows_changed)
+        }
         Write::InsertSetting { name, value } => conn
             .prepare_cached(
                 "INSERT INTO settings (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
