@@ -5,6 +5,9 @@
 //! contract; the rules for single values (metadata, timeouts, content, attachments) are the domain's
 //! (`domain::validate`).
 
+use std::sync::LazyLock;
+
+use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::domain::validate;
@@ -129,9 +132,9 @@ fn backend(value: Value) -> Result<AgentBackend, SessionError> {
     };
     let http_url = |name: &str| -> Result<String, SessionError> {
         let raw = string(name, true)?.unwrap_or_default();
-        match url::Url::parse(&raw) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(raw),
-            _ => Err(SessionError::invalid_field(
+        match is_http_url(&raw) {
+            true => Ok(raw),
+            false => Err(SessionError::invalid_field(
                 format!("backend.{name} must be an http or https URL"),
                 &format!("backend.{name}"),
             )),
@@ -261,17 +264,69 @@ fn unknown_event_type(name: &Value) -> SessionError {
     )
 }
 
-/// An absolute http or https URL with a host, without NUL characters.
+/// The URLs the server calls (agent backends, webhooks), as openapi.yaml states them: http or https; a host name
+/// whose labels start with a letter, or an IPv4 address; a port; a path and a query of URL characters (RFC 3986's,
+/// `%` escapes included). The server accepts exactly these, so that the contract says what is refused.
+pub(crate) const HTTP_URL_PATTERN: &str = concat!(
+    r"^https?://",
+    r"([A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
+    r"|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})",
+    r"(:[0-9]{1,4})?",
+    r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*",
+    r"(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$",
+);
+
+static HTTP_URL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(HTTP_URL_PATTERN).expect("HTTP_URL_PATTERN is a valid regex"));
+
+/// Whether `raw` is such a URL (and one the URL parser takes, which every match is).
 fn is_http_url(raw: &str) -> bool {
-    !raw.contains('\0')
-        && url::Url::parse(raw)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    HTTP_URL.is_match(raw) && url::Url::parse(raw).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn urls_are_checked_against_the_contract_pattern() {
+        let spec: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../../../openapi.yaml")).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        for (schema, field) in [
+            ("CreateWebhookRequest", "url"),
+            ("WebhookBackend", "url"),
+            ("OpenAiBackend", "baseUrl"),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["pattern"].as_str(),
+                Some(HTTP_URL_PATTERN),
+                "{schema}.{field}"
+            );
+        }
+        for ok in [
+            "http://localhost:8080/hook",
+            "https://Hooks.Example.com/a/b.c?token=x&y=%20z",
+            "http://127.0.0.1:9/",
+            "https://api.openai.com/v1",
+        ] {
+            assert!(is_http_url(ok), "{ok}");
+        }
+        for bad in [
+            "ftp://x",
+            "http://x/a b",
+            "http://x/*\0",
+            "http://1.2.3.4.5/",
+            "http://a.1/",
+            "http://[::1]/",
+            "http://x:99999/",
+            "http://x/#frag",
+            "http://user@x/",
+        ] {
+            assert!(!is_http_url(bad), "{bad}");
+        }
+    }
 
     fn message(r: Result<impl std::fmt::Debug, SessionError>) -> String {
         r.unwrap_err().to_string()
