@@ -44,6 +44,11 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/codegen.rs"));
 }
 
+/// The README's Rust snippets, compiled as doc tests: they must build as shown.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeSnippets;
+
 mod auth;
 mod convert;
 mod resume;

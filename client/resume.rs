@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use progenitor_client::Error;
 
-use crate::streams::{BoxedEvents, SessionEventFrame, StreamError};
+use crate::streams::{BoxedEvents, SessionEvent, SessionEventFrame, StreamError};
 use crate::types;
 use crate::Client;
 
@@ -46,10 +46,11 @@ impl Reconnect {
 
 impl Client {
     /// The session's events stream, resumed across broken connections: when the connection breaks (or the
-    /// server ends the stream, as it does when it stops) before `expired` or `deleted`, it reconnects with the
+    /// server ends the stream, as it does when it stops, after a `reconnect` event) before `expired` or `deleted`, it reconnects with the
     /// last event id it delivered, so that no stored event is lost (the server replays them; reply chunks of
     /// the time away are not replayed, only the stored reply). Events the server no longer keeps come as one
-    /// `SessionEvent::ReplayGap`, never as a silent jump. It reconnects as `Reconnect::default()` says.
+    /// `SessionEvent::ReplayGap`, never as a silent jump. It reconnects as `Reconnect::default()` says. The
+    /// server's `SessionEvent::Reconnect` (it is stopping) is acted on here, not passed on.
     ///
     /// Errors opening the first connection are returned as by `session_events`. A reconnection the server
     /// refuses (the session expired or was deleted meanwhile: 410, 404; credentials: 401, 403) ends the
@@ -114,6 +115,12 @@ impl Resuming {
                 continue;
             };
             match current.next().await {
+                // The server is stopping: what this stream is for, so it is not passed on; the end of the
+                // connection follows, and the reconnection below.
+                Some(Ok(SessionEventFrame {
+                    event: SessionEvent::Reconnect(_),
+                    ..
+                })) => {}
                 Some(Ok(frame)) => {
                     if frame.id.is_some() {
                         self.last_event_id = frame.id;

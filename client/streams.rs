@@ -42,6 +42,9 @@ pub enum SessionEvent {
     /// The stream resumed from an id older than the session's kept events: the events in between are gone
     /// (refetch the history); the next events are the oldest kept. No id of its own.
     ReplayGap(types::ReplayGap),
+    /// The server is stopping and ends the stream after this event: reconnect with the last id (to another
+    /// instance, or to this one once it is back; `session_events_resuming` does). No id of its own.
+    Reconnect(types::ReconnectNotice),
 }
 
 impl SessionEvent {
@@ -51,7 +54,7 @@ impl SessionEvent {
     }
 }
 
-/// A session event with its id (None for transient `chunk` and `deleted` events, and for `replay-gap`). Pass the
+/// A session event with its id (None for transient `chunk` and `deleted` events, and for `replay-gap` and `reconnect`). Pass the
 /// last id seen to `session_events` to resume without gaps (or use `session_events_resuming`, which does).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionEventFrame {
@@ -236,6 +239,7 @@ fn session_event(event: &str, data: &str) -> EventResult<SessionEvent> {
         Name::Expired => SessionEvent::Expired(decode(event, data)?),
         Name::Deleted => SessionEvent::Deleted(decode(event, data)?),
         Name::ReplayGap => SessionEvent::ReplayGap(decode(event, data)?),
+        Name::Reconnect => SessionEvent::Reconnect(decode(event, data)?),
     })
 }
 

@@ -90,6 +90,7 @@ fn decode(component: &str, data: &str) -> Result<(), serde_json::Error> {
         "SessionExpired" => as_type::<types::SessionExpired>(data),
         "SessionDeleted" => as_type::<types::SessionDeleted>(data),
         "ReplayGap" => as_type::<types::ReplayGap>(data),
+        "ReconnectNotice" => as_type::<types::ReconnectNotice>(data),
         "ExchangeDone" => as_type::<types::ExchangeDone>(data),
         "ExchangeError" => as_type::<types::ExchangeError>(data),
         other => panic!("no generated type listed for {other}: add it here"),
@@ -237,6 +238,12 @@ async fn every_payload_matches_its_schema_and_generated_type() {
     small.send(&id, "two", types::TransportType::Http).await;
     let events = raw_events_after(&small, &id, Some(0)).await;
     small.delete(&id).await;
+    seen.extend(check(&doc, "SessionStreamEvent", &to_end(events).await));
+
+    // One open while its server stops.
+    let id = small.new_session_id(None).await;
+    let events = raw_events(&small, &id).await;
+    small.stop().await;
     seen.extend(check(&doc, "SessionStreamEvent", &to_end(events).await));
     assert_eq!(
         seen,

@@ -9,6 +9,10 @@
 
 #[path = "support/command.rs"]
 mod command;
+// Only its start and URL are used here.
+#[allow(dead_code)]
+#[path = "support/postgres.rs"]
+mod postgres;
 
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -36,8 +40,13 @@ struct Server {
 
 impl Server {
     async fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_on(None, env).await
+    }
+
+    /// On the database `url` names, or on a new SQLite file.
+    async fn start_on(url: Option<String>, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}", dir.path().join("s.db").display());
+        let url = url.unwrap_or_else(|| format!("sqlite:{}", dir.path().join("s.db").display()));
         let mut cmd = Command::from(command::server_command("127.0.0.1", &url));
         cmd.env("RUST_LOG", "info")
             .stderr(Stdio::inherit())
@@ -188,6 +197,71 @@ async fn open_event_streams_end_cleanly_and_the_server_stops_at_once() {
     println!("3 event streams: ended {ended:?} after SIGTERM; exited after {took:?} ({status})");
     assert!(status.success(), "{status}");
     assert!(took < PROMPT, "{took:?}");
+}
+
+/// 100 open event streams (on the store `url` names, or SQLite): each gets a last `reconnect` event (without an
+/// id) and then its end, and the process exits promptly, with success.
+async fn a_hundred_streams_are_told_to_reconnect(url: Option<String>) {
+    // Bounds raised for one client holding many streams of one session.
+    let env = [
+        ("MAX_STREAMS_PER_SESSION", "100"),
+        ("RATE_LIMIT_ANONYMOUS_PER_MINUTE", "100000"),
+    ];
+    let mut server = Server::start_on(url, &env).await;
+    let session = server.session(None).await;
+    let client = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for _ in 0..100 {
+        let resp = client
+            .get(server.url(&format!("/api/messaging/sessions/{session}/events")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        streams.push(resp.bytes_stream());
+    }
+    let since = server.terminate();
+    let mut last_ended = Duration::ZERO;
+    for stream in &mut streams {
+        let mut body = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("the stream ends")
+        {
+            body.extend_from_slice(&chunk.expect("the stream ends cleanly"));
+        }
+        let body = String::from_utf8(body).unwrap();
+        let last = body
+            .split("\n\n")
+            .filter(|frame| frame.lines().any(|l| l.starts_with("data:")))
+            .last()
+            .unwrap_or_else(|| panic!("no event before the end: {body:?}"));
+        assert!(last.contains("event: reconnect"), "{last:?}");
+        assert!(!last.lines().any(|l| l.starts_with("id:")), "{last:?}");
+        last_ended = since.elapsed();
+    }
+    let (status, took) = server.exited(since).await;
+    println!("100 event streams: the last ended {last_ended:?} after SIGTERM; exited after {took:?} ({status})");
+    assert!(status.success(), "{status}");
+    assert!(took < PROMPT, "{took:?}");
+}
+
+#[tokio::test]
+async fn a_hundred_streams_are_told_to_reconnect_on_sqlite() {
+    a_hundred_streams_are_told_to_reconnect(None).await;
+}
+
+#[tokio::test]
+async fn a_hundred_streams_are_told_to_reconnect_on_postgres() {
+    let Some(pg) = tokio::task::spawn_blocking(postgres::Postgres::start)
+        .await
+        .unwrap()
+    else {
+        println!("skipped: no PostgreSQL");
+        return;
+    };
+    a_hundred_streams_are_told_to_reconnect(Some(pg.url())).await;
+    drop(pg);
 }
 
 /// A webhook agent that never answers; it reports each call.

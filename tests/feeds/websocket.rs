@@ -255,11 +255,14 @@ async fn idle_sockets_are_pinged_and_close_normally_after_the_sessions_last_even
 }
 
 #[tokio::test]
-async fn a_stopping_server_closes_its_sockets_as_going_away() {
+async fn a_stopping_server_says_reconnect_and_closes_its_sockets_as_going_away() {
     let ctx = TestContext::new().await;
     let id = ctx.new_session_id(None).await;
     let mut socket = ws(&ctx, &id, "").await;
     ctx.stop().await;
+    let last = ws_frame(&mut socket).await;
+    assert!(matches!(last.event, SessionEvent::Reconnect(_)), "{last:?}");
+    assert_eq!(last.id, None);
     let close = ws_close(&mut socket).await.expect("a close frame");
     assert_eq!(close.code, CloseCode::Away, "reconnect: {close:?}");
 }

@@ -28,10 +28,24 @@ pub async fn postgres_url() -> Option<String> {
             panic!("{REQUIRE_VAR}=1 but no PostgreSQL for tests: {why}")
         }
         Err(why) => {
-            eprintln!("no PostgreSQL for tests: {why}");
+            skipped(&why);
             None
         }
     }
+}
+
+/// Says that the calling test is skipped, where it is seen: written to stderr directly, past the harness's
+/// capture of `eprintln!`, so that `cargo test` shows it next to the test's `ok`.
+pub fn skipped(why: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a PostgreSQL test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: no PostgreSQL for tests ({why}); {REQUIRE_VAR}=1 makes this a failure"
+    );
 }
 
 /// Runs `sql` with psql on the database `url` names; returns what it printed (unaligned, tuples only).
@@ -113,7 +127,7 @@ impl DedicatedServer {
         match tokio::task::spawn_blocking(launch).await {
             Ok(Ok(launched)) => Some(Self { launched }),
             Ok(Err(why)) if std::env::var(REQUIRE_VAR).as_deref() != Ok("1") => {
-                eprintln!("no PostgreSQL for tests: {why}");
+                skipped(&why);
                 None
             }
             Ok(Err(why)) => panic!("{REQUIRE_VAR}=1 but no PostgreSQL for tests: {why}"),

@@ -296,3 +296,36 @@ describe('Socket.IO across two instances on one PostgreSQL database', { timeout:
     });
   }
 });
+
+describe('Socket.IO when the server stops', { timeout: 60_000 }, () => {
+  test('every client hears serverShutdown, then loses its transport (so socket.io-client reconnects)', async () => {
+    const dataDir = mkdtempSync(joinPath(tmpdir(), 'agent-sessions-sio-stop-'));
+    const server = startServer(dataDir, { env: { API_KEYS: API_KEY } });
+    try {
+      const { agentId, baseUrl } = await server.ready;
+      const session = await createSession(baseUrl, agentId);
+      const sockets = [];
+      for (const transports of [['polling'], ['websocket'], ['polling', 'websocket']]) {
+        const socket = await connect(baseUrl, { auth: { apiKey: API_KEY }, transports });
+        await join(socket, session.channelId);
+        sockets.push(socket);
+      }
+      const heard = sockets.map((socket) =>
+        Promise.all([once(socket, 'serverShutdown'), once(socket, 'disconnect')]),
+      );
+      const stopped = stopServer(server.child);
+      for (const [notice, reason] of await Promise.all(heard)) {
+        assert.equal(notice.reconnect, true);
+        assert.equal(typeof notice.reason, 'string');
+        // 'io server disconnect' would tell the client not to reconnect; a closed (or, for a long-poll in
+        // flight, failed) transport makes it retry.
+        assert.ok(['transport close', 'transport error'].includes(reason), reason);
+      }
+      await stopped;
+      assert.equal(server.child.exitCode, 0);
+    } finally {
+      await stopServer(server.child);
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+});

@@ -265,13 +265,27 @@ fn unknown_event_type(name: &Value) -> SessionError {
 }
 
 /// The URLs the server calls (agent backends, webhooks), as openapi.yaml states them: http or https; a host name
-/// whose labels start with a letter, or an IPv4 address; a port; a path and a query of URL characters (RFC 3986's,
-/// `%` escapes included). The server accepts exactly these, so that the contract says what is refused.
+/// whose labels start with a letter, an IPv4 address or a bracketed IPv6 one; a port up to 65535; a path and a query of URL
+/// characters (RFC 3986's, `%` escapes included). The server accepts exactly these, so that the contract says
+/// what is refused.
 pub(crate) const HTTP_URL_PATTERN: &str = concat!(
     r"^https?://",
     r"([A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
-    r"|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})",
-    r"(:[0-9]{1,4})?",
+    r"|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}",
+    r"|\[(",
+    r"([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}",
+    r"|([0-9A-Fa-f]{1,4}:){1,7}:",
+    r"|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}",
+    r"|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}",
+    r"|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}",
+    r"|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}",
+    r"|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}",
+    r"|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}",
+    r"|:((:[0-9A-Fa-f]{1,4}){1,7}|:)",
+    r"|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}",
+    r"|([0-9A-Fa-f]{1,4}:){1,4}:(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}",
+    r")\])",
+    r"(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?",
     r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*",
     r"(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$",
 );
@@ -309,6 +323,9 @@ mod tests {
             "http://localhost:8080/hook",
             "https://Hooks.Example.com/a/b.c?token=x&y=%20z",
             "http://127.0.0.1:9/",
+            "http://127.0.0.1:65535/hook",
+            "http://[::1]:8080/",
+            "http://[::ffff:169.254.169.254]/latest",
             "https://api.openai.com/v1",
         ] {
             assert!(is_http_url(ok), "{ok}");
@@ -319,8 +336,9 @@ mod tests {
             "http://x/*\0",
             "http://1.2.3.4.5/",
             "http://a.1/",
-            "http://[::1]/",
+            "http://[:::]/",
             "http://x:99999/",
+            "http://x:65536/",
             "http://x/#frag",
             "http://user@x/",
         ] {

@@ -53,6 +53,12 @@ struct Gap {
     oldest_available: Option<String>,
 }
 
+/// `reconnect`: the server is stopping; the stream ends after this frame.
+#[derive(Serialize)]
+struct Reconnect {
+    reason: &'static str,
+}
+
 /// `done` of the `sse` transport: the stored reply and the reply it carries.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,6 +91,13 @@ pub fn feed_frame(item: &FeedItem) -> Option<SessionStreamEvent> {
             event: SessionEventName::ReplayGap,
             data: replay_gap(gap),
         }),
+        FeedItem::Stopping => Some(SessionStreamEvent {
+            id: None,
+            event: SessionEventName::Reconnect,
+            data: EventData::of(&Reconnect {
+                reason: "server shutting down",
+            }),
+        }),
     }
 }
 
@@ -98,6 +111,7 @@ pub fn event_name(name: SessionEventName) -> &'static str {
         SessionEventName::Expired => "expired",
         SessionEventName::Deleted => "deleted",
         SessionEventName::ReplayGap => "replay-gap",
+        SessionEventName::Reconnect => "reconnect",
     }
 }
 

@@ -169,7 +169,9 @@ async fn send(
     message: Message,
     stopping: &CancellationToken,
 ) -> bool {
+    // Biased: a send the socket takes at once still goes out while stopping (the `reconnect` frame).
     tokio::select! {
+        biased;
         sent = socket.send(message) => sent.is_ok(),
         _ = stopping.cancelled() => false,
     }

@@ -225,10 +225,11 @@ pub struct EchoBackendInput {}
 #[derive(Object, Debug, Clone)]
 #[oai(rename = "WebhookBackend", rename_all = "camelCase")]
 pub struct WebhookBackendInput {
-    /// An http or https URL (host names: IP addresses work too, but link-local and cloud-metadata ones are
-    /// refused unless the operator allows them).
+    /// An http or https URL: a host name (labels starting with a letter), an IPv4 address or a bracketed IPv6
+    /// one, an optional port, path and query. Link-local and cloud-metadata addresses are refused unless the
+    /// operator allows them. (The pattern is `decode::HTTP_URL_PATTERN`'s, which the server checks.)
     #[oai(validator(
-        pattern = r"^https?://[a-z]([a-z0-9-]*[a-z0-9])?(\.[a-z]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$"
+        pattern = r#"^https?://([A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?)*|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:)|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|([0-9A-Fa-f]{1,4}:){1,4}:(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})\])(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$"#
     ))]
     pub url: String,
 }
@@ -239,7 +240,7 @@ pub struct WebhookBackendInput {
 pub struct OpenAiBackendInput {
     /// The API's base URL (`/chat/completions` is appended), as `url` of a webhook.
     #[oai(validator(
-        pattern = r"^https?://[a-z]([a-z0-9-]*[a-z0-9])?(\.[a-z]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$"
+        pattern = r#"^https?://([A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?)*|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|\[(([0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,7}:|([0-9A-Fa-f]{1,4}:){1,6}:[0-9A-Fa-f]{1,4}|([0-9A-Fa-f]{1,4}:){1,5}(:[0-9A-Fa-f]{1,4}){1,2}|([0-9A-Fa-f]{1,4}:){1,4}(:[0-9A-Fa-f]{1,4}){1,3}|([0-9A-Fa-f]{1,4}:){1,3}(:[0-9A-Fa-f]{1,4}){1,4}|([0-9A-Fa-f]{1,4}:){1,2}(:[0-9A-Fa-f]{1,4}){1,5}|[0-9A-Fa-f]{1,4}:(:[0-9A-Fa-f]{1,4}){1,6}|:((:[0-9A-Fa-f]{1,4}){1,7}|:)|::([Ff]{4}(:0{1,4})?:)?(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|([0-9A-Fa-f]{1,4}:){1,4}:(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})\])(:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$"#
     ))]
     pub base_url: String,
     #[oai(validator(min_length = 1, pattern = r"^[^\u0000]*$"))]
@@ -616,12 +617,15 @@ pub enum SessionEventName {
     /// Named as elizaOS 2.x names it.
     #[oai(rename = "replay-gap")]
     ReplayGap,
+    /// The server is stopping: reconnect (with the last id) to another instance, or to this one once it is back.
+    Reconnect,
 }
 
 /// One frame of the events stream: `id: <id>` (absent for transient `chunk` and `deleted` events, and for
 /// `replay-gap`), `event: <event>`, `data: <data as JSON>`. `message` carries a Message, `chunk` a ReplyChunk,
 /// `session` `{reason, session}`, `warning` `{sessionId, expiresAt, timeRemaining, warningThresholdMinutes}`,
-/// `expired` `{sessionId, expiredAt}`, `deleted` `{sessionId}`, `replay-gap` `{requested, oldestAvailable}`.
+/// `expired` `{sessionId, expiredAt}`, `deleted` `{sessionId}`, `replay-gap` `{requested, oldestAvailable}`,
+/// `reconnect` `{reason}`.
 #[derive(Object, Debug, Clone)]
 #[oai(rename = "SessionStreamEvent", rename_all = "camelCase")]
 pub struct SessionStreamEvent {

@@ -17,6 +17,8 @@ pub enum FeedItem {
     Event(SessionEvent),
     /// Events after the subscriber's last one were pruned; the next events are the oldest kept.
     Gap(ReplayGap),
+    /// The server is stopping: the last item, so that clients reconnect elsewhere instead of guessing.
+    Stopping,
 }
 
 /// A subscriber's feed: replayed events first, then live ones, ending after `expired` or `deleted`.
@@ -39,8 +41,9 @@ impl SessionService {
         let (tx, rx) = mpsc::channel(256);
         let store = self.store.clone();
         let session_id = session.id;
-        // At shutdown the stream ends, so that the drain does not wait for it.
+        // At shutdown the stream ends, after telling the client so, so that the drain does not wait for it.
         let stopping = self.stopping.clone();
+        let last_word = tx.clone();
         let feed = async move {
             let mut seen = last_event_id.unwrap_or(0);
             let mut live = live;
@@ -81,7 +84,10 @@ impl SessionService {
         tokio::spawn(async move {
             tokio::select! {
                 _ = feed => {}
-                _ = stopping.cancelled() => {}
+                _ = stopping.cancelled() => {
+                    // Never waits: a client that stopped reading gets the end of its stream without it.
+                    let _ = last_word.try_send(FeedItem::Stopping);
+                }
             }
         });
         Ok(rx)

@@ -1,10 +1,11 @@
 //! Socket.IO, as elizaOS 1.x clients speak it (Engine.IO v4 / Socket.IO v5 at `/socket.io/`, long-polling and
 //! websocket): the handshake's credentials (`handshake`), joins and sends (`channels`), agent replies and
-//! session events pushed to each session's channel (`bridge`), their wire shapes (`wire`), and the hosting of
-//! socketioxide under poem (`upgrade`).
+//! session events pushed to each session's channel (`bridge`), their wire shapes (`wire`), the hosting of
+//! socketioxide under poem (`upgrade`), and the goodbye at shutdown (`drain`).
 
 mod bridge;
 mod channels;
+mod drain;
 mod handshake;
 mod upgrade;
 mod wire;
@@ -37,6 +38,7 @@ pub struct Realtime {
 
 /// The Socket.IO server over `service`: its endpoint (to serve at [`PATH`]) and its handle.
 pub fn server(service: Arc<SessionService>, access: Arc<Access>) -> (SocketIoEndpoint, SocketIo) {
+    let stopping = service.stopping().clone();
     let realtime = Arc::new(Realtime {
         service,
         access,
@@ -50,5 +52,6 @@ pub fn server(service: Arc<SessionService>, access: Arc<Access>) -> (SocketIoEnd
         .with_state(realtime)
         .build_svc();
     io.ns("/", handshake::on_connect.with(handshake::authenticate));
+    drain::on_stop(io.clone(), stopping);
     (SocketIoEndpoint::new(svc), io)
 }

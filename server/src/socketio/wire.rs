@@ -177,3 +177,12 @@ pub struct Renewed {
 pub struct Ended {
     pub session_id: Uuid,
 }
+
+/// `serverShutdown`: the server is stopping and closes the connection next; the client reconnects (elsewhere, or
+/// here once the server is back) and joins its channels again.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownNotice {
+    pub reason: &'static str,
+    pub reconnect: bool,
+}
