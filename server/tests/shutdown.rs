@@ -1,8 +1,8 @@
 //! Stopping the `agent-sessions-server` binary with SIGTERM, in each state it can be in: idle; with open event
-//! streams (each told to reconnect, then ended at once, cleanly, on SQLite and PostgreSQL); with `sse` and `http` sends waiting for a slow agent (an `error` frame and a
-//! 503, never a cut connection); and with a request that never completes (cut at the bound). In every case the
-//! process exits with success within its bound (`SHUTDOWN_TIMEOUT_SECONDS`, 10 s by default); a second signal
-//! exits at once, with failure.
+//! streams (each told to reconnect, then ended at once, cleanly, on SQLite and PostgreSQL); with `sse` and `http`
+//! sends waiting for a slow agent (an `error` frame and a 503, never a cut connection); and with a request that
+//! never completes (cut at the bound). In every case the process exits with success within its bound
+//! (`SHUTDOWN_TIMEOUT_SECONDS`, 10 s by default); a second signal exits at once, with failure.
 //!
 //! A test binary of its own, next to `binary.rs`: only here does cargo provide the path of the binary it built.
 //! Figures are printed; run with `--nocapture` to see them.
