@@ -84,6 +84,21 @@ async fn raw_post(base: &str, path: &str, who: As<'_>, key: Option<&str>, body: 
     }
 }
 
+/// An anonymous send of `body` in session `id` under `key`.
+async fn send_open(base: &str, id: &str, key: &str, body: &Value) -> Answer {
+    raw_post(base, &messages_path(id), As::Open, Some(key), body).await
+}
+
+/// Asserts an answer's status and whether it was a replay.
+fn assert_answer(answer: &Answer, status: u16, replayed: bool) {
+    assert_eq!(
+        (answer.status, answer.replayed),
+        (status, replayed),
+        "{}",
+        answer.body
+    );
+}
+
 fn messages_path(id: &str) -> String {
     format!("/api/messaging/sessions/{id}/messages")
 }
@@ -597,38 +612,12 @@ async fn a_failed_first_request_frees_its_key_for_the_retry() {
         .await;
     let key = new_key();
     let body = json!({"content": "try me", "transport": "http"});
-    let failed = raw_post(
-        &ctx.base_url,
-        &messages_path(&id),
-        As::Open,
-        Some(&key),
-        &body,
-    )
-    .await;
+    let failed = send_open(&ctx.base_url, &id, &key, &body).await;
     assert_eq!((failed.status, failed.code()), (502, "AGENT_ERROR".into()));
-    let retried = raw_post(
-        &ctx.base_url,
-        &messages_path(&id),
-        As::Open,
-        Some(&key),
-        &body,
-    )
-    .await;
-    assert_eq!(
-        (retried.status, retried.replayed),
-        (201, false),
-        "{}",
-        retried.body
-    );
+    let retried = send_open(&ctx.base_url, &id, &key, &body).await;
+    assert_answer(&retried, 201, false);
     assert_eq!(retried.json()["agentResponse"]["text"], "second time");
-    let replayed = raw_post(
-        &ctx.base_url,
-        &messages_path(&id),
-        As::Open,
-        Some(&key),
-        &body,
-    )
-    .await;
+    let replayed = send_open(&ctx.base_url, &id, &key, &body).await;
     assert_eq!((replayed.replayed, &replayed.body), (true, &retried.body));
     assert_eq!(
         contents(&ctx.history(&id).await),
@@ -655,12 +644,7 @@ async fn a_failed_first_request_frees_its_key_for_the_retry() {
     ctx.delete(taken.json()["sessionId"].as_str().unwrap())
         .await;
     let created = raw_post(&ctx.base_url, SESSIONS, As::Open, Some(&key), &body).await;
-    assert_eq!(
-        (created.status, created.replayed),
-        (201, false),
-        "{}",
-        created.body
-    );
+    assert_answer(&created, 201, false);
 }
 
 #[tokio::test]
@@ -691,14 +675,7 @@ async fn a_retried_sse_exchange_is_not_streamed_again_but_named() {
     assert_eq!((status, code), (409, types::ErrorCode::IdempotencyKeyInUse));
     assert!(message.contains(&user_message.id.to_string()), "{message}");
     let body = json!({"content": "streamed", "transport": "sse"});
-    let raw = raw_post(
-        &ctx.base_url,
-        &messages_path(&id),
-        As::Open,
-        Some(&key),
-        &body,
-    )
-    .await;
+    let raw = send_open(&ctx.base_url, &id, &key, &body).await;
     assert_eq!(
         (raw.status, raw.code()),
         (409, "IDEMPOTENCY_KEY_IN_USE".into())
@@ -758,41 +735,15 @@ async fn a_retry_on_another_instance_gets_the_first_answer() {
     let id = a.new_session_id(None).await;
     let body = json!({"content": "from a", "transport": "http"});
     let key = new_key();
-    let first = raw_post(
-        &a.base_url,
-        &messages_path(&id),
-        As::Open,
-        Some(&key),
-        &body,
-    )
-    .await;
-    assert_eq!(
-        (first.status, first.replayed),
-        (201, false),
-        "{}",
-        first.body
-    );
-    let on_b = raw_post(
-        &b.base_url,
-        &messages_path(&id),
-        As::Open,
-        Some(&key),
-        &body,
-    )
-    .await;
+    let first = send_open(&a.base_url, &id, &key, &body).await;
+    assert_answer(&first, 201, false);
+    let on_b = send_open(&b.base_url, &id, &key, &body).await;
     assert_eq!(
         (on_b.status, on_b.replayed, &on_b.body),
         (201, true, &first.body)
     );
     let other = json!({"content": "from b", "transport": "http"});
-    let refused = raw_post(
-        &b.base_url,
-        &messages_path(&id),
-        As::Open,
-        Some(&key),
-        &other,
-    )
-    .await;
+    let refused = send_open(&b.base_url, &id, &key, &other).await;
     assert_eq!(refused.status, 422);
 
     // Concurrent duplicates over both instances: one message, one reply, one body.
