@@ -16,20 +16,27 @@ fn with_key() -> TestOptions {
     TestOptions::with_keys(&[KEY])
 }
 
+/// Registers a webhook at `url` for `events` (empty: all), which must succeed.
+async fn create(
+    ctx: &TestContext,
+    url: &str,
+    events: &[types::WebhookEventType],
+) -> types::CreatedWebhook {
+    let body = types::CreateWebhookRequest {
+        url: url.into(),
+        events: events.to_vec(),
+    };
+    ok(
+        "create_webhook",
+        ctx.client.create_webhook().body(body).send(),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_registration_answers_its_secret_once_and_lists_without_it() {
     let ctx = TestContext::with_options(with_key()).await;
-    let all = ok(
-        "create_webhook",
-        ctx.client
-            .create_webhook()
-            .body(types::CreateWebhookRequest {
-                url: "http://127.0.0.1:9/all".into(),
-                events: Vec::new(),
-            })
-            .send(),
-    )
-    .await;
+    let all = create(&ctx, "http://127.0.0.1:9/all", &[]).await;
     assert!(all.secret.starts_with("whsec_"), "{}", all.secret);
     assert_eq!(
         agent_sessions::webhooks::sign(&all.secret, "id", 1, b"{}").map(|s| s.starts_with("v1,")),
@@ -52,15 +59,10 @@ async fn a_registration_answers_its_secret_once_and_lists_without_it() {
         "every type by default"
     );
     ctx.clock.advance(chrono::Duration::seconds(1));
-    let some = ok(
-        "create_webhook",
-        ctx.client
-            .create_webhook()
-            .body(types::CreateWebhookRequest {
-                url: "https://hooks.example.com/x".into(),
-                events: vec![SessionDeleted, MessageReply, SessionDeleted],
-            })
-            .send(),
+    let some = create(
+        &ctx,
+        "https://hooks.example.com/x",
+        &[SessionDeleted, MessageReply, SessionDeleted],
     )
     .await;
     assert_eq!(some.events, [MessageReply, SessionDeleted]);
@@ -220,17 +222,7 @@ async fn only_an_api_key_may_manage_webhooks() {
     let ctx = TestContext::with_options(with_key()).await;
     let session = ctx.create_session(None).await;
     let token = session.session_token.expect("a session token");
-    let created = ok(
-        "create_webhook",
-        ctx.client
-            .create_webhook()
-            .body(types::CreateWebhookRequest {
-                url: "http://127.0.0.1:9/x".into(),
-                events: Vec::new(),
-            })
-            .send(),
-    )
-    .await;
+    let created = create(&ctx, "http://127.0.0.1:9/x", &[]).await;
     let body = json!({"url": "http://127.0.0.1:9/y"});
     let by_id = format!("/api/webhooks/{}", created.id);
     for (method, path, body) in [
@@ -281,17 +273,7 @@ async fn unknown_and_malformed_ids_are_404() {
     );
     assert_eq!(message, format!("Webhook '{unknown}' not found"));
     // A second delete of the same webhook finds nothing.
-    let created = ok(
-        "create_webhook",
-        ctx.client
-            .create_webhook()
-            .body(types::CreateWebhookRequest {
-                url: "http://127.0.0.1:9/x".into(),
-                events: Vec::new(),
-            })
-            .send(),
-    )
-    .await;
+    let created = create(&ctx, "http://127.0.0.1:9/x", &[]).await;
     let id = created.id.to_string();
     ok(
         "delete_webhook",
