@@ -2,6 +2,7 @@
 
 mod access;
 mod agent_backends;
+mod chat;
 mod egress;
 mod errors;
 mod event_payloads;

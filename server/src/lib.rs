@@ -3,6 +3,7 @@
 //! Crate map (dependencies point downward):
 //! - [`app`]: the whole endpoint: the HTTP API with Socket.IO beside it.
 //! - [`api`]: HTTP only (poem-openapi handlers, wire models, `ApiError`).
+//! - [`chat`]: the web chat page at `/chat` (embedded HTML, CSS and JS).
 //! - [`socketio`]: Socket.IO as elizaOS clients speak it: handshake credentials, channels, replies pushed.
 //! - [`service`]: `SessionService`, the one place that reads the clock and calls the store.
 //! - [`domain`]: sessions, agents, timeout rules, validation; pure, no HTTP, no SQL.
@@ -22,6 +23,7 @@ pub mod agents;
 pub mod api;
 mod app;
 pub mod auth;
+pub mod chat;
 pub mod clock;
 pub mod config;
 pub mod domain;

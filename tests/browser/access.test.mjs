@@ -3,7 +3,8 @@
 //   EventSource with `?access_token=`, a message with `Authorization: Bearer`), and can read the 403 it gets on
 //   anything beyond its session;
 // - a page on any other origin is stopped by the browser (no CORS headers for it);
-// - Swagger UI's Authorize button takes the API key and "Try it out" then succeeds.
+// - Swagger UI's Authorize button takes the API key and "Try it out" then succeeds: listing agents, and creating a
+//   session with the demo agent (201).
 
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -13,14 +14,11 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import { chromium } from 'playwright-core';
-
 import { startServer, stopServer } from '../server.mjs';
+import { launchBrowser, WAIT_MS, withPage } from './support.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
-const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const KEY = `browser-key-${process.pid}-${Date.now()}`;
-const WAIT_MS = 15_000;
 const DEMO_AGENT = '3c90c3cc-0d44-4b50-8888-8dd25736052a';
 
 /** The README's browser snippet, verbatim: what a reader would paste into their page. */
@@ -51,6 +49,7 @@ async function pageServer() {
 let dataDir;
 let api;
 let apiUrl;
+let demoAgent;
 let allowed;
 let other;
 let browser;
@@ -70,19 +69,8 @@ before(async () => {
   other = await pageServer();
   dataDir = mkdtempSync(join(tmpdir(), 'agent-sessions-browser-'));
   api = startServer(dataDir, { env: { API_KEYS: KEY, CORS_ORIGIN: allowed.origin } });
-  apiUrl = (await api.ready).baseUrl;
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  ({ baseUrl: apiUrl, agentId: demoAgent } = await api.ready);
+  browser = await launchBrowser();
 });
 
 after(async () => {
@@ -123,17 +111,17 @@ test('a page on an allowed origin chats with its session token and is refused an
   const session = await backend('/api/messaging/sessions', { agentId: DEMO_AGENT, userId: DEMO_AGENT });
   const otherSession = await backend('/api/messaging/sessions', { agentId: DEMO_AGENT, userId: DEMO_AGENT });
   allowed.serve(chatPage(session, otherSession));
-  const page = await browser.newPage();
-  await page.goto(allowed.origin);
-  await page.waitForFunction(() => window.results?.done && window.results.seen.length >= 2, null, { timeout: WAIT_MS });
-  const results = await page.evaluate(() => window.results);
-  assert.equal(results.error, undefined);
-  assert.deepEqual(results.seen.slice(0, 2), ['Hello!', 'Echo: Hello!'], 'the message and the reply arrive over EventSource');
-  assert.deepEqual(results.agents, [403, 'FORBIDDEN']);
-  assert.deepEqual(results.elsewhere, [403, 'FORBIDDEN']);
-  assert.equal(results.own[0], 200);
-  assert.match(results.own[1] ?? '', /^\d+$/, 'the page can read RateLimit-Remaining');
-  await page.close();
+  await withPage(browser, 'cors-allowed-origin', async (page) => {
+    await page.goto(allowed.origin);
+    await page.waitForFunction(() => window.results?.done && window.results.seen.length >= 2, null, { timeout: WAIT_MS });
+    const results = await page.evaluate(() => window.results);
+    assert.equal(results.error, undefined);
+    assert.deepEqual(results.seen.slice(0, 2), ['Hello!', 'Echo: Hello!'], 'the message and the reply arrive over EventSource');
+    assert.deepEqual(results.agents, [403, 'FORBIDDEN']);
+    assert.deepEqual(results.elsewhere, [403, 'FORBIDDEN']);
+    assert.equal(results.own[0], 200);
+    assert.match(results.own[1] ?? '', /^\d+$/, 'the page can read RateLimit-Remaining');
+  });
 });
 
 test('a page on another origin is stopped by the browser', { timeout: 60_000 }, async () => {
@@ -147,28 +135,51 @@ try {
   window.outcome = e.name;
 }
 </script></body></html>`);
-  const page = await browser.newPage();
-  await page.goto(other.origin);
-  await page.waitForFunction(() => window.outcome !== undefined, null, { timeout: WAIT_MS });
-  assert.equal(await page.evaluate(() => window.outcome), 'TypeError', 'the fetch fails: no CORS for this origin');
-  await page.close();
+  await withPage(browser, 'cors-other-origin', async (page) => {
+    await page.goto(other.origin);
+    await page.waitForFunction(() => window.outcome !== undefined, null, { timeout: WAIT_MS });
+    assert.equal(await page.evaluate(() => window.outcome), 'TypeError', 'the fetch fails: no CORS for this origin');
+  });
 });
 
-test("Swagger UI's Authorize button takes the API key", { timeout: 60_000 }, async () => {
-  const page = await browser.newPage();
-  await page.goto(`${apiUrl}/docs`);
-  await page.click('button.authorize');
-  const keyForm = page.locator('.auth-container', { hasText: 'X-API-KEY' });
-  await keyForm.locator('input').fill(KEY);
-  await keyForm.locator('button.authorize').click();
-  await page.click('button.btn-done');
-  const op = page.locator('#operations-Agents-listAgents');
+/** Opens operation `id` of Swagger UI and presses "Try it out". */
+async function tryOut(page, id) {
+  const op = page.locator(`#operations-${id}`);
   await op.locator('.opblock-summary').click();
   await op.locator('button.try-out__btn').click();
+  return op;
+}
+
+/** Executes the opened operation and returns the status shown in its response panel. */
+async function execute(op) {
   await op.locator('button.execute').click();
   const status = op.locator('.live-responses-table tbody .response-col_status').first();
   await status.waitFor({ timeout: WAIT_MS });
-  assert.equal((await status.innerText()).trim(), '200');
-  assert.match(await op.locator('.curl-command').innerText(), /X-API-KEY/);
-  await page.close();
+  return (await status.innerText()).trim();
+}
+
+test("Swagger UI's Authorize button takes the API key; Try it out then lists agents and creates a session", { timeout: 60_000 }, async () => {
+  await withPage(browser, 'docs-authorize-try-it-out', async (page) => {
+    await page.goto(`${apiUrl}/docs`);
+    await page.click('button.authorize');
+    const keyForm = page.locator('.auth-container', { hasText: 'X-API-KEY' });
+    await keyForm.locator('input').fill(KEY);
+    await keyForm.locator('button.authorize').click();
+    await page.click('button.btn-done');
+
+    const list = await tryOut(page, 'Agents-listAgents');
+    assert.equal(await execute(list), '200');
+    assert.match(await list.locator('.curl-command').innerText(), /X-API-KEY/);
+
+    const create = await tryOut(page, 'Sessions-createSession');
+    const userId = crypto.randomUUID();
+    await create
+      .locator('textarea.body-param__text')
+      .fill(JSON.stringify({ agentId: demoAgent, userId, metadata: { platform: 'swagger' } }, null, 2));
+    assert.equal(await execute(create), '201');
+    const body = JSON.parse(await create.locator('.live-responses-table .response-col_description pre').first().innerText());
+    assert.equal(body.agentId, demoAgent);
+    assert.equal(body.userId, userId);
+    assert.ok(body.sessionToken, 'the response panel shows the session token');
+  });
 });

@@ -166,6 +166,8 @@ pub fn app_with(
             "/docs",
             poem::endpoint::make_sync(move |_| Html(docs.clone())),
         )
+        // The web chat page: public, as the documentation is; it reaches the API with its visitor's credentials.
+        .nest("/chat", crate::chat::routes())
         .data(service_state)
         .data(access.clone())
         .data(settings.streams)
