@@ -1,5 +1,6 @@
 //! The `agent-sessions-server` binary as an operator starts it: protected mode refuses a non-loopback address
-//! without an API key, explaining what to do, and starts with a key or with `--allow-anonymous`.
+//! without an API key, explaining what to do, and starts with a key or with `--allow-anonymous`; a database path
+//! it cannot use is named in the error.
 //!
 //! A test binary of its own (the root `tests/` drive the library): only here does cargo provide the path of the
 //! binary it built.
@@ -95,4 +96,27 @@ fn a_key_or_allow_anonymous_starts_it_and_loopback_needs_neither() {
         assert!(line.contains(&format!("http://{host}:")), "{line}");
         assert!(line.contains(mode), "{host} {extra:?} {env:?}: {line}");
     }
+}
+
+#[test]
+fn a_database_path_it_cannot_use_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the database's directory should be.
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"").unwrap();
+    let url = format!("sqlite:{}", blocker.join("s.db").display());
+    let output = command::server_command("127.0.0.1", &url)
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("the server runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&blocker.display().to_string()) && stderr.contains("--database-url"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("listening on"), "{stdout}");
 }

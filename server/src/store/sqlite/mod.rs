@@ -14,6 +14,7 @@ mod webhooks;
 mod writer;
 mod writes;
 
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
@@ -101,11 +102,27 @@ impl SqliteStore {
             anyhow::bail!("sqlite in-memory databases are not supported: give a file path (a temp file in tests)");
         }
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the directory {} for the SQLite database (DATABASE_URL / --database-url)",
+                    dir.display()
+                )
+            })?;
         }
+        let cannot_open = || {
+            format!(
+                "cannot open the SQLite database {} (DATABASE_URL / --database-url)",
+                file.display()
+            )
+        };
         // Migrations through sqlx (embedded, versioned); then the writer thread takes over the file.
-        let mut migrator = SqliteConnection::connect_with(&options).await?;
-        MIGRATOR.run(&mut migrator).await?;
+        let mut migrator = SqliteConnection::connect_with(&options)
+            .await
+            .with_context(cannot_open)?;
+        MIGRATOR
+            .run(&mut migrator)
+            .await
+            .with_context(cannot_open)?;
         migrator.close().await?;
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
