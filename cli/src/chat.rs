@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use agent_sessions::streams::{ExchangeEvent, SessionEvent};
+use agent_sessions::streams::{ExchangeEvent, SessionEvent, StreamError};
 use agent_sessions::{types, Client};
 use futures::StreamExt;
 use tokio::io::AsyncBufReadExt;
@@ -31,6 +31,8 @@ enum Ended {
 
 pub async fn run(global: &Global, args: ChatArgs) -> Result<(), CliError> {
     let client = global.client()?;
+    // From the start, so that a Ctrl-C while the session is being created still deletes it.
+    let mut interrupted = interrupts();
     let (agent_id, agent_name) = agent(global, &client, args.agent).await?;
     let session = create_session(global, &client, agent_id, &args).await?;
     let id = session.session_id.to_string();
@@ -57,7 +59,7 @@ pub async fn run(global: &Global, args: ChatArgs) -> Result<(), CliError> {
         id: &id,
         agent_name: &agent_name,
     };
-    let outcome = chat.converse(terminal, &mut ended).await;
+    let outcome = chat.converse(terminal, &mut ended, &mut interrupted).await;
     watcher.abort();
     heartbeat.abort();
     match outcome? {
@@ -151,20 +153,33 @@ async fn watch_events(
     terminal: bool,
 ) {
     while let Some(frame) = events.next().await {
-        let Ok(frame) = frame else { continue };
-        let end = match &frame.event {
-            SessionEvent::Warning(w) => {
-                println!(
-                    "\n! The session expires in {} ({}): type /renew to keep it.",
-                    output::duration_ms(w.time_remaining),
-                    output::timestamp(&w.expires_at)
-                );
-                prompt(terminal);
-                None
-            }
-            SessionEvent::Expired(_) => Some(Ended::Expired),
-            SessionEvent::Deleted(_) => Some(Ended::Deleted),
-            _ => None,
+        let end = match frame {
+            Ok(frame) => match frame.event {
+                SessionEvent::Warning(w) => {
+                    println!(
+                        "\n! The session expires in {} ({}): type /renew to keep it.",
+                        output::duration_ms(w.time_remaining),
+                        output::timestamp(&w.expires_at)
+                    );
+                    prompt(terminal);
+                    None
+                }
+                SessionEvent::Expired(_) => Some(Ended::Expired),
+                SessionEvent::Deleted(_) => Some(Ended::Deleted),
+                _ => None,
+            },
+            // The stream could not reconnect: because the session is gone, or the server stayed away.
+            Err(StreamError::Reconnect(e)) => match e.status().map(|s| s.as_u16()) {
+                Some(410) => Some(Ended::Expired),
+                Some(404) => Some(Ended::Deleted),
+                _ => {
+                    eprintln!(
+                        "\nagent-sessions: lost the session's events ({e}); expiry warnings will not show"
+                    );
+                    return;
+                }
+            },
+            Err(_) => None,
         };
         if end.is_some() {
             let _ = ended.send(end);
@@ -173,10 +188,36 @@ async fn watch_events(
     }
 }
 
+/// The end of the session once the events stream tells it; never, if the stream is gone without telling.
+async fn session_end(ended: &mut watch::Receiver<Option<Ended>>) -> Ended {
+    loop {
+        if ended.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if let Some(end) = ended.borrow().clone() {
+            return end;
+        }
+    }
+}
+
+/// A signal each time Ctrl-C is pressed. Listened for from the start, so that a press while a reply streams
+/// is not lost (nor kills the process, which would leave the session behind).
+fn interrupts() -> watch::Receiver<()> {
+    let (tx, rx) = watch::channel(());
+    tokio::spawn(async move {
+        while tokio::signal::ctrl_c().await.is_ok() {
+            if tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 fn prompt(terminal: bool) {
     // Only for a person: a script piping lines in wants the replies alone.
     if terminal {
-        print!("> ");
+        print!("you> ");
         let _ = std::io::stdout().flush();
     }
 }
@@ -194,14 +235,15 @@ impl Chat<'_> {
         &self,
         terminal: bool,
         ended: &mut watch::Receiver<Option<Ended>>,
+        interrupted: &mut watch::Receiver<()>,
     ) -> Result<Option<Ended>, CliError> {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         loop {
             prompt(terminal);
             let line = tokio::select! {
                 line = lines.next_line() => line?,
-                _ = ended.changed() => return Ok(ended.borrow().clone()),
-                _ = tokio::signal::ctrl_c() => {
+                end = session_end(ended) => return Ok(Some(end)),
+                _ = interrupted.changed() => {
                     println!();
                     return Ok(None);
                 }
@@ -214,17 +256,31 @@ impl Chat<'_> {
                 return Ok(None);
             };
             let line = line.trim();
-            match line {
-                "" => {}
-                "/quit" | "/exit" => return Ok(None),
-                "/help" => println!("{HELP}"),
-                "/status" => self.status().await?,
-                "/renew" => self.renew().await?,
-                _ if line.starts_with("//") => self.send(&line[1..]).await?,
-                _ if line.starts_with('/') => {
-                    println!("Unknown command {line}; /help lists commands.")
+            let handled = async {
+                match line {
+                    "" => {}
+                    "/quit" | "/exit" => return Ok(false),
+                    "/help" => println!("{HELP}"),
+                    "/status" => self.status().await?,
+                    "/renew" => self.renew().await?,
+                    _ if line.starts_with("//") => self.send(&line[1..]).await?,
+                    _ if line.starts_with('/') => {
+                        println!("Unknown command {line}; /help lists commands.")
+                    }
+                    _ => self.send(line).await?,
                 }
-                _ => self.send(line).await?,
+                Ok::<_, CliError>(true)
+            };
+            // Ctrl-C while a reply streams ends the chat as between messages (the stream is dropped).
+            let go_on = tokio::select! {
+                go_on = handled => go_on?,
+                _ = interrupted.changed() => {
+                    println!();
+                    false
+                }
+            };
+            if !go_on {
+                return Ok(None);
             }
         }
     }
@@ -235,7 +291,7 @@ impl Chat<'_> {
             Err(e) => return self.report(e),
         };
         println!(
-            "Time left: {} (expires {}); renewed {} times.",
+            "Time left: {} (expires {}); renewals: {}.",
             output::time_left(&session),
             output::timestamp(&session.expires_at),
             session.renewal_count
@@ -272,7 +328,7 @@ impl Chat<'_> {
             Ok(exchange) => exchange,
             Err(e) => return self.report(e),
         };
-        print!("{}: ", self.agent_name);
+        print!("{}> ", self.agent_name);
         let mut streamed = false;
         let mut stdout = std::io::stdout();
         while let Some(event) = exchange.next().await {

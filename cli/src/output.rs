@@ -25,6 +25,13 @@ fn table(header: &[&str]) -> Table {
 }
 
 pub fn sessions(list: &types::SessionList) {
+    if list.sessions.is_empty() {
+        println!(
+            "No active sessions ({} stored, {} expired).",
+            list.stats.total_sessions, list.stats.expired_sessions
+        );
+        return;
+    }
     let mut t = table(&[
         "session",
         "agent",
@@ -88,6 +95,10 @@ pub fn session(s: &types::Session) {
 }
 
 pub fn agents(list: &types::AgentList) {
+    if list.agents.is_empty() {
+        println!("No agents: create one with `agent-sessions agents create --name NAME`.");
+        return;
+    }
     let mut t = table(&["agent", "name", "backend", "created"]);
     for a in &list.agents {
         t.add_row(vec![
@@ -98,7 +109,11 @@ pub fn agents(list: &types::AgentList) {
         ]);
     }
     println!("{t}");
-    println!("{} agents", list.total);
+    println!(
+        "{} agent{}",
+        list.total,
+        if list.total == 1 { "" } else { "s" }
+    );
 }
 
 pub fn agent(a: &types::Agent) {

@@ -48,6 +48,20 @@ async fn quit_ends_the_chat_with_input_still_open() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_deletes_the_session_too() {
+    let server = Server::start().await;
+    let mut chat = Running::spawn(&server.url, &["chat"]);
+    let id = session_id(&chat.stdout_line("in session").await);
+    chat.write_line("one").await;
+    chat.stdout_line("Echo: one").await;
+    chat.interrupt().await;
+    chat.stdout_line("ended and deleted").await;
+    let done = chat.finish().await;
+    assert_eq!(done.code, 0, "{done:#?}");
+    assert_eq!(server.session_status(&id).await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_expiry_warning_shows_and_renew_and_status_answer() {
     let server = Server::start().await;
     let args = ["chat", "--timeout-minutes", "10", "--no-auto-renew"];
@@ -71,7 +85,7 @@ async fn the_expiry_warning_shows_and_renew_and_status_answer() {
     chat.write_line("/status").await;
     let status = chat.stdout_line("Time left:").await;
     assert!(
-        status.contains("10m 00s") && status.contains("renewed 1 times"),
+        status.contains("10m 00s") && status.contains("renewals: 1"),
         "{status}"
     );
 

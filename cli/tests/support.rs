@@ -327,6 +327,13 @@ impl Running {
         }
     }
 
+    /// Sends SIGINT, as Ctrl-C on a terminal does.
+    pub async fn interrupt(&self) {
+        let pid = self.child.id().expect("still running").to_string();
+        let sent = Command::new("kill").args(["-INT", &pid]).status().await;
+        assert!(sent.expect("kill runs").success());
+    }
+
     /// Ends a process that would go on (`events tail`).
     pub async fn kill(mut self) {
         self.child.kill().await.expect("killed");
