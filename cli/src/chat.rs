@@ -3,7 +3,7 @@
 //! watches the session's events for the expiry warning and the end. `/status`, `/renew`, `/help`, `/quit`;
 //! end of input (Ctrl-D) or Ctrl-C deletes the session.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::time::Duration;
 
 use agent_sessions::streams::{ExchangeEvent, SessionEvent, StreamError};
@@ -13,7 +13,8 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::watch;
 
 use crate::errors::{exit, CliError};
-use crate::{output, ChatArgs, Global};
+use crate::output::{self, out, outln};
+use crate::{ChatArgs, Global};
 
 const HELP: &str = "Type a message and press Enter to send it. Commands:
   /status  time left before the session expires
@@ -41,7 +42,7 @@ pub async fn run(global: &Global, args: ChatArgs) -> Result<(), CliError> {
     let events = client.session_events_resuming(&id, None).await;
     let events = events.map_err(|e| CliError::api(global, &what, e))?;
     let terminal = std::io::stdin().is_terminal();
-    println!(
+    outln!(
         "Chatting with {agent_name} in session {id} (expires in {}). /help lists commands; Ctrl-D ends.",
         output::duration_ms(session.time_remaining)
     );
@@ -74,7 +75,7 @@ pub async fn run(global: &Global, args: ChatArgs) -> Result<(), CliError> {
         None => {
             let deleted = client.delete_session().session_id(&id).send().await;
             deleted.map_err(|e| CliError::api(global, &what, e))?;
-            println!("Session {id} ended and deleted.");
+            outln!("Session {id} ended and deleted.");
             Ok(())
         }
     }
@@ -156,7 +157,7 @@ async fn watch_events(
         let end = match frame {
             Ok(frame) => match frame.event {
                 SessionEvent::Warning(w) => {
-                    println!(
+                    outln!(
                         "\n! The session expires in {} ({}): type /renew to keep it.",
                         output::duration_ms(w.time_remaining),
                         output::timestamp(&w.expires_at)
@@ -217,8 +218,7 @@ fn interrupts() -> watch::Receiver<()> {
 fn prompt(terminal: bool) {
     // Only for a person: a script piping lines in wants the replies alone.
     if terminal {
-        print!("you> ");
-        let _ = std::io::stdout().flush();
+        out!("you> ");
     }
 }
 
@@ -244,14 +244,14 @@ impl Chat<'_> {
                 line = lines.next_line() => line?,
                 end = session_end(ended) => return Ok(Some(end)),
                 _ = interrupted.changed() => {
-                    println!();
+                    outln!();
                     return Ok(None);
                 }
             };
             let Some(line) = line else {
                 // End of input: Ctrl-D on a terminal, the end of a pipe.
                 if terminal {
-                    println!();
+                    outln!();
                 }
                 return Ok(None);
             };
@@ -260,12 +260,12 @@ impl Chat<'_> {
                 match line {
                     "" => {}
                     "/quit" | "/exit" => return Ok(false),
-                    "/help" => println!("{HELP}"),
+                    "/help" => outln!("{HELP}"),
                     "/status" => self.status().await?,
                     "/renew" => self.renew().await?,
                     _ if line.starts_with("//") => self.send(&line[1..]).await?,
                     _ if line.starts_with('/') => {
-                        println!("Unknown command {line}; /help lists commands.")
+                        outln!("Unknown command {line}; /help lists commands.")
                     }
                     _ => self.send(line).await?,
                 }
@@ -275,7 +275,7 @@ impl Chat<'_> {
             let go_on = tokio::select! {
                 go_on = handled => go_on?,
                 _ = interrupted.changed() => {
-                    println!();
+                    outln!();
                     false
                 }
             };
@@ -290,7 +290,7 @@ impl Chat<'_> {
             Ok(session) => session,
             Err(e) => return self.report(e),
         };
-        println!(
+        outln!(
             "Time left: {} (expires {}); renewals: {}.",
             output::time_left(&session),
             output::timestamp(&session.expires_at),
@@ -304,7 +304,7 @@ impl Chat<'_> {
             Ok(session) => session,
             Err(e) => return self.report(e),
         };
-        println!(
+        outln!(
             "Renewed: time left {} (expires {}).",
             output::time_left(&session),
             output::timestamp(&session.expires_at)
@@ -328,37 +328,35 @@ impl Chat<'_> {
             Ok(exchange) => exchange,
             Err(e) => return self.report(e),
         };
-        print!("{}> ", self.agent_name);
+        out!("{}> ", self.agent_name);
         let mut streamed = false;
-        let mut stdout = std::io::stdout();
         while let Some(event) = exchange.next().await {
             match event {
                 Ok(ExchangeEvent::UserMessage(_)) => {}
                 Ok(ExchangeEvent::Chunk(chunk)) => {
                     streamed = true;
-                    print!("{}", chunk.chunk);
-                    let _ = stdout.flush();
+                    out!("{}", chunk.chunk);
                 }
                 Ok(ExchangeEvent::Done(done)) => {
                     if !streamed {
-                        print!("{}", done.agent_response.text);
+                        out!("{}", done.agent_response.text);
                     }
-                    println!();
+                    outln!();
                     return Ok(());
                 }
                 Ok(ExchangeEvent::Error(e)) => {
-                    println!();
+                    outln!();
                     eprintln!("agent-sessions: the agent failed: {} ({})", e.error, e.code);
                     return Ok(());
                 }
                 Err(e) => {
-                    println!();
+                    outln!();
                     eprintln!("agent-sessions: the reply broke off: {e}");
                     return Ok(());
                 }
             }
         }
-        println!();
+        outln!();
         eprintln!("agent-sessions: the reply ended without a result");
         Ok(())
     }

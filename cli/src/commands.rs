@@ -5,7 +5,8 @@ use agent_sessions::types;
 use serde_json::json;
 
 use crate::errors::CliError;
-use crate::{output, AgentsCommand, Backend, CreateAgentArgs, Global, SessionsCommand};
+use crate::output::{self, outln};
+use crate::{AgentsCommand, Backend, CreateAgentArgs, Global, SessionsCommand};
 
 pub async fn health(global: &Global) -> Result<(), CliError> {
     let client = global.client()?;
@@ -66,7 +67,7 @@ pub async fn sessions(global: &Global, command: SessionsCommand) -> Result<(), C
             if global.json {
                 output::json(&*deleted);
             } else {
-                println!("Deleted session {id}");
+                outln!("Deleted session {id}");
             }
         }
     }
@@ -102,7 +103,7 @@ pub async fn agents(global: &Global, command: AgentsCommand) -> Result<(), CliEr
             if global.json {
                 output::json(&*deleted);
             } else {
-                println!("Deleted agent {id}");
+                outln!("Deleted agent {id}");
             }
         }
     }

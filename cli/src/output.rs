@@ -7,9 +7,40 @@ use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
+/// `println!` on stdout, except that a reader that went away (`| head`) ends the process quietly, as other
+/// Unix tools do, instead of a panic.
+macro_rules! outln {
+    () => {
+        $crate::output::write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` as `outln!` does it, flushed at once (reply chunks, the prompt).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write(format_args!($($arg)*))
+    };
+}
+
+pub(crate) use {out, outln};
+
+pub fn write(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(text).and_then(|()| stdout.flush());
+    if let Err(e) = written {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
 /// Pretty JSON on stdout (one document per command).
 pub fn json<T: Serialize>(value: &T) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).expect("API types serialize")
     );
@@ -26,9 +57,10 @@ fn table(header: &[&str]) -> Table {
 
 pub fn sessions(list: &types::SessionList) {
     if list.sessions.is_empty() {
-        println!(
+        outln!(
             "No active sessions ({} stored, {} expired).",
-            list.stats.total_sessions, list.stats.expired_sessions
+            list.stats.total_sessions,
+            list.stats.expired_sessions
         );
         return;
     }
@@ -50,8 +82,8 @@ pub fn sessions(list: &types::SessionList) {
             s.renewal_count.to_string(),
         ]);
     }
-    println!("{t}");
-    println!(
+    outln!("{t}");
+    outln!(
         "{} of {} active sessions ({} stored, {} expired)",
         list.sessions.len(),
         list.total,
@@ -91,12 +123,12 @@ pub fn session(s: &types::Session) {
     for (field, value) in rows {
         t.add_row(vec![field.to_string(), value]);
     }
-    println!("{t}");
+    outln!("{t}");
 }
 
 pub fn agents(list: &types::AgentList) {
     if list.agents.is_empty() {
-        println!("No agents: create one with `agent-sessions agents create --name NAME`.");
+        outln!("No agents: create one with `agent-sessions agents create --name NAME`.");
         return;
     }
     let mut t = table(&["agent", "name", "backend", "created"]);
@@ -108,8 +140,8 @@ pub fn agents(list: &types::AgentList) {
             timestamp(&a.created_at),
         ]);
     }
-    println!("{t}");
-    println!(
+    outln!("{t}");
+    outln!(
         "{} agent{}",
         list.total,
         if list.total == 1 { "" } else { "s" }
@@ -117,7 +149,7 @@ pub fn agents(list: &types::AgentList) {
 }
 
 pub fn agent(a: &types::Agent) {
-    println!(
+    outln!(
         "Created agent {} ({}, {})",
         a.id,
         a.name,
@@ -134,7 +166,7 @@ fn backend(b: &types::AgentBackend) -> String {
 }
 
 pub fn health(h: &types::SessionsHealth) {
-    println!(
+    outln!(
         "{}: {} active sessions, {} expiring soon, up {}",
         h.status,
         h.active_sessions,

@@ -5,7 +5,8 @@ use agent_sessions::streams::{SessionEvent, StreamError};
 use futures::StreamExt;
 
 use crate::errors::CliError;
-use crate::{output, Global};
+use crate::output::{self, outln};
+use crate::Global;
 
 pub async fn run(global: &Global, session_id: &str, chunks: bool) -> Result<(), CliError> {
     let client = global.client()?;
@@ -21,9 +22,9 @@ pub async fn run(global: &Global, session_id: &str, chunks: bool) -> Result<(), 
                     continue;
                 }
                 if global.json {
-                    println!("{}", output::event_json(&frame));
+                    outln!("{}", output::event_json(&frame));
                 } else {
-                    println!("{}", output::event_line(&frame));
+                    outln!("{}", output::event_line(&frame));
                 }
             }
             // One unreadable frame (a newer server's event, say) is no reason to stop following.
