@@ -39,8 +39,14 @@ pub async fn run(global: &Global, args: ChatArgs) -> Result<(), CliError> {
     let id = session.session_id.to_string();
     let what = format!("session {id}");
     // Opened before the first message, so that no event of this session is missed.
-    let events = client.session_events_resuming(&id, None).await;
-    let events = events.map_err(|e| CliError::api(global, &what, e))?;
+    let events = match client.session_events_resuming(&id, None).await {
+        Ok(events) => events,
+        Err(e) => {
+            // No chat without the session's events: the session just made is not left behind.
+            let _ = client.delete_session().session_id(&id).send().await;
+            return Err(CliError::api(global, &what, e));
+        }
+    };
     let terminal = std::io::stdin().is_terminal();
     outln!(
         "Chatting with {agent_name} in session {id} (expires in {}). /help lists commands; Ctrl-D ends.",
