@@ -228,7 +228,7 @@ pub struct WebhookBackendInput {
     /// An http or https URL (host names: IP addresses work too, but link-local and cloud-metadata ones are
     /// refused unless the operator allows them).
     #[oai(validator(
-        pattern = r"^https?://[a-z]([a-z0-9-]*[a-z0-9])?(\.[a-z]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$"
+        pattern = r"^https?://([A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?)*|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$"
     ))]
     pub url: String,
 }
@@ -239,7 +239,7 @@ pub struct WebhookBackendInput {
 pub struct OpenAiBackendInput {
     /// The API's base URL (`/chat/completions` is appended), as `url` of a webhook.
     #[oai(validator(
-        pattern = r"^https?://[a-z]([a-z0-9-]*[a-z0-9])?(\.[a-z]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$"
+        pattern = r"^https?://([A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?)*|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$"
     ))]
     pub base_url: String,
     #[oai(validator(min_length = 1, pattern = r"^[^\u0000]*$"))]

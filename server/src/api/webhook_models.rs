@@ -73,7 +73,7 @@ pub struct WebhookListBody {
 pub struct CreateWebhookRequest {
     /// An http or https URL, under the egress policy of agent backends.
     #[oai(validator(
-        pattern = r"^https?://[a-z]([a-z0-9-]*[a-z0-9])?(\.[a-z]([a-z0-9-]*[a-z0-9])?)*(:[0-9]{1,4})?(/[A-Za-z0-9._~-]*)*$"
+        pattern = r"^https?://([A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z]([A-Za-z0-9-]*[A-Za-z0-9])?)*|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3})(:[0-9]{1,4})?(/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)*(\?[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*)?$"
     ))]
     pub url: String,
     /// The event types to receive; all of them when absent.
