@@ -14,6 +14,7 @@ mod idempotency;
 mod lifecycle;
 mod messaging;
 mod multi_instance;
+mod operability;
 mod pg;
 mod restart;
 mod robustness;
