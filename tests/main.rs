@@ -15,6 +15,7 @@ mod idempotency;
 mod lifecycle;
 mod messaging;
 mod multi_instance;
+mod operability;
 mod pg;
 mod restart;
 mod robustness;

@@ -53,6 +53,8 @@ pub struct TestOptions {
     pub idempotency_wait: std::time::Duration,
     /// How webhook deliveries are made (the dispatcher runs as in the server, polling often).
     pub webhooks: WebhookSettings,
+    /// Whether `/metrics` is served beside the API (false: as with `--metrics-addr`).
+    pub metrics: bool,
 }
 
 impl Default for TestOptions {
@@ -84,6 +86,7 @@ impl Default for TestOptions {
                 poll_interval: StdDuration::from_millis(50),
                 ..WebhookSettings::default()
             },
+            metrics: true,
         }
     }
 }
@@ -212,6 +215,7 @@ impl TestContext {
                 },
                 cors: options.cors.clone(),
                 host_guard: HostGuard::for_listener(local, &options.allowed_hosts),
+                metrics: options.metrics,
             },
         );
         let (dispatcher_stop, stop_rx) = tokio::sync::watch::channel(false);

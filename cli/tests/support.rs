@@ -85,6 +85,7 @@ impl Server {
             },
             cors: CorsOrigins::None,
             host_guard: HostGuard::for_listener(local, &[]),
+            metrics: true,
         };
         let app = agent_sessions_server::app(service.clone(), access, http);
         let (tx, rx) = oneshot::channel::<()>();

@@ -244,9 +244,45 @@ pub struct Config {
     #[arg(long = "allowed-hosts", env = "ALLOWED_HOSTS", value_delimiter = ',')]
     pub allowed_hosts: Vec<String>,
 
+    /// Serve `GET /metrics` on this address of its own (e.g. `0.0.0.0:9090`), public there and absent from the
+    /// API's port. Unset: `/metrics` is served beside the API, behind an API key when keys are configured.
+    #[arg(long, env = "METRICS_ADDR", value_parser = host_port)]
+    pub metrics_addr: Option<HostPort>,
+
+    /// Log lines as `text` (colored on a terminal) or `json` (one object per line, for log collectors).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// Print the OpenAPI document the handlers generate, and exit.
     #[arg(long)]
     pub print_openapi: bool,
+}
+
+/// A listening address: a host name or IP address, and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+/// `host:port`, `[v6]:port` or `:port` (every address: `0.0.0.0`).
+fn host_port(raw: &str) -> Result<HostPort, String> {
+    let bad = || format!("expected HOST:PORT (e.g. 127.0.0.1:9090), got '{raw}'");
+    let (host, port) = raw.trim().rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    Ok(HostPort {
+        host: host.to_string(),
+        port,
+    })
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// A secret setting (an API key, the token secret): never printed, also not by `Debug`.
@@ -406,6 +442,7 @@ impl Config {
             },
             cors: CorsOrigins::parse(&origins),
             host_guard: HostGuard::for_listener(listening, &self.allowed_hosts),
+            metrics: self.metrics_addr.is_none(),
         }
     }
 

@@ -15,6 +15,7 @@
 //! - [`webhooks`]: outbound webhooks: signing, and the background dispatcher of the store's delivery queue.
 //! - [`outage`]: retry pacing and once-per-burst failure logs, for living through database outages.
 //! - [`serve`]: connections: accept loop, cap, header and idle timeouts, bounded drain at shutdown.
+//! - [`metrics`]: the Prometheus metrics: names, the process-wide recorder, one function per thing measured.
 //! - [`fd_limit`]: the open-file limit, raised at start, and the connection budget it allows.
 //! - [`shutdown`]: the stop signals and the last-resort exit at the shutdown's bound.
 //! - [`config`]: flags and environment variables.
@@ -28,6 +29,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod fd_limit;
+pub mod metrics;
 pub mod outage;
 pub mod serve;
 pub mod service;

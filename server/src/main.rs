@@ -3,9 +3,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use agent_sessions_server::api::probes::metrics_app;
 use agent_sessions_server::auth::Access;
 use agent_sessions_server::clock::SystemClock;
-use agent_sessions_server::config::{shutdown_reserve, Config};
+use agent_sessions_server::config::{shutdown_reserve, Config, LogFormat};
 use agent_sessions_server::service::SessionService;
 use agent_sessions_server::shutdown::{exit_after, StopSignals};
 use agent_sessions_server::sweeper::Sweeper;
@@ -32,11 +33,7 @@ fn main() -> anyhow::Result<()> {
         println!("{}", openapi_spec_json());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
-        )
-        .init();
+    init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -72,8 +69,19 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("{lowered}");
     }
 
-    // Bound first, so that protected mode judges the address actually listened on.
-    let listener = serve::bind(&config.host, config.port).await?;
+    // Bound first, so that protected mode judges the address actually listened on, and so that a busy port
+    // stops the server before it creates anything.
+    let listener = serve::bind(&config.host, config.port)
+        .await
+        .map_err(|e| listen_failed(e, "--port / SERVER_PORT"))?;
+    let metrics_listener = match &config.metrics_addr {
+        Some(at) => Some(
+            serve::bind(&at.host, at.port)
+                .await
+                .map_err(|e| listen_failed(e, "--metrics-addr / METRICS_ADDR"))?,
+        ),
+        None => None,
+    };
     let addr = listener.local_addr()?;
     if let Err(refusal) = protected_mode(&config, addr) {
         eprintln!("{refusal}");
@@ -92,6 +100,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     for agent in service.list_agents().await? {
         tracing::info!(id = %agent.id, name = %agent.name, "agent available");
+    }
+
+    if let Some(listener) = metrics_listener {
+        let at = listener.local_addr()?;
+        let stopping = service.stopping().clone();
+        tokio::spawn(serve(listener, metrics_app(), async move {
+            stopping.cancelled().await
+        }));
+        tracing::info!("metrics on http://{at}/metrics");
     }
 
     let mut signals = StopSignals::install()?;
@@ -169,6 +186,31 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(took = ?signalled.elapsed(), "stopped");
     Ok(())
+}
+
+/// Log lines as `format` says, filtered by `RUST_LOG`; colors only on a terminal, so that a file or a log
+/// collector never gets escape codes.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+    }
+}
+
+/// A listener that could not be made, with a hint when the port is taken.
+fn listen_failed(e: std::io::Error, setting: &str) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!("{e} (is another server running? choose another with {setting})")
+    } else {
+        anyhow::anyhow!(e)
+    }
 }
 
 /// Redis-style protected mode: without an API key the server is open to anyone who reaches it, which is only

@@ -130,6 +130,9 @@ impl Sweeper {
                         purged = purges => match purged {
                             Ok((sessions, keys)) => {
                                 outage.recovered();
+                                if let Err(e) = self.service.count_active_sessions(now).await {
+                                    tracing::debug!(error = %e, "could not count the active sessions");
+                                }
                                 if sessions > 0 || keys > 0 {
                                     tracing::info!(
                                         purged = sessions,

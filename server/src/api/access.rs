@@ -218,8 +218,8 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
 
     async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let path = req.uri().path();
-        // Documentation and the spec are public and not counted.
-        if !(path == "/api" || path.starts_with("/api/")) {
+        // Documentation, the spec and the probes are public and not counted; `/metrics` is an operator's.
+        if !(path == "/api" || path.starts_with("/api/") || path == "/metrics") {
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
         let principal = {
@@ -236,6 +236,7 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
             }
             self.access.authenticate(Credentials { api_key, bearer })
         };
+        super::observe::note_principal(&principal);
         let ip = client_ip(&req, self.access.trust_forwarded_for());
         // Callers without valid credentials are limited where they are served, on the public operations.
         // Elsewhere they get their 401 at once: it costs a digest, reads nothing, and a key cannot be guessed,
@@ -255,6 +256,7 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
             retry_after_secs,
         } = decision
         {
+            crate::metrics::rate_limited(principal.kind());
             let mut resp = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimitExceeded,

@@ -158,16 +158,26 @@ impl ApiError {
         self
     }
 
-    /// A 500 whose body says nothing about the cause; the cause is logged under the returned request id.
+    /// A 500 whose body says nothing about the cause; the cause is logged under the request's id (which the
+    /// body carries, as every error body does), or under a new one outside a request.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        let request_id = Uuid::new_v4();
-        tracing::error!(%request_id, error = %cause, "internal error");
-        ApiError::new(
+        let error = ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::InternalServerError,
             "Internal server error",
-        )
-        .with_details(serde_json::json!({ "requestId": request_id.to_string() }))
+        );
+        match super::observe::request_id() {
+            // The request's span already names the id in the log line.
+            Some(_) => {
+                tracing::error!(error = %cause, "internal error");
+                error
+            }
+            None => {
+                let request_id = Uuid::new_v4().to_string();
+                tracing::error!(%request_id, error = %cause, "internal error");
+                error.with_details(serde_json::json!({ "requestId": request_id }))
+            }
+        }
     }
 
     /// A 503: the store cannot serve the request right now (unreachable, restarting, out of space, read-only). The body
@@ -192,13 +202,21 @@ impl ApiError {
             .unwrap_or_default()
     }
 
+    /// The body, whose `details` carry the request's id (besides what the error put there) so that a client
+    /// can quote it and an operator find the request's log lines.
     fn body(&self) -> ErrorResponse {
+        let mut details = self.details.clone();
+        if let Some(id) = super::observe::request_id() {
+            details
+                .get_or_insert_with(Map::new)
+                .insert("requestId".to_string(), Value::String(id));
+        }
         ErrorResponse {
             error: ErrorInfo {
                 code: self.code,
                 message: self.message.clone(),
                 timestamp: Timestamp(now()),
-                details: self.details.clone().map(JsonObject),
+                details: details.map(JsonObject),
             },
         }
     }
@@ -445,7 +463,7 @@ fn describe(status: u16) -> &'static str {
         422 => "This `Idempotency-Key` was used for a different request (`IDEMPOTENCY_KEY_REUSED`)",
         413 => "Request body too large (`PAYLOAD_TOO_LARGE`)",
         415 => "Content-Type is not application/json (`INVALID_CONTENT_TYPE`)",
-        500 => "Internal error (`INTERNAL_SERVER_ERROR`); details carry a request id",
+        500 => "Internal error (`INTERNAL_SERVER_ERROR`); quote `details.requestId` when reporting it",
         502 => "The agent failed to answer (`AGENT_ERROR`); the user message stays stored",
         503 => {
             "The database is unavailable right now (`SERVICE_UNAVAILABLE`), e.g. unreachable, restarting, full \
@@ -512,6 +530,8 @@ error_statuses! {
     CreateWebhookErrors = [400, 401, 403, 413, 415, 429, 500, 503];
     WebhookListErrors = [401, 403, 429, 500, 503];
     DeleteWebhookErrors = [401, 403, 404, 429, 500, 503];
+    // Rendering reads no store; 404 where metrics have a listener of their own (`--metrics-addr`).
+    MetricsErrors = [401, 403, 404, 429, 500];
 }
 
 #[cfg(test)]

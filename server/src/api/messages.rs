@@ -240,6 +240,11 @@ async fn send_message(
     command: SendMessage,
 ) -> Result<Sent, ApiError> {
     let mut outcome = service.send(&session_id, command).await?;
+    crate::metrics::message(match outcome.transport {
+        Transport::WebSocket => "websocket",
+        Transport::Http => "http",
+        Transport::Sse => "sse",
+    });
     match outcome.transport {
         Transport::WebSocket => Ok(Sent::Json(JsonBytes::new(&message_response(
             &outcome, None,

@@ -5,6 +5,7 @@ pub mod access;
 mod agents;
 mod body;
 pub mod browser;
+mod compress;
 pub(crate) mod decode;
 pub mod error;
 mod event_feed;
@@ -16,6 +17,8 @@ mod idempotency;
 mod json_out;
 mod messages;
 pub mod models;
+pub mod observe;
+pub mod probes;
 pub mod routes;
 mod sessions;
 pub mod stream_slots;
@@ -51,6 +54,8 @@ pub enum ApiTags {
     Agents,
     /// Receivers of signed session and message events.
     Webhooks,
+    /// Probes for orchestrators, and metrics.
+    Operations,
 }
 
 pub use browser::CorsOrigins;
@@ -65,6 +70,8 @@ pub struct HttpSettings {
     pub cors: CorsOrigins,
     /// Which `Host` names an open server answers (the DNS-rebinding guard); off when keys are required.
     pub host_guard: HostGuard,
+    /// Whether `GET /metrics` is served beside the API (not when it has a listener of its own).
+    pub metrics: bool,
 }
 
 type Apis = (
@@ -73,9 +80,14 @@ type Apis = (
     events_ws::EventsWsApi,
     agents::AgentsApi,
     webhooks::WebhooksApi,
+    probes::ProbesApi,
 );
 
 fn service() -> OpenApiService<Apis, ()> {
+    service_with(probes::ProbesApi::default())
+}
+
+fn service_with(probes: probes::ProbesApi) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (
             sessions::SessionsApi,
@@ -83,6 +95,7 @@ fn service() -> OpenApiService<Apis, ()> {
             events_ws::EventsWsApi,
             agents::AgentsApi,
             webhooks::WebhooksApi,
+            probes,
         ),
         "agent-sessions",
         env!("CARGO_PKG_VERSION"),
@@ -104,8 +117,9 @@ pub fn contract_json() -> &'static str {
     })
 }
 
-/// The whole HTTP application over a service. Layers, outermost first: the error clock's scope, the DNS-rebinding guard (open servers on
-/// loopback only), CORS (with the origin filter), security headers, panic catching, access control
+/// The whole HTTP application over a service. Layers, outermost first: the request's id, log line and metrics,
+/// the error clock's scope, the DNS-rebinding guard (open servers on loopback only), CORS (with the origin
+/// filter), compression (of the documents and lists only), security headers, panic catching, access control
 /// (authentication and rate limits, before any route runs), the JSON error shape, then the routes.
 pub fn app(
     service_state: Arc<SessionService>,
@@ -132,15 +146,24 @@ pub fn app_with(
         settings.host_guard.clone()
     };
     let clock = service_state.clock();
-    let api = service();
+    let api = service_with(probes::ProbesApi {
+        metrics: settings.metrics,
+        ..probes::ProbesApi::default()
+    });
     // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec, and name the
     // page after the project (poem-openapi titles it "Swagger UI", which says nothing in a tab or a bookmark).
     let docs = api
         .swagger_ui_html()
         .replacen(&api.spec(), contract_json(), 1)
         .replacen("<title>Swagger UI</title>", DOCS_TITLE, 1);
+    // The probes and `/metrics` are operations of the same service, outside `/api`: one endpoint, routed from
+    // each of their paths too (`at` keeps the path whole, as `nest_no_strip` does).
+    let api = Arc::new(poem::IntoEndpoint::into_endpoint(api));
     let routes = Route::new()
-        .nest_no_strip("/api", api)
+        .nest_no_strip("/api", api.clone())
+        .at("/livez", api.clone())
+        .at("/readyz", api.clone())
+        .at("/metrics", api)
         .at(
             "/openapi.json",
             poem::endpoint::make_sync(|_| {
@@ -178,10 +201,12 @@ pub fn app_with(
                 .with_handler(|_| ApiError::internal(&"handler panicked").as_poem_response()),
         )
         .around(browser::security_headers);
+    let routes = compress::Compress::new(routes);
     let routes = beside(routes, mounted);
     browser::with_cors(routes, settings.cors)
         .with(host_guard)
         .with(error::ErrorClock(clock))
+        .with(observe::Observe)
 }
 
 /// `routes`, with requests under the mounted endpoint's prefix handed to it instead.
@@ -266,32 +291,41 @@ async fn json_errors<E: Endpoint>(next: E, req: Request) -> poem::Result<Respons
     match next.call(req).await {
         Ok(resp) => Ok(resp.into_response()),
         Err(err) => {
-            let path = uri.path();
-            // `health` is reserved for GET only; a DELETE of it is a lookup of a session that cannot exist.
-            if method == Method::DELETE
-                && err.status() == StatusCode::METHOD_NOT_ALLOWED
-                && path.trim_end_matches('/') == "/api/messaging/sessions/health"
-            {
-                return Ok(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    ErrorCode::SessionNotFound,
-                    "Session 'health' not found",
-                )
-                .as_poem_response());
+            // The operation that failed names the request in metrics and logs, as a success would.
+            let operation = err.data::<poem_openapi::OperationId>().copied();
+            let mut resp = json_error(err, &method, uri.path());
+            if let Some(operation) = operation {
+                resp.set_data(operation);
             }
-            // An id that does not even decode to UTF-8 names no session or agent: 404 like any unknown id.
-            if err.is::<poem::error::ParsePathError>() {
-                if let Some(resp) = unknown_id_in_path(path) {
-                    return Ok(resp.as_poem_response());
-                }
-            }
-            let mut error = error::from_poem_error(err, &method, path);
-            if error.status == StatusCode::METHOD_NOT_ALLOWED {
-                if let Some(methods) = routes::allowed(path) {
-                    error = error.with_header(poem::http::header::ALLOW, methods);
-                }
-            }
-            Ok(error.as_poem_response())
+            Ok(resp)
         }
     }
+}
+
+fn json_error(err: poem::Error, method: &Method, path: &str) -> Response {
+    // `health` is reserved for GET only; a DELETE of it is a lookup of a session that cannot exist.
+    if method == Method::DELETE
+        && err.status() == StatusCode::METHOD_NOT_ALLOWED
+        && path.trim_end_matches('/') == "/api/messaging/sessions/health"
+    {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::SessionNotFound,
+            "Session 'health' not found",
+        )
+        .as_poem_response();
+    }
+    // An id that does not even decode to UTF-8 names no session or agent: 404 like any unknown id.
+    if err.is::<poem::error::ParsePathError>() {
+        if let Some(resp) = unknown_id_in_path(path) {
+            return resp.as_poem_response();
+        }
+    }
+    let mut error = error::from_poem_error(err, method, path);
+    if error.status == StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(methods) = routes::allowed(path) {
+            error = error.with_header(poem::http::header::ALLOW, methods);
+        }
+    }
+    error.as_poem_response()
 }

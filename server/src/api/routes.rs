@@ -1,6 +1,7 @@
 //! What the contract says of a request's path, read once from `openapi.yaml`'s paths so that it cannot fall out
-//! of step with the routes: the methods it documents there (the `Allow` header of a 405, RFC 9110 §15.5.6), and
-//! whether an operation is public (it lists no security requirement).
+//! of step with the routes: the methods it documents there (the `Allow` header of a 405, RFC 9110 §15.5.6),
+//! whether an operation is public (it lists no security requirement), and each operation's path template (for
+//! logs).
 
 use std::sync::OnceLock;
 
@@ -103,7 +104,29 @@ pub fn allowed(path: &str) -> Option<String> {
     )
 }
 
-/// Whether `method` on `path` is an operation that needs no credentials (the health check).
+/// The path template of the operation `operation_id` (`/api/messaging/sessions/{sessionId}`), if the contract
+/// has it.
+pub fn template(operation_id: &str) -> Option<&'static str> {
+    static TEMPLATES: OnceLock<std::collections::HashMap<String, String>> = OnceLock::new();
+    TEMPLATES
+        .get_or_init(|| {
+            let contract: serde_json::Value =
+                serde_json::from_str(super::contract_json()).unwrap_or_default();
+            let mut templates = std::collections::HashMap::new();
+            for (path, item) in contract["paths"].as_object().into_iter().flatten() {
+                for op in item.as_object().into_iter().flatten().map(|(_, op)| op) {
+                    if let Some(id) = op["operationId"].as_str() {
+                        templates.insert(id.to_string(), path.clone());
+                    }
+                }
+            }
+            templates
+        })
+        .get(operation_id)
+        .map(String::as_str)
+}
+
+/// Whether `method` on `path` is an operation that needs no credentials (the health check, the probes).
 pub fn is_public(method: &Method, path: &str) -> bool {
     matching(path).iter().any(|e| e.public.contains(method))
 }
@@ -131,8 +154,20 @@ mod tests {
     }
 
     #[test]
-    fn only_the_health_check_is_public() {
+    fn operations_have_their_path_templates() {
+        assert_eq!(
+            super::template("getSession"),
+            Some("/api/messaging/sessions/{sessionId}")
+        );
+        assert_eq!(super::template("docs"), None);
+    }
+
+    #[test]
+    fn only_the_health_check_and_the_probes_are_public() {
         assert!(is_public(&Method::GET, "/api/messaging/sessions/health"));
+        assert!(is_public(&Method::GET, "/livez"));
+        assert!(is_public(&Method::GET, "/readyz"));
+        assert!(!is_public(&Method::GET, "/metrics"));
         assert!(!is_public(&Method::GET, "/api/messaging/sessions/abc"));
         assert!(!is_public(&Method::GET, "/api/agents"));
         assert!(!is_public(&Method::POST, "/api/messaging/sessions/health"));

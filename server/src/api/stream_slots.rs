@@ -78,6 +78,7 @@ impl StreamSlots {
         *here += 1;
         open.total += 1;
         self.count.send_replace(open.total);
+        crate::metrics::event_stream(1.0);
         Ok(Slot {
             slots: self.clone(),
             session,
@@ -97,6 +98,7 @@ impl StreamSlots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        crate::metrics::event_stream(-1.0);
         let mut open = self.slots.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total = open.total.saturating_sub(1);
         self.slots.count.send_replace(open.total);

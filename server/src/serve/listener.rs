@@ -30,6 +30,18 @@ pub async fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
     // Restarting must not wait for the previous process's connections in TIME_WAIT to expire.
     #[cfg(unix)]
     socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(BACKLOG)
+    socket
+        .bind(addr)
+        .and_then(|()| socket.listen(BACKLOG))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {}", reason(&e))))
+}
+
+/// Why listening failed, in words (the OS error's own text is capitalised and ends in its number).
+fn reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address already in use".to_string(),
+        io::ErrorKind::AddrNotAvailable => "no such address on this machine".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    }
 }

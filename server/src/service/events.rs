@@ -114,9 +114,9 @@ impl SessionService {
             let full = due.len() == BATCH as usize;
             for current in due {
                 let mut next = current.clone();
-                let events = match next.take_due_notice(now) {
-                    Some(Notice::Expired) => vec![SessionEvent::expired(&next, now)],
-                    Some(Notice::Warned) => vec![SessionEvent::warning(&next, now)],
+                let (events, expired) = match next.take_due_notice(now) {
+                    Some(Notice::Expired) => (vec![SessionEvent::expired(&next, now)], true),
+                    Some(Notice::Warned) => (vec![SessionEvent::warning(&next, now)], false),
                     _ => continue,
                 };
                 next.version = current.version + 1;
@@ -127,6 +127,11 @@ impl SessionService {
                     .await?
                 {
                     announced += 1;
+                    if expired {
+                        crate::metrics::session_expired();
+                    } else {
+                        crate::metrics::expiry_warning();
+                    }
                 }
             }
             if !full {

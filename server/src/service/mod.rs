@@ -218,6 +218,7 @@ impl SessionService {
         if !self.store.insert_session(&session).await? {
             return Err(SessionError::AgentNotFound(body.agent_id.to_string()));
         }
+        crate::metrics::session_created();
         Ok(SessionView { session, now })
     }
 
@@ -252,9 +253,11 @@ impl SessionService {
     /// Deletes a session, expired or not; only one already past retention counts as absent.
     pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
         let now = self.clock.now();
-        let uuid = self.lookup(id, now).await?.id;
+        let session = self.lookup(id, now).await?;
+        let uuid = session.id;
         let deleted = vec![SessionEvent::deleted(uuid, now)];
         if self.store.delete_session(uuid, deleted).await? {
+            crate::metrics::session_deleted(!session.is_expired(now));
             Ok(())
         } else {
             Err(SessionError::SessionNotFound(id.to_string()))
@@ -262,16 +265,19 @@ impl SessionService {
     }
 
     pub async fn renew(&self, id: &str) -> Result<SessionView, SessionError> {
-        self.update(id, |s, now| {
-            s.renew(now).map_err(|RenewRefused::MaxDurationReached| {
-                SessionError::RenewalFailed {
-                    id: s.id.to_string(),
-                    reason: "maximum session duration reached".into(),
-                }
-            })?;
-            Ok(vec![SessionEvent::session(s, SessionChange::Renewed, now)])
-        })
-        .await
+        let renewed = self
+            .update(id, |s, now| {
+                s.renew(now).map_err(|RenewRefused::MaxDurationReached| {
+                    SessionError::RenewalFailed {
+                        id: s.id.to_string(),
+                        reason: "maximum session duration reached".into(),
+                    }
+                })?;
+                Ok(vec![SessionEvent::session(s, SessionChange::Renewed, now)])
+            })
+            .await?;
+        crate::metrics::session_renewed();
+        Ok(renewed)
     }
 
     pub async fn heartbeat(&self, id: &str) -> Result<SessionView, SessionError> {
@@ -433,6 +439,17 @@ impl SessionService {
 
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// Sets the active-sessions gauge from the store's count (the sweeper's purge pass: a count per pass, never
+    /// per request or scrape).
+    pub async fn count_active_sessions(&self, now: DateTime<Utc>) -> Result<(), SessionError> {
+        let counts = self
+            .store
+            .count_sessions(&SessionFilter::default(), now, self.retained_after(now))
+            .await?;
+        crate::metrics::set_active_sessions(counts.active);
+        Ok(())
     }
 
     /// The clock every operation reads (access control uses it too, for token expiry and rate-limit windows).

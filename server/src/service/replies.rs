@@ -219,6 +219,11 @@ impl Replier {
             .recent_messages(session.id, message.seq, self.history_limit)
             .await
             .map_err(|_| failed("could not load the history"))?;
+        let backend_kind = match &agent.backend {
+            crate::domain::AgentBackend::Echo => "echo",
+            crate::domain::AgentBackend::Webhook { .. } => "webhook",
+            crate::domain::AgentBackend::OpenAi(_) => "openai",
+        };
         let backend = self.backends.for_agent(&agent.backend)?;
         let request = AgentRequest {
             agent,
@@ -246,10 +251,18 @@ impl Replier {
             let (reply, ()) = tokio::join!(reply, forward);
             reply
         };
-        match tokio::time::timeout(self.agent_timeout, work).await {
+        let started = std::time::Instant::now();
+        let reply = match tokio::time::timeout(self.agent_timeout, work).await {
             Ok(reply) => reply,
             Err(_) => Err(AgentError::Timeout(self.agent_timeout)),
-        }
+        };
+        let outcome = match &reply {
+            Ok(_) => "ok",
+            Err(AgentError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        crate::metrics::agent_reply(backend_kind, outcome, started.elapsed());
+        reply
     }
 }
 

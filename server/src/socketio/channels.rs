@@ -53,6 +53,7 @@ pub async fn on_send(
 }
 
 pub async fn on_disconnect(s: SocketRef, State(realtime): State<Arc<Realtime>>) {
+    crate::metrics::socketio_connection(-1.0);
     realtime.bridge.forget(s.id);
 }
 
@@ -145,6 +146,7 @@ async fn send(realtime: &Realtime, s: &SocketRef, payload: Value) {
     };
     match sent {
         Ok(outcome) => {
+            crate::metrics::message("socketio");
             let ack = MessageAck {
                 client_message_id: outgoing.message_id.unwrap_or(Value::Null),
                 message_id: outcome.user_message.id,

@@ -64,6 +64,7 @@ pub async fn on_connect(
     TryData(auth): TryData<HandshakeAuth>,
     State(realtime): State<Arc<Realtime>>,
 ) {
+    crate::metrics::socketio_connection(1.0);
     if let Some(entity_id) = auth.ok().and_then(|a| a.entity_id) {
         let timestamp = realtime.service.now().timestamp_millis();
         let _ = s.emit(

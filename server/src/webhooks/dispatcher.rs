@@ -146,6 +146,7 @@ async fn send(shared: Arc<Shared>, delivery: Delivery) {
         shared.settings.timeout,
     )
     .await;
+    crate::metrics::webhook_delivery(sent.is_ok());
     let outcome = match sent {
         Ok(()) => DeliveryOutcome::Delivered,
         Err(error) => shared

@@ -132,7 +132,7 @@ impl PostgresStore {
         queued: u64,
     ) -> Result<(), StoreError> {
         if events.is_empty() {
-            tx.commit().await.map_err(backend)?;
+            commit(tx).await?;
             self.announce_queued(queued);
             return Ok(());
         }
@@ -140,7 +140,7 @@ impl PostgresStore {
         let listening = self.db.reach.listening.load(Ordering::Acquire);
         let (ack, loopback) = self.shared.loopback();
         notify(&mut *tx, events, Some(ack)).await.map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         self.announce_queued(queued);
         if listening {
             loopback.wait().await;
@@ -256,7 +256,7 @@ impl SessionStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         Ok(AgentDeletion::Deleted)
     }
 
@@ -267,7 +267,7 @@ impl SessionStore for PostgresStore {
             return Ok(false);
         }
         let queued = webhooks::queue_created(&mut tx, session).await?;
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         self.announce_queued(queued);
         Ok(true)
     }
@@ -390,7 +390,7 @@ impl SessionStore for PostgresStore {
         .await
         .map_err(backend)?;
         writes::delete_children(&mut tx, &ids).await?;
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         Ok(ids.len() as u64)
     }
 
@@ -488,7 +488,7 @@ impl SessionStore for PostgresStore {
         .await
         .map_err(backend)?;
         let message = one(claimed, super::rows::message)?;
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         Ok(message)
     }
 
@@ -741,7 +741,7 @@ impl SessionStore for PostgresStore {
         let mut conn = self.db.acquire().await?;
         let mut tx = conn.begin().await.map_err(backend)?;
         let deleted = webhooks::delete_webhook(&mut tx, id).await?;
-        tx.commit().await.map_err(backend)?;
+        commit(tx).await?;
         Ok(deleted)
     }
 
@@ -828,4 +828,12 @@ impl SessionStore for PostgresStore {
         }
         self.db.pool.close().await;
     }
+}
+
+/// Commits `tx`, recording how long the commit took (one write per transaction on this backend).
+async fn commit(tx: sqlx::Transaction<'_, Postgres>) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    tx.commit().await.map_err(backend)?;
+    crate::metrics::store_commit("postgres", 1, started.elapsed());
+    Ok(())
 }

@@ -174,7 +174,9 @@ fn commit_and_answer(
     if batch.is_empty() {
         return;
     }
+    let started = std::time::Instant::now();
     let outcomes = apply_batch(conn, batch, reads, keep);
+    crate::metrics::store_commit("sqlite", batch.len(), started.elapsed());
     // One line when writes start failing for lack of space or access, one when a commit succeeds again.
     match outcomes.iter().find_map(|o| {
         o.as_ref()

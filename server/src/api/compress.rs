@@ -1,0 +1,103 @@
+//! Response compression (gzip, br; as `Accept-Encoding` asks) of the large answers only: the documentation page,
+//! the contract, and the lists (listSessions, getMessages, listAgents, listWebhooks). Everything else passes
+//! untouched: small answers gain nothing, and an event stream (SSE, the WebSocket feed, Socket.IO, a send with
+//! the `sse` transport) must reach the client frame by frame, not when a compressor's buffer fills.
+
+use std::sync::Arc;
+
+use poem::http::header::{HeaderValue, ACCEPT_ENCODING, VARY};
+use poem::http::Method;
+use poem::middleware::{Compression, CompressionEndpoint};
+use poem::web::{CompressionAlgo, CompressionLevel};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+
+/// A middle level: the documentation page is large, and brotli's highest level would spend a second on it.
+const LEVEL: CompressionLevel = CompressionLevel::Precise(4);
+
+pub struct Compress<E: Endpoint> {
+    plain: Arc<E>,
+    compressed: CompressionEndpoint<Arc<E>>,
+}
+
+impl<E: Endpoint> Compress<E> {
+    pub fn new(inner: E) -> Self {
+        let plain = Arc::new(inner);
+        let compressed = Compression::new()
+            .algorithms([CompressionAlgo::GZIP, CompressionAlgo::BR])
+            .with_quality(LEVEL)
+            .transform(plain.clone());
+        Self { plain, compressed }
+    }
+}
+
+/// Whether the answer to `method` on `path` may be compressed.
+fn compressible(method: &Method, path: &str) -> bool {
+    if method != Method::GET {
+        return false;
+    }
+    match path {
+        "/docs"
+        | "/openapi.json"
+        | "/openapi.yaml"
+        | "/api/messaging/sessions"
+        | "/api/agents"
+        | "/api/webhooks" => true,
+        _ => path
+            .strip_prefix("/api/messaging/sessions/")
+            .and_then(|rest| rest.strip_suffix("/messages"))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/')),
+    }
+}
+
+impl<E: Endpoint> Endpoint for Compress<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        if !compressible(req.method(), req.uri().path()) {
+            return self.plain.call(req).await.map(IntoResponse::into_response);
+        }
+        // Only a request that asks for an encoding goes through the compressor (which would otherwise still
+        // read a `Content-Encoding` of the request).
+        let asks = req.headers().contains_key(ACCEPT_ENCODING);
+        let mut resp = if asks {
+            self.compressed.call(req).await?
+        } else {
+            self.plain.call(req).await?.into_response()
+        };
+        // Caches must keep the encodings apart.
+        resp.headers_mut()
+            .append(VARY, HeaderValue::from_static("accept-encoding"));
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_documents_and_lists_are_compressed() {
+        for path in [
+            "/docs",
+            "/openapi.json",
+            "/openapi.yaml",
+            "/api/messaging/sessions",
+            "/api/agents",
+            "/api/webhooks",
+            "/api/messaging/sessions/abc/messages",
+        ] {
+            assert!(compressible(&Method::GET, path), "{path}");
+        }
+        for (method, path) in [
+            (Method::POST, "/api/messaging/sessions/abc/messages"),
+            (Method::GET, "/api/messaging/sessions/abc/events"),
+            (Method::GET, "/api/messaging/sessions/abc/ws"),
+            (Method::GET, "/api/messaging/sessions/abc"),
+            (Method::GET, "/socket.io/"),
+            (Method::GET, "/api/messaging/sessions//messages"),
+            (Method::GET, "/metrics"),
+        ] {
+            assert!(!compressible(&method, path), "{method} {path}");
+        }
+    }
+}
