@@ -60,6 +60,7 @@ pub fn handle() -> &'static PrometheusHandle {
             tracing::warn!("another metrics recorder is installed: /metrics will be empty");
         } else {
             describe();
+            register_at_zero();
         }
         let upkeep = handle.clone();
         let _ = std::thread::Builder::new()
@@ -131,6 +132,23 @@ fn describe() {
         Unit::Seconds,
         "Time a store commit took, by backend"
     );
+}
+
+/// The series without labels, listed from the first scrape on (at zero), not only once something happened: a
+/// dashboard or an alert on them then sees 0, not "no data".
+fn register_at_zero() {
+    for name in [
+        SESSIONS_CREATED,
+        SESSIONS_RENEWED,
+        SESSIONS_EXPIRED,
+        SESSIONS_DELETED,
+        EXPIRY_WARNINGS,
+    ] {
+        counter!(name).increment(0);
+    }
+    for name in [ACTIVE_SESSIONS, EVENT_STREAMS, SOCKETIO_CONNECTIONS] {
+        gauge!(name).increment(0.0);
+    }
 }
 
 /// An answered HTTP request. `operation` is a static name, never a raw path (ids would make a series each).

@@ -7,10 +7,9 @@ use serde_json::{json, Value};
 use socketioxide::extract::{Data, SocketRef, State};
 use socketioxide::SocketIo;
 
-use super::handshake::Scope;
 use super::wire::{Envelope, Joined, MessageAck, MessageError, Outgoing, Target};
 use super::wire::{ROOM_JOINING, SEND_MESSAGE};
-use super::Realtime;
+use super::{Realtime, Scope};
 use crate::domain::Session;
 
 /// `message {type, payload}`: a join or a send, by its numeric type (or the same number as a string).

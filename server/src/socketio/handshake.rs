@@ -6,17 +6,8 @@ use std::sync::Arc;
 use socketioxide::extract::{SocketRef, State, TryData};
 
 use super::wire::{Authenticated, ConnectionEstablished, HandshakeAuth};
-use super::{channels, Realtime};
+use super::{channels, Realtime, Scope};
 use crate::auth::{Credentials, Principal, Rejection};
-
-/// What a connected socket may reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Every channel (an API key, or any client of a server without keys).
-    Any,
-    /// The channel of this session only (a session token).
-    Session(uuid::Uuid),
-}
 
 /// The reference's refusal, which elizaOS clients show as the `connect_error`.
 const MISSING_KEY: &str = "Invalid or missing API Key";

@@ -29,6 +29,15 @@ const PING_INTERVAL: Duration = Duration::from_secs(25);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_PAYLOAD: u64 = 1_000_000;
 
+/// What a connected socket may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every channel (an API key, or any client of a server without keys).
+    Any,
+    /// The channel of this session only (a session token).
+    Session(uuid::Uuid),
+}
+
 /// What the Socket.IO handlers share: the service they act through, who may connect, and the channels watched.
 pub struct Realtime {
     service: Arc<SessionService>,
