@@ -122,6 +122,8 @@ pub struct TestContext {
     /// The webhook dispatcher, as the server runs it, and what stops it.
     dispatcher_stop: tokio::sync::watch::Sender<bool>,
     dispatcher: Option<tokio::task::JoinHandle<()>>,
+    /// Counts the dispatcher's recorded attempts (see `Dispatcher::recorded`).
+    webhook_attempts: tokio::sync::watch::Receiver<u64>,
 }
 
 impl TestContext {
@@ -219,7 +221,9 @@ impl TestContext {
             },
         );
         let (dispatcher_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let dispatcher = Dispatcher::new(service.clone(), options.webhooks).spawn(stop_rx);
+        let dispatcher = Dispatcher::new(service.clone(), options.webhooks);
+        let webhook_attempts = dispatcher.recorded();
+        let dispatcher = dispatcher.spawn(stop_rx);
         let connections = options.connections.clone();
         let stopping = service.clone();
         let server = tokio::spawn(async move {
@@ -249,6 +253,7 @@ impl TestContext {
             server: Some(server),
             dispatcher_stop,
             dispatcher: Some(dispatcher),
+            webhook_attempts,
         }
     }
 
@@ -316,6 +321,11 @@ impl TestContext {
     /// Wakes the webhook dispatcher now (after the clock moved), instead of at its next poll.
     pub fn wake_webhooks(&self) {
         self.store.deliveries_queued().notify_one();
+    }
+
+    /// Changes each time the webhook dispatcher has recorded an attempt's outcome.
+    pub fn webhook_attempts(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.webhook_attempts.clone()
     }
 }
 

@@ -18,7 +18,7 @@ fn data<T: serde::de::DeserializeOwned>(r: &Received) -> T {
 /// Waits until the queue holds `counts`: the receiver answered before the dispatcher recorded it.
 async fn drained(ctx: &TestContext, counts: DeliveryCounts) {
     let store = ctx.store.clone();
-    eventually(&format!("the queue holds {counts:?}"), || {
+    eventually(ctx, &format!("the queue holds {counts:?}"), || {
         let store = store.clone();
         async move { store.delivery_counts().await.unwrap() == counts }
     })
@@ -191,13 +191,17 @@ async fn a_receiver_down_for_a_while_then_up_gets_every_event_in_order_once() {
     advance(&ctx, Duration::seconds(10));
     let store = ctx.store.clone();
     let clock = ctx.clock.clone();
-    eventually("the third attempts failed and were put off by 20 s", || {
-        let (store, clock) = (store.clone(), clock.clone());
-        async move {
-            let due = store.next_delivery_at().await.unwrap();
-            due == Some(clock.now() + Duration::seconds(20))
-        }
-    })
+    eventually(
+        &ctx,
+        "the third attempts failed and were put off by 20 s",
+        || {
+            let (store, clock) = (store.clone(), clock.clone());
+            async move {
+                let due = store.next_delivery_at().await.unwrap();
+                due == Some(clock.now() + Duration::seconds(20))
+            }
+        },
+    )
     .await;
 
     // Back up: every event arrives, each once, each session's in order.

@@ -265,16 +265,26 @@ pub fn advance(ctx: &TestContext, by: chrono::Duration) {
     ctx.wake_webhooks();
 }
 
-/// Waits until `check` holds, looking again every few milliseconds; fails after `WAIT`. For states a test cannot
-/// be told of (a refused connection leaves no trace at the receiver), only in the store.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+/// Waits until `check` holds, looking again after each attempt the dispatcher records; fails after `WAIT`. For
+/// states a test cannot be told of at the receiver (a refused connection leaves no trace there), only in the
+/// store, where attempts record them.
+pub async fn eventually<F, Fut>(ctx: &TestContext, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    let mut recorded = ctx.webhook_attempts();
     let waited = tokio::time::timeout(WAIT, async {
-        while !check().await {
-            tokio::time::sleep(StdDuration::from_millis(10)).await;
+        loop {
+            // Seen before the check: an attempt recorded during it wakes the wait below.
+            recorded.borrow_and_update();
+            if check().await {
+                return;
+            }
+            if recorded.changed().await.is_err() {
+                // The dispatcher stopped: nothing will change any more; the timeout reports it.
+                std::future::pending::<()>().await;
+            }
         }
     })
     .await;

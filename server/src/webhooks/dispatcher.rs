@@ -40,16 +40,28 @@ struct Shared {
     clock: Arc<dyn Clock>,
     backends: Backends,
     settings: WebhookSettings,
+    recorded: watch::Sender<u64>,
 }
 
 pub struct Dispatcher {
     service: Arc<SessionService>,
     settings: WebhookSettings,
+    recorded: watch::Sender<u64>,
 }
 
 impl Dispatcher {
     pub fn new(service: Arc<SessionService>, settings: WebhookSettings) -> Self {
-        Self { service, settings }
+        Self {
+            service,
+            settings,
+            recorded: watch::Sender::new(0),
+        }
+    }
+
+    /// How many attempts have ended with their outcome recorded (or found no longer theirs), changing after
+    /// each: what an observer of the queue waits on, instead of polling the store.
+    pub fn recorded(&self) -> watch::Receiver<u64> {
+        self.recorded.subscribe()
     }
 
     /// Runs until `stop` changes (or its sender is gone) or the service starts shutting down; then lets the
@@ -65,6 +77,7 @@ impl Dispatcher {
             clock: self.service.clock(),
             backends: self.service.backends().clone(),
             settings: self.settings,
+            recorded: self.recorded,
         });
         let stopping = self.service.stopping().clone();
         let queued = shared.store.deliveries_queued();
@@ -179,6 +192,7 @@ async fn send(shared: Arc<Shared>, delivery: Delivery) {
             tracing::warn!(%webhook, %event, error = %e, "could not record a webhook delivery's outcome")
         }
     }
+    shared.recorded.send_modify(|n| *n += 1);
 }
 
 /// Deletes failed deliveries past their retention, a batch at a time.
