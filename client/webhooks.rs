@@ -192,6 +192,19 @@ mod tests {
     const SIGNATURE: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
     const FIVE_MINUTES: Duration = Duration::from_secs(300);
 
+    /// The example's signature and body, checked at its time against this secret, id and timestamp header.
+    fn signed_as(secret: &str, id: &str, timestamp: &str) -> Result<(), VerifyError> {
+        verify_at(
+            secret,
+            id,
+            timestamp,
+            SIGNATURE,
+            BODY,
+            FIVE_MINUTES,
+            TIMESTAMP,
+        )
+    }
+
     fn check(signature: &str, body: &[u8], now: i64) -> Result<(), VerifyError> {
         verify_at(
             SECRET,
@@ -218,36 +231,12 @@ mod tests {
             check(SIGNATURE, br#"{"test": 2432232315}"#, TIMESTAMP),
             Err(VerifyError::NoMatchingSignature)
         );
-        let other_id = verify_at(
-            SECRET,
-            "msg_other",
-            &TIMESTAMP.to_string(),
-            SIGNATURE,
-            BODY,
-            FIVE_MINUTES,
-            TIMESTAMP,
-        );
+        let other_id = signed_as(SECRET, "msg_other", &TIMESTAMP.to_string());
         assert_eq!(other_id, Err(VerifyError::NoMatchingSignature));
-        let other_secret = verify_at(
-            "whsec_bm90IHRoZSBzZWNyZXQ=",
-            ID,
-            &TIMESTAMP.to_string(),
-            SIGNATURE,
-            BODY,
-            FIVE_MINUTES,
-            TIMESTAMP,
-        );
+        let other_secret = signed_as("whsec_bm90IHRoZSBzZWNyZXQ=", ID, &TIMESTAMP.to_string());
         assert_eq!(other_secret, Err(VerifyError::NoMatchingSignature));
         // The timestamp is signed too: a delivery moved in time fails.
-        let moved = verify_at(
-            SECRET,
-            ID,
-            &(TIMESTAMP + 1).to_string(),
-            SIGNATURE,
-            BODY,
-            FIVE_MINUTES,
-            TIMESTAMP,
-        );
+        let moved = signed_as(SECRET, ID, &(TIMESTAMP + 1).to_string());
         assert_eq!(moved, Err(VerifyError::NoMatchingSignature));
     }
 
@@ -285,17 +274,7 @@ mod tests {
 
     #[test]
     fn malformed_inputs_say_what_is_wrong() {
-        let at = |secret: &str, timestamp: &str| {
-            verify_at(
-                secret,
-                ID,
-                timestamp,
-                SIGNATURE,
-                BODY,
-                FIVE_MINUTES,
-                TIMESTAMP,
-            )
-        };
+        let at = |secret: &str, timestamp: &str| signed_as(secret, ID, timestamp);
         assert_eq!(
             at("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "1614265330"),
             Err(VerifyError::InvalidSecret)
