@@ -2,9 +2,11 @@
 -- ids in a file, one a line. Arguments after wrk's `--`:
 --   IDS_FILE METHOD [SUFFIX [BODY]]
 -- e.g. `-- ids.txt GET`, `-- ids.txt POST /heartbeat`, `-- ids.txt POST /messages '{"content":"hi"}'`,
--- `-- ids.txt GET /messages`. The path is /api/messaging/sessions/<id><SUFFIX>.
+-- `-- ids.txt GET /messages`. The path is /api/messaging/sessions/<id><SUFFIX>. A line `<id> <token>` (seed's
+-- session-tokens.txt) sends that session's token as `Authorization: Bearer <token>` with each of its requests.
 
 local ids = {}
+local tokens = {}
 local method = "GET"
 local suffix = ""
 local body = nil
@@ -35,7 +37,13 @@ function init(args)
   for line in io.lines(file) do
     if #line > 0 then
       n = n + 1
-      ids[n] = line
+      local id, token = line:match("^(%S+)%s+(%S+)$")
+      if id then
+        ids[n] = id
+        tokens[n] = "Bearer " .. token
+      else
+        ids[n] = line
+      end
     end
   end
   if n == 0 then
@@ -46,6 +54,10 @@ function init(args)
 end
 
 function request()
-  local id = ids[math.random(#ids)]
+  local i = math.random(#ids)
+  local id = ids[i]
+  if tokens[i] then
+    headers["Authorization"] = tokens[i]
+  end
   return wrk.format(method, "/api/messaging/sessions/" .. id .. suffix, headers, body)
 end

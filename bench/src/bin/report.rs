@@ -6,7 +6,7 @@
 //!   connection count (median of the per-repeat ratios, each against the baseline measured just before).
 //!   Index lines: `repeat <TAB> connections <TAB> endpoint <TAB> method <TAB> wrk-output-file`; the endpoint
 //!   `baseline` is the baseline, for the method given (GET endpoints are compared with the GET baseline, POST
-//!   endpoints with the POST one).
+//!   endpoints with the POST one, `GET one URL` endpoints with a baseline that requests one URL too).
 //! - `report scale --index F --facts F --markdown OUT`: the scale tables. Index lines: `repeat <TAB> store <TAB>
 //!   connections <TAB> endpoint <TAB> wrk-output-file`, where store is `1k`, `1M`, `purge` (during the sweeper's
 //!   purge) or `nopurge` (the same server after it). Facts lines: `what <TAB> value <TAB> target`, printed as
@@ -138,7 +138,7 @@ fn main_table(index: &Path, markdown: &Path, with_targets: bool) -> anyhow::Resu
     let mut summary: BTreeMap<(String, u32), (Option<f64>, f64)> = BTreeMap::new();
     for &conns in &conns_order {
         let mut rows: Vec<(String, String)> = Vec::new();
-        for method in ["GET", "POST"] {
+        for method in ["GET", "GET one URL", "POST"] {
             if runs.contains_key(&(conns, "baseline".into(), method.into())) {
                 rows.push(("baseline".into(), method.into()));
             }
@@ -186,10 +186,10 @@ fn main_table(index: &Path, markdown: &Path, with_targets: bool) -> anyhow::Resu
     if with_targets {
         let targets = targets_table(&summary);
         println!();
-        println!("Targets of issue 5 (embedded SQLite store):");
+        println!("Targets (embedded SQLite store, API key on):");
         print!("{}", targets.text());
         md.push_str(&format!(
-            "\nTargets of issue 5 (embedded SQLite store):\n\n{}",
+            "\nTargets (embedded SQLite store, API key on):\n\n{}",
             targets.markdown()
         ));
     }
@@ -211,7 +211,13 @@ fn targets_table(summary: &BTreeMap<(String, u32), (Option<f64>, f64)>) -> Table
     };
     ratio("createSession", 50, 0.5);
     ratio("getSession", 50, 0.7);
-    ratio("sessionHeartbeat", 50, 0.7);
+    ratio("getSession (session token)", 50, 0.7);
+    ratio("sessionHeartbeat", 50, 0.5);
+    ratio("getMessages", 50, 0.5);
+    ratio("sendMessage", 50, 0.25);
+    for health in ["sessions health", "livez", "readyz"] {
+        ratio(health, 50, 0.8);
+    }
     for (endpoint, limit) in [("createSession", 5.0), ("getSession", 2.0)] {
         if let Some((_, p99)) = summary.get(&(endpoint.to_string(), 10)) {
             t.push(vec![
@@ -352,6 +358,66 @@ fn scale_tables(index: &Path, facts: &Path, markdown: &Path, large: u64) -> anyh
         }
     }
 
+    // The health routes against the baseline (store `baseline`), on both stores (`1k-health`, `1M-health`).
+    let mut health = Table::new(
+        &[
+            "route",
+            "conns",
+            "1k req/s",
+            "1k × baseline",
+            "1M req/s",
+            "1M × baseline",
+            "1M p99 ms",
+            "errors",
+        ],
+        &[false, true, true, true, true, true, true, true],
+    );
+    let health_keys: Vec<(u32, String)> = runs
+        .keys()
+        .filter(|(store, _, _)| store == "1M-health")
+        .map(|(_, conns, endpoint)| (*conns, endpoint.clone()))
+        .collect();
+    for (conns, endpoint) in health_keys {
+        let base = runs
+            .get(&("baseline".into(), conns, "baseline".into()))
+            .and_then(|r| cell(r));
+        let small = runs
+            .get(&("1k-health".into(), conns, endpoint.clone()))
+            .and_then(|r| cell(r));
+        let large = runs
+            .get(&("1M-health".into(), conns, endpoint.clone()))
+            .and_then(|r| cell(r));
+        let ratio = |c: Option<&Cell>| match (c, &base) {
+            (Some(c), Some(b)) if b.rps > 0.0 => format!("{:.3}", c.rps / b.rps),
+            _ => "-".into(),
+        };
+        health.push(vec![
+            endpoint.clone(),
+            conns.to_string(),
+            small.as_ref().map_or("-".into(), |c| fmt_rps(c.rps)),
+            ratio(small.as_ref()),
+            large.as_ref().map_or("-".into(), |c| fmt_rps(c.rps)),
+            ratio(large.as_ref()),
+            large.as_ref().map_or("-".into(), |c| fmt_ms(c.p99)),
+            (small.map_or(0, |c| c.errors) + large.map_or(0, |c| c.errors)).to_string(),
+        ]);
+    }
+    if let Some(b) = runs
+        .get(&("baseline".into(), 50, "baseline".into()))
+        .and_then(|r| cell(r))
+    {
+        health.push(vec![
+            "baseline (one URL)".into(),
+            "50".into(),
+            fmt_rps(b.rps),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            fmt_ms(b.p99),
+            b.errors.to_string(),
+        ]);
+    }
+
     let mut fact_table = Table::new(
         &["what", "measured", "target or note"],
         &[false, true, false],
@@ -373,10 +439,17 @@ fn scale_tables(index: &Path, facts: &Path, markdown: &Path, large: u64) -> anyh
     println!("{purge_title}");
     print!("{}", purge.text());
     println!();
+    let health_title = format!(
+        "Health routes on a store of 1 000 and of {large} sessions, against a baseline requesting one URL (target ≥ 0.8 ×):"
+    );
+    println!("{health_title}");
+    print!("{}", health.text());
+    println!();
     print!("{}", fact_table.text());
     let md = format!(
-        "{sizes_title}\n\n{}\n{purge_title}\n\n{}\n{}",
+        "{sizes_title}\n\n{}\n{health_title}\n\n{}\n{purge_title}\n\n{}\n{}",
         sizes.markdown(),
+        health.markdown(),
         purge.markdown(),
         fact_table.markdown()
     );

@@ -2,7 +2,8 @@
 //! ids of `getSession`, `sessionHeartbeat` and `sendMessage`, and sessions with a message history (`--messages`
 //! exchanges with the echo agent over the http transport: a user message and its reply each) for `getMessages`.
 //! Writes `session-ids.txt`, `message-session-ids.txt` (one id a line), `session.json` (one real `getSession`
-//! response body, the baseline's body) and `session-token.txt` (a session token of the first session) into
+//! response body, the baseline's body), `session-token.txt` (a session token of the first session) and, on a
+//! server with keys, `session-tokens.txt` (`<id> <its sessionToken>` a line, for getSession with tokens) into
 //! `--out-dir`. With `--api-key`, every request sends it (a server with keys).
 //!
 //! Seeded sessions have a 1440-minute timeout, so that none expires or enters its warning window (which would
@@ -50,7 +51,8 @@ struct Seeder {
 }
 
 impl Seeder {
-    async fn create_session(&self, n: usize) -> anyhow::Result<String> {
+    /// A new session's id, and its session token when the server issues one (a server with keys).
+    async fn create_session(&self, n: usize) -> anyhow::Result<(String, Option<String>)> {
         let body = json!({
             "agentId": DEMO_AGENT,
             "userId": uuid::Uuid::new_v4(),
@@ -70,10 +72,11 @@ impl Seeder {
             bail!("createSession answered {status}: {text}");
         }
         let session: Value = serde_json::from_str(&text)?;
-        session["sessionId"]
+        let id = session["sessionId"]
             .as_str()
             .map(str::to_string)
-            .context("createSession: no sessionId in the answer")
+            .context("createSession: no sessionId in the answer")?;
+        Ok((id, session["sessionToken"].as_str().map(str::to_string)))
     }
 
     async fn send_message(&self, session: &str, n: usize) -> anyhow::Result<()> {
@@ -139,7 +142,7 @@ async fn create_many(
     seeder: &Arc<Seeder>,
     count: usize,
     concurrency: usize,
-) -> anyhow::Result<Vec<String>> {
+) -> anyhow::Result<Vec<(String, Option<String>)>> {
     stream::iter(0..count)
         .map(|n| {
             let seeder = seeder.clone();
@@ -174,14 +177,26 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out_dir)?;
 
     let started = std::time::Instant::now();
-    let ids = create_many(&seeder, args.sessions.max(1), concurrency).await?;
+    let created = create_many(&seeder, args.sessions.max(1), concurrency).await?;
+    let ids: Vec<String> = created.iter().map(|(id, _)| id.clone()).collect();
     write_ids(args.out_dir.join("session-ids.txt"), &ids)?;
+    let with_tokens: Vec<String> = created
+        .iter()
+        .filter_map(|(id, token)| Some(format!("{id} {}", token.as_ref()?)))
+        .collect();
+    if !with_tokens.is_empty() {
+        write_ids(args.out_dir.join("session-tokens.txt"), &with_tokens)?;
+    }
     let body = seeder.get_session(&ids[0]).await?;
     std::fs::write(args.out_dir.join("session.json"), &body)?;
     let token = seeder.issue_token(&ids[0]).await?;
     std::fs::write(args.out_dir.join("session-token.txt"), token)?;
 
-    let history = create_many(&seeder, args.message_sessions.max(1), concurrency).await?;
+    let history: Vec<String> = create_many(&seeder, args.message_sessions.max(1), concurrency)
+        .await?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     // One session's messages go in order (its replies are answered one at a time anyway); sessions in parallel.
     stream::iter(history.iter())
         .map(|id| {
