@@ -204,6 +204,27 @@ async fn health_counts_active_and_expiring_sessions() {
     assert!(h.uptime >= 360.0);
 }
 
+/// The health route's counts are kept, not counted per request: a second's worth of calls reuse one count, and
+/// a count older than a few seconds is never answered.
+#[tokio::test]
+async fn health_counts_are_kept_for_a_second_and_never_answered_stale() {
+    let ctx = TestContext::new().await;
+    ctx.create_session(None).await;
+    assert_eq!(ctx.health().await.active_sessions, 1);
+    ctx.create_session(None).await;
+    assert_eq!(
+        ctx.health().await.active_sessions,
+        1,
+        "the count made less than a second ago"
+    );
+    ctx.clock.advance(chrono::Duration::seconds(30));
+    assert_eq!(
+        ctx.health().await.active_sessions,
+        2,
+        "an old count is made again before answering"
+    );
+}
+
 #[tokio::test]
 async fn agents_crud_and_session_defaults() {
     let ctx = TestContext::new().await;

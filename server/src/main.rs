@@ -33,7 +33,8 @@ fn main() -> anyhow::Result<()> {
         println!("{}", openapi_spec_json());
         return Ok(());
     }
-    init_logging(config.log_format);
+    // Kept to the end of `main`: dropping it writes the lines still queued.
+    let _log_writer = init_logging(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -189,19 +190,37 @@ async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 /// Log lines as `format` says, filtered by `RUST_LOG`; colors only on a terminal, so that a file or a log
-/// collector never gets escape codes.
-fn init_logging(format: LogFormat) {
+/// collector never gets escape codes. Lines go to standard output through a writer thread that writes them in
+/// batches (never dropping one: a full queue makes the logging thread wait); the guard writes what is queued
+/// when dropped.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal;
+    use std::os::fd::AsFd;
+    let terminal = std::io::stdout().is_terminal();
+    // Standard output's own handle flushes at every newline; a duplicate of its descriptor behind a buffer
+    // lets the writer thread flush once per batch (when its queue is empty).
+    let out: Box<dyn std::io::Write + Send + Sync> =
+        match std::io::stdout().as_fd().try_clone_to_owned() {
+            Ok(fd) if !terminal => Box::new(std::io::BufWriter::new(std::fs::File::from(fd))),
+            _ => Box::new(std::io::stdout()),
+        };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(out);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match format {
         LogFormat::Json => logs
             .json()
             .with_current_span(true)
             .with_span_list(false)
             .init(),
-        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Text => logs.with_ansi(terminal).init(),
     }
+    guard
 }
 
 /// A listener that could not be made, with a hint when the port is taken.

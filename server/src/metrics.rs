@@ -153,9 +153,25 @@ fn register_at_zero() {
 
 /// An answered HTTP request. `operation` is a static name, never a raw path (ids would make a series each).
 pub fn http_request(operation: &'static str, status: u16, took: Duration) {
-    counter!(HTTP_REQUESTS, "operation" => operation, "status" => status_label(status))
-        .increment(1);
-    histogram!(HTTP_DURATION, "operation" => operation).record(took.as_secs_f64());
+    // The registry's lookup (hashing the labels, a shared map) would run on every request; each worker thread
+    // keeps the handles it has used instead. The key is the static name's address, so no string is hashed.
+    thread_local! {
+        static HANDLES: std::cell::RefCell<std::collections::HashMap<(usize, u16), (metrics::Counter, metrics::Histogram)>> =
+            Default::default();
+    }
+    HANDLES.with(|handles| {
+        let mut handles = handles.borrow_mut();
+        let (count, duration) = handles
+            .entry((operation.as_ptr() as usize, status))
+            .or_insert_with(|| {
+                (
+                    counter!(HTTP_REQUESTS, "operation" => operation, "status" => status_label(status)),
+                    histogram!(HTTP_DURATION, "operation" => operation),
+                )
+            });
+        count.increment(1);
+        duration.record(took.as_secs_f64());
+    });
 }
 
 /// The status as a label, without an allocation for the statuses this server answers.

@@ -79,7 +79,10 @@ fn forbidden(message: &str) -> ApiError {
 }
 
 /// Admits `principal` to an operation of policy `P` on the session named `path_session` (if any).
-fn authorize<P: Policy>(principal: &Principal, path_session: Option<&str>) -> Result<(), ApiError> {
+pub(super) fn authorize<P: Policy>(
+    principal: &Principal,
+    path_session: Option<&str>,
+) -> Result<(), ApiError> {
     match principal {
         Principal::Operator { .. } => Ok(()),
         Principal::Session(claims) => {
@@ -222,35 +225,7 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
         if !(path == "/api" || path.starts_with("/api/") || path == "/metrics") {
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
-        let principal = {
-            let headers = req.headers();
-            let api_key = header(headers, &HeaderName::from_static("x-api-key"));
-            // An `Authorization` header that is not `Bearer <token>` is passed on whole: it then fails as a
-            // credential instead of being ignored.
-            let mut bearer =
-                header(headers, &AUTHORIZATION).map(|value| bearer_token(value).unwrap_or(value));
-            let query_token;
-            if api_key.is_none() && bearer.is_none() && is_events_route(req.method(), path) {
-                query_token = access_token(req.uri().query());
-                bearer = query_token.as_deref();
-            }
-            self.access.authenticate(Credentials { api_key, bearer })
-        };
-        super::observe::note_principal(&principal);
-        let ip = client_ip(&req, self.access.trust_forwarded_for());
-        // Callers without valid credentials are limited where they are served, on the public operations.
-        // Elsewhere they get their 401 at once: it costs a digest, reads nothing, and a key cannot be guessed,
-        // while a 429 in its place would hide why they are refused.
-        let limited = match principal {
-            Principal::Anonymous | Principal::Rejected(_) => {
-                super::routes::is_public(req.method(), req.uri().path())
-            }
-            _ => true,
-        };
-        let decision = match Access::limit_key(&principal, ip).filter(|_| limited) {
-            Some(key) => self.access.limits().check(&key),
-            None => RateDecision::Unlimited,
-        };
+        let (principal, decision) = admit(&self.access, &req);
         if let RateDecision::Limited {
             limit,
             retry_after_secs,
@@ -272,15 +247,56 @@ impl<E: Endpoint> Endpoint for AccessControlEndpoint<E> {
         }
         req.extensions_mut().insert(principal);
         let mut resp = self.inner.call(req).await?.into_response();
-        if let RateDecision::Allowed {
-            limit,
-            remaining,
-            reset_secs,
-        } = decision
-        {
-            label(resp.headers_mut(), limit, remaining, reset_secs);
-        }
+        label_allowed(resp.headers_mut(), decision);
         Ok(resp)
+    }
+}
+
+/// Who calls (noted for the request's log line) and whether the rate limit lets the call through; an allowed
+/// call has taken its place in the limit's window.
+pub fn admit(access: &Access, req: &Request) -> (Principal, RateDecision) {
+    let path = req.uri().path();
+    let principal = {
+        let headers = req.headers();
+        let api_key = header(headers, &HeaderName::from_static("x-api-key"));
+        // An `Authorization` header that is not `Bearer <token>` is passed on whole: it then fails as a
+        // credential instead of being ignored.
+        let mut bearer =
+            header(headers, &AUTHORIZATION).map(|value| bearer_token(value).unwrap_or(value));
+        let query_token;
+        if api_key.is_none() && bearer.is_none() && is_events_route(req.method(), path) {
+            query_token = access_token(req.uri().query());
+            bearer = query_token.as_deref();
+        }
+        access.authenticate(Credentials { api_key, bearer })
+    };
+    super::observe::note_principal(&principal);
+    let ip = client_ip(req, access.trust_forwarded_for());
+    // Callers without valid credentials are limited where they are served, on the public operations.
+    // Elsewhere they get their 401 at once: it costs a digest, reads nothing, and a key cannot be guessed,
+    // while a 429 in its place would hide why they are refused.
+    let limited = match principal {
+        Principal::Anonymous | Principal::Rejected(_) => {
+            super::routes::is_public(req.method(), path)
+        }
+        _ => true,
+    };
+    let decision = match Access::limit_key(&principal, ip).filter(|_| limited) {
+        Some(key) => access.limits().check(&key),
+        None => RateDecision::Unlimited,
+    };
+    (principal, decision)
+}
+
+/// The `RateLimit-*` headers of a call the limit let through (none for an unlimited one).
+pub fn label_allowed(headers: &mut HeaderMap, decision: RateDecision) {
+    if let RateDecision::Allowed {
+        limit,
+        remaining,
+        reset_secs,
+    } = decision
+    {
+        label(headers, limit, remaining, reset_secs);
     }
 }
 

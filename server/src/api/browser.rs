@@ -123,7 +123,12 @@ impl<E: Endpoint> Endpoint for OriginFilter<E> {
 pub async fn security_headers<E: Endpoint>(next: E, req: Request) -> poem::Result<Response> {
     let api = req.uri().path().starts_with("/api/");
     let mut resp = next.call(req).await?.into_response();
-    let headers = resp.headers_mut();
+    add_security_headers(resp.headers_mut(), api);
+    Ok(resp)
+}
+
+/// The headers of [`security_headers`]; `api`: the response answers a path under `/api/`.
+pub fn add_security_headers(headers: &mut poem::http::HeaderMap, api: bool) {
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -142,7 +147,6 @@ pub async fn security_headers<E: Endpoint>(next: E, req: Request) -> poem::Resul
             .entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("no-store"));
     }
-    Ok(resp)
 }
 
 #[cfg(test)]

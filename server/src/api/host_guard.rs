@@ -109,16 +109,27 @@ impl<E: Endpoint> Endpoint for Guarded<E> {
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
         if self.guard != HostGuard::Off {
-            // HTTP/2 carries the name in the URI's authority instead of a Host header.
-            let host = match req.headers().get(HOST) {
-                Some(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
-                None => req.uri().authority().map(|a| a.as_str().to_string()),
-            };
+            let host = host_of(&req);
             if !self.guard.allows(host.as_deref()) {
                 return Ok(HostGuard::refusal(&host.unwrap_or_default()).as_poem_response());
             }
         }
         self.inner.call(req).await.map(IntoResponse::into_response)
+    }
+}
+
+/// The name a request is addressed to: its `Host` header, or (HTTP/2) its URI's authority.
+fn host_of(req: &Request) -> Option<String> {
+    match req.headers().get(HOST) {
+        Some(value) => Some(String::from_utf8_lossy(value.as_bytes()).into_owned()),
+        None => req.uri().authority().map(|a| a.as_str().to_string()),
+    }
+}
+
+impl HostGuard {
+    /// Whether the guard lets `req` through (as the middleware decides).
+    pub fn allows_request(&self, req: &Request) -> bool {
+        *self == HostGuard::Off || self.allows(host_of(req).as_deref())
     }
 }
 

@@ -12,6 +12,7 @@ mod event_feed;
 mod event_stream;
 mod event_wire;
 mod events_ws;
+mod fast_lane;
 pub mod host_guard;
 mod idempotency;
 mod json_out;
@@ -117,7 +118,9 @@ pub fn contract_json() -> &'static str {
     })
 }
 
-/// The whole HTTP application over a service. Layers, outermost first: the request's id, log line and metrics,
+/// The whole HTTP application over a service. Layers, outermost first: the fast lane (the polled probes and
+/// the repeated session calls, answered in one step when nothing else applies), the request's id, log line and
+/// metrics,
 /// the error clock's scope, the DNS-rebinding guard (open servers on loopback only), CORS (with the origin
 /// filter), compression (of the documents and lists only), security headers, panic catching, access control
 /// (authentication and rate limits, before any route runs), the JSON error shape, then the routes.
@@ -146,9 +149,16 @@ pub fn app_with(
         settings.host_guard.clone()
     };
     let clock = service_state.clock();
+    let store_probe = Arc::new(probes::StoreProbe::default());
+    let lane = fast_lane::FastLane {
+        service: service_state.clone(),
+        access: access.clone(),
+        store: store_probe.clone(),
+        host_guard: host_guard.clone(),
+    };
     let api = service_with(probes::ProbesApi {
         metrics: settings.metrics,
-        ..probes::ProbesApi::default()
+        store: store_probe,
     });
     // Swagger UI embeds the spec it is given; give it the contract rather than the generated spec, and name the
     // page after the project (poem-openapi titles it "Swagger UI", which says nothing in a tab or a bookmark).
@@ -207,6 +217,8 @@ pub fn app_with(
         .with(host_guard)
         .with(error::ErrorClock(clock))
         .with(observe::Observe)
+        .map_to_response()
+        .with(lane)
 }
 
 /// `routes`, with requests under the mounted endpoint's prefix handed to it instead.

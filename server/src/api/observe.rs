@@ -46,12 +46,12 @@ pub fn note_principal(principal: &Principal) {
 }
 
 /// The client's id if it may be kept: printable ASCII (space included), 1 to 128 characters.
-fn acceptable(value: &HeaderValue) -> bool {
+pub(super) fn acceptable(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= MAX_ID_LEN && bytes.iter().all(|b| (0x20..0x7f).contains(b))
 }
 
-fn new_id() -> HeaderValue {
+pub(super) fn new_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(id).expect("a UUID is a valid header value")
@@ -104,7 +104,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         let method = req.method().clone();
         // A Uri clone shares its buffer; only the path is read, after the response, for the operation's name.
         let uri = req.uri().clone();
-        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+        let span = request_span(&id);
         let current = Current {
             id: id.clone(),
             principal: Cell::new("anonymous"),
@@ -129,20 +129,37 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
         let status = resp.status().as_u16();
         let operation = operation(&resp, uri.path());
         crate::metrics::http_request(operation, status, took);
-        let route = super::routes::template(operation).unwrap_or(operation);
-        span.in_scope(|| {
-            tracing::info!(
-                method = method.as_str(),
-                route,
-                operation,
-                status,
-                duration_ms = took.as_secs_f64() * 1000.0,
-                principal,
-                "request"
-            )
-        });
+        log_line(&span, &method, operation, status, took, principal);
         Ok(resp)
     }
+}
+
+/// The request's span, which puts its id in every log line made while serving it.
+pub(super) fn request_span(id: &HeaderValue) -> tracing::Span {
+    tracing::info_span!("request", request_id = id.to_str().unwrap_or_default())
+}
+
+/// The one access-log line of a request (never a key, token or query).
+pub(super) fn log_line(
+    span: &tracing::Span,
+    method: &poem::http::Method,
+    operation: &'static str,
+    status: u16,
+    took: std::time::Duration,
+    principal: &str,
+) {
+    let route = super::routes::template(operation).unwrap_or(operation);
+    span.in_scope(|| {
+        tracing::info!(
+            method = method.as_str(),
+            route,
+            operation,
+            status,
+            duration_ms = took.as_secs_f64() * 1000.0,
+            principal,
+            "request"
+        )
+    });
 }
 
 #[cfg(test)]

@@ -68,6 +68,32 @@ pub enum MetricsText {
     Ok(PlainText<String>),
 }
 
+impl ProbeStatus {
+    pub fn ok() -> Self {
+        Self {
+            status: ProbeState::Ok,
+            reason: None,
+        }
+    }
+}
+
+/// Whether the server takes requests: not while draining, nor while the store cannot take writes.
+pub async fn readiness(service: &SessionService, store: &StoreProbe) -> Readiness {
+    let unavailable = |reason| {
+        Readiness::Unavailable(Json(ProbeStatus {
+            status: ProbeState::Unavailable,
+            reason: Some(reason),
+        }))
+    };
+    if service.stopping().is_cancelled() {
+        return unavailable(ProbeReason::Draining);
+    }
+    if !store.writable(service).await {
+        return unavailable(ProbeReason::StoreUnavailable);
+    }
+    Readiness::Ready(Json(ProbeStatus::ok()))
+}
+
 /// The last store probe: when, and whether the store could take writes.
 #[derive(Default)]
 pub struct StoreProbe(Mutex<Option<(Instant, bool)>>);
@@ -105,31 +131,13 @@ impl ProbesApi {
     /// Liveness: the process answers.
     #[oai(path = "/livez", method = "get", operation_id = "getLiveness")]
     async fn livez(&self) -> Json<ProbeStatus> {
-        Json(ProbeStatus {
-            status: ProbeState::Ok,
-            reason: None,
-        })
+        Json(ProbeStatus::ok())
     }
 
     /// Readiness: the store answers and the server is not shutting down.
     #[oai(path = "/readyz", method = "get", operation_id = "getReadiness")]
     async fn readyz(&self, service: Data<&Arc<SessionService>>) -> Readiness {
-        let unavailable = |reason| {
-            Readiness::Unavailable(Json(ProbeStatus {
-                status: ProbeState::Unavailable,
-                reason: Some(reason),
-            }))
-        };
-        if service.stopping().is_cancelled() {
-            return unavailable(ProbeReason::Draining);
-        }
-        if !self.store.writable(&service).await {
-            return unavailable(ProbeReason::StoreUnavailable);
-        }
-        Readiness::Ready(Json(ProbeStatus {
-            status: ProbeState::Ok,
-            reason: None,
-        }))
+        readiness(&service, &self.store).await
     }
 
     /// Prometheus metrics.

@@ -50,7 +50,7 @@ impl Keep for JsonBytes<SessionBody> {
     }
 }
 
-fn session(view: SessionView) -> JsonOut<SessionBody> {
+pub(super) fn session(view: SessionView) -> JsonOut<SessionBody> {
     JsonOut(SessionBody::from_view(view))
 }
 

@@ -207,6 +207,8 @@ pub struct SessionEvent {
     pub session_id: Uuid,
     pub at: DateTime<Utc>,
     pub payload: EventPayload,
+    /// Delivered live only, whatever its kind (see [`SessionEvent::heartbeat_renewal`]).
+    live_only: bool,
 }
 
 impl SessionEvent {
@@ -216,11 +218,28 @@ impl SessionEvent {
             session_id,
             at,
             payload,
+            live_only: false,
         }
     }
 
     pub fn kind(&self) -> EventKind {
         self.payload.kind()
+    }
+
+    /// Whether the event is delivered live only: no id, not stored, not replayed.
+    pub fn is_transient(&self) -> bool {
+        self.live_only || self.kind().is_transient()
+    }
+
+    /// The `session` event (reason `renewed`) of a heartbeat that renewed the session: live only. Clients
+    /// heartbeat every few seconds, and storing each renewal made a heartbeat several writes instead of one,
+    /// while a client that reconnects needs the session's state (which getSession and the next stored event
+    /// give), not the history of its renewals. Renewals by a message or by renewSession are stored as before.
+    pub fn heartbeat_renewal(s: &Session, now: DateTime<Utc>) -> Self {
+        Self {
+            live_only: true,
+            ..Self::session(s, SessionChange::Renewed, now)
+        }
     }
 
     pub fn message(m: &Message) -> Self {
@@ -326,9 +345,7 @@ impl SessionEvent {
         }
         Ok(Self {
             seq,
-            session_id,
-            at,
-            payload,
+            ..Self::new(session_id, payload, at)
         })
     }
 }

@@ -2,11 +2,12 @@
 //! domain's pure transitions and persists them with optimistic concurrency.
 //!
 //! Submodules: `messages` (send and history), `replies` (per-session reply workers), `events` (the real-time
-//! stream and expiry notices), `idempotency` (requests under an idempotency key), `webhooks` (registering
-//! outbound webhooks).
+//! stream and expiry notices), `health` (the health route's kept counts), `idempotency` (requests under an
+//! idempotency key), `webhooks` (registering outbound webhooks).
 
 mod commands;
 mod events;
+mod health;
 mod idempotency;
 mod messages;
 mod replies;
@@ -122,6 +123,7 @@ pub struct SessionService {
     idempotency: idempotency::IdempotencySettings,
     /// Woken whenever a request under an idempotency key settles here, for retries waiting on it.
     settled: Arc<tokio::sync::Notify>,
+    health_counts: Arc<health::HealthCounts>,
 }
 
 impl SessionService {
@@ -159,6 +161,7 @@ impl SessionService {
             stopping,
             idempotency,
             settled: Arc::new(tokio::sync::Notify::new()),
+            health_counts: Arc::default(),
         }
     }
 
@@ -282,9 +285,9 @@ impl SessionService {
 
     pub async fn heartbeat(&self, id: &str) -> Result<SessionView, SessionError> {
         self.update(id, |s, now| {
-            // Only a renewal changes what subscribers see (expiresAt, renewalCount).
+            // Only a renewal changes what subscribers see (expiresAt, renewalCount); it is told live only.
             Ok(if s.record_activity(now) {
-                vec![SessionEvent::session(s, SessionChange::Renewed, now)]
+                vec![SessionEvent::heartbeat_renewal(s, now)]
             } else {
                 Vec::new()
             })
@@ -316,7 +319,7 @@ impl SessionService {
     }
 
     /// Health figures, or `Unavailable` when the store cannot take writes (so that a server whose every write
-    /// would fail does not call itself healthy).
+    /// would fail does not call itself healthy). The counts are at most a few seconds old (see `health`).
     pub async fn health(&self) -> Result<Health, SessionError> {
         self.store
             .check_writable()
@@ -324,8 +327,8 @@ impl SessionService {
             .map_err(|e| SessionError::Unavailable(e.to_string()))?;
         let now = self.clock.now();
         let counts = self
-            .store
-            .count_sessions(&SessionFilter::default(), now, self.retained_after(now))
+            .health_counts
+            .get(&self.store, now, self.retained_after(now))
             .await?;
         Ok(Health {
             counts,

@@ -56,6 +56,11 @@ pub async fn on_connect(
     State(realtime): State<Arc<Realtime>>,
 ) {
     crate::metrics::socketio_connection(1.0);
+    // Listening first: a client may join as soon as it sees the connection, before the greetings below.
+    s.on("message", channels::on_message);
+    s.on("1", channels::on_join);
+    s.on("2", channels::on_send);
+    s.on_disconnect(channels::on_disconnect);
     if let Some(entity_id) = auth.ok().and_then(|a| a.entity_id) {
         let timestamp = realtime.service.now().timestamp_millis();
         let _ = s.emit(
@@ -73,8 +78,4 @@ pub async fn on_connect(
             socket_id: s.id.to_string(),
         },
     );
-    s.on("message", channels::on_message);
-    s.on("1", channels::on_join);
-    s.on("2", channels::on_send);
-    s.on_disconnect(channels::on_disconnect);
 }

@@ -11,18 +11,28 @@ use uuid::Uuid;
 
 use crate::domain::SessionEvent;
 
-/// Events a slow subscriber may fall behind by before it must catch up from the store.
-const CHANNEL_CAPACITY: usize = 1024;
+/// Events a slow subscriber may fall behind by before it must catch up from the store. Every slot is allocated
+/// when the channel is made, per watched session: a reply is a handful of events, so a few hundred is room for
+/// dozens of exchanges.
+const CHANNEL_CAPACITY: usize = 256;
 
 #[derive(Default)]
 pub struct EventBus {
     channels: Mutex<HashMap<Uuid, broadcast::Sender<SessionEvent>>>,
+    /// The number of channels after the last sweep of abandoned ones.
+    swept: std::sync::atomic::AtomicUsize,
 }
 
 impl EventBus {
     pub fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
-        channels.retain(|_, tx| tx.receiver_count() > 0);
+        // Channels whose subscribers all left are swept when the map has doubled since the last sweep: a sweep
+        // visits every channel, so one per subscription made subscribing cost O(watched sessions).
+        if channels.len() >= 2 * self.swept.load(Relaxed).max(64) {
+            channels.retain(|_, tx| tx.receiver_count() > 0);
+            self.swept.store(channels.len(), Relaxed);
+        }
         channels
             .entry(session_id)
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)

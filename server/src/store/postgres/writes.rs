@@ -100,7 +100,7 @@ pub async fn store_events(
     let mut prune_for = None;
     for event in events {
         let mut event = event.clone();
-        if !event.kind().is_transient() {
+        if !event.is_transient() {
             let mut args = PgArguments::default();
             rows::bind_event(&mut args, &event).map_err(backend)?;
             let seq: i64 = sqlx::query_scalar_with(&SQL, args)

@@ -111,9 +111,9 @@ impl Write {
             | Write::ReleaseKey(..)
             | Write::PurgeKeys { .. }
             | Write::Probe => false,
-            // Events are stored, and webhook deliveries queued, beside the row.
+            // Events are stored, and webhook deliveries queued, beside the row (live-only events are neither).
             Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => {
-                !events.is_empty()
+                events.iter().any(|e| !e.is_transient())
             }
             // The session and its `session.created` deliveries; the claim and the reads of what it claimed.
             Write::InsertSession(_) | Write::ClaimDeliveries { .. } => true,
@@ -503,7 +503,7 @@ fn store_events(
     let mut out = Vec::with_capacity(events.len());
     let mut prune_for = None;
     for mut event in events {
-        if !event.kind().is_transient() {
+        if !event.is_transient() {
             let mut statement = conn.prepare_cached(&SQL)?;
             let mut args = Params::new(&mut statement);
             rows::bind_event(&mut args, &event)?;

@@ -1,0 +1,250 @@
+//! The fast lane: the requests that arrive by the thousand, answered in one step in front of the middleware
+//! stack. The probes that orchestrators and load balancers poll (`GET /livez`, `GET /readyz`,
+//! `GET /api/messaging/sessions/health`) and the two calls a live client repeats (`getSession`,
+//! `sessionHeartbeat`). Each gets the same body, status and headers as the operation behind it (request id,
+//! security headers, rate-limit labels), its HTTP metrics, and its log line (INFO for the session calls, as in
+//! the stack; DEBUG for the probes, which every replica polls every few seconds).
+//!
+//! The lane answers only the plain success; everything else goes through the whole stack unchanged, which
+//! then answers it as always: a browser's request (it has an `Origin`, so CORS applies), one the DNS-rebinding
+//! guard refuses, one without valid credentials or not covering the session (401/403), a rate-limited one (the
+//! limit counts only the calls it lets through, so the stack counts it once and answers the 429), an id that
+//! needs percent-decoding, and any failure of the operation (unknown or expired session, a store that cannot
+//! take writes). A failed heartbeat has written nothing, so the stack running it again is a plain retry; its
+//! rate limit then counts the call twice, which only matters for failing calls.
+//!
+//! Why: each layer of the stack (request scope, error clock, host guard, CORS, compression, security headers,
+//! panic catching, access control, error shape, routing, poem-openapi's extractors) is a nested future and some
+//! work per request, and together they cost more than a probe or a session lookup itself.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::FutureExt;
+use poem::http::{header, Method};
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem_openapi::payload::Json;
+
+use super::access::{admit, authorize, label_allowed, OwnSession};
+use super::host_guard::HostGuard;
+use super::models::HealthBody;
+use super::observe::{acceptable, log_line, new_id, request_span, X_REQUEST_ID};
+use super::probes::{readiness, ProbeStatus, StoreProbe};
+use crate::auth::{Access, Principal, RateDecision};
+use crate::service::SessionService;
+
+const HEALTH: &str = "/api/messaging/sessions/health";
+const SESSIONS: &str = "/api/messaging/sessions/";
+
+/// What the lane may answer.
+#[derive(Clone, Copy)]
+enum Lane<'a> {
+    Liveness,
+    Readiness,
+    Health,
+    GetSession(&'a str),
+    Heartbeat(&'a str),
+}
+
+impl<'a> Lane<'a> {
+    fn of(method: &Method, path: &'a str) -> Option<Self> {
+        if method == Method::GET {
+            match path {
+                "/livez" => return Some(Self::Liveness),
+                "/readyz" => return Some(Self::Readiness),
+                HEALTH => return Some(Self::Health),
+                _ => {}
+            }
+        }
+        let rest = path.strip_prefix(SESSIONS)?;
+        let (id, call) = match rest.split_once('/') {
+            None => (rest, Self::GetSession as fn(&'a str) -> Self),
+            Some((id, "heartbeat")) => (id, Self::Heartbeat as fn(&'a str) -> Self),
+            Some(_) => return None,
+        };
+        let plain = !id.is_empty() && !id.contains('%');
+        let expected = match call(id) {
+            Self::GetSession(_) => Method::GET,
+            _ => Method::POST,
+        };
+        (plain && *method == expected).then(|| call(id))
+    }
+
+    fn operation(self) -> &'static str {
+        match self {
+            Self::Liveness => "getLiveness",
+            Self::Readiness => "getReadiness",
+            Self::Health => "getSessionsHealth",
+            Self::GetSession(_) => "getSession",
+            Self::Heartbeat(_) => "sessionHeartbeat",
+        }
+    }
+
+    fn is_probe(self) -> bool {
+        matches!(self, Self::Liveness | Self::Readiness | Self::Health)
+    }
+}
+
+pub struct FastLane {
+    pub service: Arc<SessionService>,
+    pub access: Arc<Access>,
+    pub store: Arc<StoreProbe>,
+    pub host_guard: HostGuard,
+}
+
+impl<E: Endpoint<Output = Response>> Middleware<E> for FastLane {
+    type Output = FastLaneEndpoint<E>;
+
+    fn transform(&self, inner: E) -> Self::Output {
+        FastLaneEndpoint {
+            inner,
+            service: self.service.clone(),
+            access: self.access.clone(),
+            store: self.store.clone(),
+            host_guard: self.host_guard.clone(),
+        }
+    }
+}
+
+pub struct FastLaneEndpoint<E> {
+    inner: E,
+    service: Arc<SessionService>,
+    access: Arc<Access>,
+    store: Arc<StoreProbe>,
+    host_guard: HostGuard,
+}
+
+impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
+    /// The lane's answer and who asked, or None when the stack must answer.
+    async fn answer(&self, lane: Lane<'_>, req: &Request) -> Option<(Response, &'static str)> {
+        match lane {
+            Lane::Liveness => Some((Json(ProbeStatus::ok()).into_response(), "anonymous")),
+            Lane::Readiness => Some((
+                readiness(&self.service, &self.store).await.into_response(),
+                "anonymous",
+            )),
+            Lane::Health => {
+                let (principal, decision) = self.admitted(req)?;
+                let health = self.service.health().await.ok()?;
+                let mut resp = Json(HealthBody::from(health)).into_response();
+                label_allowed(resp.headers_mut(), decision);
+                Some((resp, principal.kind()))
+            }
+            Lane::GetSession(id) | Lane::Heartbeat(id) => {
+                let (principal, decision) = self.admitted(req)?;
+                if !matches!(
+                    principal,
+                    Principal::Operator { .. } | Principal::Session(_)
+                ) {
+                    return None;
+                }
+                authorize::<OwnSession>(&principal, Some(id)).ok()?;
+                let view = match lane {
+                    Lane::Heartbeat(_) => self.service.heartbeat(id).await,
+                    _ => self.service.get(id).await,
+                }
+                .ok()?;
+                let mut resp = super::sessions::session(view).into_response();
+                label_allowed(resp.headers_mut(), decision);
+                Some((resp, principal.kind()))
+            }
+        }
+    }
+
+    /// The caller and its rate-limit decision, unless the limit refuses it (then the stack answers the 429).
+    fn admitted(&self, req: &Request) -> Option<(Principal, RateDecision)> {
+        let (principal, decision) = admit(&self.access, req);
+        (!matches!(decision, RateDecision::Limited { .. })).then_some((principal, decision))
+    }
+}
+
+impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Response> {
+        let Some(lane) = Lane::of(req.method(), req.uri().path())
+            .filter(|_| !req.headers().contains_key(header::ORIGIN))
+            .filter(|_| self.host_guard.allows_request(&req))
+        else {
+            return self.inner.call(req).await;
+        };
+        let started = Instant::now();
+        // As the stack's panic catcher does: a panic fails this request, never the connection's task.
+        let answered = std::panic::AssertUnwindSafe(self.answer(lane, &req))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                let error = super::error::ApiError::internal(&"handler panicked");
+                Some((error.into_response(), "anonymous"))
+            });
+        let Some((mut resp, principal)) = answered else {
+            return self.inner.call(req).await;
+        };
+        let id = req
+            .headers()
+            .get(X_REQUEST_ID)
+            .filter(|v| acceptable(v))
+            .cloned()
+            .unwrap_or_else(new_id);
+        super::browser::add_security_headers(
+            resp.headers_mut(),
+            req.uri().path().starts_with("/api/"),
+        );
+        let status = resp.status().as_u16();
+        let operation = lane.operation();
+        let took = started.elapsed();
+        if lane.is_probe() {
+            tracing::debug!(
+                request_id = id.to_str().unwrap_or_default(),
+                operation,
+                status,
+                "probe"
+            );
+        } else {
+            log_line(
+                &request_span(&id),
+                req.method(),
+                operation,
+                status,
+                took,
+                principal,
+            );
+        }
+        resp.headers_mut().insert(X_REQUEST_ID, id);
+        crate::metrics::http_request(operation, status, took);
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lane_takes_only_plain_paths_of_its_operations() {
+        let op = |m: Method, p: &str| Lane::of(&m, p).map(Lane::operation);
+        assert_eq!(op(Method::GET, "/livez"), Some("getLiveness"));
+        assert_eq!(op(Method::GET, HEALTH), Some("getSessionsHealth"));
+        assert_eq!(op(Method::POST, HEALTH), None);
+        assert_eq!(
+            op(Method::GET, "/api/messaging/sessions/abc"),
+            Some("getSession")
+        );
+        assert_eq!(
+            op(Method::POST, "/api/messaging/sessions/abc/heartbeat"),
+            Some("sessionHeartbeat")
+        );
+        assert_eq!(
+            op(Method::GET, "/api/messaging/sessions/abc/heartbeat"),
+            None
+        );
+        assert_eq!(op(Method::DELETE, "/api/messaging/sessions/abc"), None);
+        assert_eq!(op(Method::GET, "/api/messaging/sessions/a%62c"), None);
+        assert_eq!(op(Method::GET, "/api/messaging/sessions/"), None);
+        assert_eq!(
+            op(Method::GET, "/api/messaging/sessions/abc/messages"),
+            None
+        );
+        assert_eq!(op(Method::HEAD, "/livez"), None);
+    }
+}

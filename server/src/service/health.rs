@@ -1,0 +1,98 @@
+//! The health route's session counts, kept instead of counted per request: a count reads every retained
+//! session, so an unauthenticated route that orchestrators poll must not run one per call. A request answers
+//! with the last count while it is younger than [`FRESH`]; an older one (up to [`STALE`]) is still answered
+//! while one background task counts again; past that (or before the first count) the request counts itself,
+//! one at a time, so that callers never see figures more than [`STALE`] old. Ages are read on the service's
+//! clock, so that a moved `MockClock` makes the next call count.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::store::{SessionCounts, SessionFilter, SessionStore, StoreError};
+
+/// Counts younger than this are answered as they are.
+const FRESH: Duration = Duration::seconds(1);
+/// Counts older than this are never answered: the request counts again first.
+const STALE: Duration = Duration::seconds(10);
+
+#[derive(Default)]
+pub struct HealthCounts {
+    last: Mutex<Option<(DateTime<Utc>, SessionCounts)>>,
+    /// A background count is running.
+    refreshing: AtomicBool,
+    /// Held by a request that counts in place, so that concurrent ones wait for its figures.
+    counting: tokio::sync::Mutex<()>,
+}
+
+impl HealthCounts {
+    fn last(&self) -> Option<(DateTime<Utc>, SessionCounts)> {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keep(&self, at: DateTime<Utc>, counts: SessionCounts) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        // A slow count must not replace a younger one.
+        if last.is_none_or(|(kept, _)| kept <= at) {
+            *last = Some((at, counts));
+        }
+    }
+
+    /// The counts at about `now` (see the module documentation); `retained_after` as the store's
+    /// `count_sessions` takes it.
+    pub async fn get(
+        self: &Arc<Self>,
+        store: &Arc<dyn SessionStore>,
+        now: DateTime<Utc>,
+        retained_after: DateTime<Utc>,
+    ) -> Result<SessionCounts, StoreError> {
+        if let Some((at, counts)) = self.last() {
+            let age = now - at;
+            if age < FRESH && age >= Duration::zero() {
+                return Ok(counts);
+            }
+            if age < STALE && age >= Duration::zero() {
+                self.refresh_in_background(store, now, retained_after);
+                return Ok(counts);
+            }
+        }
+        let _one_at_a_time = self.counting.lock().await;
+        // Another request may have counted while this one waited.
+        if let Some((at, counts)) = self.last() {
+            if now - at < FRESH {
+                return Ok(counts);
+            }
+        }
+        let counts = store
+            .count_sessions(&SessionFilter::default(), now, retained_after)
+            .await?;
+        self.keep(now, counts);
+        Ok(counts)
+    }
+
+    fn refresh_in_background(
+        self: &Arc<Self>,
+        store: &Arc<dyn SessionStore>,
+        now: DateTime<Utc>,
+        retained_after: DateTime<Utc>,
+    ) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (this, store) = (self.clone(), store.clone());
+        tokio::spawn(async move {
+            let counted = store
+                .count_sessions(&SessionFilter::default(), now, retained_after)
+                .await;
+            match counted {
+                Ok(counts) => this.keep(now, counts),
+                // The next request past STALE counts in place and reports the failure.
+                Err(e) => {
+                    tracing::warn!(error = %e, "counting sessions for the health route failed")
+                }
+            }
+            this.refreshing.store(false, Ordering::Release);
+        });
+    }
+}
