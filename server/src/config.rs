@@ -198,6 +198,12 @@ pub struct Config {
     )]
     pub api_cors_origins: Vec<String>,
 
+    /// Heartbeats wait for the disk like every other write. By default a heartbeat is acknowledged once it
+    /// survives a crash of the server (and of PostgreSQL), before it reaches the disk; only an OS crash or a power
+    /// loss in the next moments can undo it, leaving the session its previous expiry.
+    #[arg(long, env = "DURABLE_HEARTBEATS")]
+    pub durable_heartbeats: bool,
+
     /// Most unanswered messages a session may have; further sends get 429 until the agent catches up.
     #[arg(long, env = "MAX_PENDING_MESSAGES", default_value_t = 100)]
     pub max_pending_messages: u32,
@@ -368,6 +374,7 @@ impl Config {
             ),
             history_limit: self.agent_history_messages.min(1000),
             max_pending_messages: self.max_pending_messages.max(1),
+            durable_heartbeats: self.durable_heartbeats,
             max_sessions_per_user: self.max_sessions_per_user,
             max_messages_per_session: self.max_messages_per_session,
             egress: self.egress_policy()?,

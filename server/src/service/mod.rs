@@ -81,6 +81,9 @@ pub struct ServiceConfig {
     pub history_limit: u32,
     /// Most unanswered messages a session may have before sends are refused.
     pub max_pending_messages: u32,
+    /// Whether a heartbeat waits for the disk (else: for a commit that survives a crash of the process, see
+    /// `SessionStore::record_heartbeat`).
+    pub durable_heartbeats: bool,
     /// Most active sessions one user may have (0: no limit).
     pub max_sessions_per_user: u32,
     /// Most messages (user messages and replies) one session may hold (0: no limit).
@@ -99,6 +102,7 @@ impl Default for ServiceConfig {
             agent_timeout: std::time::Duration::from_secs(60),
             history_limit: 20,
             max_pending_messages: 100,
+            durable_heartbeats: false,
             max_sessions_per_user: 1000,
             max_messages_per_session: 10_000,
             egress: EgressPolicy::default(),
@@ -113,6 +117,7 @@ pub struct SessionService {
     policy: TimeoutPolicy,
     retention: Duration,
     max_pending_messages: u32,
+    durable_heartbeats: bool,
     max_sessions_per_user: u32,
     max_messages_per_session: u32,
     started: DateTime<Utc>,
@@ -153,6 +158,7 @@ impl SessionService {
             policy: config.policy,
             retention: config.retention,
             max_pending_messages: config.max_pending_messages,
+            durable_heartbeats: config.durable_heartbeats,
             max_sessions_per_user: config.max_sessions_per_user,
             max_messages_per_session: config.max_messages_per_session,
             started,
@@ -284,7 +290,8 @@ impl SessionService {
     }
 
     pub async fn heartbeat(&self, id: &str) -> Result<SessionView, SessionError> {
-        self.update(id, |s, now| {
+        let lazy = !self.durable_heartbeats;
+        self.update_as(id, lazy, |s, now| {
             // Only a renewal changes what subscribers see (expiresAt, renewalCount); it is told live only.
             Ok(if s.record_activity(now) {
                 vec![SessionEvent::heartbeat_renewal(s, now)]
@@ -495,17 +502,32 @@ impl SessionService {
         id: &str,
         change: impl Fn(&mut Session, DateTime<Utc>) -> Result<Vec<SessionEvent>, SessionError>,
     ) -> Result<SessionView, SessionError> {
+        self.update_as(id, false, change).await
+    }
+
+    /// `update`; `lazy`: stored as a heartbeat (`SessionStore::record_heartbeat`).
+    async fn update_as(
+        &self,
+        id: &str,
+        lazy: bool,
+        change: impl Fn(&mut Session, DateTime<Utc>) -> Result<Vec<SessionEvent>, SessionError>,
+    ) -> Result<SessionView, SessionError> {
         let now = self.clock.now();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
             let current = self.live(id, now).await?;
             let mut next = current.clone();
             let events = change(&mut next, now)?;
             next.version = current.version + 1;
-            if self
-                .store
-                .update_session(&next, current.version, events)
-                .await?
-            {
+            let stored = if lazy {
+                self.store
+                    .record_heartbeat(&next, current.version, events)
+                    .await?
+            } else {
+                self.store
+                    .update_session(&next, current.version, events)
+                    .await?
+            };
+            if stored {
                 return Ok(SessionView { session: next, now });
             }
         }

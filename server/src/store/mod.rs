@@ -140,6 +140,19 @@ pub trait SessionStore: Send + Sync + 'static {
         expected_version: i64,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError>;
+    /// `update_session` for a heartbeat: acknowledged once the commit survives a crash of this process and of the
+    /// database server's, without waiting for it to reach the disk (SQLite: a commit without `fsync`, in WAL mode;
+    /// PostgreSQL: `synchronous_commit = off` for this transaction). The next durable commit, checkpoint or WAL
+    /// flush takes it to the disk with it, so only an operating-system crash or a power loss in between loses it,
+    /// and then the session keeps its previous expiry.
+    async fn record_heartbeat(
+        &self,
+        session: &Session,
+        expected_version: i64,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        self.update_session(session, expected_version, events).await
+    }
     /// Deletes a session with its messages and events, then announces `events` (transient) to subscribers.
     async fn delete_session(&self, id: Uuid, events: Vec<SessionEvent>)
         -> Result<bool, StoreError>;

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{broadcast, mpsc, oneshot, Mutex, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use self::reads::FastReads;
@@ -50,7 +50,7 @@ pub struct SqliteStore {
     /// The hot lookups, synchronous (see `reads.rs` for why).
     fast: Arc<FastReads>,
     /// The writer thread's queue (see `writer.rs`); None once closed.
-    writes: Mutex<Option<mpsc::Sender<Job>>>,
+    writes: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
     bus: Arc<EventBus>,
     /// Notified by the writer after commits that queued webhook deliveries.
@@ -142,7 +142,7 @@ impl SqliteStore {
         };
         Ok(Self {
             fast,
-            writes: Mutex::new(Some(writes)),
+            writes: std::sync::Mutex::new(Some(writes)),
             bus,
             queued,
             write_outage,
@@ -159,13 +159,21 @@ impl SqliteStore {
     }
 
     /// Applies `write`; whether it changed anything.
+    /// The writer's queue, unless the store is closed.
+    fn queue(&self) -> Option<mpsc::Sender<Job>> {
+        self.writes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     async fn changed(&self, write: Write) -> Result<bool, StoreError> {
         Ok(self.write(write).await?.rows > 0)
     }
 
     async fn write(&self, write: Write) -> Result<Applied, StoreError> {
         let closed = || StoreError::Unavailable("store is closed".into());
-        let queue = self.writes.lock().await.clone().ok_or_else(closed)?;
+        let queue = self.queue().ok_or_else(closed)?;
         let (done, rx) = oneshot::channel();
         queue
             .send(Job::Write { write, done })
@@ -238,6 +246,17 @@ impl SessionStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let session = Box::new(session.clone());
         self.changed(Write::UpdateSession(session, expected_version, events))
+            .await
+    }
+
+    async fn record_heartbeat(
+        &self,
+        session: &Session,
+        expected_version: i64,
+        events: Vec<SessionEvent>,
+    ) -> Result<bool, StoreError> {
+        let session = Box::new(session.clone());
+        self.changed(Write::Heartbeat(session, expected_version, events))
             .await
     }
 
@@ -637,7 +656,7 @@ impl SessionStore for SqliteStore {
     /// one-row write, so that the health check reports the outage, and notices its end, even when no request
     /// writes meanwhile. (The free space first: on a full disk a one-row write may still fit in the WAL.)
     async fn check_writable(&self) -> Result<(), StoreError> {
-        match self.writes.lock().await.as_ref() {
+        match self.queue().as_ref() {
             None => return Err(StoreError::Unavailable("the store is closed".into())),
             Some(queue) if queue.is_closed() => {
                 return Err(StoreError::Unavailable(
@@ -658,7 +677,7 @@ impl SessionStore for SqliteStore {
     }
 
     async fn close(&self) {
-        let queue = self.writes.lock().await.take();
+        let queue = self.writes.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(queue) = queue {
             let (ack, stopped) = oneshot::channel();
             if queue.send(Job::Stop(ack)).await.is_ok() {

@@ -9,6 +9,11 @@
 //! under load showed the writer's channel hand-offs and the resulting task switches as the largest cost, far
 //! above the fsync itself. Executed in place, a statement takes microseconds.
 //!
+//! A batch of heartbeats only (`Write::is_lazy`) is committed with `synchronous=NORMAL`: in WAL mode its frames
+//! reach the operating system's cache, not the disk, before the callers are answered, so a crash of this process
+//! loses none of them; the next `FULL` commit's `fsync` (of the same WAL) or the next checkpoint takes them to
+//! the disk. Any other write in the batch makes it `FULL`.
+//!
 //! When the disk is full or the file stops taking writes, the batch fails whole (nothing of it stays behind),
 //! its callers get `StoreError::Unavailable` (503), and the outage is logged once (`OutageLog`) until a commit
 //! succeeds again; the writer itself goes on and recovers with the disk.
@@ -175,7 +180,14 @@ fn commit_and_answer(
         return;
     }
     let started = std::time::Instant::now();
-    let outcomes = apply_batch(conn, batch, reads, keep);
+    let lazy = batch.iter().all(|(write, _)| write.is_lazy());
+    let outcomes = match set_sync(conn, lazy) {
+        Ok(()) => apply_batch(conn, batch, reads, keep),
+        Err(e) => {
+            let e = failed(e);
+            batch.iter().map(|_| Err(e.clone())).collect()
+        }
+    };
     crate::metrics::store_commit("sqlite", batch.len(), started.elapsed());
     // One line when writes start failing for lack of space or access, one when a commit succeeds again.
     match outcomes.iter().find_map(|o| {
@@ -202,6 +214,20 @@ fn commit_and_answer(
     for ((_, done), outcome) in batch.drain(..).zip(outcomes) {
         let _ = done.send(outcome);
     }
+}
+
+/// Sets the connection's `synchronous` for the next commit: NORMAL for a lazy batch, FULL otherwise (a no-op
+/// when it already is).
+fn set_sync(conn: &Connection, lazy: bool) -> rusqlite::Result<()> {
+    thread_local! {
+        static LAZY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if LAZY.get() == lazy {
+        return Ok(());
+    }
+    conn.pragma_update(None, "synchronous", if lazy { "NORMAL" } else { "FULL" })?;
+    LAZY.set(lazy);
+    Ok(())
 }
 
 /// Applies every write in one transaction. A write that fails alone reports its error and leaves nothing

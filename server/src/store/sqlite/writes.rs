@@ -28,6 +28,8 @@ pub enum Write {
     DeleteAgent(Uuid, i64),
     InsertSession(Box<Session>),
     UpdateSession(Box<Session>, i64, Vec<SessionEvent>),
+    /// `UpdateSession` for a heartbeat: its commit need not wait for `fsync` (see `SessionStore::record_heartbeat`).
+    Heartbeat(Box<Session>, i64, Vec<SessionEvent>),
     DeleteSession(Uuid, Vec<SessionEvent>),
     Purge {
         cutoff: i64,
@@ -97,6 +99,11 @@ pub struct Applied {
 }
 
 impl Write {
+    /// Whether its commit may skip the `fsync` (a batch of such writes only is committed without one).
+    pub fn is_lazy(&self) -> bool {
+        matches!(self, Write::Heartbeat(..))
+    }
+
     /// Whether applying it takes more than one writing statement.
     fn is_compound(&self) -> bool {
         match self {
@@ -112,9 +119,9 @@ impl Write {
             | Write::PurgeKeys { .. }
             | Write::Probe => false,
             // Events are stored, and webhook deliveries queued, beside the row (live-only events are neither).
-            Write::UpdateSession(_, _, events) | Write::InsertReply(_, events) => {
-                events.iter().any(|e| !e.is_transient())
-            }
+            Write::UpdateSession(_, _, events)
+            | Write::Heartbeat(_, _, events)
+            | Write::InsertReply(_, events) => events.iter().any(|e| !e.is_transient()),
             // The session and its `session.created` deliveries; the claim and the reads of what it claimed.
             Write::InsertSession(_) | Write::ClaimDeliveries { .. } => true,
             Write::DeleteAgent(..)
@@ -194,7 +201,8 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
                 ..Default::default()
             })
         }
-        Write::UpdateSession(session, expected, events) => {
+        Write::UpdateSession(session, expected, events)
+        | Write::Heartbeat(session, expected, events) => {
             if update_session_row(conn, session, *expected)? == 0 {
                 return Ok(Applied::default());
             }
