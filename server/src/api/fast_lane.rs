@@ -27,6 +27,7 @@ use poem_openapi::payload::Json;
 
 use super::access::{admit, authorize, label_allowed, OwnSession};
 use super::host_guard::HostGuard;
+use super::json_out::JsonOut;
 use super::models::HealthBody;
 use super::observe::{acceptable, log_line, new_id, request_span, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
@@ -126,7 +127,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
             Lane::Health => {
                 let (principal, decision) = self.admitted(req)?;
                 let health = self.service.health().await.ok()?;
-                let mut resp = Json(HealthBody::from(health)).into_response();
+                let mut resp = JsonOut(HealthBody::from(health)).into_response();
                 label_allowed(resp.headers_mut(), decision);
                 Some((resp, principal.kind()))
             }

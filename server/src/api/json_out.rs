@@ -224,6 +224,13 @@ mod tests {
             },
         });
         same(&DeleteBody::new("Session x deleted".into()));
+        same(&HealthBody {
+            status: "healthy".into(),
+            active_sessions: 7,
+            expiring_soon: 2,
+            timestamp: at(1_735_689_600_123),
+            uptime: 12.5,
+        });
         for with_options in [false, true] {
             let status = SessionStatusBody {
                 expires_at: at(99),

@@ -133,8 +133,9 @@ pub struct SessionListBody {
     pub stats: SessionStatsBody,
 }
 
-#[derive(Object, Debug, Clone)]
+#[derive(Object, Serialize, Debug, Clone)]
 #[oai(rename = "SessionsHealth", rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 pub struct HealthBody {
     /// Always `healthy` when the server can answer.
     pub status: String,

@@ -94,19 +94,34 @@ pub async fn readiness(service: &SessionService, store: &StoreProbe) -> Readines
     Readiness::Ready(Json(ProbeStatus::ok()))
 }
 
-/// The last store probe: when, and whether the store could take writes.
+/// The last store probe: when, and whether the store could take writes; and whether a probe is under way.
 #[derive(Default)]
-pub struct StoreProbe(Mutex<Option<(Instant, bool)>>);
+pub struct StoreProbe {
+    last: Mutex<Option<(Instant, bool)>>,
+    probing: std::sync::atomic::AtomicBool,
+}
 
 impl StoreProbe {
     async fn writable(&self, service: &SessionService) -> bool {
-        if let Some((at, ok)) = *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
-            if at.elapsed() < PROBE_TTL {
+        use std::sync::atomic::Ordering;
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, ok)) = last {
+            // One probe at a time: while it runs (a database may take a while to answer), the others get the
+            // last answer instead of each waiting for a connection of their own.
+            if at.elapsed() < PROBE_TTL || self.probing.swap(true, Ordering::AcqRel) {
                 return ok;
             }
         }
+        // Cleared however this ends, also when the request is dropped mid-probe.
+        struct Probing<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Probing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let _probing = Probing(&self.probing);
         let ok = service.store().check_writable().await.is_ok();
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), ok));
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), ok));
         ok
     }
 }

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
@@ -74,8 +73,8 @@ impl SessionsApi {
     async fn health(
         &self,
         service: Service<'_>,
-    ) -> Result<Json<HealthBody>, Failure<HealthErrors>> {
-        Ok(Json(service.health().await?.into()))
+    ) -> Result<JsonOut<HealthBody>, Failure<HealthErrors>> {
+        Ok(JsonOut(service.health().await?.into()))
     }
 
     /// Create a new session with an agent.

@@ -76,6 +76,35 @@ pub struct PostgresStore {
     /// The background tasks, taken by `close`. Dropping the store stops both tasks too (the stop signal and
     /// the publisher's queue close with it).
     tasks: Mutex<Option<Tasks>>,
+    /// The last answer of `check_writable` (a round trip), reused for a second: the health route asks on every
+    /// call.
+    writable: WritableProbe,
+}
+
+/// One probe at a time, its answer reused for [`WRITABLE_TTL`]; while one runs, others get the last answer.
+#[derive(Default)]
+struct WritableProbe {
+    last: std::sync::Mutex<Option<(std::time::Instant, Result<(), StoreError>)>>,
+    probing: std::sync::atomic::AtomicBool,
+}
+
+const WRITABLE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl WritableProbe {
+    /// The last answer, if it may be reused; else None, and the caller probes (and must call `keep`).
+    fn reuse(&self) -> Option<Result<(), StoreError>> {
+        use std::sync::atomic::Ordering;
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (at, answer) = last?;
+        (at.elapsed() < WRITABLE_TTL || self.probing.swap(true, Ordering::AcqRel)).then_some(answer)
+    }
+
+    fn keep(&self, answer: &Result<(), StoreError>) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), answer.clone()));
+        self.probing
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 struct Tasks {
@@ -84,6 +113,31 @@ struct Tasks {
 }
 
 impl PostgresStore {
+    /// Whether the database takes writes now (a round trip; see `check_writable`).
+    async fn probe_writable(&self) -> Result<(), StoreError> {
+        let mut conn = self.db.acquire().await?;
+        let read_only = tokio::time::timeout(
+            self.db.acquire_timeout,
+            sqlx::query_scalar::<_, String>("SELECT current_setting('transaction_read_only')")
+                .fetch_one(&mut *conn),
+        )
+        .await;
+        match read_only {
+            Ok(Ok(read_only)) if read_only == "off" => Ok(()),
+            Ok(Ok(_)) => Err(StoreError::Unavailable(
+                "the database is read-only (a standby?)".into(),
+            )),
+            Ok(Err(e)) => Err(backend(e)),
+            Err(_) => {
+                // Whatever holds up the connection may hold up the next user: don't hand it back.
+                conn.close_on_drop();
+                Err(StoreError::Unavailable(
+                    "the database did not answer in time".into(),
+                ))
+            }
+        }
+    }
+
     /// `update_session`; `lazy`: committed with `synchronous_commit = off` (see `record_heartbeat`).
     async fn update_row(
         &self,
@@ -143,6 +197,7 @@ impl PostgresStore {
                 listener,
                 publisher: publisher_task,
             })),
+            writable: WritableProbe::default(),
         })
     }
 
@@ -823,29 +878,13 @@ impl SessionStore for PostgresStore {
     /// A connection (fast to fail while the database is away) and one round trip: cheap enough for a polled
     /// health check, and it also notices a database that takes no writes (a standby after a failover).
     async fn check_writable(&self) -> Result<(), StoreError> {
-        let mut conn = self.db.acquire().await?;
-        let read_only = tokio::time::timeout(
-            self.db.acquire_timeout,
-            sqlx::query_scalar::<_, String>("SELECT current_setting('transaction_read_only')")
-                .fetch_one(&mut *conn),
-        )
-        .await;
-        match read_only {
-            Ok(Ok(read_only)) if read_only == "off" => Ok(()),
-            Ok(Ok(_)) => Err(StoreError::Unavailable(
-                "the database is read-only (a standby?)".into(),
-            )),
-            Ok(Err(e)) => Err(backend(e)),
-            Err(_) => {
-                // Whatever holds up the connection may hold up the next user: don't hand it back.
-                conn.close_on_drop();
-                Err(StoreError::Unavailable(
-                    "the database did not answer in time".into(),
-                ))
-            }
+        if let Some(answer) = self.writable.reuse() {
+            return answer;
         }
+        let answer = self.probe_writable().await;
+        self.writable.keep(&answer);
+        answer
     }
-
     async fn close(&self) {
         let tasks = self.tasks.lock().await.take();
         if let Some(tasks) = tasks {
