@@ -198,9 +198,9 @@ pub struct Config {
     )]
     pub api_cors_origins: Vec<String>,
 
-    /// Heartbeats wait for the disk like every other write. By default a heartbeat is acknowledged once it
-    /// survives a crash of the server (and of PostgreSQL), before it reaches the disk; only an OS crash or a power
-    /// loss in the next moments can undo it, leaving the session its previous expiry.
+    /// Heartbeats wait for the disk like every other write. By default a SQLite heartbeat is acknowledged once
+    /// it survives a crash of the server, before it reaches the disk; only an OS crash or a power loss in the next
+    /// moments can undo it, leaving the session its previous expiry. (PostgreSQL heartbeats are always durable.)
     #[arg(long, env = "DURABLE_HEARTBEATS")]
     pub durable_heartbeats: bool,
 

@@ -29,7 +29,7 @@ use super::access::{admit, authorize, label_allowed, OwnSession};
 use super::host_guard::HostGuard;
 use super::json_out::JsonOut;
 use super::models::HealthBody;
-use super::observe::{acceptable, log_line, new_id, request_span, X_REQUEST_ID};
+use super::observe::{log_line, request_id_of, request_span, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
 use crate::auth::{Access, Principal, RateDecision};
 use crate::service::SessionService;
@@ -181,12 +181,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
         let Some((mut resp, principal)) = answered else {
             return self.inner.call(req).await;
         };
-        let id = req
-            .headers()
-            .get(X_REQUEST_ID)
-            .filter(|v| acceptable(v))
-            .cloned()
-            .unwrap_or_else(new_id);
+        let id = request_id_of(&req);
         super::browser::add_security_headers(
             resp.headers_mut(),
             req.uri().path().starts_with("/api/"),

@@ -46,12 +46,21 @@ pub fn note_principal(principal: &Principal) {
 }
 
 /// The client's id if it may be kept: printable ASCII (space included), 1 to 128 characters.
-pub(super) fn acceptable(value: &HeaderValue) -> bool {
+fn acceptable(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= MAX_ID_LEN && bytes.iter().all(|b| (0x20..0x7f).contains(b))
 }
 
-pub(super) fn new_id() -> HeaderValue {
+/// The request's id: the client's `X-Request-Id` when it may be kept, else a new one.
+pub(super) fn request_id_of(req: &Request) -> HeaderValue {
+    req.headers()
+        .get(X_REQUEST_ID)
+        .filter(|v| acceptable(v))
+        .cloned()
+        .unwrap_or_else(new_id)
+}
+
+fn new_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(id).expect("a UUID is a valid header value")
@@ -95,12 +104,7 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let started = Instant::now();
-        let id = req
-            .headers()
-            .get(X_REQUEST_ID)
-            .filter(|v| acceptable(v))
-            .cloned()
-            .unwrap_or_else(new_id);
+        let id = request_id_of(&req);
         let method = req.method().clone();
         // A Uri clone shares its buffer; only the path is read, after the response, for the operation's name.
         let uri = req.uri().clone();

@@ -140,11 +140,10 @@ pub trait SessionStore: Send + Sync + 'static {
         expected_version: i64,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError>;
-    /// `update_session` for a heartbeat: acknowledged once the commit survives a crash of this process and of the
-    /// database server's, without waiting for it to reach the disk (SQLite: a commit without `fsync`, in WAL mode;
-    /// PostgreSQL: `synchronous_commit = off` for this transaction). The next durable commit, checkpoint or WAL
-    /// flush takes it to the disk with it, so only an operating-system crash or a power loss in between loses it,
-    /// and then the session keeps its previous expiry.
+    /// `update_session` for a heartbeat. A store may acknowledge it once the commit survives a crash of this
+    /// process, without waiting for it to reach the disk (SQLite: a commit without `fsync`, in WAL mode; the next
+    /// durable commit or checkpoint takes it to the disk), so only an operating-system crash or a power loss in
+    /// between loses it, and then the session keeps its previous expiry. By default, a durable update.
     async fn record_heartbeat(
         &self,
         session: &Session,

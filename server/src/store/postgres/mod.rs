@@ -138,31 +138,6 @@ impl PostgresStore {
         }
     }
 
-    /// `update_session`; `lazy`: committed with `synchronous_commit = off` (see `record_heartbeat`).
-    async fn update_row(
-        &self,
-        session: &Session,
-        expected_version: i64,
-        events: Vec<SessionEvent>,
-        lazy: bool,
-    ) -> Result<bool, StoreError> {
-        let mut conn = self.conn_with_events(&events).await?;
-        let mut tx = conn.begin().await.map_err(backend)?;
-        if lazy {
-            sqlx::query("SET LOCAL synchronous_commit = off")
-                .execute(&mut *tx)
-                .await
-                .map_err(backend)?;
-        }
-        if writes::update_session_row(&mut tx, session, expected_version).await? == 0 {
-            return Ok(false);
-        }
-        let queued = webhooks::queue_events(&mut tx, &events).await?;
-        let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
-        self.commit_announcing(tx, &events, queued).await?;
-        Ok(true)
-    }
-
     /// `open_with` the default options.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         Self::open_with(url, &StoreOptions::default()).await
@@ -365,24 +340,23 @@ impl SessionStore for PostgresStore {
         self.session_where(&SQL, channel_id).await
     }
 
+    // Heartbeats keep the trait's `record_heartbeat` (a durable update): with `synchronous_commit = off` a
+    // PostgreSQL server stopped under load lost acknowledged renewals (tests/faults/postgres.rs).
     async fn update_session(
         &self,
         session: &Session,
         expected_version: i64,
         events: Vec<SessionEvent>,
     ) -> Result<bool, StoreError> {
-        self.update_row(session, expected_version, events, false)
-            .await
-    }
-
-    async fn record_heartbeat(
-        &self,
-        session: &Session,
-        expected_version: i64,
-        events: Vec<SessionEvent>,
-    ) -> Result<bool, StoreError> {
-        self.update_row(session, expected_version, events, true)
-            .await
+        let mut conn = self.conn_with_events(&events).await?;
+        let mut tx = conn.begin().await.map_err(backend)?;
+        if writes::update_session_row(&mut tx, session, expected_version).await? == 0 {
+            return Ok(false);
+        }
+        let queued = webhooks::queue_events(&mut tx, &events).await?;
+        let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
+        self.commit_announcing(tx, &events, queued).await?;
+        Ok(true)
     }
 
     async fn delete_session(
