@@ -204,25 +204,38 @@ async fn health_counts_active_and_expiring_sessions() {
     assert!(h.uptime >= 360.0);
 }
 
-/// The health route's counts are kept, not counted per request: calls within a few seconds reuse one count, and
-/// a count older than a few seconds is never answered.
+/// The health route's counts are kept, not counted per request: calls within a few seconds reuse one count
+/// (adjusted for the sessions created and deleted here), and a count older than a few seconds is never answered.
 #[tokio::test]
 async fn health_counts_are_kept_for_seconds_and_never_answered_stale() {
     let ctx = TestContext::new().await;
-    ctx.create_session(None).await;
+    let short = ctx.create_session(Some(timeout_minutes(10.0))).await;
+    let h = ctx.health().await;
+    assert_eq!((h.active_sessions, h.expiring_soon), (1, 0));
+    // Created and deleted here: counted at once, without a recount.
+    let other = ctx.create_session(None).await;
+    assert_eq!(ctx.health().await.active_sessions, 2);
+    ctx.delete(&other.session_id.to_string()).await;
     assert_eq!(ctx.health().await.active_sessions, 1);
-    ctx.create_session(None).await;
-    assert_eq!(
-        ctx.health().await.active_sessions,
-        1,
-        "the count made moments ago"
+    // A session stored by another instance (here: straight into the store) is not counted by a call...
+    let elsewhere = agent_sessions_server::domain::Session::new(
+        ctx.agent_id,
+        Uuid::new_v4(),
+        Default::default(),
+        agent_sessions_server::domain::TimeoutConfig {
+            timeout_minutes: 60.0,
+            auto_renew: true,
+            max_duration_minutes: 120.0,
+            warning_threshold_minutes: 5.0,
+        },
+        ctx.service.now(),
     );
-    ctx.clock.advance(chrono::Duration::seconds(30));
-    assert_eq!(
-        ctx.health().await.active_sessions,
-        2,
-        "an old count is made again before answering"
-    );
+    assert!(ctx.store.insert_session(&elsewhere).await.unwrap());
+    assert_eq!(ctx.health().await.active_sessions, 1, "the kept count");
+    // ...until the kept count is too old: then a recount sees it, and the short session's warning window.
+    ctx.advance_minutes(6);
+    let h = ctx.health().await;
+    assert_eq!((h.active_sessions, h.expiring_soon), (2, 1), "{short:?}");
 }
 
 #[tokio::test]

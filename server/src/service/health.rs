@@ -3,7 +3,9 @@
 //! with the last count while it is younger than [`FRESH`]; an older one (up to [`STALE`]) is still answered
 //! while one background task counts again; past that (or before the first count) the request counts itself,
 //! one at a time, so that callers never see figures more than [`STALE`] old. Ages are read on the service's
-//! clock, so that a moved `MockClock` makes the next call count.
+//! clock, so that a moved `MockClock` makes the next call count. Sessions created and deleted through this
+//! instance adjust the kept count at once (a client that creates a session and then asks sees it counted);
+//! expiries, and other instances' changes, show at the next count.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +39,15 @@ impl HealthCounts {
         // A slow count must not replace a younger one.
         if last.is_none_or(|(kept, _)| kept <= at) {
             *last = Some((at, counts));
+        }
+    }
+
+    /// A session became active (`1`) or an active one was deleted (`-1`) through this instance.
+    pub fn adjust_active(&self, delta: i64) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, counts)) = last.as_mut() {
+            counts.active = counts.active.saturating_add_signed(delta);
+            counts.total = counts.total.saturating_add_signed(delta.max(0));
         }
     }
 

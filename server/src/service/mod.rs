@@ -228,6 +228,7 @@ impl SessionService {
             return Err(SessionError::AgentNotFound(body.agent_id.to_string()));
         }
         crate::metrics::session_created();
+        self.health_counts.adjust_active(1);
         Ok(SessionView { session, now })
     }
 
@@ -267,6 +268,9 @@ impl SessionService {
         let deleted = vec![SessionEvent::deleted(uuid, now)];
         if self.store.delete_session(uuid, deleted).await? {
             crate::metrics::session_deleted(!session.is_expired(now));
+            if !session.is_expired(now) {
+                self.health_counts.adjust_active(-1);
+            }
             Ok(())
         } else {
             Err(SessionError::SessionNotFound(id.to_string()))
