@@ -14,8 +14,8 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::store::{SessionCounts, SessionFilter, SessionStore, StoreError};
 
-/// Counts younger than this are answered as they are. A count reads every retained session (about a tenth of a
-/// second of one core at a million), so it is made at most this often while the route is polled.
+/// Counts younger than this are answered as they are. A count reads every retained session (its cost at a
+/// million sessions is in BENCHMARKS.md), so it is made at most this often while the route is polled.
 const FRESH: Duration = Duration::seconds(5);
 /// Counts older than this are never answered: the request counts again first.
 const STALE: Duration = Duration::seconds(15);
