@@ -501,7 +501,8 @@ mod tests {
     /// The environment is the process's: tests that set it take turns, and leave it as they found it.
     static ENV: Mutex<()> = Mutex::new(());
 
-    const SETTINGS_VARS: [&str; 9] = [
+    const SETTINGS_VARS: [&str; 10] = [
+        "DURABLE_HEARTBEATS",
         "AGENT_CA_FILE",
         "AGENT_SECRET_ENV",
         "AGENT_ALLOWED_HOSTS",
@@ -558,6 +559,20 @@ mod tests {
         assert_eq!(policy.max_reply_bytes, 1_048_576);
         assert!(policy.extra_roots.is_empty() && policy.secret_env.is_empty());
         assert_eq!(policy.allowed_hosts, None);
+    }
+
+    #[test]
+    fn heartbeats_are_lazy_unless_made_durable() {
+        let durable = |env: &[(&str, &str)], args: &[&str]| {
+            with_env(env, || parse(args))
+                .unwrap()
+                .service_config()
+                .unwrap()
+                .durable_heartbeats
+        };
+        assert!(!durable(&[], &[]));
+        assert!(durable(&[], &["--durable-heartbeats"]));
+        assert!(durable(&[("DURABLE_HEARTBEATS", "true")], &[]));
     }
 
     #[test]

@@ -292,6 +292,43 @@ mod tests {
         answer.await.expect("answered")
     }
 
+    /// A heartbeat-only batch commits with synchronous=NORMAL (no fsync); any other batch with FULL.
+    #[test]
+    fn only_a_lazy_batch_skips_the_fsync() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        let level = |conn: &Connection| -> i64 {
+            conn.query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        set_sync(&conn, true).unwrap();
+        assert_eq!(level(&conn), 1, "NORMAL");
+        set_sync(&conn, true).unwrap();
+        assert_eq!(level(&conn), 1);
+        set_sync(&conn, false).unwrap();
+        assert_eq!(level(&conn), 2, "FULL");
+        let batch = |writes: Vec<Write>| writes.iter().all(Write::is_lazy);
+        let session = || {
+            Box::new(crate::domain::Session::new(
+                uuid::Uuid::new_v4(),
+                uuid::Uuid::new_v4(),
+                Default::default(),
+                crate::domain::TimeoutConfig {
+                    timeout_minutes: 30.0,
+                    auto_renew: true,
+                    max_duration_minutes: 60.0,
+                    warning_threshold_minutes: 5.0,
+                },
+                chrono::Utc::now(),
+            ))
+        };
+        assert!(batch(vec![Write::Heartbeat(session(), 1, Vec::new())]));
+        assert!(!batch(vec![
+            Write::Heartbeat(session(), 1, Vec::new()),
+            Write::UpdateSession(session(), 1, Vec::new()),
+        ]));
+    }
+
     /// A panicking write fails alone and leaves nothing behind; the writer thread lives and commits the writes
     /// queued with it and after it.
     #[tokio::test]
