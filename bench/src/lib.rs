@@ -1,7 +1,35 @@
 //! Shared helpers of the benchmark harness: reading one wrk report (`wrk --latency` output) into numbers, medians,
-//! and the formatting of the result tables. The binaries in `src/bin` use them; `bench/run` drives everything.
+//! the formatting of the result tables, and creating a session on a running server (`seed`, `fanout`). The
+//! binaries in `src/bin` use them; `bench/run` drives everything.
 
 use anyhow::{bail, Context};
+
+/// Creates a session with the demo echo agent (which every server creates on an empty store) for user `username` on the server at `base` (a 1440-minute timeout, so
+/// that none expires or enters its warning window during a run); the 201's body.
+pub async fn create_session(
+    http: &reqwest::Client,
+    base: &str,
+    username: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let body = serde_json::json!({
+        "agentId": agent_sessions_server::service::DEMO_AGENT_ID,
+        "userId": uuid::Uuid::new_v4(),
+        "metadata": {"platform": "web", "username": username},
+        "timeoutConfig": {"timeoutMinutes": 1440, "maxDurationMinutes": 1440},
+    });
+    let response = http
+        .post(format!("{base}/api/messaging/sessions"))
+        .json(&body)
+        .send()
+        .await
+        .context("createSession")?;
+    let status = response.status();
+    let text = response.text().await?;
+    if status.as_u16() != 201 {
+        bail!("createSession answered {status}: {text}");
+    }
+    Ok(serde_json::from_str(&text)?)
+}
 
 /// The figures of one wrk run.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -19,8 +19,6 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-/// The demo echo agent every server creates on an empty store (its reply is `Echo: <text>`).
-const DEMO_AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
 /// Descriptors beyond the subscribers and the send pool: session creation, the runtime, stdio.
 const FD_MARGIN: u64 = 200;
 /// The largest latency recorded, in microseconds (larger ones are clamped): 10 minutes.
@@ -267,24 +265,7 @@ struct Session {
 }
 
 async fn create_session(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Session> {
-    let body = json!({
-        "agentId": DEMO_AGENT,
-        "userId": uuid::Uuid::new_v4(),
-        "metadata": {"platform": "web", "username": format!("fanout{n}")},
-        "timeoutConfig": {"timeoutMinutes": 1440, "maxDurationMinutes": 1440},
-    });
-    let response = http
-        .post(format!("{base}/api/messaging/sessions"))
-        .json(&body)
-        .send()
-        .await
-        .context("createSession")?;
-    let status = response.status();
-    let text = response.text().await?;
-    if status.as_u16() != 201 {
-        bail!("createSession answered {status}: {text}");
-    }
-    let session: Value = serde_json::from_str(&text)?;
+    let session = agent_sessions_bench::create_session(http, base, &format!("fanout{n}")).await?;
     let field = |name: &str| {
         session[name]
             .as_str()

@@ -17,9 +17,6 @@ use clap::Parser;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 
-/// The demo echo agent every server creates on an empty store.
-const DEMO_AGENT: &str = "3c90c3cc-0d44-4b50-8888-8dd25736052a";
-
 #[derive(Parser, Debug)]
 #[command(about = "Creates sessions and message histories on a running server (bench/run)")]
 struct Args {
@@ -53,25 +50,9 @@ struct Seeder {
 impl Seeder {
     /// A new session's id, and its session token when the server issues one (a server with keys).
     async fn create_session(&self, n: usize) -> anyhow::Result<(String, Option<String>)> {
-        let body = json!({
-            "agentId": DEMO_AGENT,
-            "userId": uuid::Uuid::new_v4(),
-            "metadata": {"platform": "web", "username": format!("user{n}")},
-            "timeoutConfig": {"timeoutMinutes": 1440, "maxDurationMinutes": 1440},
-        });
-        let response = self
-            .http
-            .post(format!("{}/api/messaging/sessions", self.base))
-            .json(&body)
-            .send()
-            .await
-            .context("createSession")?;
-        let status = response.status();
-        let text = response.text().await?;
-        if status.as_u16() != 201 {
-            bail!("createSession answered {status}: {text}");
-        }
-        let session: Value = serde_json::from_str(&text)?;
+        let session =
+            agent_sessions_bench::create_session(&self.http, &self.base, &format!("user{n}"))
+                .await?;
         let id = session["sessionId"]
             .as_str()
             .map(str::to_string)
