@@ -86,6 +86,7 @@ impl<'a> Lane<'a> {
     }
 }
 
+#[derive(Clone)]
 pub struct FastLane {
     pub service: Arc<SessionService>,
     pub access: Arc<Access>,
@@ -99,20 +100,14 @@ impl<E: Endpoint<Output = Response>> Middleware<E> for FastLane {
     fn transform(&self, inner: E) -> Self::Output {
         FastLaneEndpoint {
             inner,
-            service: self.service.clone(),
-            access: self.access.clone(),
-            store: self.store.clone(),
-            host_guard: self.host_guard.clone(),
+            lane: self.clone(),
         }
     }
 }
 
 pub struct FastLaneEndpoint<E> {
     inner: E,
-    service: Arc<SessionService>,
-    access: Arc<Access>,
-    store: Arc<StoreProbe>,
-    host_guard: HostGuard,
+    lane: FastLane,
 }
 
 impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
@@ -121,12 +116,14 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
         match lane {
             Lane::Liveness => Some((Json(ProbeStatus::ok()).into_response(), "anonymous")),
             Lane::Readiness => Some((
-                readiness(&self.service, &self.store).await.into_response(),
+                readiness(&self.lane.service, &self.lane.store)
+                    .await
+                    .into_response(),
                 "anonymous",
             )),
             Lane::Health => {
                 let (principal, decision) = self.admitted(req)?;
-                let health = self.service.health().await.ok()?;
+                let health = self.lane.service.health().await.ok()?;
                 let mut resp = JsonOut(HealthBody::from(health)).into_response();
                 label_allowed(resp.headers_mut(), decision);
                 Some((resp, principal.kind()))
@@ -141,8 +138,8 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                 }
                 authorize::<OwnSession>(&principal, Some(id)).ok()?;
                 let view = match lane {
-                    Lane::Heartbeat(_) => self.service.heartbeat(id).await,
-                    _ => self.service.get(id).await,
+                    Lane::Heartbeat(_) => self.lane.service.heartbeat(id).await,
+                    _ => self.lane.service.get(id).await,
                 }
                 .ok()?;
                 let mut resp = super::sessions::session(view).into_response();
@@ -154,7 +151,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
 
     /// The caller and its rate-limit decision, unless the limit refuses it (then the stack answers the 429).
     fn admitted(&self, req: &Request) -> Option<(Principal, RateDecision)> {
-        let (principal, decision) = admit(&self.access, req);
+        let (principal, decision) = admit(&self.lane.access, req);
         (!matches!(decision, RateDecision::Limited { .. })).then_some((principal, decision))
     }
 }
@@ -165,7 +162,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
     async fn call(&self, req: Request) -> poem::Result<Response> {
         let Some(lane) = Lane::of(req.method(), req.uri().path())
             .filter(|_| !req.headers().contains_key(header::ORIGIN))
-            .filter(|_| self.host_guard.allows_request(&req))
+            .filter(|_| self.lane.host_guard.allows_request(&req))
         else {
             return self.inner.call(req).await;
         };

@@ -2,8 +2,8 @@
 //! `GET /metrics` (Prometheus text, an operator's), plus the endpoint that serves `/metrics` alone on its own
 //! listener (`--metrics-addr`).
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use poem::http::{Method, StatusCode};
 use poem::web::Data;
@@ -15,6 +15,7 @@ use super::access::{Authorized, OperatorOnly};
 use super::error::{ApiError, ErrorCode, Failure, MetricsErrors};
 use super::ApiTags;
 use crate::service::SessionService;
+use crate::store::Reused;
 
 /// How long a store probe's answer is reused: readiness is polled by every orchestrator replica and load
 /// balancer, and must not become a load on the database.
@@ -94,35 +95,20 @@ pub async fn readiness(service: &SessionService, store: &StoreProbe) -> Readines
     Readiness::Ready(Json(ProbeStatus::ok()))
 }
 
-/// The last store probe: when, and whether the store could take writes; and whether a probe is under way.
-#[derive(Default)]
-pub struct StoreProbe {
-    last: Mutex<Option<(Instant, bool)>>,
-    probing: std::sync::atomic::AtomicBool,
+/// The last store probe's answer, reused for [`PROBE_TTL`], one probe at a time.
+pub struct StoreProbe(Reused<bool>);
+
+impl Default for StoreProbe {
+    fn default() -> Self {
+        Self(Reused::new(PROBE_TTL))
+    }
 }
 
 impl StoreProbe {
     async fn writable(&self, service: &SessionService) -> bool {
-        use std::sync::atomic::Ordering;
-        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, ok)) = last {
-            // One probe at a time: while it runs (a database may take a while to answer), the others get the
-            // last answer instead of each waiting for a connection of their own.
-            if at.elapsed() < PROBE_TTL || self.probing.swap(true, Ordering::AcqRel) {
-                return ok;
-            }
-        }
-        // Cleared however this ends, also when the request is dropped mid-probe.
-        struct Probing<'a>(&'a std::sync::atomic::AtomicBool);
-        impl Drop for Probing<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, std::sync::atomic::Ordering::Release);
-            }
-        }
-        let _probing = Probing(&self.probing);
-        let ok = service.store().check_writable().await.is_ok();
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), ok));
-        ok
+        self.0
+            .get(|| async { service.store().check_writable().await.is_ok() })
+            .await
     }
 }
 

@@ -7,7 +7,6 @@
 //! instance adjust the kept count at once (a client that creates a session and then asks sees it counted);
 //! expiries, and other instances' changes, show at the next count.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
@@ -23,10 +22,9 @@ const STALE: Duration = Duration::seconds(15);
 #[derive(Default)]
 pub struct HealthCounts {
     last: Mutex<Option<(DateTime<Utc>, SessionCounts)>>,
-    /// A background count is running.
-    refreshing: AtomicBool,
-    /// Held by a request that counts in place, so that concurrent ones wait for its figures.
-    counting: tokio::sync::Mutex<()>,
+    /// Held while a count runs, in the background or in place: one at a time, and a request that must count
+    /// waits for a running count's figures instead of making its own.
+    counting: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl HealthCounts {
@@ -89,11 +87,12 @@ impl HealthCounts {
         now: DateTime<Utc>,
         retained_after: DateTime<Utc>,
     ) {
-        if self.refreshing.swap(true, Ordering::AcqRel) {
+        let Ok(counting) = self.counting.clone().try_lock_owned() else {
             return;
-        }
+        };
         let (this, store) = (self.clone(), store.clone());
         tokio::spawn(async move {
+            let _counting = counting;
             let counted = store
                 .count_sessions(&SessionFilter::default(), now, retained_after)
                 .await;
@@ -104,7 +103,6 @@ impl HealthCounts {
                     tracing::warn!(error = %e, "counting sessions for the health route failed")
                 }
             }
-            this.refreshing.store(false, Ordering::Release);
         });
     }
 }

@@ -14,6 +14,7 @@
 
 mod bus;
 mod postgres;
+mod reused;
 mod rows;
 mod schema;
 mod sqlite;
@@ -34,6 +35,7 @@ use crate::domain::{
 pub use crate::domain::StoreError;
 pub use bus::EventBus;
 pub use postgres::PostgresStore;
+pub use reused::Reused;
 pub use sqlite::SqliteStore;
 
 /// What `delete_agent` did.

@@ -52,7 +52,7 @@ use super::schema::{
     direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventReplay, MessageWindow, Order,
+    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventReplay, MessageWindow, Order, Reused,
     SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{
@@ -76,35 +76,8 @@ pub struct PostgresStore {
     /// The background tasks, taken by `close`. Dropping the store stops both tasks too (the stop signal and
     /// the publisher's queue close with it).
     tasks: Mutex<Option<Tasks>>,
-    /// The last answer of `check_writable` (a round trip), reused for a second: the health route asks on every
-    /// call.
-    writable: WritableProbe,
-}
-
-/// One probe at a time, its answer reused for [`WRITABLE_TTL`]; while one runs, others get the last answer.
-#[derive(Default)]
-struct WritableProbe {
-    last: std::sync::Mutex<Option<(std::time::Instant, Result<(), StoreError>)>>,
-    probing: std::sync::atomic::AtomicBool,
-}
-
-const WRITABLE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl WritableProbe {
-    /// The last answer, if it may be reused; else None, and the caller probes (and must call `keep`).
-    fn reuse(&self) -> Option<Result<(), StoreError>> {
-        use std::sync::atomic::Ordering;
-        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (at, answer) = last?;
-        (at.elapsed() < WRITABLE_TTL || self.probing.swap(true, Ordering::AcqRel)).then_some(answer)
-    }
-
-    fn keep(&self, answer: &Result<(), StoreError>) {
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((std::time::Instant::now(), answer.clone()));
-        self.probing
-            .store(false, std::sync::atomic::Ordering::Release);
-    }
+    /// `check_writable`'s answer (a round trip), reused for a second: the health route asks on every call.
+    writable: Reused<Result<(), StoreError>>,
 }
 
 struct Tasks {
@@ -172,7 +145,7 @@ impl PostgresStore {
                 listener,
                 publisher: publisher_task,
             })),
-            writable: WritableProbe::default(),
+            writable: Reused::new(std::time::Duration::from_secs(1)),
         })
     }
 
@@ -852,12 +825,7 @@ impl SessionStore for PostgresStore {
     /// A connection (fast to fail while the database is away) and one round trip: cheap enough for a polled
     /// health check, and it also notices a database that takes no writes (a standby after a failover).
     async fn check_writable(&self) -> Result<(), StoreError> {
-        if let Some(answer) = self.writable.reuse() {
-            return answer;
-        }
-        let answer = self.probe_writable().await;
-        self.writable.keep(&answer);
-        answer
+        self.writable.get(|| self.probe_writable()).await
     }
     async fn close(&self) {
         let tasks = self.tasks.lock().await.take();
