@@ -58,17 +58,13 @@ impl<'a> Lane<'a> {
             }
         }
         let rest = path.strip_prefix(SESSIONS)?;
-        let (id, call) = match rest.split_once('/') {
-            None => (rest, Self::GetSession as fn(&'a str) -> Self),
-            Some((id, "heartbeat")) => (id, Self::Heartbeat as fn(&'a str) -> Self),
+        let (id, lane, expected) = match rest.split_once('/') {
+            None => (rest, Self::GetSession(rest), Method::GET),
+            Some((id, "heartbeat")) => (id, Self::Heartbeat(id), Method::POST),
             Some(_) => return None,
         };
         let plain = !id.is_empty() && !id.contains('%');
-        let expected = match call(id) {
-            Self::GetSession(_) => Method::GET,
-            _ => Method::POST,
-        };
-        (plain && *method == expected).then(|| call(id))
+        (plain && *method == expected).then_some(lane)
     }
 
     fn operation(self) -> &'static str {
