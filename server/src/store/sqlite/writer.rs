@@ -319,7 +319,7 @@ mod tests {
                     max_duration_minutes: 60.0,
                     warning_threshold_minutes: 5.0,
                 },
-                chrono::Utc::now(),
+                chrono::DateTime::UNIX_EPOCH,
             ))
         };
         assert!(batch(vec![Write::Heartbeat(session(), 1, Vec::new())]));
