@@ -143,11 +143,12 @@ pub(super) async fn touch(store: &dyn SessionStore, s: &mut Session, now: DateTi
     ok
 }
 
-pub(super) async fn next_event(rx: &mut broadcast::Receiver<SessionEvent>) -> SessionEvent {
-    tokio::time::timeout(WAIT, rx.recv())
+pub(super) async fn next_event(rx: &mut LiveEvents) -> SessionEvent {
+    let event = tokio::time::timeout(WAIT, rx.recv())
         .await
         .expect("an event within the wait")
-        .expect("the event feed is open")
+        .expect("the event feed is open");
+    Arc::unwrap_or_clone(event)
 }
 
 /// A transient event that proves, by arriving next, that nothing else was delivered before it.
@@ -164,7 +165,7 @@ pub(super) fn marker(session_id: Uuid) -> SessionEvent {
 
 pub(super) async fn expect_marker_next(
     store: &dyn SessionStore,
-    rx: &mut broadcast::Receiver<SessionEvent>,
+    rx: &mut LiveEvents,
     session_id: Uuid,
 ) {
     let m = marker(session_id);

@@ -14,12 +14,11 @@ use agent_sessions_server::domain::{
     TimeoutConfigPatch,
 };
 use agent_sessions_server::store::{
-    AgentDeletion, MessageWindow, Order, PostgresStore, SessionCounts, SessionFilter, SessionStore,
-    SqliteStore,
+    AgentDeletion, LiveEvents, MessageWindow, Order, PostgresStore, SessionCounts, SessionFilter,
+    SessionStore, SqliteStore,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::pg::{postgres_url, psql};

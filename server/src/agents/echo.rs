@@ -39,6 +39,10 @@ impl ReplyBackend for EchoAgent {
             ..AgentReply::default()
         })
     }
+
+    fn reads_history(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

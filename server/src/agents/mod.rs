@@ -55,6 +55,11 @@ pub trait ReplyBackend: Send + Sync {
         request: &AgentRequest,
         chunks: &ChunkSender,
     ) -> Result<AgentReply, AgentError>;
+
+    /// Whether the backend reads `request.history`: one that does not is spared reading it from the store.
+    fn reads_history(&self) -> bool {
+        true
+    }
 }
 
 /// Builds backends from agent configs under the operator's egress policy, sharing one HTTP client (connection

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use futures::stream::{self, BoxStream, StreamExt};
+use futures::future;
+use futures::stream::{BoxStream, StreamExt};
 use poem::http::StatusCode;
 
 use super::error::{ApiError, ErrorCode};
@@ -67,11 +68,12 @@ impl OpenFeed {
     /// The feed's frames, in order; the slot lives as long as the stream, dropped when it ends or when the
     /// client goes away.
     pub fn frames(self) -> BoxStream<'static, SessionStreamEvent> {
-        stream::unfold(
-            (self.subscription, self.slot),
-            |(mut rx, slot)| async move { rx.recv().await.map(|item| (item, (rx, slot))) },
-        )
-        .filter_map(|item| async move { event_wire::feed_frame(&item) })
-        .boxed()
+        let slot = self.slot;
+        self.subscription
+            .filter_map(move |item| {
+                let _held = &slot;
+                future::ready(event_wire::feed_frame(&item))
+            })
+            .boxed()
     }
 }

@@ -79,7 +79,11 @@ struct Failed<'a> {
 pub fn feed_frame(item: &FeedItem) -> Option<SessionStreamEvent> {
     match item {
         FeedItem::Event(e) => {
-            let (event, data) = session_frame(e)?;
+            // Rendered once per event for all its subscribers.
+            let (event, data) = match e.rendered().get_or_render(|| session_frame(e)) {
+                Some(frame) => frame.clone()?,
+                None => session_frame(e)?,
+            };
             Some(SessionStreamEvent {
                 id: e.seq.map(EventId),
                 event,

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use poem::http::header::HOST;
 use poem::http::StatusCode;
 use poem::web::websocket::{
@@ -36,6 +36,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest message (and frame) read from a client. Clients have nothing to say on this socket (what they
 /// send is ignored): the library's default of 64 MiB would let one client make the server buffer that much.
 const MAX_CLIENT_MESSAGE: usize = 4096;
+/// At most this many frames are queued before the socket is written to, so that a long replay still streams.
+const MAX_FRAMES_PER_WRITE: usize = 64;
 
 pub struct EventsWsApi;
 
@@ -79,7 +81,13 @@ impl EventsWsApi {
         let feed = event_feed::open(&service, &settings.slots, &session_id, last).await?;
         let keepalive = settings.keepalive;
         let stopping = service.stopping().clone();
-        let upgraded = websocket.on_upgrade(move |socket| pump(socket, feed, keepalive, stopping));
+        // The upgrade callback must be `Sync`, a feed (a stream the socket's task alone reads) is not: the
+        // mutex is only ever taken once, by that callback.
+        let feed = std::sync::Mutex::new(feed);
+        let upgraded = websocket.on_upgrade(move |socket| {
+            let feed = feed.into_inner().unwrap_or_else(|e| e.into_inner());
+            pump(socket, feed, keepalive, stopping)
+        });
         Ok(WebSocketUpgrade(upgraded.boxed()))
     }
 }
@@ -132,18 +140,38 @@ async fn pump(
         tokio::select! {
             frame = frames.next() => match frame {
                 Some(frame) => {
-                    let last = matches!(frame.event, SessionEventName::Expired | SessionEventName::Deleted);
-                    if !send(&mut socket, Message::Text(text(&frame)), &stopping).await {
+                    // The frames ready together (a reply's chunks, a message and its renewal) go out in one
+                    // write: with many subscribers, a write per frame was most of the feed's cost.
+                    let mut next = Some(frame);
+                    let mut end = None;
+                    let mut queued = 0;
+                    while let Some(frame) = next.take() {
+                        let last = matches!(frame.event, SessionEventName::Expired | SessionEventName::Deleted);
+                        if !deliver(socket.feed(Message::Text(text(&frame))), &stopping).await {
+                            return;
+                        }
+                        queued += 1;
+                        if last {
+                            let reason = format!("session {}", event_wire::event_name(frame.event));
+                            end = Some(Message::close_with(CloseCode::Normal, reason));
+                        } else if queued < MAX_FRAMES_PER_WRITE {
+                            match frames.next().now_or_never() {
+                                Some(Some(frame)) => next = Some(frame),
+                                Some(None) => end = Some(going_away()),
+                                None => {}
+                            }
+                        }
+                    }
+                    if !deliver(socket.flush(), &stopping).await {
                         return;
                     }
-                    if last {
-                        let reason = format!("session {}", event_wire::event_name(frame.event));
-                        break Message::close_with(CloseCode::Normal, reason);
+                    if let Some(close) = end {
+                        break close;
                     }
                 }
                 // The feed ends on its own only when the server stops (or cannot read the store): the client
                 // reconnects with the last id, here after a restart or to another instance.
-                None => break Message::close_with(CloseCode::Away, "reconnect with the last event id"),
+                None => break going_away(),
             },
             _ = ping.tick() => {
                 if !send(&mut socket, Message::Ping(Vec::new()), &stopping).await {
@@ -165,17 +193,30 @@ async fn pump(
     .await;
 }
 
-/// Sends one message; false once the client is gone or the server is stopping (a client that does not read
-/// would otherwise hold the send, and the shutdown, forever).
+/// The close that asks the client to reconnect with its last event id.
+fn going_away() -> Message {
+    Message::close_with(CloseCode::Away, "reconnect with the last event id")
+}
+
+/// Sends one message; false once the client is gone or the server is stopping.
 async fn send(
     socket: &mut WebSocketStream,
     message: Message,
     stopping: &CancellationToken,
 ) -> bool {
-    // Biased: a send the socket takes at once still goes out while stopping (the `reconnect` frame).
+    deliver(socket.send(message), stopping).await
+}
+
+/// Waits for a write to the socket; false once the client is gone or the server is stopping (a client that does
+/// not read would otherwise hold the write, and the shutdown, forever).
+async fn deliver<E>(
+    write: impl std::future::Future<Output = Result<(), E>>,
+    stopping: &CancellationToken,
+) -> bool {
+    // Biased: a write the socket takes at once still goes out while stopping (the `reconnect` frame).
     tokio::select! {
         biased;
-        sent = socket.send(message) => sent.is_ok(),
+        sent = write => sent.is_ok(),
         _ = stopping.cancelled() => false,
     }
 }

@@ -4,6 +4,9 @@
 //! The stored form keeps the field names the event log used before payloads were typed, so that logs written
 //! then still read back.
 
+use std::any::Any;
+use std::sync::OnceLock;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -209,6 +212,39 @@ pub struct SessionEvent {
     pub payload: EventPayload,
     /// Delivered live only, whatever its kind (see [`SessionEvent::heartbeat_renewal`]).
     live_only: bool,
+    rendered: Rendered,
+}
+
+/// The event as a transport writes it, made by the first subscriber that needs it and reused by the others,
+/// who share the event: a session's event goes to every one of its subscribers, and rendering it for each cost
+/// more than sending it. Opaque here (the API layer decides what it keeps); a copy of the event starts empty,
+/// and two events compare equal whatever they hold here.
+#[derive(Default)]
+pub struct Rendered(OnceLock<Box<dyn Any + Send + Sync>>);
+
+impl Rendered {
+    /// The kept rendering, made by `render` if there is none yet; None if another type was kept first.
+    pub fn get_or_render<T: Any + Send + Sync>(&self, render: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(render())).downcast_ref()
+    }
+}
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rendered")
+    }
 }
 
 impl SessionEvent {
@@ -219,7 +255,13 @@ impl SessionEvent {
             at,
             payload,
             live_only: false,
+            rendered: Rendered::default(),
         }
+    }
+
+    /// The event's rendering for subscribers, kept with it (see [`Rendered`]).
+    pub fn rendered(&self) -> &Rendered {
+        &self.rendered
     }
 
     pub fn kind(&self) -> EventKind {
@@ -374,6 +416,35 @@ mod tests {
 
     fn at(ms: i64) -> DateTime<Utc> {
         DateTime::from_timestamp_millis(1_735_689_600_000 + ms).unwrap()
+    }
+
+    #[test]
+    fn an_event_is_rendered_once_and_a_copy_starts_unrendered() {
+        let event = SessionEvent::message(&message());
+        let mut renders = 0;
+        let first = event
+            .rendered()
+            .get_or_render(|| {
+                renders += 1;
+                "frame".to_string()
+            })
+            .cloned();
+        let again = event
+            .rendered()
+            .get_or_render(|| {
+                renders += 1;
+                "other".to_string()
+            })
+            .cloned();
+        assert_eq!(first.as_deref(), Some("frame"));
+        assert_eq!(again.as_deref(), Some("frame"));
+        assert_eq!(renders, 1);
+        // Another type than the one kept is not a rendering of it.
+        assert_eq!(event.rendered().get_or_render(|| 7_u32), None);
+        let copy = event.clone();
+        assert_eq!(copy, event);
+        let copy_frame = copy.rendered().get_or_render(|| "fresh".to_string());
+        assert_eq!(copy_frame.map(String::as_str), Some("fresh"));
     }
 
     fn message() -> Message {

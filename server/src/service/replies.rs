@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::domain::{
     AgentReply, EventKind, EventPayload, Message, ReplyChunk, ReplyFailure, Session, SessionEvent,
 };
-use crate::store::SessionStore;
+use crate::store::{LiveEvents, SessionStore};
 
 /// What happens to one message's reply, as a waiting request sees it.
 #[derive(Debug, Clone)]
@@ -214,17 +214,20 @@ impl Replier {
             .await
             .map_err(|_| failed("could not load the agent"))?
             .ok_or_else(|| failed("the session's agent no longer exists"))?;
-        let history = self
-            .store
-            .recent_messages(session.id, message.seq, self.history_limit)
-            .await
-            .map_err(|_| failed("could not load the history"))?;
         let backend_kind = match &agent.backend {
             crate::domain::AgentBackend::Echo => "echo",
             crate::domain::AgentBackend::Webhook { .. } => "webhook",
             crate::domain::AgentBackend::OpenAi(_) => "openai",
         };
         let backend = self.backends.for_agent(&agent.backend)?;
+        let history = if backend.reads_history() {
+            self.store
+                .recent_messages(session.id, message.seq, self.history_limit)
+                .await
+                .map_err(|_| failed("could not load the history"))?
+        } else {
+            Vec::new()
+        };
         let request = AgentRequest {
             agent,
             session: session.clone(),
@@ -277,7 +280,7 @@ fn failure_of(e: AgentError) -> ReplyFailure {
 }
 
 /// Completes when the feed announces the session's deletion.
-async fn deleted(mut feed: broadcast::Receiver<SessionEvent>) {
+async fn deleted(mut feed: LiveEvents) {
     loop {
         match feed.recv().await {
             Ok(event) if event.kind() == EventKind::Deleted => return,
@@ -289,7 +292,7 @@ async fn deleted(mut feed: broadcast::Receiver<SessionEvent>) {
 
 /// A request's view of one message's reply, read from the session's event feed.
 pub struct ReplyWatch {
-    events: broadcast::Receiver<SessionEvent>,
+    events: LiveEvents,
     message_id: Uuid,
     agent_timeout: Duration,
     stopping: CancellationToken,
@@ -298,7 +301,7 @@ pub struct ReplyWatch {
 
 impl ReplyWatch {
     pub(super) fn new(
-        events: broadcast::Receiver<SessionEvent>,
+        events: LiveEvents,
         message_id: Uuid,
         agent_timeout: Duration,
         stopping: CancellationToken,
@@ -342,7 +345,7 @@ impl ReplyWatch {
             if event.in_reply_to() != Some(self.message_id) {
                 continue;
             }
-            match event.payload {
+            match Arc::unwrap_or_clone(event).payload {
                 EventPayload::Chunk(chunk) => return Some(ReplyProgress::Chunk(chunk)),
                 EventPayload::Message(message) => {
                     let reply = AgentReply::of(&message);

@@ -11,7 +11,6 @@ use serde_json::{to_value, Value};
 use socketioxide::socket::Sid;
 use socketioxide::SocketIo;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::broadcast::Receiver;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
@@ -23,6 +22,7 @@ use super::Realtime;
 use crate::domain::{
     iso, EventPayload, Message, ReplyFailure, Session, SessionChange, SessionEvent,
 };
+use crate::store::LiveEvents;
 
 /// The channels watched here, each with the sockets that joined it and the task that follows its session.
 #[derive(Default)]
@@ -97,7 +97,7 @@ struct Follower {
 }
 
 impl Follower {
-    async fn follow(&mut self, mut events: Receiver<SessionEvent>) {
+    async fn follow(&mut self, mut events: LiveEvents) {
         loop {
             match events.recv().await {
                 Ok(event) => {

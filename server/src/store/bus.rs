@@ -1,10 +1,11 @@
 //! `EventBus`: in-process fan-out of committed session events to the subscribers of each session.
 //!
 //! One broadcast channel per session with subscribers, created on demand and dropped with its last subscriber,
-//! so that publishing for a session nobody watches costs one map lookup.
+//! so that publishing for a session nobody watches costs one map lookup. An event is shared by its subscribers
+//! (`Arc`), not copied for each: a channel holds its last events, and a session may have thousands of watchers.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -16,15 +17,18 @@ use crate::domain::SessionEvent;
 /// dozens of exchanges.
 const CHANNEL_CAPACITY: usize = 256;
 
+/// What a subscriber receives: each committed (or transient) event once, shared with the other subscribers.
+pub type LiveEvents = broadcast::Receiver<Arc<SessionEvent>>;
+
 #[derive(Default)]
 pub struct EventBus {
-    channels: Mutex<HashMap<Uuid, broadcast::Sender<SessionEvent>>>,
+    channels: Mutex<HashMap<Uuid, broadcast::Sender<Arc<SessionEvent>>>>,
     /// The number of channels after the last sweep of abandoned ones.
     swept: std::sync::atomic::AtomicUsize,
 }
 
 impl EventBus {
-    pub fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+    pub fn subscribe(&self, session_id: Uuid) -> LiveEvents {
         use std::sync::atomic::Ordering::Relaxed;
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         // Channels whose subscribers all left are swept when the map has doubled since the last sweep: a sweep
@@ -50,7 +54,7 @@ impl EventBus {
     pub fn publish(&self, event: &SessionEvent) {
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = channels.get(&event.session_id) {
-            if tx.send(event.clone()).is_err() {
+            if tx.send(Arc::new(event.clone())).is_err() {
                 channels.remove(&event.session_id);
             }
         }

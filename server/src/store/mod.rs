@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::domain::{
@@ -33,7 +33,7 @@ use crate::domain::{
 };
 
 pub use crate::domain::StoreError;
-pub use bus::EventBus;
+pub use bus::{EventBus, LiveEvents};
 pub use postgres::PostgresStore;
 pub use reused::Reused;
 pub use sqlite::SqliteStore;
@@ -259,7 +259,7 @@ pub trait SessionStore: Send + Sync + 'static {
             .events)
     }
     /// Committed events of one session from now on, in commit order.
-    fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent>;
+    fn subscribe(&self, session_id: Uuid) -> LiveEvents;
     /// Delivers a transient event (a reply chunk) to subscribers without storing it.
     fn publish(&self, event: &SessionEvent);
 

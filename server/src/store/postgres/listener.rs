@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -19,7 +19,7 @@ use super::notify::{Ack, Wire, CHANNEL};
 use super::replay;
 use crate::domain::SessionEvent;
 use crate::outage::Backoff;
-use crate::store::{from_ms, schema, EventBus, StoreError};
+use crate::store::{from_ms, schema, EventBus, LiveEvents, StoreError};
 
 /// Rows per query when the listener recovers events missed while its connection was down.
 const RECOVERY_BATCH: u32 = 500;
@@ -113,7 +113,7 @@ pub struct Shared {
 
 impl Shared {
     /// Subscribes to a session's events, and watches it so that a reconnect replays what it missed.
-    pub fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+    pub fn subscribe(&self, session_id: Uuid) -> LiveEvents {
         let receiver = self.bus.subscribe(session_id);
         let floor = self.high_water.load(Ordering::Acquire);
         lock(&self.watched).entry(session_id).or_insert(Watch {

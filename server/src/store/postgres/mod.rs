@@ -40,7 +40,7 @@ use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, Postgres};
 use sqlx::{ConnectOptions, Connection, QueryBuilder};
-use tokio::sync::{broadcast, Mutex, Notify};
+use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -52,8 +52,8 @@ use super::schema::{
     direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventReplay, MessageWindow, Order, Reused,
-    SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
+    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventReplay, LiveEvents, MessageWindow, Order,
+    Reused, SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{
     Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim,
@@ -651,7 +651,7 @@ impl SessionStore for PostgresStore {
         replay::replay_events(&mut *self.db.acquire().await?, session_id, after_seq, limit).await
     }
 
-    fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+    fn subscribe(&self, session_id: Uuid) -> LiveEvents {
         self.shared.subscribe(session_id)
     }
 

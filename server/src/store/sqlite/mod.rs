@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use self::reads::FastReads;
@@ -35,8 +35,8 @@ use super::schema::{
     MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventBus, EventReplay, MessageWindow, Order,
-    SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
+    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventBus, EventReplay, LiveEvents,
+    MessageWindow, Order, SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{
     Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim,
@@ -468,7 +468,7 @@ impl SessionStore for SqliteStore {
         Ok(EventReplay::from_rows(found))
     }
 
-    fn subscribe(&self, session_id: Uuid) -> broadcast::Receiver<SessionEvent> {
+    fn subscribe(&self, session_id: Uuid) -> LiveEvents {
         self.bus.subscribe(session_id)
     }
 
