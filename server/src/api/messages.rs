@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, BoxStream, StreamExt};
-use poem::web::sse::Event;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
-use poem_openapi::payload::EventStream;
 use poem_openapi::{ApiResponse, OpenApi};
 
 use super::access::{Authorized, OwnSession, OwnSessionEvents};
@@ -16,7 +14,7 @@ use super::body::JsonBody;
 use super::decode;
 use super::error::{ApiError, EventsErrors, Failure, MessagesErrors, SendErrors};
 use super::event_feed;
-use super::event_stream::SseStream;
+use super::event_stream::{SseFrame, SseStream};
 use super::event_wire;
 use super::idempotency::{self, Answer, Keep, KeyHeader, Scope};
 use super::json_out::{JsonBytes, JsonOut};
@@ -141,14 +139,14 @@ impl MessagesApi {
             }
         };
         let keepalive = settings.keepalive;
-        Ok(SendMessageResponse::Stream(SseStream(
-            EventStream::new(exchange_stream(
-                &outcome.user_message,
-                outcome.reply,
-                session_id.0.clone(),
-            ))
-            .keep_alive(keepalive)
-            .to_event(|e| Event::message(e.data.0).event_type(message_event_name(e.event))),
+        Ok(SendMessageResponse::Stream(SseStream::new(
+            exchange_stream(&outcome.user_message, outcome.reply, session_id.0.clone()),
+            keepalive,
+            |e| SseFrame {
+                id: None,
+                event: message_event_name(e.event),
+                data: e.data.0,
+            },
         )))
     }
 
@@ -217,18 +215,13 @@ impl MessagesApi {
     ) -> Result<SessionEventStream, Failure<EventsErrors>> {
         let last = event_feed::resume_position(last_event_id.0, last_event_id_header.0)?;
         let feed = event_feed::open(&service, &settings.slots, &session_id, last).await?;
-        Ok(SseStream(
-            EventStream::new(feed.frames())
-                .keep_alive(settings.keepalive)
-                .to_event(|e| {
-                    let event =
-                        Event::message(e.data.0).event_type(event_wire::event_name(e.event));
-                    match e.id {
-                        Some(id) => event.id(id.0.to_string()),
-                        None => event,
-                    }
-                }),
-        ))
+        Ok(SseStream::new(feed.frames(), settings.keepalive, |e| {
+            SseFrame {
+                id: e.id.map(|id| id.0),
+                event: event_wire::event_name(e.event),
+                data: e.data.0,
+            }
+        }))
     }
 }
 

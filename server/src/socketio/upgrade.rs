@@ -35,6 +35,31 @@ fn is_websocket_upgrade(req: &Request) -> bool {
     has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
+/// The request that opened a socket, for socketioxide to keep as long as the socket lives. Copied, not cloned:
+/// hyper's header values and URI are slices of the connection's read buffer, so a clone kept that whole buffer
+/// (16 KiB) alive per socket.
+fn opening_request(req: &Request) -> poem::Result<poem::http::Request<()>> {
+    let uri: poem::http::Uri = req
+        .uri()
+        .to_string()
+        .parse()
+        .map_err(poem::error::BadRequest)?;
+    let mut opening = poem::http::Request::builder()
+        .method(req.method().clone())
+        .uri(uri)
+        .version(req.version());
+    if let Some(headers) = opening.headers_mut() {
+        headers.reserve(req.headers().len());
+        for (name, value) in req.headers() {
+            let mut copy =
+                HeaderValue::from_bytes(value.as_bytes()).map_err(poem::error::BadRequest)?;
+            copy.set_sensitive(value.is_sensitive());
+            headers.append(name.clone(), copy);
+        }
+    }
+    opening.body(()).map_err(poem::error::BadRequest)
+}
+
 impl Endpoint for SocketIoEndpoint {
     type Output = Response;
 
@@ -46,14 +71,7 @@ impl Endpoint for SocketIoEndpoint {
             return Ok(StatusCode::BAD_REQUEST.into_response());
         };
         let upgrade = req.take_upgrade()?;
-        let mut opening = poem::http::Request::builder()
-            .method(req.method().clone())
-            .uri(req.uri().clone())
-            .version(req.version());
-        if let Some(headers) = opening.headers_mut() {
-            *headers = req.headers().clone();
-        }
-        let opening = opening.body(()).map_err(poem::error::BadRequest)?;
+        let opening = opening_request(&req)?;
         let mut service = self.upgrades.clone();
         tokio::spawn(async move {
             let Ok(stream) = upgrade.await else {
