@@ -152,6 +152,10 @@ struct Shared {
     progress: Notify,
     /// Messages sent per session (`--seconds`): the size of each subscriber's record of what it saw.
     per_session: usize,
+    /// Every reply's receipt: (session, message number, µs). The first subscriber to receive a reply received
+    /// it after its commit, so the time from that first receipt to each other is a lower bound of the latency
+    /// from the commit, as the reply's `createdAt` (taken before its commit) gives an upper one.
+    receipts: Mutex<Vec<(u32, u32, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -208,6 +212,7 @@ impl Shared {
         }
         let latency = received_us.saturating_sub(sent_us).clamp(1, MAX_LATENCY_US);
         lock(&stats.reply_from_send).saturating_record(latency);
+        lock(&self.receipts).push((sub.session as u32, seq as u32, received_us));
         if let Some(ms) = created_at_ms {
             let from_commit = (received_us as f64 - ms * 1000.0).max(1.0) as u64;
             lock(&stats.reply_from_commit).saturating_record(from_commit.min(MAX_LATENCY_US));
@@ -339,10 +344,11 @@ async fn sse(
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches(['\n', '\r']);
             if line.is_empty() {
-                if !data.is_empty() {
+                // A frame without `event:` is a `message` (the server leaves it out for those). Only those are
+                // read: the generator shares the server's cores, and parsing every chunk took a share of them.
+                let name = if event.is_empty() { "message" } else { &event };
+                if !data.is_empty() && name == "message" {
                     let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    // A frame without `event:` is a `message` (the server leaves it out for those).
-                    let name = if event.is_empty() { "message" } else { &event };
                     shared.feed_event(sub, &mut seen, name, &value);
                 }
                 event.clear();
@@ -384,7 +390,8 @@ async fn ws_feed(
     let mut seen = Seen::new(shared.per_session);
     while let Some(message) = socket.next().await {
         match message.context("reading the WebSocket")? {
-            WsMessage::Text(text) => {
+            // Only `message` frames are read (the server writes `"event":"<name>"` without spaces).
+            WsMessage::Text(text) if text.as_str().contains("\"event\":\"message\"") => {
                 let frame: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
                 let event = frame["event"].as_str().unwrap_or_default();
                 shared.feed_event(sub, &mut seen, event, &frame["data"]);
@@ -450,7 +457,13 @@ async fn socket_io(
             sub.stage.store(3, Ordering::Relaxed);
         } else if text == "41" {
             break;
-        } else if let Some(event) = text.strip_prefix("42") {
+        } else if let Some(event) = text
+            .strip_prefix("42")
+            // Stream chunks and the completion are not measured: not parsed.
+            .filter(|e| {
+                !e.starts_with("[\"messageStreamChunk\"") && !e.starts_with("[\"messageComplete\"")
+            })
+        {
             let event: Value = serde_json::from_str(event).unwrap_or(Value::Null);
             match event[0].as_str().unwrap_or_default() {
                 "messageBroadcast" => {
@@ -500,6 +513,24 @@ fn figures(h: &Histogram<u64>) -> Figures {
         p999: ms(h.value_at_quantile(0.999)),
         max: ms(h.max()),
     }
+}
+
+/// For each reply, the time from its first receipt by any subscriber to each receipt (the first's is 0) (µs).
+fn from_first_receipt(mut receipts: Vec<(u32, u32, u64)>) -> Histogram<u64> {
+    receipts.sort_unstable();
+    let mut spread = histogram();
+    let mut first = None;
+    for (session, seq, at) in receipts {
+        let start = match first {
+            Some((s, n, t)) if (s, n) == (session, seq) => t,
+            _ => {
+                first = Some((session, seq, at));
+                at
+            }
+        };
+        spread.saturating_record((at - start).clamp(1, MAX_LATENCY_US));
+    }
+    spread
 }
 
 fn print_figures(prefix: &str, f: &Figures) {
@@ -589,6 +620,7 @@ async fn run(args: Args, base: String, ws_base: String, fd_limit: u64) -> anyhow
         delivered: AtomicU64::new(0),
         progress: Notify::new(),
         per_session: args.seconds as usize,
+        receipts: Mutex::new(Vec::new()),
     });
     let target = Arc::new(Target {
         http: base.clone(),
@@ -945,6 +977,8 @@ async fn run(args: Args, base: String, ws_base: String, fd_limit: u64) -> anyhow
     println!("FANOUT_ENDED={total_ended}");
     print_figures("FANOUT", &all_f);
     print_figures("FANOUT_COMMIT", &all_c);
+    let receipts = std::mem::take(&mut *lock(&shared.receipts));
+    print_figures("FANOUT_FIRST", &figures(&from_first_receipt(receipts)));
     for line in lines {
         println!("{line}");
     }
@@ -952,4 +986,27 @@ async fn run(args: Args, base: String, ws_base: String, fd_limit: u64) -> anyhow
         println!("FANOUT_CLIENT_RSS_PEAK_MB={mb:.1}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_first_receipt;
+
+    #[test]
+    fn each_receipt_counts_from_the_first_receipt_of_its_reply() {
+        // Two replies of session 0 and one of session 1, out of order as tasks push them.
+        let receipts = vec![
+            (0, 1, 505),
+            (0, 0, 130),
+            (1, 0, 90),
+            (0, 0, 100),
+            (0, 1, 500),
+        ];
+        let spread = from_first_receipt(receipts);
+        assert_eq!(spread.len(), 5);
+        // The first receipts count as 1 µs (the histogram's floor), then 30 and 5 µs after theirs.
+        assert_eq!(spread.max(), 30);
+        assert_eq!(spread.value_at_quantile(0.5), 1);
+        assert_eq!(spread.count_at(5), 1);
+    }
 }
