@@ -104,8 +104,8 @@ impl HealthCounts {
 }
 
 /// Counts on a thread of the blocking pool: a count reads every retained session, on SQLite in the calling
-/// thread, and a runtime worker held by it for a tenth of a second at a million sessions stalled every request
-/// queued on that worker (the health route's p99 at 1 000 000 sessions).
+/// thread, and a runtime worker held by it for as long stalled every request queued on that worker (the health
+/// route's tail latency on a large store, BENCHMARKS.md).
 async fn count(
     store: &Arc<dyn SessionStore>,
     now: DateTime<Utc>,
