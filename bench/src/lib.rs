@@ -23,12 +23,23 @@ pub async fn create_session(
         .send()
         .await
         .context("createSession")?;
+    Ok(serde_json::from_str(
+        &body_if(response, 201, "createSession").await?,
+    )?)
+}
+
+/// The body of `response` if it has the `expected` status; else an error naming `operation`, the status and body.
+pub async fn body_if(
+    response: reqwest::Response,
+    expected: u16,
+    operation: &str,
+) -> anyhow::Result<String> {
     let status = response.status();
     let text = response.text().await?;
-    if status.as_u16() != 201 {
-        bail!("createSession answered {status}: {text}");
+    if status.as_u16() != expected {
+        bail!("{operation} answered {status}: {text}");
     }
-    Ok(serde_json::from_str(&text)?)
+    Ok(text)
 }
 
 /// The figures of one wrk run.

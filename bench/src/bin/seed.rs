@@ -88,11 +88,7 @@ impl Seeder {
             .send()
             .await
             .context("issueSessionToken")?;
-        let status = response.status();
-        let text = response.text().await?;
-        if status.as_u16() != 200 {
-            bail!("issueSessionToken answered {status}: {text}");
-        }
+        let text = agent_sessions_bench::body_if(response, 200, "issueSessionToken").await?;
         let token: Value = serde_json::from_str(&text)?;
         token["sessionToken"]
             .as_str()

@@ -74,7 +74,9 @@ impl HealthCounts {
                 return Ok(counts);
             }
         }
-        let counts = count(store, now, retained_after).await?;
+        let counts = store
+            .count_sessions(&SessionFilter::default(), now, retained_after)
+            .await?;
         self.keep(now, counts);
         Ok(counts)
     }
@@ -91,7 +93,9 @@ impl HealthCounts {
         let (this, store) = (self.clone(), store.clone());
         tokio::spawn(async move {
             let _counting = counting;
-            let counted = count(&store, now, retained_after).await;
+            let counted = store
+                .count_sessions(&SessionFilter::default(), now, retained_after)
+                .await;
             match counted {
                 Ok(counts) => this.keep(now, counts),
                 // The next request past STALE counts in place and reports the failure.
@@ -101,25 +105,4 @@ impl HealthCounts {
             }
         });
     }
-}
-
-/// Counts on a thread of the blocking pool: a count reads every retained session, on SQLite in the calling
-/// thread, and a runtime worker held by it for as long stalled every request queued on that worker (the health
-/// route's tail latency on a large store, BENCHMARKS.md).
-async fn count(
-    store: &Arc<dyn SessionStore>,
-    now: DateTime<Utc>,
-    retained_after: DateTime<Utc>,
-) -> Result<SessionCounts, StoreError> {
-    let store = store.clone();
-    let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        runtime.block_on(store.count_sessions(&SessionFilter::default(), now, retained_after))
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(StoreError::Backend(format!(
-            "counting sessions failed: {e}"
-        )))
-    })
 }

@@ -158,7 +158,6 @@ impl SqliteStore {
         )
     }
 
-    /// Applies `write`; whether it changed anything.
     /// The writer's queue, unless the store is closed.
     fn queue(&self) -> Option<mpsc::Sender<Job>> {
         self.writes
@@ -167,6 +166,7 @@ impl SqliteStore {
             .clone()
     }
 
+    /// Applies `write`; whether it changed anything.
     async fn changed(&self, write: Write) -> Result<bool, StoreError> {
         Ok(self.write(write).await?.rows > 0)
     }
@@ -298,20 +298,31 @@ impl SessionStore for SqliteStore {
         now: DateTime<Utc>,
         retained_after: DateTime<Utc>,
     ) -> Result<SessionCounts, StoreError> {
-        let counts = self.fast.rows(
-            "SELECT COUNT(*) AS total, \
-               COALESCE(SUM(expires_at > ?1), 0) AS active, \
-               COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) AS expiring_soon \
-             FROM sessions WHERE expires_at > ?2 \
-               AND (?3 IS NULL OR agent_id = ?3) AND (?4 IS NULL OR user_id = ?4)",
-            rusqlite::params![
-                to_ms(now),
-                to_ms(retained_after),
-                filter.agent_id,
-                filter.user_id
-            ],
-            rows::session_counts(),
-        )?;
+        // A count reads every retained session: on the blocking pool, not on the runtime worker that asked, where
+        // it stalled every request queued on that worker for as long (on a large store).
+        let (fast, filter) = (self.fast.clone(), filter.clone());
+        let counts = tokio::task::spawn_blocking(move || {
+            fast.rows(
+                "SELECT COUNT(*) AS total, \
+                   COALESCE(SUM(expires_at > ?1), 0) AS active, \
+                   COALESCE(SUM(expires_at > ?1 AND warn_at <= ?1), 0) AS expiring_soon \
+                 FROM sessions WHERE expires_at > ?2 \
+                   AND (?3 IS NULL OR agent_id = ?3) AND (?4 IS NULL OR user_id = ?4)",
+                rusqlite::params![
+                    to_ms(now),
+                    to_ms(retained_after),
+                    filter.agent_id,
+                    filter.user_id
+                ],
+                rows::session_counts(),
+            )
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(StoreError::Backend(format!(
+                "counting sessions failed: {e}"
+            )))
+        })?;
         Ok(counts.into_iter().next().unwrap_or_default())
     }
 
