@@ -14,7 +14,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use futures::SinkExt;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -296,32 +296,48 @@ async fn subscriber(
     gate: Arc<Semaphore>,
     ready: Ready,
 ) {
-    let result = match sub.kind {
-        Kind::Sse => sse(&target, &sse_client, &session, &sub, &shared, gate, &ready).await,
-        Kind::Ws => ws_feed(&target, &session, &sub, &shared, gate, &ready).await,
-        Kind::SocketIo => socket_io(&target, &session, &sub, &shared, gate, &ready).await,
+    let feed = Feed {
+        target: &target,
+        session: &session,
+        sub: &sub,
+        shared: &shared,
+        ready: &ready,
+    };
+    let result = match gate.acquire_owned().await {
+        Ok(permit) => {
+            sub.stage.store(1, Ordering::Relaxed);
+            match sub.kind {
+                Kind::Sse => sse(&feed, &sse_client, permit).await,
+                Kind::Ws => ws_feed(&feed, permit).await,
+                Kind::SocketIo => socket_io(&feed, permit).await,
+            }
+        }
+        Err(e) => Err(e.into()),
     };
     sub.ended.store(true, Ordering::Relaxed);
     // Only the first message counts: an error after the subscriber said it was ready is its `ended`.
     let _ = ready.send(result.map_err(|e| format!("{} subscriber: {e:#}", sub.kind.label())));
 }
 
+/// What a subscriber's connection works with; it holds a connect slot (`permit`) until it is connected.
+struct Feed<'a> {
+    target: &'a Target,
+    session: &'a Session,
+    sub: &'a SubState,
+    shared: &'a Shared,
+    ready: &'a Ready,
+}
+
 async fn sse(
-    target: &Target,
+    feed: &Feed<'_>,
     client: &reqwest::Client,
-    session: &Session,
-    sub: &SubState,
-    shared: &Shared,
-    gate: Arc<Semaphore>,
-    ready: &Ready,
+    permit: OwnedSemaphorePermit,
 ) -> anyhow::Result<()> {
-    let permit = gate.acquire_owned().await?;
-    sub.stage.store(1, Ordering::Relaxed);
     let mut request = client.get(format!(
         "{}/api/messaging/sessions/{}/events",
-        target.http, session.id
+        feed.target.http, feed.session.id
     ));
-    if let Some(key) = &target.api_key {
+    if let Some(key) = &feed.target.api_key {
         request = request.header("x-api-key", key);
     }
     let response = request.send().await.context("GET /events")?;
@@ -331,9 +347,9 @@ async fn sse(
     }
     // The server subscribes before it answers: from here, nothing committed is missed.
     drop(permit);
-    sub.stage.store(5, Ordering::Relaxed);
-    let _ = ready.send(Ok(()));
-    let mut seen = Seen::new(shared.per_session);
+    feed.sub.stage.store(5, Ordering::Relaxed);
+    let _ = feed.ready.send(Ok(()));
+    let mut seen = Seen::new(feed.shared.per_session);
     let mut body = response.bytes_stream();
     let mut buffer: Vec<u8> = Vec::new();
     let (mut event, mut data) = (String::new(), String::new());
@@ -349,7 +365,7 @@ async fn sse(
                 let name = if event.is_empty() { "message" } else { &event };
                 if !data.is_empty() && name == "message" {
                     let value: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    shared.feed_event(sub, &mut seen, name, &value);
+                    feed.shared.feed_event(feed.sub, &mut seen, name, &value);
                 }
                 event.clear();
                 data.clear();
@@ -366,35 +382,30 @@ async fn sse(
     bail!("the event stream ended")
 }
 
-async fn ws_feed(
-    target: &Target,
-    session: &Session,
-    sub: &SubState,
-    shared: &Shared,
-    gate: Arc<Semaphore>,
-    ready: &Ready,
-) -> anyhow::Result<()> {
-    let permit = gate.acquire_owned().await?;
-    sub.stage.store(1, Ordering::Relaxed);
-    let mut request =
-        format!("{}/api/messaging/sessions/{}/ws", target.ws, session.id).into_client_request()?;
-    if let Some(key) = &target.api_key {
+async fn ws_feed(feed: &Feed<'_>, permit: OwnedSemaphorePermit) -> anyhow::Result<()> {
+    let mut request = format!(
+        "{}/api/messaging/sessions/{}/ws",
+        feed.target.ws, feed.session.id
+    )
+    .into_client_request()?;
+    if let Some(key) = &feed.target.api_key {
         request.headers_mut().insert("x-api-key", key.parse()?);
     }
     let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, ws_config(), false)
         .await
         .context("WebSocket /ws")?;
     drop(permit);
-    sub.stage.store(5, Ordering::Relaxed);
-    let _ = ready.send(Ok(()));
-    let mut seen = Seen::new(shared.per_session);
+    feed.sub.stage.store(5, Ordering::Relaxed);
+    let _ = feed.ready.send(Ok(()));
+    let mut seen = Seen::new(feed.shared.per_session);
     while let Some(message) = socket.next().await {
         match message.context("reading the WebSocket")? {
             // Only `message` frames are read (the server writes `"event":"<name>"` without spaces).
             WsMessage::Text(text) if text.as_str().contains("\"event\":\"message\"") => {
                 let frame: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
                 let event = frame["event"].as_str().unwrap_or_default();
-                shared.feed_event(sub, &mut seen, event, &frame["data"]);
+                feed.shared
+                    .feed_event(feed.sub, &mut seen, event, &frame["data"]);
             }
             WsMessage::Close(_) => break,
             _ => {}
@@ -415,28 +426,19 @@ fn ws_config() -> Option<WebSocketConfig> {
 
 /// Socket.IO over Engine.IO v4's websocket transport, framed by hand: `0` open, `40` connect (with the auth),
 /// `42[...]` events, `2`/`3` ping and pong.
-async fn socket_io(
-    target: &Target,
-    session: &Session,
-    sub: &SubState,
-    shared: &Shared,
-    gate: Arc<Semaphore>,
-    ready: &Ready,
-) -> anyhow::Result<()> {
-    let permit = gate.acquire_owned().await?;
-    sub.stage.store(1, Ordering::Relaxed);
-    let url = format!("{}/socket.io/?EIO=4&transport=websocket", target.ws);
+async fn socket_io(feed: &Feed<'_>, permit: OwnedSemaphorePermit) -> anyhow::Result<()> {
+    let url = format!("{}/socket.io/?EIO=4&transport=websocket", feed.target.ws);
     let (mut socket, _) = tokio_tungstenite::connect_async_with_config(url, ws_config(), false)
         .await
         .context("Socket.IO websocket")?;
-    sub.stage.store(2, Ordering::Relaxed);
-    let auth = match &target.api_key {
+    feed.sub.stage.store(2, Ordering::Relaxed);
+    let auth = match &feed.target.api_key {
         Some(key) => json!({ "apiKey": key }).to_string(),
         None => String::new(),
     };
-    let join = json!(["message", {"type": 1, "payload": {"channelId": session.channel_id}}]);
+    let join = json!(["message", {"type": 1, "payload": {"channelId": feed.session.channel_id}}]);
     let mut joined = false;
-    let mut seen = Seen::new(shared.per_session);
+    let mut seen = Seen::new(feed.shared.per_session);
     let mut permit = Some(permit);
     while let Some(message) = socket.next().await {
         let text = match message.context("reading the Socket.IO websocket")? {
@@ -454,7 +456,7 @@ async fn socket_io(
         } else if let Some(error) = text.strip_prefix("44") {
             bail!("Socket.IO connect refused: {error}");
         } else if text.starts_with("40") {
-            sub.stage.store(3, Ordering::Relaxed);
+            feed.sub.stage.store(3, Ordering::Relaxed);
         } else if text == "41" {
             break;
         } else if let Some(event) = text
@@ -469,13 +471,14 @@ async fn socket_io(
                 "messageBroadcast" => {
                     let data = &event[1];
                     let text = data["text"].as_str().unwrap_or_default();
-                    shared.reply(sub, &mut seen, text, data["createdAt"].as_f64());
+                    feed.shared
+                        .reply(feed.sub, &mut seen, text, data["createdAt"].as_f64());
                 }
                 // The join waits for the server's greeting: the server registers its event handlers in the
                 // connect handler, after the namespace CONNECT (`40`) is sent, and drops an event that arrives
                 // before them (seen: about 1 join in 1 000 lost when sent right after `40`).
                 "connection_established" if !joined => {
-                    sub.stage.store(4, Ordering::Relaxed);
+                    feed.sub.stage.store(4, Ordering::Relaxed);
                     socket
                         .send(WsMessage::Text(format!("42{join}").into()))
                         .await?;
@@ -483,8 +486,8 @@ async fn socket_io(
                 "channel_joined" if !joined => {
                     joined = true;
                     permit = None;
-                    sub.stage.store(5, Ordering::Relaxed);
-                    let _ = ready.send(Ok(()));
+                    feed.sub.stage.store(5, Ordering::Relaxed);
+                    let _ = feed.ready.send(Ok(()));
                 }
                 "messageError" if !joined => bail!("join refused: {}", event[1]),
                 _ => {}
