@@ -419,10 +419,10 @@ fn delete_session(conn: &Connection, id: Uuid) -> rusqlite::Result<usize> {
 
 fn purge(conn: &Connection, cutoff: i64, limit: u32) -> rusqlite::Result<usize> {
     // The same deterministic subquery names the same sessions in all three statements. It follows the
-    // expiry index exactly (its entries are ordered by expires_at, then rowid), so each batch reads only its
-    // own rows; ordering by the id column instead sorted every expired session for every batch.
-    let victims =
-        "SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at, rowid LIMIT ?2";
+    // expiry index exactly (its entries are ordered by expires_at, warn_at, then rowid), so each batch reads
+    // only its own rows; ordering by the id column instead sorted every expired session for every batch.
+    let victims = "SELECT id FROM sessions WHERE expires_at <= ?1 \
+         ORDER BY expires_at, warn_at, rowid LIMIT ?2";
     for table in ["messages", "events"] {
         conn.prepare_cached(&format!(
             "DELETE FROM {table} WHERE session_id IN ({victims})"
