@@ -323,6 +323,30 @@ pub fn update_session(prefix: char) -> String {
     )
 }
 
+/// A reply claim's check for a live claim on the session's messages: `1` the session, `2` in progress, `3`
+/// the moment before which a claim is stale. It names [`AWAITING_REPLY`], as does [`claim_next_reply`], so that
+/// both read the partial index of the messages still waiting; with the state bound alone they read every
+/// message the session ever had, on every claim (each exchange made the next one slower).
+pub fn live_claim(prefix: char) -> String {
+    format!(
+        "SELECT seq FROM messages WHERE session_id = {prefix}1 AND {} AND reply_state = {prefix}2 \
+         AND claimed_at > {prefix}3 LIMIT 1",
+        *AWAITING_REPLY
+    )
+}
+
+/// A reply claim: the session's first message pending, or claimed before the stale moment, marked in progress
+/// and returned. `1` the session, `2` in progress, `3` now, `4` pending, `5` the stale moment.
+pub fn claim_next_reply(prefix: char) -> String {
+    format!(
+        "UPDATE messages SET reply_state = {prefix}2, claimed_at = {prefix}3 WHERE seq = (SELECT seq FROM messages \
+         WHERE session_id = {prefix}1 AND {} \
+         AND (reply_state = {prefix}4 OR (reply_state = {prefix}2 AND claimed_at <= {prefix}5)) \
+         ORDER BY seq LIMIT 1) RETURNING {MESSAGE_COLUMNS}",
+        *AWAITING_REPLY
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

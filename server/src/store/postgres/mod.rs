@@ -49,7 +49,8 @@ use self::listener::{ListenerTask, Shared};
 use self::notify::{notify, Publisher};
 use self::rows::{all, one};
 use super::schema::{
-    direction, ReplyState, AGENT_COLUMNS, AWAITING_REPLY, MESSAGE_COLUMNS, SESSION_COLUMNS,
+    claim_next_reply, direction, live_claim, ReplyState, AGENT_COLUMNS, AWAITING_REPLY,
+    MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
     from_ms, to_ms, AgentDeletion, DeliveryCounts, EventReplay, LiveEvents, MessageWindow, Order,
@@ -492,31 +493,27 @@ impl SessionStore for PostgresStore {
         if !writes::lock_session(&mut tx, session_id).await? {
             return Ok(None);
         }
-        let busy = sqlx::query(
-            "SELECT 1 FROM messages WHERE session_id = $1 AND reply_state = $2 AND claimed_at > $3 LIMIT 1",
-        )
-        .bind(session_id)
-        .bind(ReplyState::InProgress)
-        .bind(to_ms(stale_before))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
+        static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| live_claim('$'));
+        static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| claim_next_reply('$'));
+        let busy = sqlx::query(&LIVE_CLAIM)
+            .bind(session_id)
+            .bind(ReplyState::InProgress)
+            .bind(to_ms(stale_before))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
         if busy.is_some() {
             return Ok(None);
         }
-        let claimed = sqlx::query(&format!(
-            "UPDATE messages SET reply_state = $2, claimed_at = $3 WHERE seq = (SELECT seq FROM messages \
-             WHERE session_id = $1 AND (reply_state = $4 OR (reply_state = $2 AND claimed_at <= $5)) \
-             ORDER BY seq LIMIT 1) RETURNING {MESSAGE_COLUMNS}"
-        ))
-        .bind(session_id)
-        .bind(ReplyState::InProgress)
-        .bind(to_ms(now))
-        .bind(ReplyState::Pending)
-        .bind(to_ms(stale_before))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(backend)?;
+        let claimed = sqlx::query(&CLAIM_NEXT)
+            .bind(session_id)
+            .bind(ReplyState::InProgress)
+            .bind(to_ms(now))
+            .bind(ReplyState::Pending)
+            .bind(to_ms(stale_before))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend)?;
         let message = one(claimed, super::rows::message)?;
         commit(tx).await?;
         Ok(message)

@@ -717,10 +717,10 @@ impl SessionStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::schema::{claim_next_reply, live_claim};
 
-    /// The count of every session reads the expiry index alone (see `count_sql`).
-    #[tokio::test]
-    async fn counting_every_session_reads_no_session_row() {
+    /// The query plan of each statement, on a migrated store (every parameter bound to NULL).
+    async fn plans(statements: &[String]) -> Vec<String> {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("plan.db");
         SqliteStore::open(&format!("sqlite:{}", db.display()))
@@ -739,10 +739,30 @@ mod tests {
                 .unwrap();
             details.join("; ")
         };
+        statements.iter().map(|sql| plan(sql)).collect()
+    }
+
+    /// The count of every session reads the expiry index alone (see `count_sql`).
+    #[tokio::test]
+    async fn counting_every_session_reads_no_session_row() {
+        let plans = plans(&[count_sql(false), count_sql(true)]).await;
         assert_eq!(
-            plan(&count_sql(false)),
+            plans[0],
             "SEARCH sessions USING COVERING INDEX sessions_by_expiry (expires_at>?)"
         );
-        assert!(!plan(&count_sql(true)).contains("COVERING"));
+        assert!(!plans[1].contains("COVERING"), "{}", plans[1]);
+    }
+
+    /// A reply's claim reads only the messages still waiting for one, in order, not the session's history.
+    #[tokio::test]
+    async fn a_claim_reads_only_the_messages_awaiting_a_reply() {
+        for plan in plans(&[live_claim('?'), claim_next_reply('?')]).await {
+            assert!(
+                plan.contains("USING INDEX messages_awaiting_reply (session_id=?)"),
+                "{plan}"
+            );
+            assert!(!plan.contains("messages_by_session"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
     }
 }

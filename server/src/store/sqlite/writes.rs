@@ -15,9 +15,9 @@ use crate::domain::{
 };
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
-    event_prune_cutoff, insert, insert_select, mark_events_pruned, prune_events, update_session,
-    ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS, MESSAGE_COLUMNS, MESSAGE_INSERT_COLUMNS,
-    SESSION_INSERT_COLUMNS,
+    claim_next_reply, event_prune_cutoff, insert, insert_select, live_claim, mark_events_pruned,
+    prune_events, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
+    MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
 };
 use crate::store::{prune_due, StoreError};
 
@@ -441,10 +441,10 @@ fn claim_reply(
     now: i64,
     stale_before: i64,
 ) -> rusqlite::Result<Option<Message>> {
+    static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| live_claim('?'));
+    static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| claim_next_reply('?'));
     let busy: Option<i64> = conn
-        .prepare_cached(
-            "SELECT seq FROM messages WHERE session_id = ?1 AND reply_state = ?2 AND claimed_at > ?3 LIMIT 1",
-        )?
+        .prepare_cached(&LIVE_CLAIM)?
         .query_row(
             params![session_id, ReplyState::InProgress, stale_before],
             |row| row.get(0),
@@ -453,22 +453,18 @@ fn claim_reply(
     if busy.is_some() {
         return Ok(None);
     }
-    conn.prepare_cached(&format!(
-        "UPDATE messages SET reply_state = ?2, claimed_at = ?3 WHERE seq = (SELECT seq FROM messages \
-         WHERE session_id = ?1 AND (reply_state = ?4 OR (reply_state = ?2 AND claimed_at <= ?5)) \
-         ORDER BY seq LIMIT 1) RETURNING {MESSAGE_COLUMNS}"
-    ))?
-    .query_row(
-        params![
-            session_id,
-            ReplyState::InProgress,
-            now,
-            ReplyState::Pending,
-            stale_before
-        ],
-        sqlite_rows::message(),
-    )
-    .optional()
+    conn.prepare_cached(&CLAIM_NEXT)?
+        .query_row(
+            params![
+                session_id,
+                ReplyState::InProgress,
+                now,
+                ReplyState::Pending,
+                stale_before
+            ],
+            sqlite_rows::message(),
+        )
+        .optional()
 }
 
 /// Ends our claim on `user_message_id`, storing `reply` (if any) while the session exists; false, changing
