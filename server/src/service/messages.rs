@@ -54,6 +54,7 @@ impl SessionService {
             });
         }
         if self.max_messages_per_session > 0
+            && may_hold(&current, self.max_messages_per_session)
             && self
                 .store
                 .count_messages(current.id, self.max_messages_per_session)
@@ -199,4 +200,12 @@ impl SessionService {
             has_more,
         })
     }
+}
+
+/// Whether the session may already hold `quota` messages, from its version alone. Each stored message is a
+/// user message, whose storing raised the session's version by one, or the one reply to such a message, so a
+/// session holds at most twice its version in messages. A count reads every message of the session, so only
+/// a session that may be near its quota is counted.
+fn may_hold(session: &Session, quota: u32) -> bool {
+    session.version.saturating_mul(2) >= i64::from(quota)
 }
