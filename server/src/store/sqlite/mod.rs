@@ -753,6 +753,16 @@ mod tests {
         assert!(!plans[1].contains("COVERING"), "{}", plans[1]);
     }
 
+    /// A purge batch reads its sessions in the expiry index's own order: no sort of every expired session.
+    #[tokio::test]
+    async fn a_purge_batch_follows_the_expiry_index() {
+        let plan = plans(&[writes::PURGE_VICTIMS.to_string()]).await.remove(0);
+        assert_eq!(
+            plan,
+            "SEARCH sessions USING INDEX sessions_by_expiry (expires_at<?)"
+        );
+    }
+
     /// A reply's claim reads only the messages still waiting for one, in order, not the session's history.
     #[tokio::test]
     async fn a_claim_reads_only_the_messages_awaiting_a_reply() {

@@ -417,20 +417,24 @@ fn delete_session(conn: &Connection, id: Uuid) -> rusqlite::Result<usize> {
         .execute(params![id])
 }
 
+/// The sessions a purge batch deletes: up to `?2` expired at `?1`. The same deterministic subquery names the same
+/// sessions in all three statements of `purge`. It follows the expiry index exactly (its entries are ordered by
+/// expires_at, warn_at, then rowid), so each batch reads only its own rows; ordering by the id column instead
+/// sorted every expired session for every batch.
+pub(super) const PURGE_VICTIMS: &str =
+    "SELECT id FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at, warn_at, rowid LIMIT ?2";
+
 fn purge(conn: &Connection, cutoff: i64, limit: u32) -> rusqlite::Result<usize> {
-    // The same deterministic subquery names the same sessions in all three statements. It follows the
-    // expiry index exactly (its entries are ordered by expires_at, warn_at, then rowid), so each batch reads
-    // only its own rows; ordering by the id column instead sorted every expired session for every batch.
-    let victims = "SELECT id FROM sessions WHERE expires_at <= ?1 \
-         ORDER BY expires_at, warn_at, rowid LIMIT ?2";
     for table in ["messages", "events"] {
         conn.prepare_cached(&format!(
-            "DELETE FROM {table} WHERE session_id IN ({victims})"
+            "DELETE FROM {table} WHERE session_id IN ({PURGE_VICTIMS})"
         ))?
         .execute(params![cutoff, limit])?;
     }
-    conn.prepare_cached(&format!("DELETE FROM sessions WHERE id IN ({victims})"))?
-        .execute(params![cutoff, limit])
+    conn.prepare_cached(&format!(
+        "DELETE FROM sessions WHERE id IN ({PURGE_VICTIMS})"
+    ))?
+    .execute(params![cutoff, limit])
 }
 
 /// The session's next message to answer, claimed; None while another claim on it is live. The writer applies
