@@ -5,6 +5,7 @@
 //! copies every frame through a reader and a 4 KiB buffer of its own per stream, the larger part of what an
 //! open stream costs with thousands of them.
 
+use std::fmt::Write as _;
 use std::marker::PhantomData;
 use std::task::Poll;
 use std::time::Duration;
@@ -32,9 +33,8 @@ impl SseFrame {
     fn encode(&self) -> Bytes {
         let mut out = BytesMut::with_capacity(self.data.len() + self.event.len() + 40);
         if let Some(id) = self.id {
-            out.put_slice(b"id: ");
-            out.put_slice(id.to_string().as_bytes());
-            out.put_u8(b'\n');
+            // Formatted into the frame's own buffer (BytesMut grows as needed): no string per frame.
+            let _ = writeln!(out, "id: {id}");
         }
         if !self.event.is_empty() && self.event != "message" {
             out.put_slice(b"event: ");
