@@ -6,6 +6,7 @@
 //! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`; the
 //! webhook tables' statements are in `webhooks.rs`.
 
+mod cache;
 mod checkpoint;
 mod idempotency;
 mod reads;
@@ -27,6 +28,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
+use self::cache::SessionCache;
 use self::reads::FastReads;
 use self::writer::Job;
 use self::writes::{Applied, Write};
@@ -49,6 +51,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     /// The hot lookups, synchronous (see `reads.rs` for why).
     fast: Arc<FastReads>,
+    /// Recently read and written sessions (see `cache.rs` for why, and why they are never stale).
+    cache: Arc<SessionCache>,
     /// The writer thread's queue (see `writer.rs`); None once closed.
     writes: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
@@ -143,6 +147,7 @@ impl SqliteStore {
         migrator.close().await?;
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
+        let cache = Arc::new(SessionCache::default());
         let write_outage = Arc::new(OutageLog::new("SQLite writes"));
         let queued = Arc::new(Notify::new());
         let writes = writer::spawn(
@@ -150,6 +155,7 @@ impl SqliteStore {
             bus.clone(),
             queued.clone(),
             fast.clone(),
+            cache.clone(),
             write_outage.clone(),
             store_options.events_per_session,
         )?;
@@ -159,6 +165,7 @@ impl SqliteStore {
         };
         Ok(Self {
             fast,
+            cache,
             writes: std::sync::Mutex::new(Some(writes)),
             bus,
             queued,
@@ -245,7 +252,15 @@ impl SessionStore for SqliteStore {
         // Built once: the hottest lookup of all should not format its SQL on every call.
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
-        self.fast.one(&SQL, [id], rows::session())
+        if let Some(session) = self.cache.get(&id) {
+            return Ok(Some(session));
+        }
+        let seen = self.fast.commits();
+        let found = self.fast.one(&SQL, [id], rows::session())?;
+        if let Some(session) = &found {
+            self.cache.offer(session, seen, || self.fast.commits());
+        }
+        Ok(found)
     }
 
     async fn session_by_channel(&self, channel_id: Uuid) -> Result<Option<Session>, StoreError> {
@@ -718,6 +733,7 @@ impl SessionStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::store::schema::{claim_next_reply, live_claim};
+    use serde_json::Map;
 
     /// The query plan of each statement, on a migrated store (every parameter bound to NULL).
     async fn plans(statements: &[String]) -> Vec<String> {
@@ -761,6 +777,96 @@ mod tests {
             plan,
             "SEARCH sessions USING INDEX sessions_by_expiry (expires_at<?)"
         );
+    }
+
+    /// After each kind of write, the session cache serves exactly what a read of the row gives (times in whole
+    /// milliseconds, the metadata as stored), and nothing of a deleted or purged session.
+    #[tokio::test]
+    async fn the_session_cache_serves_what_the_row_holds() {
+        use crate::domain::{AgentBackend, TimeoutConfig, TimeoutConfigPatch};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&format!("sqlite:{}", dir.path().join("c.db").display()))
+            .await
+            .unwrap();
+        // Sub-millisecond times, which the row does not keep.
+        let t =
+            |micros: i64| DateTime::from_timestamp_micros(1_735_689_600_000_000 + micros).unwrap();
+        let agent = Agent {
+            id: Uuid::new_v4(),
+            name: "a".into(),
+            backend: AgentBackend::Echo,
+            session_defaults: TimeoutConfigPatch::default(),
+            created_at: t(0),
+        };
+        store.insert_agent(&agent).await.unwrap();
+        let metadata = serde_json::json!({"n": 1.5, "big": 1e300, "neg": -0.0, "s": "é", "deep": [{"z": 1, "a": null}]});
+        let config = TimeoutConfig {
+            timeout_minutes: 0.1,
+            auto_renew: true,
+            max_duration_minutes: 1.0 / 3.0,
+            warning_threshold_minutes: 0.05,
+        };
+        let session = Session::new(
+            agent.id,
+            Uuid::new_v4(),
+            metadata.as_object().unwrap().clone(),
+            config,
+            t(1_234),
+        );
+        let id = session.id;
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
+        let row = || store.fast.one(&SQL, [id], rows::session()).unwrap();
+        let cached = || store.cache.get(&id);
+
+        assert!(store.insert_session(&session).await.unwrap());
+        assert_eq!(cached(), row(), "after the insert");
+        assert!(cached().is_some());
+
+        let mut next = session.clone();
+        next.last_activity = t(5_678);
+        next.expires_at = t(905_678);
+        next.version += 1;
+        assert!(store
+            .record_heartbeat(&next, session.version, Vec::new())
+            .await
+            .unwrap());
+        assert_eq!(cached(), row(), "after a heartbeat");
+
+        let mut later = next.clone();
+        later.last_renewal = t(9_999);
+        later.renewal_count += 1;
+        later.version += 1;
+        assert!(store
+            .update_session(&later, next.version, Vec::new())
+            .await
+            .unwrap());
+        assert_eq!(cached(), row(), "after an update");
+        // A write that loses its version check changes nothing, cached or not.
+        assert!(!store
+            .update_session(&session, session.version, Vec::new())
+            .await
+            .unwrap());
+        assert_eq!(cached(), row(), "after a refused update");
+
+        // A miss is filled by the read, with the same value.
+        store.cache.clear();
+        let read = store.get_session(id).await.unwrap();
+        assert_eq!(cached(), read);
+        assert_eq!(read, row());
+
+        assert!(store.delete_session(id, Vec::new()).await.unwrap());
+        assert_eq!(cached(), None, "after the delete");
+        assert_eq!(store.get_session(id).await.unwrap(), None);
+
+        // A purge forgets the sessions it may have deleted.
+        let expired = Session::new(agent.id, Uuid::new_v4(), Map::new(), config, t(0));
+        assert!(store.insert_session(&expired).await.unwrap());
+        assert!(store.cache.get(&expired.id).is_some());
+        assert_eq!(store.purge_sessions(t(10_000_000), 100).await.unwrap(), 1);
+        assert_eq!(store.cache.get(&expired.id), None, "after the purge");
+        assert_eq!(store.get_session(expired.id).await.unwrap(), None);
+        store.close().await;
     }
 
     /// A reply's claim reads only the messages still waiting for one, in order, not the session's history.

@@ -142,6 +142,12 @@ impl FastReads {
         read(&reader.conn)
     }
 
+    /// The commit count now (see the module comment); a snapshot begun after this call holds every commit it
+    /// counts.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Acquire)
+    }
+
     /// Runs the writer's `commit`, counting once before it and once after (see the module comment): the writer
     /// calls this before it answers anyone, so a read that follows an answer never reuses an older snapshot.
     pub fn count_commit<T>(&self, commit: impl FnOnce() -> T) -> T {

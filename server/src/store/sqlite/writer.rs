@@ -25,6 +25,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::cache::SessionCache;
 use super::checkpoint::Checkpointer;
 use super::reads::FastReads;
 use super::rows::store_error as failed;
@@ -51,6 +52,7 @@ pub enum Job {
 /// Opens the write connection and starts the writer thread; returns the queue to it. The writer counts its
 /// commits with `reads.count_commit`, which is how reads know when their snapshot is out of date.
 ///
+/// `cache` hears of what each commit changed (see `cache.rs`) before anyone is answered.
 /// `outage` hears of every commit, failed or not, and of checkpoints that fail for lack of space or access;
 /// `queued` is notified after every commit that queued webhook deliveries. Each session's event log keeps its
 /// `events_per_session` newest events (0: all).
@@ -59,6 +61,7 @@ pub fn spawn(
     bus: Arc<EventBus>,
     queued: Arc<Notify>,
     reads: Arc<FastReads>,
+    cache: Arc<SessionCache>,
     outage: Arc<OutageLog>,
     events_per_session: u32,
 ) -> anyhow::Result<mpsc::Sender<Job>> {
@@ -90,6 +93,7 @@ pub fn spawn(
             let after = AfterCommit {
                 bus: &bus,
                 queued: &queued,
+                cache: &cache,
             };
             run(conn, rx, &after, &writer_reads, &outage, events_per_session);
             drop(alive);
@@ -98,10 +102,12 @@ pub fn spawn(
     Ok(tx)
 }
 
-/// Who hears of a commit: subscribers of its events, and the webhook dispatcher when it queued deliveries.
+/// Who hears of a commit: the session cache, subscribers of its events, and the webhook dispatcher when it
+/// queued deliveries.
 struct AfterCommit<'a> {
     bus: &'a EventBus,
     queued: &'a Notify,
+    cache: &'a SessionCache,
 }
 
 fn run(
@@ -160,6 +166,8 @@ fn commit_and_answer_safely(
     keep: u32,
 ) {
     if caught(|| commit_and_answer(conn, batch, after, reads, outage, keep)).is_err() {
+        // Whether the batch committed is unknown here: no cached session may outlive it.
+        after.cache.clear();
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -202,6 +210,11 @@ fn commit_and_answer(
             outage.recovered();
         }
         None => {}
+    }
+    for ((write, _), outcome) in batch.iter().zip(&outcomes) {
+        if let Ok(applied) = outcome {
+            after.cache.committed(write, applied);
+        }
     }
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
@@ -343,6 +356,7 @@ mod tests {
             Arc::new(EventBus::default()),
             Arc::new(Notify::new()),
             Arc::new(FastReads::new(path.clone())),
+            Arc::new(SessionCache::default()),
             Arc::new(OutageLog::new("SQLite writes")),
             0,
         )
