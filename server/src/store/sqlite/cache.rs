@@ -1,17 +1,17 @@
-//! `SessionCache`: the SQLite store's recently read and written sessions, in memory, so that the hot lookups
-//! (`getSession`, and the read before every heartbeat and message) skip SQLite.
+//! `RowCache`: the SQLite store's recently read and written sessions and agents, in memory, so that the hot
+//! lookups (`getSession`; the read before every heartbeat, message and create) skip SQLite.
 //!
 //! Why: profiles of `getSession` and of heartbeats under load showed the session's SQLite read as the largest
-//! share of a request after the HTTP stack itself (see BENCHMARKS.md), and a heartbeat's read could never reuse
-//! a snapshot, since every heartbeat commits.
+//! share of a request after the HTTP stack itself, and the agent's read as a tenth of a create's (see
+//! BENCHMARKS.md); a heartbeat's read could never reuse a snapshot, since every heartbeat commits.
 //!
-//! Never stale after an answer. The writer puts the session each committed write leaves behind (or forgets the
-//! sessions it deleted) after the commit and before it answers anyone, so a lookup that follows an answer sees
-//! that write. A reader that missed offers the row it read, tagged with the writer's commit count read before
-//! its snapshot began (`FastReads::commits`, counted twice per commit): the offer is dropped when a commit was
-//! under way then (an odd count), and undone when the count has moved since, because that commit's put or forget
-//! may have come before the offer. Both sides take the same shard lock, so either the writer's change comes
-//! after the offer (and wins), or the reader sees the count moved (and undoes its offer).
+//! Never stale after an answer. The writer puts the row each committed write leaves behind (or forgets the rows
+//! it deleted) after the commit and before it answers anyone, so a lookup that follows an answer sees that
+//! write. A reader that missed offers the row it read, tagged with the writer's commit count read before its
+//! snapshot began (`FastReads::commits`, counted twice per commit): the offer is dropped when a commit was under
+//! way then (an odd count), and undone when the count has moved since, because that commit's put or forget may
+//! have come before the offer. Both sides take the same shard lock, so either the writer's change comes after
+//! the offer (and wins), or the reader sees the count moved (and undoes its offer).
 //!
 //! One server process serves a SQLite file (several instances share PostgreSQL); a change made to the file by
 //! another process is seen once the entry is `MAX_AGE` old, as with the readers' snapshots.
@@ -24,62 +24,119 @@ use quick_cache::sync::Cache;
 use uuid::Uuid;
 
 use super::writes::{Applied, Write};
-use crate::domain::Session;
+use crate::domain::{Agent, Session};
 use crate::store::{from_ms, to_ms};
 
 /// Sessions kept; the least useful are evicted beyond it (quick_cache's S3-FIFO).
-const CAPACITY: usize = 50_000;
+const SESSIONS: usize = 50_000;
+/// Agents kept.
+const AGENTS: usize = 1_000;
 /// Oldest entry served (see the module comment).
 const MAX_AGE: Duration = Duration::from_secs(1);
 
-#[derive(Clone)]
-struct Entry {
-    session: Arc<Session>,
+struct Entry<T> {
+    row: Arc<T>,
     at: Instant,
 }
 
-pub struct SessionCache {
-    entries: Cache<Uuid, Entry>,
-}
-
-impl Default for SessionCache {
-    fn default() -> Self {
-        Self::with_capacity(CAPACITY)
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Self {
+            row: self.row.clone(),
+            at: self.at,
+        }
     }
 }
 
-impl SessionCache {
-    pub fn with_capacity(capacity: usize) -> Self {
+/// One table's cached rows, by id.
+struct Rows<T> {
+    entries: Cache<Uuid, Entry<T>>,
+}
+
+impl<T: Clone> Rows<T> {
+    fn new(capacity: usize) -> Self {
         Self {
             entries: Cache::new(capacity),
         }
     }
 
-    /// The session, if it is cached and young enough.
-    pub fn get(&self, id: &Uuid) -> Option<Session> {
+    fn get(&self, id: &Uuid) -> Option<T> {
         let entry = self.entries.get(id)?;
-        (entry.at.elapsed() <= MAX_AGE).then(|| Session::clone(&entry.session))
+        (entry.at.elapsed() <= MAX_AGE).then(|| T::clone(&entry.row))
     }
 
-    /// A reader's row, read in a snapshot that began at commit count `seen`; `commits` reads the count now.
-    pub fn offer(&self, session: &Session, seen: u64, commits: impl Fn() -> u64) {
+    /// A reader's row (see the module comment).
+    fn offer(&self, id: Uuid, row: &T, seen: u64, commits: impl Fn() -> u64) {
         if seen % 2 == 1 {
             return;
         }
-        let session = Arc::new(session.clone());
-        let id = session.id;
+        let row = Arc::new(row.clone());
         self.entries.insert(
             id,
             Entry {
-                session: session.clone(),
+                row: row.clone(),
                 at: Instant::now(),
             },
         );
         if commits() != seen {
             // Only this offer: a put the writer made since is newer than it.
             self.entries
-                .remove_if(&id, |entry| Arc::ptr_eq(&entry.session, &session));
+                .remove_if(&id, |entry| Arc::ptr_eq(&entry.row, &row));
         }
+    }
+
+    fn put(&self, id: Uuid, row: T) {
+        self.entries.insert(
+            id,
+            Entry {
+                row: Arc::new(row),
+                at: Instant::now(),
+            },
+        );
+    }
+
+    fn forget(&self, id: &Uuid) {
+        self.entries.remove(id);
+    }
+
+    fn forget_where(&self, drop: impl Fn(&T) -> bool) {
+        self.entries.retain(|_, e| !drop(&e.row));
+    }
+}
+
+pub struct RowCache {
+    sessions: Rows<Session>,
+    agents: Rows<Agent>,
+}
+
+impl Default for RowCache {
+    fn default() -> Self {
+        Self {
+            sessions: Rows::new(SESSIONS),
+            agents: Rows::new(AGENTS),
+        }
+    }
+}
+
+impl RowCache {
+    /// The session, if it is cached and young enough.
+    pub fn session(&self, id: &Uuid) -> Option<Session> {
+        self.sessions.get(id)
+    }
+
+    /// A reader's session, read in a snapshot that began at commit count `seen`; `commits` reads the count now.
+    pub fn offer_session(&self, session: &Session, seen: u64, commits: impl Fn() -> u64) {
+        self.sessions.offer(session.id, session, seen, commits);
+    }
+
+    /// The agent, if it is cached and young enough.
+    pub fn agent(&self, id: &Uuid) -> Option<Agent> {
+        self.agents.get(id)
+    }
+
+    /// A reader's agent (as `offer_session`).
+    pub fn offer_agent(&self, agent: &Agent, seen: u64, commits: impl Fn() -> u64) {
+        self.agents.offer(agent.id, agent, seen, commits);
     }
 
     /// What a committed write leaves behind, for the writer (after the commit, before it answers).
@@ -91,33 +148,24 @@ impl SessionCache {
             Write::InsertSession(session)
             | Write::UpdateSession(session, ..)
             | Write::Heartbeat(session, ..)
-            | Write::RecordMessage(session, ..) => self.put(stored(session)),
-            Write::DeleteSession(id, _) => {
-                self.entries.remove(id);
-            }
+            | Write::RecordMessage(session, ..) => self.sessions.put(session.id, stored(session)),
+            Write::DeleteSession(id, _) => self.sessions.forget(id),
+            Write::InsertAgent(agent) => self.agents.forget(&agent.id),
             Write::DeleteAgent(agent, _) => {
-                self.entries.retain(|_, e| e.session.agent_id != *agent)
+                self.agents.forget(agent);
+                self.sessions.forget_where(|s| s.agent_id == *agent);
             }
             Write::Purge { cutoff, .. } => self
-                .entries
-                .retain(|_, e| to_ms(e.session.expires_at) > *cutoff),
+                .sessions
+                .forget_where(|s| to_ms(s.expires_at) <= *cutoff),
             _ => {}
         }
     }
 
     /// Forgets everything: after a batch whose outcome is unknown (a panic in the writer's own steps).
     pub fn clear(&self) {
-        self.entries.clear();
-    }
-
-    fn put(&self, session: Session) {
-        self.entries.insert(
-            session.id,
-            Entry {
-                session: Arc::new(session),
-                at: Instant::now(),
-            },
-        );
+        self.sessions.entries.clear();
+        self.agents.entries.clear();
     }
 }
 
@@ -156,31 +204,39 @@ mod tests {
 
     #[test]
     fn a_readers_offer_is_kept_only_when_no_commit_came_between() {
-        let cache = SessionCache::default();
+        let cache = RowCache::default();
         let s = session();
-        cache.offer(&s, 4, || 4);
-        assert_eq!(cache.get(&s.id), Some(s.clone()), "no commit since: kept");
+        cache.offer_session(&s, 4, || 4);
+        assert_eq!(
+            cache.session(&s.id),
+            Some(s.clone()),
+            "no commit since: kept"
+        );
 
         let s = session();
-        cache.offer(&s, 5, || 5);
-        assert_eq!(cache.get(&s.id), None, "read while a commit was under way");
+        cache.offer_session(&s, 5, || 5);
+        assert_eq!(
+            cache.session(&s.id),
+            None,
+            "read while a commit was under way"
+        );
 
         let s = session();
-        cache.offer(&s, 4, || 6);
-        assert_eq!(cache.get(&s.id), None, "a commit came between: undone");
+        cache.offer_session(&s, 4, || 6);
+        assert_eq!(cache.session(&s.id), None, "a commit came between: undone");
     }
 
     #[test]
     fn a_writers_put_made_during_an_offer_survives_its_undoing() {
-        let cache = SessionCache::default();
+        let cache = RowCache::default();
         let old = session();
         let mut new = old.clone();
         new.version += 1;
         // The writer commits and puts its session while the reader's offer is being made.
-        cache.offer(&old, 4, || {
-            cache.put(new.clone());
+        cache.offer_session(&old, 4, || {
+            cache.sessions.put(new.id, new.clone());
             6
         });
-        assert_eq!(cache.get(&old.id), Some(new));
+        assert_eq!(cache.session(&old.id), Some(new));
     }
 }

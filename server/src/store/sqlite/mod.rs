@@ -28,7 +28,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
-use self::cache::SessionCache;
+use self::cache::RowCache;
 use self::reads::FastReads;
 use self::writer::Job;
 use self::writes::{Applied, Write};
@@ -51,8 +51,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     /// The hot lookups, synchronous (see `reads.rs` for why).
     fast: Arc<FastReads>,
-    /// Recently read and written sessions (see `cache.rs` for why, and why they are never stale).
-    cache: Arc<SessionCache>,
+    /// Recently read and written sessions and agents (see `cache.rs` for why, and why they are never stale).
+    cache: Arc<RowCache>,
     /// The writer thread's queue (see `writer.rs`); None once closed.
     writes: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
     /// Committed events go out here, published by the writer in commit order.
@@ -147,7 +147,7 @@ impl SqliteStore {
         migrator.close().await?;
         let bus = Arc::new(EventBus::default());
         let fast = Arc::new(FastReads::new(file.clone()));
-        let cache = Arc::new(SessionCache::default());
+        let cache = Arc::new(RowCache::default());
         let write_outage = Arc::new(OutageLog::new("SQLite writes"));
         let queued = Arc::new(Notify::new());
         let writes = writer::spawn(
@@ -219,7 +219,15 @@ impl SessionStore for SqliteStore {
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"));
-        self.fast.one(&SQL, [id], rows::agent())
+        if let Some(agent) = self.cache.agent(&id) {
+            return Ok(Some(agent));
+        }
+        let seen = self.fast.commits();
+        let found = self.fast.one(&SQL, [id], rows::agent())?;
+        if let Some(agent) = &found {
+            self.cache.offer_agent(agent, seen, || self.fast.commits());
+        }
+        Ok(found)
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
@@ -252,13 +260,14 @@ impl SessionStore for SqliteStore {
         // Built once: the hottest lookup of all should not format its SQL on every call.
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
-        if let Some(session) = self.cache.get(&id) {
+        if let Some(session) = self.cache.session(&id) {
             return Ok(Some(session));
         }
         let seen = self.fast.commits();
         let found = self.fast.one(&SQL, [id], rows::session())?;
         if let Some(session) = &found {
-            self.cache.offer(session, seen, || self.fast.commits());
+            self.cache
+                .offer_session(session, seen, || self.fast.commits());
         }
         Ok(found)
     }
@@ -779,10 +788,10 @@ mod tests {
         );
     }
 
-    /// After each kind of write, the session cache serves exactly what a read of the row gives (times in whole
-    /// milliseconds, the metadata as stored), and nothing of a deleted or purged session.
+    /// After each kind of write, the row cache serves exactly what a read of the row gives (times in whole
+    /// milliseconds, the metadata as stored), and nothing of a deleted or purged session or a deleted agent.
     #[tokio::test]
-    async fn the_session_cache_serves_what_the_row_holds() {
+    async fn the_row_cache_serves_what_the_row_holds() {
         use crate::domain::{AgentBackend, TimeoutConfig, TimeoutConfigPatch};
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&format!("sqlite:{}", dir.path().join("c.db").display()))
@@ -817,7 +826,7 @@ mod tests {
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
         let row = || store.fast.one(&SQL, [id], rows::session()).unwrap();
-        let cached = || store.cache.get(&id);
+        let cached = || store.cache.session(&id);
 
         assert!(store.insert_session(&session).await.unwrap());
         assert_eq!(cached(), row(), "after the insert");
@@ -862,10 +871,22 @@ mod tests {
         // A purge forgets the sessions it may have deleted.
         let expired = Session::new(agent.id, Uuid::new_v4(), Map::new(), config, t(0));
         assert!(store.insert_session(&expired).await.unwrap());
-        assert!(store.cache.get(&expired.id).is_some());
+        assert!(store.cache.session(&expired.id).is_some());
         assert_eq!(store.purge_sessions(t(10_000_000), 100).await.unwrap(), 1);
-        assert_eq!(store.cache.get(&expired.id), None, "after the purge");
+        assert_eq!(store.cache.session(&expired.id), None, "after the purge");
         assert_eq!(store.get_session(expired.id).await.unwrap(), None);
+
+        // Agents: a read fills the cache; deleting the agent empties it.
+        assert_eq!(store.cache.agent(&agent.id), None);
+        assert_eq!(
+            store.get_agent(agent.id).await.unwrap(),
+            Some(agent.clone())
+        );
+        assert_eq!(store.cache.agent(&agent.id), Some(agent.clone()));
+        let deleted = store.delete_agent(agent.id, t(0)).await.unwrap();
+        assert!(matches!(deleted, AgentDeletion::Deleted));
+        assert_eq!(store.cache.agent(&agent.id), None);
+        assert_eq!(store.get_agent(agent.id).await.unwrap(), None);
         store.close().await;
     }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::cache::SessionCache;
+use super::cache::RowCache;
 use super::checkpoint::Checkpointer;
 use super::reads::FastReads;
 use super::rows::store_error as failed;
@@ -61,7 +61,7 @@ pub fn spawn(
     bus: Arc<EventBus>,
     queued: Arc<Notify>,
     reads: Arc<FastReads>,
-    cache: Arc<SessionCache>,
+    cache: Arc<RowCache>,
     outage: Arc<OutageLog>,
     events_per_session: u32,
 ) -> anyhow::Result<mpsc::Sender<Job>> {
@@ -107,7 +107,7 @@ pub fn spawn(
 struct AfterCommit<'a> {
     bus: &'a EventBus,
     queued: &'a Notify,
-    cache: &'a SessionCache,
+    cache: &'a RowCache,
 }
 
 fn run(
@@ -356,7 +356,7 @@ mod tests {
             Arc::new(EventBus::default()),
             Arc::new(Notify::new()),
             Arc::new(FastReads::new(path.clone())),
-            Arc::new(SessionCache::default()),
+            Arc::new(RowCache::default()),
             Arc::new(OutageLog::new("SQLite writes")),
             0,
         )
