@@ -60,7 +60,7 @@ impl Checkpointer {
             let result = if round.is_multiple_of(RESTART_EVERY) {
                 self.restart_wal(reads)
             } else {
-                self.passive()
+                self.passive(reads)
             };
             // Every 200 ms: a full disk must not write a line each time. Only a commit ends the outage (a
             // checkpoint may succeed with nothing to copy while writes still fail).
@@ -90,7 +90,7 @@ impl Checkpointer {
     /// microseconds.
     fn restart_wal(&mut self, reads: &FastReads) -> rusqlite::Result<()> {
         // Copy what is there without holding off anyone first, so that RESTART has little left to copy.
-        self.passive()?;
+        self.passive(reads)?;
         reads.release_snapshots_for(|| {
             self.conn
                 .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
@@ -102,8 +102,10 @@ impl Checkpointer {
     /// checkpoint that copied the whole WAL, which under continuous writes is only the RESTART of
     /// `restart_wal`, and that one holds off the writer: it then had a second of copied pages to flush, all of
     /// it a stall of every write. Flushed here, outside SQLite's locks, the RESTART's own sync has only its last
-    /// few pages to write. An extra sync never weakens durability.
-    fn passive(&mut self) -> rusqlite::Result<()> {
+    /// few pages to write. An extra sync never weakens durability. Idle readers' out-of-date snapshots are
+    /// ended first, for the same reason (see `FastReads::end_stale_snapshots`).
+    fn passive(&mut self, reads: &FastReads) -> rusqlite::Result<()> {
+        reads.end_stale_snapshots();
         let copied: i64 = self
             .conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(2))?;

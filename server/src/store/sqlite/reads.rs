@@ -157,6 +157,17 @@ impl FastReads {
         out
     }
 
+    /// Ends the snapshots of idle connections that are out of date (a commit came after them). Why: a snapshot
+    /// keeps a checkpoint from copying the WAL frames committed after it, and under writes with few reads an
+    /// idle connection could keep one for seconds: each checkpoint then copied almost nothing, and the WAL
+    /// restart (which ends every snapshot and holds off the writer while it copies the rest) had all of it to
+    /// copy, stalling every write for tens of milliseconds (see `checkpoint.rs`).
+    pub fn end_stale_snapshots(&self) {
+        let commits = self.commits.load(Ordering::Acquire);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain_mut(|reader| reader.is_current(commits) || reader.end_snapshot().is_ok());
+    }
+
     /// Runs `checkpoint` while no reader keeps a snapshot beyond the read it is doing: idle connections end
     /// theirs first, in-flight ones end theirs as they are returned, and new ones until `checkpoint` is done.
     /// A checkpoint that restarts or truncates the WAL waits for every reader of it, so a snapshot parked in
