@@ -4,6 +4,7 @@ pub mod agent;
 pub mod error;
 pub mod event;
 pub mod idempotency;
+pub mod ids;
 pub mod message;
 pub mod session;
 pub mod timeout;

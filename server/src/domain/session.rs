@@ -72,8 +72,8 @@ impl Session {
         now: DateTime<Utc>,
     ) -> Self {
         let mut s = Session {
-            id: Uuid::new_v4(),
-            channel_id: Uuid::new_v4(),
+            id: super::ids::new_id(now),
+            channel_id: super::ids::new_id(now),
             agent_id,
             user_id,
             created_at: now,

@@ -5,7 +5,6 @@
 //! fills the page by itself), so `before`/`after` set to a page's cursors can neither repeat nor skip a message.
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use super::replies::ReplyWatch;
 use super::{too_contended, SendMessage, SessionService, Transport, MAX_UPDATE_ATTEMPTS};
@@ -79,7 +78,7 @@ impl SessionService {
             let was_renewed = next.record_activity(now);
             next.version = current.version + 1;
             let mut message = Message {
-                id: Uuid::new_v4(),
+                id: crate::domain::ids::new_id(now),
                 seq: 0,
                 session_id: current.id,
                 author_id: current.user_id,

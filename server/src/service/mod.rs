@@ -367,12 +367,13 @@ impl SessionService {
         backend: AgentBackend,
         session_defaults: TimeoutConfigPatch,
     ) -> Result<Agent, SessionError> {
+        let now = self.clock.now();
         let agent = Agent {
-            id: Uuid::new_v4(),
+            id: crate::domain::ids::new_id(now),
             name,
             backend,
             session_defaults,
-            created_at: self.clock.now(),
+            created_at: now,
         };
         self.store.insert_agent(&agent).await?;
         Ok(agent)

@@ -151,7 +151,8 @@ impl Replier {
     }
 
     async fn answer(&self, message: Message) {
-        let reply_id = Uuid::new_v4();
+        // Named before the agent answers (streamed chunks carry it), at the time its production starts.
+        let reply_id = crate::domain::ids::new_id(self.clock.now());
         let outcome = match self.store.get_session(message.session_id).await {
             Ok(Some(session)) => self
                 .produce(&session, &message, reply_id)
