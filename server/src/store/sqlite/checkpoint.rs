@@ -13,12 +13,18 @@ use super::rows::store_error as failed;
 use crate::outage::OutageLog;
 use crate::store::StoreError;
 
-/// The checkpoint thread's state: its own connection, the database file (to flush it, see `passive`), and how
-/// far the WAL has been copied into the database file.
+/// A WAL file larger than this is truncated once writes pause (see `truncate_when_idle`).
+const WAL_KEEP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The checkpoint thread's state: its own connection, the database file (to flush it, see `passive`), the WAL's
+/// path, and how far the WAL has been copied into the database file.
 pub struct Checkpointer {
     conn: Connection,
     database_file: std::fs::File,
+    wal: std::path::PathBuf,
     copied: i64,
+    /// Frames in the WAL at the last pass: the same at the next means no commit came between.
+    frames: i64,
     /// The writer's: a checkpoint failing for lack of space or access is the same outage as a failing commit.
     outage: Arc<OutageLog>,
 }
@@ -32,10 +38,14 @@ impl Checkpointer {
             .read(true)
             .write(true)
             .open(path)?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
         Ok(Self {
             conn,
             database_file,
+            wal: wal.into(),
             copied: 0,
+            frames: 0,
             outage,
         })
     }
@@ -61,6 +71,7 @@ impl Checkpointer {
                 self.restart_wal(reads)
             } else {
                 self.passive(reads)
+                    .and_then(|idle| self.truncate_when_idle(idle, reads))
             };
             // Every 200 ms: a full disk must not write a line each time. Only a commit ends the outage (a
             // checkpoint may succeed with nothing to copy while writes still fail).
@@ -104,11 +115,17 @@ impl Checkpointer {
     /// it a stall of every write. Flushed here, outside SQLite's locks, the RESTART's own sync has only its last
     /// few pages to write. An extra sync never weakens durability. Idle readers' out-of-date snapshots are
     /// ended first, for the same reason (see `FastReads::end_stale_snapshots`).
-    fn passive(&mut self, reads: &FastReads) -> rusqlite::Result<()> {
+    ///
+    /// Whether no commit came since the last pass.
+    fn passive(&mut self, reads: &FastReads) -> rusqlite::Result<bool> {
         reads.end_stale_snapshots();
-        let copied: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(2))?;
+        let (frames, copied): (i64, i64) =
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    Ok((row.get(1)?, row.get(2)?))
+                })?;
+        let idle = frames == self.frames;
+        self.frames = frames;
         if copied != self.copied {
             self.copied = copied;
             if let Err(e) = self.database_file.sync_data() {
@@ -117,6 +134,23 @@ impl Checkpointer {
                 ));
             }
         }
+        Ok(idle)
+    }
+
+    /// Gives a WAL that grew beyond `WAL_KEEP_BYTES` under a burst of writes its space back, once writes pause
+    /// (`idle`: no commit since the last pass). Why then: the truncation holds off the writer while the file
+    /// system frees the space, tens of milliseconds for a busy second's WAL, which is harmless only while no
+    /// one writes.
+    fn truncate_when_idle(&mut self, idle: bool, reads: &FastReads) -> rusqlite::Result<()> {
+        let size = std::fs::metadata(&self.wal).map(|m| m.len()).unwrap_or(0);
+        if !idle || size <= WAL_KEEP_BYTES {
+            return Ok(());
+        }
+        reads.release_snapshots_for(|| {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        })?;
+        self.frames = 0;
         Ok(())
     }
 }
@@ -131,4 +165,64 @@ fn spin_briefly(attempts: i32) -> bool {
     const MAX_ATTEMPTS: i32 = 20_000;
     std::thread::yield_now();
     attempts < MAX_ATTEMPTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A WAL grown past `WAL_KEEP_BYTES` is truncated at the first pass that finds no new commit, and not
+    /// while commits go on.
+    #[test]
+    fn a_grown_wal_is_truncated_once_writes_pause() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let writer = Connection::open(&path).unwrap();
+        writer.pragma_update(None, "journal_mode", "WAL").unwrap();
+        writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        writer
+            .pragma_update(None, "journal_size_limit", -1)
+            .unwrap();
+        writer.execute_batch("CREATE TABLE t (b BLOB)").unwrap();
+        let write = |mb: usize| {
+            writer.execute_batch("BEGIN").unwrap();
+            for _ in 0..mb {
+                writer
+                    .execute("INSERT INTO t VALUES (zeroblob(1048576))", [])
+                    .unwrap();
+            }
+            writer.execute_batch("COMMIT").unwrap();
+        };
+        write(70);
+        let reads = FastReads::new(path.clone());
+        let mut checkpointer = Checkpointer::open(&path, Arc::new(OutageLog::new("test"))).unwrap();
+        let wal_size = || {
+            std::fs::metadata(dir.path().join("t.db-wal"))
+                .unwrap()
+                .len()
+        };
+        assert!(wal_size() > WAL_KEEP_BYTES);
+
+        let idle = checkpointer.passive(&reads).unwrap();
+        assert!(!idle, "the first pass found new frames");
+        checkpointer.truncate_when_idle(idle, &reads).unwrap();
+        write(1);
+        let idle = checkpointer.passive(&reads).unwrap();
+        assert!(!idle, "a commit came since the last pass");
+        checkpointer.truncate_when_idle(idle, &reads).unwrap();
+        assert!(
+            wal_size() > WAL_KEEP_BYTES,
+            "not truncated while writes go on"
+        );
+
+        let idle = checkpointer.passive(&reads).unwrap();
+        assert!(idle);
+        checkpointer.truncate_when_idle(idle, &reads).unwrap();
+        assert_eq!(wal_size(), 0, "truncated once writes paused");
+        // Nothing was lost on the way.
+        let rows: i64 = writer
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 71);
+    }
 }

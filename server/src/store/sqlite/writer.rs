@@ -80,8 +80,10 @@ pub fn spawn(
     conn.pragma_update(None, "cache_size", -4096)?;
     // Checkpoints run on their own thread (`checkpoint.rs`), not inside some caller's commit.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    // When the WAL restarts after a burst, it is truncated back to this size (bytes) instead of keeping its peak.
-    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // No truncation of the WAL when it starts over: SQLite does that in the first commit after the restart, and
+    // freeing a busy second's WAL stalled that commit for tens of milliseconds. The checkpoint thread truncates it
+    // once writes pause instead (`checkpoint.rs`).
+    conn.pragma_update(None, "journal_size_limit", -1)?;
     conn.set_prepared_statement_cache_capacity(64);
     let checkpointer = Checkpointer::open(path, outage.clone())?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
