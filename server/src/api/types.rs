@@ -87,7 +87,7 @@ wire_scalar!(
 );
 
 serialize_as!(Timestamp, |t: &Timestamp, s: S| s
-    .serialize_str(&crate::domain::iso(t.0)));
+    .serialize_str(crate::domain::IsoStamp::of(t.0).as_str()));
 
 /// A duration in minutes; fractions are allowed (7.5), whole numbers print without a decimal point.
 #[derive(Debug, Clone, Copy, PartialEq)]
