@@ -29,8 +29,9 @@ use super::writes::{Applied, Write};
 use crate::domain::{Agent, Session};
 use crate::store::{from_ms, to_ms};
 
-/// Sessions kept; the least useful are evicted beyond it (quick_cache's S3-FIFO).
-const SESSIONS: usize = 50_000;
+/// Sessions kept; the least useful are evicted beyond it (quick_cache's S3-FIFO). About 1.3 KB each with a
+/// small metadata object: the memory target at a million stored sessions (see BENCHMARKS.md) bounds it.
+const SESSIONS: usize = 20_000;
 /// Agents kept.
 const AGENTS: usize = 1_000;
 /// Oldest entry served (see the module comment).
