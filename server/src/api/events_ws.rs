@@ -188,6 +188,14 @@ async fn pump(
     // Bounded: a client that stopped reading must not keep the socket (and its slot) open.
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
         let _ = socket.send(close).await;
+        // The closing handshake (RFC 6455 §7.1.1): the connection ends once the client's Close has come back.
+        // Ending it at once reset a client that was still writing (a pong to a ping sent just before), and its
+        // library then failed the read of the frames it had not yet read, the last event among them.
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
         let _ = socket.close().await;
     })
     .await;

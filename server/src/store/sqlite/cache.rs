@@ -15,8 +15,7 @@
 //!
 //! One server process serves a SQLite file (several instances share PostgreSQL); a change made to the file by
 //! another process (an operator's `sqlite3`, say) reaches the lookups once the entry is `MAX_AGE` old. Not
-//! sooner: an entry past it is read again, and with ten thousand sessions each looked up a few times a second, a
-//! one-second age made a fifth of the lookups misses.
+//! sooner: an entry past it is read again, so a short age turned many lookups of a busy store into misses.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,8 +28,8 @@ use super::writes::{Applied, Write};
 use crate::domain::{Agent, Session};
 use crate::store::{from_ms, to_ms};
 
-/// Sessions kept; the least useful are evicted beyond it (quick_cache's S3-FIFO). About 1.3 KB each with a
-/// small metadata object: the memory target at a million stored sessions (see BENCHMARKS.md) bounds it.
+/// Sessions kept; the least useful are evicted beyond it (quick_cache's S3-FIFO). Bounded by the memory target
+/// at a million stored sessions (see BENCHMARKS.md).
 const SESSIONS: usize = 20_000;
 /// Agents kept.
 const AGENTS: usize = 1_000;
