@@ -24,9 +24,10 @@ use chrono::{DateTime, Utc};
 use quick_cache::sync::Cache;
 use uuid::Uuid;
 
+use super::reads::FastReads;
 use super::writes::{Applied, Write};
 use crate::domain::{Agent, Session};
-use crate::store::{from_ms, to_ms};
+use crate::store::{from_ms, to_ms, StoreError};
 
 /// Sessions kept; the least useful are evicted beyond it (quick_cache's S3-FIFO). Bounded by the memory target
 /// at a million stored sessions (see BENCHMARKS.md).
@@ -36,18 +37,10 @@ const AGENTS: usize = 1_000;
 /// Oldest entry served (see the module comment).
 const MAX_AGE: Duration = Duration::from_secs(60);
 
+#[derive(Clone)]
 struct Entry<T> {
     row: Arc<T>,
     at: Instant,
-}
-
-impl<T> Clone for Entry<T> {
-    fn clone(&self) -> Self {
-        Self {
-            row: self.row.clone(),
-            at: self.at,
-        }
-    }
 }
 
 /// One table's cached rows, by id.
@@ -65,6 +58,25 @@ impl<T: Clone> Rows<T> {
     fn get(&self, id: &Uuid) -> Option<T> {
         let entry = self.entries.get(id)?;
         (entry.at.elapsed() <= MAX_AGE).then(|| T::clone(&entry.row))
+    }
+
+    /// The row from the cache, else from `read` (a lookup on `reads`' connections), which then offers it.
+    fn get_or_read(
+        &self,
+        id: Uuid,
+        reads: &FastReads,
+        read: impl FnOnce() -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        if let Some(row) = self.get(&id) {
+            return Ok(Some(row));
+        }
+        // Read before the snapshot begins: the snapshot then holds at least the commits counted here.
+        let seen = reads.commits();
+        let found = read()?;
+        if let Some(row) = &found {
+            self.offer(id, row, seen, || reads.commits());
+        }
+        Ok(found)
     }
 
     /// A reader's row (see the module comment).
@@ -121,24 +133,36 @@ impl Default for RowCache {
 }
 
 impl RowCache {
-    /// The session, if it is cached and young enough.
+    /// The session, if it is cached and young enough (for tests: the store reads through `session_or_read`).
+    #[cfg(test)]
     pub fn session(&self, id: &Uuid) -> Option<Session> {
         self.sessions.get(id)
     }
 
-    /// A reader's session, read in a snapshot that began at commit count `seen`; `commits` reads the count now.
-    pub fn offer_session(&self, session: &Session, seen: u64, commits: impl Fn() -> u64) {
-        self.sessions.offer(session.id, session, seen, commits);
+    /// The session from the cache, else from `read` on `reads`' connections (see `Rows::get_or_read`).
+    pub fn session_or_read(
+        &self,
+        id: Uuid,
+        reads: &FastReads,
+        read: impl FnOnce() -> Result<Option<Session>, StoreError>,
+    ) -> Result<Option<Session>, StoreError> {
+        self.sessions.get_or_read(id, reads, read)
     }
 
-    /// The agent, if it is cached and young enough.
+    /// The agent, if it is cached and young enough (for tests, as `session`).
+    #[cfg(test)]
     pub fn agent(&self, id: &Uuid) -> Option<Agent> {
         self.agents.get(id)
     }
 
-    /// A reader's agent (as `offer_session`).
-    pub fn offer_agent(&self, agent: &Agent, seen: u64, commits: impl Fn() -> u64) {
-        self.agents.offer(agent.id, agent, seen, commits);
+    /// The agent from the cache, else from `read` (as `session_or_read`).
+    pub fn agent_or_read(
+        &self,
+        id: Uuid,
+        reads: &FastReads,
+        read: impl FnOnce() -> Result<Option<Agent>, StoreError>,
+    ) -> Result<Option<Agent>, StoreError> {
+        self.agents.get_or_read(id, reads, read)
     }
 
     /// What a committed write leaves behind, for the writer (after the commit, before it answers).
@@ -208,7 +232,7 @@ mod tests {
     fn a_readers_offer_is_kept_only_when_no_commit_came_between() {
         let cache = RowCache::default();
         let s = session();
-        cache.offer_session(&s, 4, || 4);
+        cache.sessions.offer(s.id, &s, 4, || 4);
         assert_eq!(
             cache.session(&s.id),
             Some(s.clone()),
@@ -216,7 +240,7 @@ mod tests {
         );
 
         let s = session();
-        cache.offer_session(&s, 5, || 5);
+        cache.sessions.offer(s.id, &s, 5, || 5);
         assert_eq!(
             cache.session(&s.id),
             None,
@@ -224,7 +248,7 @@ mod tests {
         );
 
         let s = session();
-        cache.offer_session(&s, 4, || 6);
+        cache.sessions.offer(s.id, &s, 4, || 6);
         assert_eq!(cache.session(&s.id), None, "a commit came between: undone");
     }
 
@@ -235,7 +259,7 @@ mod tests {
         let mut new = old.clone();
         new.version += 1;
         // The writer commits and puts its session while the reader's offer is being made.
-        cache.offer_session(&old, 4, || {
+        cache.sessions.offer(old.id, &old, 4, || {
             cache.sessions.put(new.id, new.clone());
             6
         });

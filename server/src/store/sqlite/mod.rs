@@ -219,15 +219,8 @@ impl SessionStore for SqliteStore {
     async fn get_agent(&self, id: Uuid) -> Result<Option<Agent>, StoreError> {
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?1"));
-        if let Some(agent) = self.cache.agent(&id) {
-            return Ok(Some(agent));
-        }
-        let seen = self.fast.commits();
-        let found = self.fast.one(&SQL, [id], rows::agent())?;
-        if let Some(agent) = &found {
-            self.cache.offer_agent(agent, seen, || self.fast.commits());
-        }
-        Ok(found)
+        self.cache
+            .agent_or_read(id, &self.fast, || self.fast.one(&SQL, [id], rows::agent()))
     }
 
     async fn list_agents(&self) -> Result<Vec<Agent>, StoreError> {
@@ -260,16 +253,9 @@ impl SessionStore for SqliteStore {
         // Built once: the hottest lookup of all should not format its SQL on every call.
         static SQL: LazyLock<String> =
             LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
-        if let Some(session) = self.cache.session(&id) {
-            return Ok(Some(session));
-        }
-        let seen = self.fast.commits();
-        let found = self.fast.one(&SQL, [id], rows::session())?;
-        if let Some(session) = &found {
-            self.cache
-                .offer_session(session, seen, || self.fast.commits());
-        }
-        Ok(found)
+        self.cache.session_or_read(id, &self.fast, || {
+            self.fast.one(&SQL, [id], rows::session())
+        })
     }
 
     async fn session_by_channel(&self, channel_id: Uuid) -> Result<Option<Session>, StoreError> {
