@@ -17,6 +17,7 @@
 //! - [`serve`]: connections: accept loop, cap, header and idle timeouts, bounded drain at shutdown.
 //! - [`metrics`]: the Prometheus metrics: names, the process-wide recorder, one function per thing measured.
 //! - [`fd_limit`]: the open-file limit, raised at start, and the connection budget it allows.
+//! - [`logging`]: the log output (tracing subscriber, non-blocking writer) and the access log.
 //! - [`shutdown`]: the stop signals and the last-resort exit at the shutdown's bound.
 //! - [`config`]: flags and environment variables.
 
@@ -29,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod fd_limit;
+pub mod logging;
 pub mod metrics;
 pub mod outage;
 pub mod serve;

@@ -6,23 +6,17 @@ use std::time::{Duration, Instant};
 use agent_sessions_server::api::probes::metrics_app;
 use agent_sessions_server::auth::Access;
 use agent_sessions_server::clock::SystemClock;
-use agent_sessions_server::config::{shutdown_reserve, Config, LogFormat};
+use agent_sessions_server::config::{shutdown_reserve, Config};
 use agent_sessions_server::service::SessionService;
 use agent_sessions_server::shutdown::{exit_after, StopSignals};
 use agent_sessions_server::sweeper::Sweeper;
 use agent_sessions_server::webhooks::{Dispatcher, WebhookSettings};
 use agent_sessions_server::{app, fd_limit, openapi_spec_json, serve, serve_with, store};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 /// Many small, short-lived allocations per request: mimalloc serves them from thread-local pages.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// The log filter without `RUST_LOG`. sqlx's own warnings are left out: during a database outage its pool
-/// warns once per connection it finds broken and per slow acquisition, where the store already logs the
-/// outage once (and pool saturation once per burst); `RUST_LOG=info,sqlx=warn` brings them back.
-const DEFAULT_LOG: &str = "info,sqlx=error";
 
 /// How long the runtime may take to stop once serving is done.
 const RUNTIME_STOP: Duration = Duration::from_millis(200);
@@ -34,7 +28,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     // Kept to the end of `main`: dropping it writes the lines still queued.
-    let _log_writer = init_logging(config.log_format);
+    let _log_writer = agent_sessions_server::logging::init(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -187,40 +181,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(took = ?signalled.elapsed(), "stopped");
     Ok(())
-}
-
-/// Log lines as `format` says, filtered by `RUST_LOG`; colors only on a terminal, so that a file or a log
-/// collector never gets escape codes. Lines go to standard output through a writer thread that writes them in
-/// batches (never dropping one: a full queue makes the logging thread wait); the guard writes what is queued
-/// when dropped.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::IsTerminal;
-    use std::os::fd::AsFd;
-    let terminal = std::io::stdout().is_terminal();
-    // Standard output's own handle flushes at every newline; a duplicate of its descriptor behind a buffer
-    // lets the writer thread flush once per batch (when its queue is empty).
-    let out: Box<dyn std::io::Write + Send + Sync> =
-        match std::io::stdout().as_fd().try_clone_to_owned() {
-            Ok(fd) if !terminal => Box::new(std::io::BufWriter::new(std::fs::File::from(fd))),
-            _ => Box::new(std::io::stdout()),
-        };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(out);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match format {
-        LogFormat::Json => logs
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
-        LogFormat::Text => logs.with_ansi(terminal).init(),
-    }
-    guard
 }
 
 /// A listener that could not be made, with a hint when the port is taken.

@@ -29,7 +29,7 @@ use super::access::{admit, authorize, label_allowed, OwnSession};
 use super::host_guard::HostGuard;
 use super::json_out::JsonOut;
 use super::models::HealthBody;
-use super::observe::{log_line, request_id_of, request_span, X_REQUEST_ID};
+use super::observe::{log_line, request_id_of, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
 use crate::auth::{Access, Principal, RateDecision};
 use crate::service::SessionService;
@@ -190,14 +190,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
                 "probe"
             );
         } else {
-            log_line(
-                &request_span(&id),
-                req.method(),
-                operation,
-                status,
-                took,
-                principal,
-            );
+            log_line(&id, None, req.method(), operation, status, took, principal);
         }
         resp.headers_mut().insert(X_REQUEST_ID, id);
         crate::metrics::http_request(operation, status, took);

@@ -16,6 +16,7 @@ use poem_openapi::OperationId;
 use tracing::Instrument;
 
 use crate::auth::Principal;
+use crate::logging::{request_span, AccessLine};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -128,43 +129,44 @@ impl<E: Endpoint> Endpoint for ObserveEndpoint<E> {
             .instrument(span.clone())
             .await;
         let mut resp = result;
-        resp.headers_mut().insert(X_REQUEST_ID, id);
         let took = started.elapsed();
         let status = resp.status().as_u16();
         let operation = operation(&resp, uri.path());
         crate::metrics::http_request(operation, status, took);
-        log_line(&span, &method, operation, status, took, principal);
+        log_line(
+            &id,
+            Some(&span),
+            &method,
+            operation,
+            status,
+            took,
+            principal,
+        );
+        resp.headers_mut().insert(X_REQUEST_ID, id);
         Ok(resp)
     }
 }
 
-/// The request's span, which puts its id in every log line made while serving it.
-pub(super) fn request_span(id: &HeaderValue) -> tracing::Span {
-    tracing::info_span!("request", request_id = id.to_str().unwrap_or_default())
-}
-
-/// The one access-log line of a request (never a key, token or query).
+/// The one access-log line of a request (never a key, token or query); `span` is the request's, when it has one.
 pub(super) fn log_line(
-    span: &tracing::Span,
+    id: &HeaderValue,
+    span: Option<&tracing::Span>,
     method: &poem::http::Method,
     operation: &'static str,
     status: u16,
     took: std::time::Duration,
     principal: &str,
 ) {
-    let route = super::routes::template(operation).unwrap_or(operation);
-    span.in_scope(|| {
-        tracing::info!(
-            method = method.as_str(),
-            route,
-            operation,
-            status,
-            // Whole microseconds: a computed float prints up to seventeen digits, all noise past the third.
-            duration_ms = took.as_micros() as f64 / 1000.0,
-            principal,
-            "request"
-        )
-    });
+    let line = AccessLine {
+        request_id: id,
+        method: method.as_str(),
+        route: super::routes::template(operation).unwrap_or(operation),
+        operation,
+        status,
+        took,
+        principal,
+    };
+    crate::logging::access(&line, span);
 }
 
 #[cfg(test)]
