@@ -145,6 +145,15 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
         }
     }
 
+    /// The whole stack's answer. Boxed: in place, the stack's future (every layer's state) would be part of this
+    /// endpoint's, and that much memory is copied each time a request's future is made and moved, lane or not.
+    fn stack(&self, req: Request) -> futures::future::BoxFuture<'_, poem::Result<Response>>
+    where
+        E: Sync,
+    {
+        Box::pin(self.inner.call(req))
+    }
+
     /// The caller and its rate-limit decision, unless the limit refuses it (then the stack answers the 429).
     fn admitted(&self, req: &Request) -> Option<(Principal, RateDecision)> {
         let (principal, decision) = admit(&self.lane.access, req);
@@ -160,7 +169,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
             .filter(|_| !req.headers().contains_key(header::ORIGIN))
             .filter(|_| self.lane.host_guard.allows_request(&req))
         else {
-            return self.inner.call(req).await;
+            return self.stack(req).await;
         };
         let started = Instant::now();
         // As the stack's panic catcher does: a panic fails this request, never the connection's task.
@@ -172,7 +181,7 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
                 Some((error.into_response(), "anonymous"))
             });
         let Some((mut resp, principal)) = answered else {
-            return self.inner.call(req).await;
+            return self.stack(req).await;
         };
         let id = request_id_of(&req);
         super::browser::add_security_headers(
