@@ -161,10 +161,7 @@ impl Access {
     pub fn authenticate(&self, credentials: Credentials<'_>) -> Principal {
         let open = self.keys.is_empty();
         let key = credentials.api_key.map(|k| self.keys.find(k));
-        let bearer = credentials.bearer.map(|b| match self.keys.find(b) {
-            Some(id) => Ok(Principal::Operator { key: Some(id) }),
-            None => self.tokens.verify(b).map(Principal::Session),
-        });
+        let bearer = credentials.bearer.map(|b| self.bearer(b));
         if !open {
             // Every credential sent must be valid: a bad one next to a good one is still refused, so that a
             // client's mistake (a stale token, a mistyped header) shows instead of passing unnoticed.
@@ -189,6 +186,24 @@ impl Access {
             _ if open => Principal::Operator { key: None },
             _ => Principal::Anonymous,
         }
+    }
+
+    /// What a bearer credential is: a key, or else a session token. One shaped as a token (three dot-separated
+    /// parts) is tried as a token first, so that the calls browsers make most do not also pay for a key's
+    /// digest; a key of that shape is still found when it is no valid token.
+    fn bearer(&self, presented: &str) -> Result<Principal, TokenError> {
+        let as_key = || {
+            self.keys
+                .find(presented)
+                .map(|id| Principal::Operator { key: Some(id) })
+        };
+        if presented.bytes().filter(|&b| b == b'.').count() == 2 {
+            return match self.tokens.verify(presented) {
+                Ok(claims) => Ok(Principal::Session(claims)),
+                Err(e) => as_key().ok_or(e),
+            };
+        }
+        as_key().map_or_else(|| self.tokens.verify(presented).map(Principal::Session), Ok)
     }
 
     /// A stable, storable name of `principal`, by which idempotency keys are scoped: `key:<digest>` for an API
@@ -265,6 +280,43 @@ mod tests {
         );
         assert_eq!(
             a.authenticate(creds(None, Some("nope"))),
+            Principal::Rejected(Rejection::InvalidToken)
+        );
+    }
+
+    /// A bearer shaped as a token is tried as one first, and as a key after: both kinds are still told apart,
+    /// whatever the shape, and a token-shaped bearer that is neither is refused as a token.
+    #[test]
+    fn bearers_of_either_shape_are_keys_or_tokens() {
+        let a = access(&["k1", "dotted.api.key"]);
+        assert_eq!(
+            a.authenticate(creds(None, Some("dotted.api.key"))),
+            Principal::Operator {
+                key: Some(KeyId(1))
+            }
+        );
+        use crate::domain::{Session, TimeoutConfigPatch, TimeoutPolicy};
+        let none = TimeoutConfigPatch::default();
+        let timeout = TimeoutPolicy::default().resolve(&none, &none);
+        let now = MockClock::default().now();
+        let session = Session::new(
+            uuid::Uuid::new_v4(),
+            uuid::Uuid::new_v4(),
+            Default::default(),
+            timeout,
+            now,
+        );
+        let token = a.tokens().issue(&session).unwrap().token;
+        match a.authenticate(creds(None, Some(&token))) {
+            Principal::Session(claims) => assert_eq!(claims.session_id, session.id),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            a.authenticate(creds(None, Some("not.a.token"))),
+            Principal::Rejected(Rejection::InvalidToken)
+        );
+        assert_eq!(
+            a.authenticate(creds(None, Some("k2"))),
             Principal::Rejected(Rejection::InvalidToken)
         );
     }
