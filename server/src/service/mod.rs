@@ -519,18 +519,14 @@ impl SessionService {
     ) -> Result<SessionView, SessionError> {
         let now = self.clock.now();
         for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let current = self.live(id, now).await?;
-            let mut next = current.clone();
+            let mut next = self.live(id, now).await?;
+            let expected = next.version;
             let events = change(&mut next, now)?;
-            next.version = current.version + 1;
+            next.version = expected + 1;
             let stored = if lazy {
-                self.store
-                    .record_heartbeat(&next, current.version, events)
-                    .await?
+                self.store.record_heartbeat(&next, expected, events).await?
             } else {
-                self.store
-                    .update_session(&next, current.version, events)
-                    .await?
+                self.store.update_session(&next, expected, events).await?
             };
             if stored {
                 return Ok(SessionView { session: next, now });

@@ -126,6 +126,17 @@ pub fn bind_session_state<'v, B: Bind<'v>>(b: &mut B, s: &'v Session) -> Result<
     b.bind(to_ms(s.warn_at()))
 }
 
+/// Binds `schema::SESSION_ACTIVITY_COLUMNS`.
+pub fn bind_session_activity<'v, B: Bind<'v>>(b: &mut B, s: &'v Session) -> Result<(), B::Error> {
+    b.bind(to_ms(s.last_activity))?;
+    b.bind(to_ms(s.last_renewal))?;
+    b.bind(to_ms(s.expires_at))?;
+    b.bind(s.renewal_count)?;
+    b.bind(s.version)?;
+    b.bind(s.notice as i16)?;
+    b.bind(to_ms(s.warn_at()))
+}
+
 /// Reads the `total, active, expiring_soon` of a session count.
 pub fn session_counts<R: Row>(row: &R) -> Result<SessionCounts, R::Error> {
     let count = |column| row.get::<i64>(column).map(|n| n.max(0) as u64);

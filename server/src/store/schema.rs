@@ -31,6 +31,13 @@ pub const SESSION_KEY_COLUMNS: &str = "id, channel_id, agent_id, user_id, create
 pub const SESSION_STATE_COLUMNS: &str = "last_activity, last_renewal, expires_at, timeout_minutes, auto_renew, \
     max_duration_minutes, warning_threshold_minutes, metadata, renewal_count, version, notice, warn_at";
 
+/// The columns a heartbeat can change (`Session::record_activity`: the activity, a renewal's fields, the row's
+/// version), in `rows::bind_session_activity` order. The rest of the row (metadata, timeout) is the one the
+/// heartbeat read, since the update is conditional on its version, so a heartbeat neither re-encodes nor rewrites
+/// it.
+pub const SESSION_ACTIVITY_COLUMNS: &str =
+    "last_activity, last_renewal, expires_at, renewal_count, version, notice, warn_at";
+
 /// A message as `rows::message` reads it.
 pub const MESSAGE_COLUMNS: &str =
     "seq, id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to";
@@ -314,10 +321,20 @@ pub static SESSION_INSERT_COLUMNS: LazyLock<String> =
 /// The conditional update of a session: its `SESSION_STATE_COLUMNS`, then its id and the version it must
 /// still have.
 pub fn update_session(prefix: char) -> String {
-    let n = column_count(SESSION_STATE_COLUMNS);
+    conditional_update(prefix, SESSION_STATE_COLUMNS)
+}
+
+/// [`update_session`] for a heartbeat: its `SESSION_ACTIVITY_COLUMNS`, then its id and the version it must
+/// still have.
+pub fn update_activity(prefix: char) -> String {
+    conditional_update(prefix, SESSION_ACTIVITY_COLUMNS)
+}
+
+fn conditional_update(prefix: char, columns: &str) -> String {
+    let n = column_count(columns);
     format!(
         "UPDATE sessions SET {} WHERE id = {prefix}{} AND version = {prefix}{}",
-        assignments(prefix, 1, SESSION_STATE_COLUMNS),
+        assignments(prefix, 1, columns),
         n + 1,
         n + 2
     )

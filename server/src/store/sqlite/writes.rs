@@ -16,7 +16,7 @@ use crate::domain::{
 use crate::store::rows::{self, Bind};
 use crate::store::schema::{
     claim_next_reply, event_prune_cutoff, insert, insert_select, live_claim, mark_events_pruned,
-    prune_events, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
+    prune_events, update_activity, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
     MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
 };
 use crate::store::{prune_due, StoreError};
@@ -201,17 +201,13 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
                 ..Default::default()
             })
         }
-        Write::UpdateSession(session, expected, events)
-        | Write::Heartbeat(session, expected, events) => {
-            if update_session_row(conn, session, *expected)? == 0 {
-                return Ok(Applied::default());
-            }
-            Ok(Applied {
-                rows: 1,
-                queued: webhooks::queue_events(conn, events)?,
-                publish: store_events(conn, std::mem::take(events), keep)?,
-                ..Default::default()
-            })
+        Write::UpdateSession(session, expected, events) => {
+            let updated = update_session_row(conn, session, *expected)?;
+            session_updated(conn, updated, events, keep)
+        }
+        Write::Heartbeat(session, expected, events) => {
+            let updated = update_activity_row(conn, session, *expected)?;
+            session_updated(conn, updated, events, keep)
         }
         Write::DeleteSession(id, events) => {
             if delete_session(conn, *id)? == 0 {
@@ -403,6 +399,40 @@ fn update_session_row(
     let mut statement = conn.prepare_cached(&SQL)?;
     let mut args = Params::new(&mut statement);
     rows::bind_session_state(&mut args, session)?;
+    args.bind(session.id)?;
+    args.bind(expected)?;
+    args.execute()
+}
+
+/// What a session's conditional update did (`updated` rows): its events stored, queued and published, or nothing
+/// when the version it expected was gone.
+fn session_updated(
+    conn: &Connection,
+    updated: usize,
+    events: &mut Vec<SessionEvent>,
+    keep: u32,
+) -> rusqlite::Result<Applied> {
+    if updated == 0 {
+        return Ok(Applied::default());
+    }
+    Ok(Applied {
+        rows: 1,
+        queued: webhooks::queue_events(conn, events)?,
+        publish: store_events(conn, std::mem::take(events), keep)?,
+        ..Default::default()
+    })
+}
+
+/// `update_session_row` for a heartbeat: the columns it can change only.
+fn update_activity_row(
+    conn: &Connection,
+    session: &Session,
+    expected: i64,
+) -> rusqlite::Result<usize> {
+    static SQL: LazyLock<String> = LazyLock::new(|| update_activity('?'));
+    let mut statement = conn.prepare_cached(&SQL)?;
+    let mut args = Params::new(&mut statement);
+    rows::bind_session_activity(&mut args, session)?;
     args.bind(session.id)?;
     args.bind(expected)?;
     args.execute()
