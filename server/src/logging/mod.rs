@@ -4,14 +4,15 @@
 //! The access line is the one log line every request makes. Through tracing it cost more CPU than serving a
 //! session lookup from the cache (field visitors, `core::fmt` per field, a span made only to carry the request
 //! id; see BENCHMARKS.md). When the output is piped (no colours), the line is therefore written by hand, in
-//! exactly the shape the subscriber gives it (a test compares the two byte for byte), into a reused buffer
-//! handed to the same writer. On a terminal, and when logging was not set up here (tests, embedders), it goes
+//! exactly the shape the subscriber gives it (a test compares the two byte for byte), into its thread's buffer,
+//! which goes to the same writer in batches (`batches.rs`). On a terminal, and when logging was not set up here (tests, embedders), it goes
 //! through tracing as any other event. Either way the filter decides: the line is written only when an INFO event
 //! of the target `agent_sessions_server::access` is enabled (`RUST_LOG=warn` turns it off).
 
-use std::cell::RefCell;
+mod batches;
+
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use poem::http::HeaderValue;
@@ -36,12 +37,26 @@ static DIRECT: OnceLock<Direct> = OnceLock::new();
 
 struct Direct {
     format: LogFormat,
-    writer: NonBlocking,
+    batches: batches::Batches,
+}
+
+/// Kept while the server runs: when dropped, writes the access lines still gathered, then (the writer's own
+/// guard) every line still queued.
+pub struct LogGuard {
+    _writer: WorkerGuard,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        if let Some(direct) = DIRECT.get() {
+            direct.batches.flush();
+        }
+    }
 }
 
 /// Sets up logging to standard output in `format`, filtered by `RUST_LOG` (else [`DEFAULT_FILTER`]). Lines are
 /// written by a thread of their own; the returned guard writes those still queued when dropped.
-pub fn init(format: LogFormat) -> WorkerGuard {
+pub fn init(format: LogFormat) -> LogGuard {
     use std::io::IsTerminal;
     use std::os::fd::AsFd;
     let terminal = std::io::stdout().is_terminal();
@@ -58,14 +73,32 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         .finish(out);
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    if !terminal {
-        let _ = DIRECT.set(Direct {
-            format,
-            writer: writer.clone(),
-        });
+    if !terminal && DIRECT.set(direct(format, writer.clone())).is_ok() {
+        let flusher = std::thread::Builder::new()
+            .name("log-flusher".into())
+            .spawn(|| loop {
+                std::thread::sleep(batches::FLUSH_EVERY);
+                if let Some(direct) = DIRECT.get() {
+                    direct.batches.flush();
+                }
+            });
+        if let Err(e) = flusher {
+            eprintln!("cannot start the log flusher thread: {e}");
+        }
     }
     let _ = subscriber(format, terminal, filter, writer).try_init();
-    guard
+    LogGuard { _writer: guard }
+}
+
+fn direct(format: LogFormat, writer: NonBlocking) -> Direct {
+    let sink = move |lines: &[u8]| {
+        // Lossless: the writer thread takes every batch (it blocks this call only when its queue is full).
+        let _ = writer.clone().write_all(lines);
+    };
+    Direct {
+        format,
+        batches: batches::Batches::new(Box::new(sink)),
+    }
 }
 
 /// The subscriber of [`init`], writing to `writer`.
@@ -131,17 +164,15 @@ pub fn access(line: &AccessLine<'_>, span: Option<&tracing::Span>) {
         return;
     }
     thread_local! {
-        static BUF: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+        static MINE: std::cell::OnceCell<Arc<Mutex<Vec<u8>>>> = const { std::cell::OnceCell::new() };
     }
-    BUF.with_borrow_mut(|buf| {
-        buf.clear();
+    MINE.with(|mine| {
+        let mine = mine.get_or_init(|| direct.batches.buffer());
         let at = wall_time();
-        match direct.format {
+        direct.batches.append(mine, |buf| match direct.format {
             LogFormat::Text => write_text(buf, at, line),
             LogFormat::Json => write_json(buf, at, line),
-        }
-        // Lossless: the writer thread takes every line (it blocks this call only when its queue is full).
-        let _ = direct.writer.clone().write_all(buf);
+        });
     });
 }
 
