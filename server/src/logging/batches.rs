@@ -1,7 +1,7 @@
 //! Access lines gathered per thread and handed to the log writer in batches: each thread appends its lines to a
 //! buffer of its own, handed over when full and, by a flusher thread, at most [`FLUSH_EVERY`] after it was
 //! written to. Why: handing each line over on its own (a copy, a channel send, and often a wake-up of the
-//! writer thread) cost about as much as writing it (see BENCHMARKS.md). A thread's lines keep their order;
+//! writer thread) cost more than formatting it (see BENCHMARKS.md). A thread's lines keep their order;
 //! lines of different threads interleave by batch, each with its own timestamp.
 
 use std::sync::{Arc, Mutex, MutexGuard};
