@@ -10,6 +10,7 @@ use crate::api::{CorsOrigins, HostGuard, HttpSettings, StreamSettings};
 use crate::auth::{AccessSettings, RateLimitSettings};
 use crate::domain::TimeoutPolicy;
 use crate::fd_limit::{self, Fitted};
+pub use crate::logging::LogFormat;
 use crate::serve::ConnectionSettings;
 use crate::service::ServiceConfig;
 use crate::store::StoreOptions;
@@ -282,13 +283,6 @@ fn host_port(raw: &str) -> Result<HostPort, String> {
         host: host.to_string(),
         port,
     })
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// A secret setting (an API key, the token secret): never printed, also not by `Debug`.

@@ -21,7 +21,12 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+/// How log lines are written (`--log-format` / `LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// The log filter without `RUST_LOG`. sqlx's own warnings are left out: during a database outage its pool
 /// warns once per connection it finds broken and per slow acquisition, where the store already logs the
