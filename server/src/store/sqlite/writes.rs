@@ -186,6 +186,7 @@ pub fn caught<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
 
 /// Applies one write. Its events are moved out (into `Applied::publish`), not copied: a write is applied once.
 fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Applied> {
+    let heartbeat = matches!(write, Write::Heartbeat(..));
     match write {
         Write::InsertAgent(agent) => insert_agent(conn, agent).map(rows_changed),
         Write::DeleteAgent(id, active_at) => delete_agent(conn, *id, *active_at),
@@ -201,13 +202,12 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
                 ..Default::default()
             })
         }
-        Write::UpdateSession(session, expected, events) => {
-            let updated = update_session_row(conn, session, *expected)?;
-            session_updated(conn, updated, events, keep)
-        }
-        Write::Heartbeat(session, expected, events) => {
-            let updated = update_activity_row(conn, session, *expected)?;
-            session_updated(conn, updated, events, keep)
+        Write::UpdateSession(session, expected, events)
+        | Write::Heartbeat(session, expected, events) => {
+            if update_session_row(conn, session, *expected, heartbeat)? == 0 {
+                return Ok(Applied::default());
+            }
+            one_row_with_events(conn, events, keep)
         }
         Write::DeleteSession(id, events) => {
             if delete_session(conn, *id)? == 0 {
@@ -222,27 +222,21 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
         }
         Write::Purge { cutoff, limit } => purge(conn, *cutoff, *limit).map(rows_changed),
         Write::RecordMessage(session, expected, message, events) => {
-            if update_session_row(conn, session, *expected)? == 0 {
+            if update_session_row(conn, session, *expected, false)? == 0 {
                 return Ok(Applied::default());
             }
             let seq = insert_message(conn, message, ReplyState::Pending, false)?;
             Ok(Applied {
-                rows: 1,
                 seq,
-                queued: webhooks::queue_events(conn, events)?,
-                publish: store_events(conn, std::mem::take(events), keep)?,
-                ..Default::default()
+                ..one_row_with_events(conn, events, keep)?
             })
         }
         Write::InsertReply(message, events) => {
             match insert_message(conn, message, ReplyState::None, true)? {
                 None => Ok(Applied::default()),
                 Some(seq) => Ok(Applied {
-                    rows: 1,
                     seq: Some(seq),
-                    queued: webhooks::queue_events(conn, events)?,
-                    publish: store_events(conn, std::mem::take(events), keep)?,
-                    ..Default::default()
+                    ..one_row_with_events(conn, events, keep)?
                 }),
             }
         }
@@ -262,12 +256,7 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
             if !finish_reply(conn, *user_message_id, reply.as_deref())? {
                 return Ok(Applied::default());
             }
-            Ok(Applied {
-                rows: 1,
-                queued: webhooks::queue_events(conn, events)?,
-                publish: store_events(conn, std::mem::take(events), keep)?,
-                ..Default::default()
-            })
+            one_row_with_events(conn, events, keep)
         }
         Write::ClaimKey(claim) => {
             let outcome = idempotency::claim(conn, claim)?;
@@ -390,31 +379,12 @@ fn insert_session(conn: &Connection, session: &Session) -> rusqlite::Result<usiz
     args.execute()
 }
 
-fn update_session_row(
+/// What a write that changed one row leaves to do: its events queued for webhooks, and stored to be published.
+fn one_row_with_events(
     conn: &Connection,
-    session: &Session,
-    expected: i64,
-) -> rusqlite::Result<usize> {
-    static SQL: LazyLock<String> = LazyLock::new(|| update_session('?'));
-    let mut statement = conn.prepare_cached(&SQL)?;
-    let mut args = Params::new(&mut statement);
-    rows::bind_session_state(&mut args, session)?;
-    args.bind(session.id)?;
-    args.bind(expected)?;
-    args.execute()
-}
-
-/// What a session's conditional update did (`updated` rows): its events stored, queued and published, or nothing
-/// when the version it expected was gone.
-fn session_updated(
-    conn: &Connection,
-    updated: usize,
     events: &mut Vec<SessionEvent>,
     keep: u32,
 ) -> rusqlite::Result<Applied> {
-    if updated == 0 {
-        return Ok(Applied::default());
-    }
     Ok(Applied {
         rows: 1,
         queued: webhooks::queue_events(conn, events)?,
@@ -423,16 +393,23 @@ fn session_updated(
     })
 }
 
-/// `update_session_row` for a heartbeat: the columns it can change only.
-fn update_activity_row(
+/// The session's conditional update: the columns any update writes, or for a `heartbeat` only those a heartbeat
+/// can change (`schema::SESSION_ACTIVITY_COLUMNS`).
+fn update_session_row(
     conn: &Connection,
     session: &Session,
     expected: i64,
+    heartbeat: bool,
 ) -> rusqlite::Result<usize> {
-    static SQL: LazyLock<String> = LazyLock::new(|| update_activity('?'));
-    let mut statement = conn.prepare_cached(&SQL)?;
+    static ANY: LazyLock<String> = LazyLock::new(|| update_session('?'));
+    static ACTIVITY: LazyLock<String> = LazyLock::new(|| update_activity('?'));
+    let mut statement = conn.prepare_cached(if heartbeat { &ACTIVITY } else { &ANY })?;
     let mut args = Params::new(&mut statement);
-    rows::bind_session_activity(&mut args, session)?;
+    if heartbeat {
+        rows::bind_session_activity(&mut args, session)?;
+    } else {
+        rows::bind_session_state(&mut args, session)?;
+    }
     args.bind(session.id)?;
     args.bind(expected)?;
     args.execute()
