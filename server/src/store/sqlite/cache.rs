@@ -17,7 +17,9 @@
 //! another process (an operator's `sqlite3`, say) reaches the lookups once the entry is `MAX_AGE` old. Not
 //! sooner: an entry past it is read again, so a short age turned many lookups of a busy store into misses.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -99,11 +101,11 @@ impl<T: Clone> Rows<T> {
         }
     }
 
-    fn put(&self, id: Uuid, row: T) {
+    fn put(&self, id: Uuid, row: Arc<T>) {
         self.entries.insert(
             id,
             Entry {
-                row: Arc::new(row),
+                row,
                 at: Instant::now(),
             },
         );
@@ -121,6 +123,11 @@ impl<T: Clone> Rows<T> {
 pub struct RowCache {
     sessions: Rows<Session>,
     agents: Rows<Agent>,
+    /// The sessions whose latest heartbeat is in the heartbeat log, not yet in their row (`activity.rs`): never
+    /// evicted, so that a lookup that misses the cache finds them before it reads a row that lags behind.
+    pinned: Mutex<HashMap<Uuid, Arc<Session>>>,
+    /// `pinned`'s length, read without its lock.
+    pinned_len: AtomicUsize,
 }
 
 impl Default for RowCache {
@@ -128,6 +135,8 @@ impl Default for RowCache {
         Self {
             sessions: Rows::new(SESSIONS),
             agents: Rows::new(AGENTS),
+            pinned: Mutex::default(),
+            pinned_len: AtomicUsize::new(0),
         }
     }
 }
@@ -139,14 +148,40 @@ impl RowCache {
         self.sessions.get(id)
     }
 
-    /// The session from the cache, else from `read` on `reads`' connections (see `Rows::get_or_read`).
+    /// The session from the cache, else pinned, else from `read` on `reads`' connections (see
+    /// `Rows::get_or_read`). The pins are looked at after the commit count is read and before the row is: a
+    /// fold unpins only after its commit is counted, so a lookup that no longer finds a pin reads the folded row.
     pub fn session_or_read(
         &self,
         id: Uuid,
         reads: &FastReads,
         read: impl FnOnce() -> Result<Option<Session>, StoreError>,
     ) -> Result<Option<Session>, StoreError> {
-        self.sessions.get_or_read(id, reads, read)
+        self.sessions
+            .get_or_read(id, reads, || match self.pinned_session(&id) {
+                Some(session) => Ok(Some(session)),
+                None => read(),
+            })
+    }
+
+    fn pinned_session(&self, id: &Uuid) -> Option<Session> {
+        if self.pinned_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        pinned.get(id).map(|s| Session::clone(s))
+    }
+
+    /// How many sessions are pinned (whether the heartbeat log holds anything).
+    pub fn pinned(&self) -> usize {
+        self.pinned_len.load(Ordering::Acquire)
+    }
+
+    /// Unpins every session, for the writer once a fold of the whole log is committed and counted.
+    pub fn unpin_all(&self) {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        pinned.clear();
+        self.pinned_len.store(0, Ordering::Release);
     }
 
     /// The agent, if it is cached and young enough (for tests, as `session`).
@@ -165,30 +200,42 @@ impl RowCache {
         self.agents.get_or_read(id, reads, read)
     }
 
-    /// What a committed write leaves behind, for the writer (after the commit, before it answers).
-    pub fn committed(&self, write: &Write, applied: &Applied) {
+    /// What a committed write leaves behind, for the writer (after the commit, before it answers): the write
+    /// is done with, so its session moves into the cache. A heartbeat `logged` to the heartbeat log also pins
+    /// its session (see `activity.rs`).
+    pub fn committed(&self, write: Write, applied: &Applied, logged: bool) {
         if applied.rows == 0 {
             return;
         }
+        let heartbeat = matches!(write, Write::Heartbeat(..));
         match write {
             Write::InsertSession(session)
             | Write::UpdateSession(session, ..)
             | Write::Heartbeat(session, ..)
-            | Write::RecordMessage(session, ..) => self.sessions.put(session.id, stored(session)),
-            Write::DeleteSession(id, _) => self.sessions.forget(id),
+            | Write::RecordMessage(session, ..) => {
+                let row = Arc::new(stored(*session));
+                if heartbeat && logged {
+                    let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+                    pinned.insert(row.id, row.clone());
+                    self.pinned_len.store(pinned.len(), Ordering::Release);
+                }
+                self.sessions.put(row.id, row);
+            }
+            Write::DeleteSession(id, _) => self.sessions.forget(&id),
             Write::InsertAgent(agent) => self.agents.forget(&agent.id),
             Write::DeleteAgent(agent, _) => {
-                self.agents.forget(agent);
-                self.sessions.forget_where(|s| s.agent_id == *agent);
+                self.agents.forget(&agent);
+                self.sessions.forget_where(|s| s.agent_id == agent);
             }
             Write::Purge { cutoff, .. } => self
                 .sessions
-                .forget_where(|s| to_ms(s.expires_at) <= *cutoff),
+                .forget_where(|s| to_ms(s.expires_at) <= cutoff),
             _ => {}
         }
     }
 
-    /// Forgets everything: after a batch whose outcome is unknown (a panic in the writer's own steps).
+    /// Forgets everything but the pins: after a batch whose outcome is unknown (a panic in the writer's own
+    /// steps). The pins go only with a fold (`unpin_all`).
     pub fn clear(&self) {
         self.sessions.entries.clear();
         self.agents.entries.clear();
@@ -196,15 +243,13 @@ impl RowCache {
 }
 
 /// The session as a read of its row gives it back: times are stored in whole milliseconds.
-fn stored(session: &Session) -> Session {
+fn stored(mut session: Session) -> Session {
     let ms = |t: DateTime<Utc>| from_ms(to_ms(t));
-    Session {
-        created_at: ms(session.created_at),
-        last_activity: ms(session.last_activity),
-        last_renewal: ms(session.last_renewal),
-        expires_at: ms(session.expires_at),
-        ..session.clone()
-    }
+    session.created_at = ms(session.created_at);
+    session.last_activity = ms(session.last_activity);
+    session.last_renewal = ms(session.last_renewal);
+    session.expires_at = ms(session.expires_at);
+    session
 }
 
 #[cfg(test)]
@@ -260,7 +305,7 @@ mod tests {
         new.version += 1;
         // The writer commits and puts its session while the reader's offer is being made.
         cache.sessions.offer(old.id, &old, 4, || {
-            cache.sessions.put(new.id, new.clone());
+            cache.sessions.put(new.id, Arc::new(new.clone()));
             6
         });
         assert_eq!(cache.session(&old.id), Some(new));

@@ -4,8 +4,10 @@
 //! writer thread with group commit (`writer.rs`, applying `writes.rs`), beside a checkpoint thread
 //! (`checkpoint.rs`): both because sqlx's per-statement thread hand-offs dominated the profiles of those
 //! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`; the
-//! webhook tables' statements are in `webhooks.rs`.
+//! webhook tables' statements are in `webhooks.rs`; heartbeats go to a log folded into the rows in batches
+//! (`activity.rs`), and scans of session rows wait for that fold (`settled`).
 
+mod activity;
 mod cache;
 mod checkpoint;
 mod idempotency;
@@ -195,6 +197,15 @@ impl SqliteStore {
         Ok(self.write(write).await?.rows > 0)
     }
 
+    /// Waits until every heartbeat acknowledged so far is in its session's row (the writer folds the heartbeat
+    /// log, if it holds anything): for reads that scan session rows rather than look one up.
+    async fn settled(&self) -> Result<(), StoreError> {
+        if self.cache.pinned() > 0 {
+            self.write(Write::Settle).await?;
+        }
+        Ok(())
+    }
+
     async fn write(&self, write: Write) -> Result<Applied, StoreError> {
         let closed = || StoreError::Unavailable("store is closed".into());
         let queue = self.queue().ok_or_else(closed)?;
@@ -262,6 +273,7 @@ impl SessionStore for SqliteStore {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE channel_id = ?1")
         });
+        self.settled().await?;
         self.fast.one(&SQL, [channel_id], rows::session())
     }
 
@@ -302,6 +314,7 @@ impl SessionStore for SqliteStore {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<Session>, StoreError> {
+        self.settled().await?;
         self.fast.rows(
             &format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE expires_at > ?1 \
@@ -325,6 +338,7 @@ impl SessionStore for SqliteStore {
         now: DateTime<Utc>,
         retained_after: DateTime<Utc>,
     ) -> Result<SessionCounts, StoreError> {
+        self.settled().await?;
         // A count reads every retained session: on the blocking pool, not on the runtime worker that asked, where
         // it stalled every request queued on that worker for as long (on a large store).
         let (fast, filter) = (self.fast.clone(), filter.clone());
@@ -367,6 +381,7 @@ impl SessionStore for SqliteStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Session>, StoreError> {
+        self.settled().await?;
         self.fast.rows(
             &format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE notice < 2 AND warn_at <= ?1 \
@@ -518,6 +533,7 @@ impl SessionStore for SqliteStore {
         user_id: Uuid,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        self.settled().await?;
         let n: Vec<i64> = self.fast.rows(
             "SELECT COUNT(*) FROM sessions WHERE user_id = ?1 AND expires_at > ?2",
             rusqlite::params![user_id, to_ms(now)],
@@ -774,6 +790,95 @@ mod tests {
         );
     }
 
+    /// Heartbeats acknowledged while they sit in the heartbeat log survive a crash: the files as a crash leaves
+    /// them (copied while the writer still runs, the log unfolded) open with each session's latest heartbeat in
+    /// its row. A heartbeat that lost its version check to one in the log is refused, as on the row.
+    #[tokio::test]
+    async fn logged_heartbeats_survive_a_crash_and_start_up_folds_them() {
+        use crate::domain::{AgentBackend, TimeoutConfig, TimeoutConfigPatch};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let store = SqliteStore::open(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        let t = |ms: i64| DateTime::from_timestamp_millis(1_735_689_600_000 + ms).unwrap();
+        let agent = Agent {
+            id: Uuid::new_v4(),
+            name: "a".into(),
+            backend: AgentBackend::Echo,
+            session_defaults: TimeoutConfigPatch::default(),
+            created_at: t(0),
+        };
+        store.insert_agent(&agent).await.unwrap();
+        let config = TimeoutConfig {
+            timeout_minutes: 30.0,
+            auto_renew: true,
+            max_duration_minutes: 60.0,
+            warning_threshold_minutes: 5.0,
+        };
+        let new = || Session::new(agent.id, Uuid::new_v4(), Map::new(), config, t(1));
+        let (a, b) = (new(), new());
+        for s in [&a, &b] {
+            assert!(store.insert_session(s).await.unwrap());
+        }
+        let beat = |s: &Session, at: i64| {
+            let mut next = s.clone();
+            next.record_activity(t(at));
+            next.version += 1;
+            next
+        };
+        let a1 = beat(&a, 60_000);
+        let a2 = beat(&a1, 120_000);
+        let b1 = beat(&b, 90_000);
+        for (next, from) in [(&a1, &a), (&a2, &a1), (&b1, &b)] {
+            assert!(store
+                .record_heartbeat(next, from.version, Vec::new())
+                .await
+                .unwrap());
+        }
+        assert!(
+            !store
+                .record_heartbeat(&beat(&a, 61_000), a.version, Vec::new())
+                .await
+                .unwrap(),
+            "a stale version is refused while the newer one is in the log"
+        );
+        assert_eq!(store.cache.pinned(), 2);
+        let raw = |db: &Path| rusqlite::Connection::open(db).unwrap();
+        let logged = |db: &Path| -> i64 {
+            raw(db)
+                .query_row("SELECT COUNT(*) FROM heartbeat_log", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(logged(&path), 3, "three heartbeats logged, none folded");
+
+        let crashed = dir.path().join("crashed.db");
+        for suffix in ["", "-wal"] {
+            let from = format!("{}{suffix}", path.display());
+            std::fs::copy(&from, format!("{}{suffix}", crashed.display())).unwrap();
+        }
+        let reopened = SqliteStore::open(&format!("sqlite:{}", crashed.display()))
+            .await
+            .unwrap();
+        assert_eq!(logged(&crashed), 0, "folded at start-up");
+        static SQL: LazyLock<String> =
+            LazyLock::new(|| format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1"));
+        for expected in [&a2, &b1] {
+            let row = reopened
+                .fast
+                .one(&SQL, [expected.id], rows::session())
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.version, expected.version);
+            assert_eq!(row.last_activity, expected.last_activity);
+            assert_eq!(row.expires_at, expected.expires_at);
+            assert_eq!(row.renewal_count, expected.renewal_count);
+        }
+        SessionStore::close(&reopened).await;
+        SessionStore::close(&store).await;
+        assert_eq!(logged(&path), 0, "folded when the store closed");
+    }
+
     /// After each kind of write, the row cache serves exactly what a read of the row gives (times in whole
     /// milliseconds, the metadata as stored), and nothing of a deleted or purged session or a deleted agent.
     #[tokio::test]
@@ -826,6 +931,16 @@ mod tests {
             .record_heartbeat(&next, session.version, Vec::new())
             .await
             .unwrap());
+        // A heartbeat goes to the heartbeat log: its session is pinned (lookups see it) until a fold writes the row.
+        assert_eq!(store.cache.pinned(), 1, "pinned");
+        assert_eq!(store.get_session(id).await.unwrap(), cached(), "looked up");
+        assert_eq!(
+            row().unwrap().version,
+            session.version,
+            "the row waits for a fold"
+        );
+        store.settled().await.unwrap();
+        assert_eq!(store.cache.pinned(), 0, "folded");
         assert_eq!(cached(), row(), "after a heartbeat");
 
         let mut later = next.clone();

@@ -2,6 +2,7 @@
 //! inside the writer's transaction that commits it, and the delivery queue's claims, outcomes and purge. The
 //! writer applies one write at a time, so a claim's select-then-update cannot race another claim.
 
+use std::cell::Cell;
 use std::sync::LazyLock;
 
 use rusqlite::{params, Connection};
@@ -16,6 +17,7 @@ use crate::store::schema::{
 };
 
 pub fn insert_webhook(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<usize> {
+    forget_any_webhook();
     static SQL: LazyLock<String> = LazyLock::new(|| insert('?', "webhooks", WEBHOOK_COLUMNS, ""));
     let mut statement = conn.prepare_cached(&SQL)?;
     let mut args = Params::new(&mut statement);
@@ -25,6 +27,7 @@ pub fn insert_webhook(conn: &Connection, webhook: &Webhook) -> rusqlite::Result<
 
 /// Deletes the webhook and its deliveries; the rows deleted from `webhooks` (0 or 1).
 pub fn delete_webhook(conn: &Connection, id: Uuid) -> rusqlite::Result<usize> {
+    forget_any_webhook();
     conn.prepare_cached("DELETE FROM webhook_deliveries WHERE webhook_id = ?1")?
         .execute(params![id])?;
     conn.prepare_cached("DELETE FROM webhooks WHERE id = ?1")?
@@ -44,8 +47,27 @@ pub fn queue(conn: &Connection, event: &OutboundEvent) -> rusqlite::Result<u64> 
 /// and building and offering every event's body to an empty table was a visible share of the writer's work per
 /// session created or message sent.
 fn any_webhook(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM webhooks)")?
-        .query_row([], |row| row.get(0))
+    if let Some(known) = ANY_WEBHOOK.get() {
+        return Ok(known);
+    }
+    let any = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM webhooks)")?
+        .query_row([], |row| row.get(0))?;
+    ANY_WEBHOOK.set(Some(any));
+    Ok(any)
+}
+
+thread_local! {
+    /// Whether a webhook exists, as the writer's current transaction last read it: asked once per transaction
+    /// rather than once per write (it showed in the writer's profile under heartbeats, whose renewals are
+    /// events). Only the writer thread queues deliveries, and adds or removes webhooks.
+    static ANY_WEBHOOK: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Forgets whether a webhook exists: at the start of each of the writer's transactions (one that rolled back
+/// may have read its own change), and when a webhook is added or removed.
+pub fn forget_any_webhook() {
+    ANY_WEBHOOK.set(None);
 }
 
 /// Queues the deliveries of committed session events (those webhooks hear of).

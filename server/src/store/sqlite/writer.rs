@@ -14,6 +14,10 @@
 //! loses none of them; the next `FULL` commit's `fsync` (of the same WAL) or the next checkpoint takes them to
 //! the disk. Any other write in the batch makes it `FULL`.
 //!
+//! Heartbeats are appended to the heartbeat log rather than rewriting their rows (`activity.rs`) in a batch
+//! without writes that read or change session rows; before such a batch the writer folds the log into the
+//! rows, and it folds it anyway once it is due (`Pending::due`) and before it stops.
+//!
 //! When the disk is full or the file stops taking writes, the batch fails whole (nothing of it stays behind),
 //! its callers get `StoreError::Unavailable` (503), and the outage is logged once (`OutageLog`) until a commit
 //! succeeds again; the writer itself goes on and recovers with the disk.
@@ -25,10 +29,12 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::activity::{self, Pending};
 use super::cache::RowCache;
 use super::checkpoint::Checkpointer;
 use super::reads::FastReads;
 use super::rows::store_error as failed;
+use super::webhooks;
 use super::writes::{apply_atomically, caught, Applied, Write};
 use crate::outage::OutageLog;
 use crate::store::{EventBus, StoreError};
@@ -85,6 +91,9 @@ pub fn spawn(
     // once writes pause instead (`checkpoint.rs`).
     conn.pragma_update(None, "journal_size_limit", -1)?;
     conn.set_prepared_statement_cache_capacity(64);
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    activity::fold_logged(&conn)?;
+    conn.execute_batch("COMMIT")?;
     let checkpointer = Checkpointer::open(path, outage.clone())?;
     let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
     let (alive, writer_gone) = std::sync::mpsc::channel::<()>();
@@ -121,6 +130,7 @@ fn run(
     keep: u32,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut log = Pending::default();
     let mut stopped = None;
     while stopped.is_none() {
         let Some(first) = rx.blocking_recv() else {
@@ -140,47 +150,88 @@ fn run(
                 next = rx.try_recv().ok();
             }
         }
-        commit_and_answer_safely(&mut conn, &mut batch, after, reads, outage, keep);
+        commit_and_answer_safely(&mut conn, &mut batch, &mut log, after, reads, outage, keep);
+        if log.due() {
+            let _ = fold_log(&conn, &mut log, after, reads, false);
+        }
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
             batch.push((write, done));
         }
     }
-    commit_and_answer_safely(&mut conn, &mut batch, after, reads, outage, keep);
+    commit_and_answer_safely(&mut conn, &mut batch, &mut log, after, reads, outage, keep);
+    let _ = fold_log(&conn, &mut log, after, reads, false);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
     }
 }
 
-type Pending = (Write, oneshot::Sender<Result<Applied, StoreError>>);
+type Queued = (Write, oneshot::Sender<Result<Applied, StoreError>>);
 
 /// `commit_and_answer`, surviving a panic anywhere in it (writes panicking are already caught one by one; this
 /// is the last line of defence, for the batch's own steps). The batch's callers whose answer was not sent see
 /// their write fail; a transaction left open is rolled back so that the next batch can begin.
 fn commit_and_answer_safely(
     conn: &mut Connection,
-    batch: &mut Vec<Pending>,
+    batch: &mut Vec<Queued>,
+    log: &mut Pending,
     after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
     keep: u32,
 ) {
-    if caught(|| commit_and_answer(conn, batch, after, reads, outage, keep)).is_err() {
-        // Whether the batch committed is unknown here: no cached session may outlive it.
+    if caught(|| commit_and_answer(conn, batch, log, after, reads, outage, keep)).is_err() {
+        // Whether the batch committed is unknown here: no cached session may outlive it, and the heartbeat log
+        // is folded whole (whatever it holds), which also brings the pins back in line with it.
         after.cache.clear();
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
+        log.discard_staged();
+        let _ = caught(|| fold_log(conn, log, after, reads, true));
         batch.clear();
     }
 }
 
-/// Commits a batch, announces its events in commit order, then answers each caller.
+/// Folds the heartbeat log into the session rows in a transaction of its own (counted for the readers), then
+/// unpins the sessions; on failure the log and the pins stay as they were. `whole`: whatever the log table
+/// holds, read back from it, rather than what the writer remembers having logged.
+fn fold_log(
+    conn: &Connection,
+    log: &mut Pending,
+    after: &AfterCommit<'_>,
+    reads: &FastReads,
+    whole: bool,
+) -> Result<(), StoreError> {
+    if !log.any() && !whole {
+        return Ok(());
+    }
+    set_sync(conn, true).map_err(failed)?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
+    let folded = if whole {
+        activity::fold_logged(conn)
+    } else {
+        log.fold(conn)
+    }
+    .and_then(|()| reads.count_commit(|| conn.execute_batch("COMMIT")));
+    if let Err(e) = folded {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(failed(e));
+    }
+    log.folded();
+    after.cache.unpin_all();
+    Ok(())
+}
+
+/// Commits a batch, announces its events in commit order, then answers each caller. A batch with a write that
+/// reads or changes session rows folds the heartbeat log first and applies its heartbeats to the rows; any
+/// other batch appends its heartbeats to the log.
 fn commit_and_answer(
     conn: &mut Connection,
-    batch: &mut Vec<Pending>,
+    batch: &mut Vec<Queued>,
+    log: &mut Pending,
     after: &AfterCommit<'_>,
     reads: &FastReads,
     outage: &OutageLog,
@@ -191,13 +242,21 @@ fn commit_and_answer(
     }
     let started = std::time::Instant::now();
     let lazy = batch.iter().all(|(write, _)| write.is_lazy());
-    let outcomes = match set_sync(conn, lazy) {
-        Ok(()) => apply_batch(conn, batch, reads, keep),
-        Err(e) => {
-            let e = failed(e);
-            batch.iter().map(|_| Err(e.clone())).collect()
-        }
+    let needs_rows = batch.iter().any(|(write, _)| write.needs_session_rows());
+    let ready = if needs_rows {
+        fold_log(conn, log, after, reads, false)
+    } else {
+        Ok(())
     };
+    let outcomes = match ready.and_then(|()| set_sync(conn, lazy).map_err(failed)) {
+        Ok(()) => apply_batch(conn, batch, (!needs_rows).then_some(&mut *log), reads, keep),
+        Err(e) => batch.iter().map(|_| Err(e.clone())).collect(),
+    };
+    if outcomes.iter().any(Result::is_ok) {
+        log.commit_staged();
+    } else {
+        log.discard_staged();
+    }
     crate::metrics::store_commit("sqlite", batch.len(), started.elapsed());
     // One line when writes start failing for lack of space or access, one when a commit succeeds again.
     match outcomes.iter().find_map(|o| {
@@ -213,10 +272,13 @@ fn commit_and_answer(
         }
         None => {}
     }
-    for ((write, _), outcome) in batch.iter().zip(&outcomes) {
+    // The writes are done with: their sessions move into the cache (and the logged heartbeats' into the pins).
+    let mut answers = Vec::with_capacity(batch.len());
+    for ((write, done), outcome) in batch.drain(..).zip(&outcomes) {
         if let Ok(applied) = outcome {
-            after.cache.committed(write, applied);
+            after.cache.committed(write, applied, !needs_rows);
         }
+        answers.push(done);
     }
     for outcome in outcomes.iter().flatten() {
         for event in &outcome.publish {
@@ -226,7 +288,7 @@ fn commit_and_answer(
     if outcomes.iter().flatten().any(|o| o.queued > 0) {
         after.queued.notify_one();
     }
-    for ((_, done), outcome) in batch.drain(..).zip(outcomes) {
+    for (done, outcome) in answers.into_iter().zip(outcomes) {
         let _ = done.send(outcome);
     }
 }
@@ -245,11 +307,13 @@ fn set_sync(conn: &Connection, lazy: bool) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Applies every write in one transaction. A write that fails alone reports its error and leaves nothing
-/// behind (see `apply_atomically`); if the commit itself fails, every write in the batch reports it.
+/// Applies every write in one transaction, heartbeats to the heartbeat `log` when given. A write that fails
+/// alone reports its error and leaves nothing behind (see `apply_atomically`); if the commit itself fails,
+/// every write in the batch reports it.
 fn apply_batch(
     conn: &mut Connection,
-    batch: &mut [Pending],
+    batch: &mut [Queued],
+    mut log: Option<&mut Pending>,
     reads: &FastReads,
     keep: u32,
 ) -> Vec<Result<Applied, StoreError>> {
@@ -257,9 +321,10 @@ fn apply_batch(
         let e = failed(e);
         return batch.iter().map(|_| Err(e.clone())).collect();
     }
+    webhooks::forget_any_webhook();
     let mut outcomes = Vec::with_capacity(batch.len());
     for (write, _) in batch.iter_mut() {
-        let outcome = apply_atomically(conn, write, keep);
+        let outcome = apply_atomically(conn, write, log.as_deref(), keep);
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back, as it may on a full disk or an I/O error: the writes
             // applied before this one are undone too, and the ones after it would each commit on their own
@@ -270,6 +335,12 @@ fn apply_batch(
             });
             return batch.iter().map(|_| Err(e.clone())).collect();
         }
+        let outcome = match (&mut log, &*write, outcome) {
+            (Some(log), Write::Heartbeat(session, ..), Ok(applied)) if applied.rows > 0 => {
+                log.stage(session).map(|()| applied).map_err(failed)
+            }
+            (_, _, outcome) => outcome,
+        };
         outcomes.push(outcome);
     }
     // Counted for the readers' snapshots (see `reads.rs`), before anyone is answered.

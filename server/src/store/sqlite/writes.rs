@@ -6,6 +6,7 @@ use std::sync::LazyLock;
 use rusqlite::{params, Connection, OptionalExtension};
 use uuid::Uuid;
 
+use super::activity::Pending;
 use super::idempotency;
 use super::rows::{self as sqlite_rows, store_error as failed, Params};
 use super::webhooks;
@@ -79,6 +80,9 @@ pub enum Write {
     },
     /// Changes one row, to learn whether a commit reaches the disk now (the health check, after failures).
     Probe,
+    /// Changes nothing; the heartbeat log is folded before it (`needs_session_rows`), so that a scan of session
+    /// rows that follows sees every heartbeat acknowledged before it.
+    Settle,
     /// A write that panics halfway (after a statement), for the test that the writer survives it.
     #[cfg(test)]
     Panic,
@@ -104,6 +108,39 @@ impl Write {
         matches!(self, Write::Heartbeat(..))
     }
 
+    /// Whether applying it reads or changes existing session rows, which must then hold every heartbeat logged
+    /// before it (the writer folds the heartbeat log first; see `activity.rs`). A heartbeat does not: beside
+    /// writes that do not, it is logged.
+    pub fn needs_session_rows(&self) -> bool {
+        match self {
+            Write::UpdateSession(..)
+            | Write::DeleteSession(..)
+            | Write::DeleteAgent(..)
+            | Write::Purge { .. }
+            | Write::RecordMessage(..)
+            | Write::Settle => true,
+            Write::Heartbeat(..)
+            | Write::InsertAgent(_)
+            | Write::InsertSession(_)
+            | Write::InsertReply(..)
+            | Write::ClaimReply { .. }
+            | Write::FinishReply(..)
+            | Write::ClaimKey(_)
+            | Write::CompleteKey(..)
+            | Write::ReleaseKey(..)
+            | Write::PurgeKeys { .. }
+            | Write::InsertWebhook(_)
+            | Write::DeleteWebhook(_)
+            | Write::ClaimDeliveries { .. }
+            | Write::FinishDelivery { .. }
+            | Write::PurgeFailedDeliveries { .. }
+            | Write::InsertSetting { .. }
+            | Write::Probe => false,
+            #[cfg(test)]
+            Write::Panic => false,
+        }
+    }
+
     /// Whether applying it takes more than one writing statement.
     fn is_compound(&self) -> bool {
         match self {
@@ -117,7 +154,8 @@ impl Write {
             | Write::CompleteKey(..)
             | Write::ReleaseKey(..)
             | Write::PurgeKeys { .. }
-            | Write::Probe => false,
+            | Write::Probe
+            | Write::Settle => false,
             // Events are stored, and webhook deliveries queued, beside the row (live-only events are neither).
             Write::UpdateSession(_, _, events)
             | Write::Heartbeat(_, _, events)
@@ -144,10 +182,12 @@ impl Write {
 /// A write that panics fails alone, like one that errs: the panic is caught here, so that one bad write can
 /// never take the writer thread, and with it every later write of every client, down.
 ///
-/// `keep`: how many of its newest events each session's log keeps (0: all).
+/// `keep`: how many of its newest events each session's log keeps (0: all). With a heartbeat `log`, a heartbeat
+/// is appended to it instead of updating its row.
 pub fn apply_atomically(
     conn: &Connection,
     write: &mut Write,
+    log: Option<&Pending>,
     keep: u32,
 ) -> Result<Applied, StoreError> {
     let compound = write.is_compound();
@@ -157,7 +197,7 @@ pub fn apply_atomically(
             .map_err(failed)?;
     }
     let result = caught(|| {
-        apply(conn, write, keep).and_then(|applied| {
+        apply(conn, write, log, keep).and_then(|applied| {
             if compound {
                 conn.prepare_cached("RELEASE write")?.execute([])?;
             }
@@ -185,7 +225,18 @@ pub fn caught<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
 }
 
 /// Applies one write. Its events are moved out (into `Applied::publish`), not copied: a write is applied once.
-fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Applied> {
+fn apply(
+    conn: &Connection,
+    write: &mut Write,
+    log: Option<&Pending>,
+    keep: u32,
+) -> rusqlite::Result<Applied> {
+    if let (Write::Heartbeat(session, expected, events), Some(log)) = (&mut *write, log) {
+        if !log.log(conn, session, *expected)? {
+            return Ok(Applied::default());
+        }
+        return one_row_with_events(conn, events, keep);
+    }
     let heartbeat = matches!(write, Write::Heartbeat(..));
     match write {
         Write::InsertAgent(agent) => insert_agent(conn, agent).map(rows_changed),
@@ -300,6 +351,7 @@ fn apply(conn: &Connection, write: &mut Write, keep: u32) -> rusqlite::Result<Ap
             )?
             .execute(params![name.as_str(), value.as_str()])
             .map(rows_changed),
+        Write::Settle => Ok(Applied::default()),
         Write::Probe => conn
             .prepare_cached(
                 "INSERT INTO settings (name, value) VALUES ('write_probe', '0') \
