@@ -87,6 +87,27 @@ pub(super) async fn messages_record_reply_list_and_recent(store: Arc<dyn Session
         .is_empty());
     let everything = store.recent_messages(s.id, i64::MAX, 10).await.unwrap();
     assert_eq!(everything, oldest);
+
+    // A listing after each later write sees it (a store that keeps listings must drop or update them).
+    let m4 = record(&*store, &mut s, "four", at(4_000)).await;
+    let newest = store
+        .list_messages(s.id, all, Order::NewestFirst, 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(&newest), vec![m4.id, reply.id], "after a message");
+    let answer = agent_reply(&s, &m4, "answer four", at(5_000));
+    assert!(store.insert_reply(&answer, vec![]).await.unwrap());
+    let newest = store
+        .list_messages(s.id, all, Order::NewestFirst, 1)
+        .await
+        .unwrap();
+    assert_eq!(ids(&newest), vec![answer.id], "after a reply");
+    assert!(store.delete_session(s.id, vec![]).await.unwrap());
+    assert!(store
+        .list_messages(s.id, all, Order::NewestFirst, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 pub(super) async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn SessionStore>) {

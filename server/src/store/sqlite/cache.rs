@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use quick_cache::sync::Cache;
+use quick_cache::{UnitWeighter, Weighter};
 use uuid::Uuid;
 
+use super::history::History;
 use super::reads::FastReads;
 use super::writes::{Applied, Write};
 use crate::domain::{Agent, Session};
@@ -36,18 +38,39 @@ use crate::store::{from_ms, to_ms, StoreError};
 const SESSIONS: usize = 20_000;
 /// Agents kept.
 const AGENTS: usize = 1_000;
+/// Bytes of message histories kept, roughly (see `history.rs`).
+const HISTORY_BYTES: u64 = 32 << 20;
 /// Oldest entry served (see the module comment).
 const MAX_AGE: Duration = Duration::from_secs(60);
 
-#[derive(Clone)]
 struct Entry<T> {
     row: Arc<T>,
     at: Instant,
 }
 
-/// One table's cached rows, by id.
-struct Rows<T> {
-    entries: Cache<Uuid, Entry<T>>,
+// By hand: a derived `Clone` would ask `T: Clone`, and a cached history is shared, never copied.
+impl<T> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        Self {
+            row: self.row.clone(),
+            at: self.at,
+        }
+    }
+}
+
+/// A history's weight: roughly its bytes (see `history.rs`).
+#[derive(Clone)]
+struct HistoryBytes;
+
+impl Weighter<Uuid, Entry<History>> for HistoryBytes {
+    fn weight(&self, _: &Uuid, entry: &Entry<History>) -> u64 {
+        entry.row.bytes()
+    }
+}
+
+/// One table's cached rows, by id, bounded by `W`'s weights (one per row by default).
+struct Rows<T, W = UnitWeighter> {
+    entries: Cache<Uuid, Entry<T>, W>,
 }
 
 impl<T: Clone> Rows<T> {
@@ -57,9 +80,9 @@ impl<T: Clone> Rows<T> {
         }
     }
 
+    #[cfg(test)]
     fn get(&self, id: &Uuid) -> Option<T> {
-        let entry = self.entries.get(id)?;
-        (entry.at.elapsed() <= MAX_AGE).then(|| T::clone(&entry.row))
+        self.get_shared(id).map(|row| T::clone(&row))
     }
 
     /// The row from the cache, else from `read` (a lookup on `reads`' connections), which then offers it.
@@ -69,24 +92,42 @@ impl<T: Clone> Rows<T> {
         reads: &FastReads,
         read: impl FnOnce() -> Result<Option<T>, StoreError>,
     ) -> Result<Option<T>, StoreError> {
-        if let Some(row) = self.get(&id) {
+        Ok(self
+            .shared_or_read(id, reads, read)?
+            .map(|row| T::clone(&row)))
+    }
+}
+
+impl<T, W: Weighter<Uuid, Entry<T>> + Clone> Rows<T, W> {
+    fn get_shared(&self, id: &Uuid) -> Option<Arc<T>> {
+        let entry = self.entries.get(id)?;
+        (entry.at.elapsed() <= MAX_AGE).then_some(entry.row)
+    }
+
+    /// `get_or_read`, sharing the cached row rather than copying it.
+    fn shared_or_read(
+        &self,
+        id: Uuid,
+        reads: &FastReads,
+        read: impl FnOnce() -> Result<Option<T>, StoreError>,
+    ) -> Result<Option<Arc<T>>, StoreError> {
+        if let Some(row) = self.get_shared(&id) {
             return Ok(Some(row));
         }
         // Read before the snapshot begins: the snapshot then holds at least the commits counted here.
         let seen = reads.commits();
-        let found = read()?;
+        let found = read()?.map(Arc::new);
         if let Some(row) = &found {
-            self.offer(id, row, seen, || reads.commits());
+            self.offer(id, row.clone(), seen, || reads.commits());
         }
         Ok(found)
     }
 
     /// A reader's row (see the module comment).
-    fn offer(&self, id: Uuid, row: &T, seen: u64, commits: impl Fn() -> u64) {
+    fn offer(&self, id: Uuid, row: Arc<T>, seen: u64, commits: impl Fn() -> u64) {
         if seen % 2 == 1 {
             return;
         }
-        let row = Arc::new(row.clone());
         self.entries.insert(
             id,
             Entry {
@@ -123,6 +164,8 @@ impl<T: Clone> Rows<T> {
 pub struct RowCache {
     sessions: Rows<Session>,
     agents: Rows<Agent>,
+    /// Sessions' message histories (see `history.rs`).
+    histories: Rows<History, HistoryBytes>,
     /// The sessions whose latest heartbeat is in the heartbeat log, not yet in their row (`activity.rs`): never
     /// evicted, so that a lookup that misses the cache finds them before it reads a row that lags behind.
     pinned: Mutex<HashMap<Uuid, Arc<Session>>>,
@@ -135,6 +178,9 @@ impl Default for RowCache {
         Self {
             sessions: Rows::new(SESSIONS),
             agents: Rows::new(AGENTS),
+            histories: Rows {
+                entries: Cache::with_weighter(1024, HISTORY_BYTES, HistoryBytes),
+            },
             pinned: Mutex::default(),
             pinned_len: AtomicUsize::new(0),
         }
@@ -184,6 +230,19 @@ impl RowCache {
         self.pinned_len.store(0, Ordering::Release);
     }
 
+    /// The session's message history from the cache, else from `read` (as `session_or_read`).
+    pub fn history_or_read(
+        &self,
+        session_id: Uuid,
+        reads: &FastReads,
+        read: impl FnOnce() -> Result<History, StoreError>,
+    ) -> Result<Arc<History>, StoreError> {
+        let found = self
+            .histories
+            .shared_or_read(session_id, reads, || read().map(Some))?;
+        Ok(found.unwrap_or_else(|| Arc::new(History::TooLong)))
+    }
+
     /// The agent, if it is cached and young enough (for tests, as `session`).
     #[cfg(test)]
     pub fn agent(&self, id: &Uuid) -> Option<Agent> {
@@ -208,11 +267,15 @@ impl RowCache {
             return;
         }
         let heartbeat = matches!(write, Write::Heartbeat(..));
+        let message = matches!(write, Write::RecordMessage(..));
         match write {
             Write::InsertSession(session)
             | Write::UpdateSession(session, ..)
             | Write::Heartbeat(session, ..)
             | Write::RecordMessage(session, ..) => {
+                if message {
+                    self.histories.forget(&session.id);
+                }
                 let row = Arc::new(stored(*session));
                 if heartbeat && logged {
                     let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
@@ -221,15 +284,24 @@ impl RowCache {
                 }
                 self.sessions.put(row.id, row);
             }
-            Write::DeleteSession(id, _) => self.sessions.forget(&id),
+            Write::InsertReply(reply, _) | Write::FinishReply(_, Some(reply), _) => {
+                self.histories.forget(&reply.session_id)
+            }
+            Write::DeleteSession(id, _) => {
+                self.sessions.forget(&id);
+                self.histories.forget(&id);
+            }
             Write::InsertAgent(agent) => self.agents.forget(&agent.id),
             Write::DeleteAgent(agent, _) => {
                 self.agents.forget(&agent);
                 self.sessions.forget_where(|s| s.agent_id == agent);
+                self.histories.entries.clear();
             }
-            Write::Purge { cutoff, .. } => self
-                .sessions
-                .forget_where(|s| to_ms(s.expires_at) <= cutoff),
+            Write::Purge { cutoff, .. } => {
+                self.sessions
+                    .forget_where(|s| to_ms(s.expires_at) <= cutoff);
+                self.histories.entries.clear();
+            }
             _ => {}
         }
     }
@@ -239,6 +311,7 @@ impl RowCache {
     pub fn clear(&self) {
         self.sessions.entries.clear();
         self.agents.entries.clear();
+        self.histories.entries.clear();
     }
 }
 
@@ -277,7 +350,7 @@ mod tests {
     fn a_readers_offer_is_kept_only_when_no_commit_came_between() {
         let cache = RowCache::default();
         let s = session();
-        cache.sessions.offer(s.id, &s, 4, || 4);
+        cache.sessions.offer(s.id, Arc::new(s.clone()), 4, || 4);
         assert_eq!(
             cache.session(&s.id),
             Some(s.clone()),
@@ -285,7 +358,7 @@ mod tests {
         );
 
         let s = session();
-        cache.sessions.offer(s.id, &s, 5, || 5);
+        cache.sessions.offer(s.id, Arc::new(s.clone()), 5, || 5);
         assert_eq!(
             cache.session(&s.id),
             None,
@@ -293,7 +366,7 @@ mod tests {
         );
 
         let s = session();
-        cache.sessions.offer(s.id, &s, 4, || 6);
+        cache.sessions.offer(s.id, Arc::new(s.clone()), 4, || 6);
         assert_eq!(cache.session(&s.id), None, "a commit came between: undone");
     }
 
@@ -304,7 +377,7 @@ mod tests {
         let mut new = old.clone();
         new.version += 1;
         // The writer commits and puts its session while the reader's offer is being made.
-        cache.sessions.offer(old.id, &old, 4, || {
+        cache.sessions.offer(old.id, Arc::new(old.clone()), 4, || {
             cache.sessions.put(new.id, Arc::new(new.clone()));
             6
         });

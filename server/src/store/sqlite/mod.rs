@@ -5,11 +5,13 @@
 //! (`checkpoint.rs`): both because sqlx's per-statement thread hand-offs dominated the profiles of those
 //! paths. WAL lets all readers run beside the writer. Rows are read and written through `rows.rs`; the
 //! webhook tables' statements are in `webhooks.rs`; heartbeats go to a log folded into the rows in batches
-//! (`activity.rs`), and scans of session rows wait for that fold (`settled`).
+//! (`activity.rs`), and scans of session rows wait for that fold (`settled`); short message histories are
+//! kept whole in the row cache and pages of them answered from memory (`history.rs`).
 
 mod activity;
 mod cache;
 mod checkpoint;
+mod history;
 mod idempotency;
 mod reads;
 mod rows;
@@ -31,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
 use self::cache::RowCache;
+use self::history::History;
 use self::reads::FastReads;
 use self::writer::Job;
 use self::writes::{Applied, Write};
@@ -475,6 +478,23 @@ impl SessionStore for SqliteStore {
         order: Order,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
+        static WHOLE: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = ?1 \
+                 ORDER BY created_at, seq LIMIT ?2"
+            )
+        });
+        let history = self.cache.history_or_read(session_id, &self.fast, || {
+            let first = self.fast.rows(
+                &WHOLE,
+                rusqlite::params![session_id, history::MOST_KEPT + 1],
+                rows::message(),
+            )?;
+            Ok(History::of(first))
+        })?;
+        if let Some(page) = history.page(window, order, limit) {
+            return Ok(page);
+        }
         let direction = direction(order);
         self.fast.rows(
             &format!(
