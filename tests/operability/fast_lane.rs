@@ -1,4 +1,4 @@
-//! The fast lane (`api/fast_lane.rs`) answers the probes, getSession and sessionHeartbeat exactly as the whole
+//! The fast lane (`api/fast_lane.rs`) answers the probes, getSession, sessionHeartbeat and getMessages exactly as the whole
 //! stack does: the same status, body and headers. A request with the server's own `Origin` always takes the
 //! stack (CORS applies to it), so each call is made both ways and the answers compared.
 
@@ -91,10 +91,36 @@ async fn the_lane_answers_as_the_stack_does() {
     both_ways(&ctx, Method::GET, "/api/messaging/sessions/health", &[]).await;
     let session = format!("/api/messaging/sessions/{id}");
     let heartbeat = format!("{session}/heartbeat");
+    let messages = format!("{session}/messages");
+    let sent = call(
+        &ctx,
+        Method::POST,
+        &messages,
+        &key,
+        Some(&serde_json::json!({"content": "hello", "metadata": {"n": 1}})),
+    )
+    .await;
+    assert_eq!(sent.status, 201, "{:?}", sent.body);
     for credentials in [&key[..], &with_token[..]] {
         both_ways(&ctx, Method::GET, &session, credentials).await;
         both_ways(&ctx, Method::POST, &heartbeat, credentials).await;
+        both_ways(&ctx, Method::GET, &messages, credentials).await;
+        both_ways(
+            &ctx,
+            Method::GET,
+            &format!("{messages}?limit=1"),
+            credentials,
+        )
+        .await;
     }
+    let page = call(&ctx, Method::GET, &messages, &key, None).await;
+    assert_eq!(
+        page.body["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{:?}",
+        page.body
+    );
+    assert_eq!(page.body["messages"][1]["content"], "hello");
     // What the lane leaves to the stack is still answered by it: no credentials, another session's token,
     // an unknown session.
     let other = format!("/api/messaging/sessions/{}", uuid::Uuid::new_v4());
@@ -113,7 +139,7 @@ async fn the_lane_answers_as_the_stack_does() {
     )
     .await
     .assert_error(404, "SESSION_NOT_FOUND", "an unknown session");
-    // Each heartbeat renewed the session once: the lane never runs one twice.
+    // Each heartbeat renewed the session once (and the message once): the lane never runs one twice.
     let read = call(&ctx, Method::GET, &session, &key, None).await;
-    assert_eq!(read.body["renewalCount"], 4, "{:?}", read.body);
+    assert_eq!(read.body["renewalCount"], 5, "{:?}", read.body);
 }

@@ -1,7 +1,7 @@
 //! The fast lane: the requests that arrive by the thousand, answered in one step in front of the middleware
 //! stack. The probes that orchestrators and load balancers poll (`GET /livez`, `GET /readyz`,
-//! `GET /api/messaging/sessions/health`) and the two calls a live client repeats (`getSession`,
-//! `sessionHeartbeat`). Each gets the same body, status and headers as the operation behind it (request id,
+//! `GET /api/messaging/sessions/health`) and the calls a live client repeats (`getSession`, `sessionHeartbeat`,
+//! and `getMessages` for the latest page: without a query). Each gets the same body, status and headers as the operation behind it (request id,
 //! security headers, rate-limit labels), its HTTP metrics, and its log line (INFO for the session calls, as in
 //! the stack; DEBUG for the probes, which every replica polls every few seconds).
 //!
@@ -9,7 +9,8 @@
 //! then answers it as always: a browser's request (it has an `Origin`, so CORS applies), one the DNS-rebinding
 //! guard refuses, one without valid credentials or not covering the session (401/403), a rate-limited one (the
 //! limit counts only the calls it lets through, so the stack counts it once and answers the 429), an id that
-//! needs percent-decoding, and any failure of the operation (unknown or expired session, a store that cannot
+//! needs percent-decoding, a getMessages with a query (a page size or a cursor) or asking for a compressed
+//! answer (`Accept-Encoding`: the stack's compression layer answers it), and any failure of the operation (unknown or expired session, a store that cannot
 //! take writes). A failed heartbeat has written nothing, so the stack running it again is a plain retry; its
 //! rate limit then counts the call twice, which only matters for failing calls.
 //!
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::FutureExt;
-use poem::http::{header, Method};
+use poem::http::{header, HeaderValue, Method};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::payload::Json;
 
@@ -32,7 +33,8 @@ use super::models::HealthBody;
 use super::observe::{log_line, request_id_of, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
 use crate::auth::{Access, Principal, RateDecision};
-use crate::service::SessionService;
+use crate::domain::SessionError;
+use crate::service::{SessionService, SessionView};
 
 const HEALTH: &str = "/api/messaging/sessions/health";
 const SESSIONS: &str = "/api/messaging/sessions/";
@@ -45,10 +47,11 @@ enum Lane<'a> {
     Health,
     GetSession(&'a str),
     Heartbeat(&'a str),
+    Messages(&'a str),
 }
 
 impl<'a> Lane<'a> {
-    fn of(method: &Method, path: &'a str) -> Option<Self> {
+    fn of(method: &Method, path: &'a str, query: Option<&str>) -> Option<Self> {
         if method == Method::GET {
             match path {
                 "/livez" => return Some(Self::Liveness),
@@ -61,6 +64,9 @@ impl<'a> Lane<'a> {
         let (id, lane, expected) = match rest.split_once('/') {
             None => (rest, Self::GetSession(rest), Method::GET),
             Some((id, "heartbeat")) => (id, Self::Heartbeat(id), Method::POST),
+            Some((id, "messages")) if query.is_none_or(str::is_empty) => {
+                (id, Self::Messages(id), Method::GET)
+            }
             Some(_) => return None,
         };
         let plain = !id.is_empty() && !id.contains('%');
@@ -74,6 +80,7 @@ impl<'a> Lane<'a> {
             Self::Health => "getSessionsHealth",
             Self::GetSession(_) => "getSession",
             Self::Heartbeat(_) => "sessionHeartbeat",
+            Self::Messages(_) => "getMessages",
         }
     }
 
@@ -124,7 +131,8 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                 label_allowed(resp.headers_mut(), decision);
                 Some((resp, principal.kind()))
             }
-            Lane::GetSession(id) | Lane::Heartbeat(id) => {
+            Lane::Messages(_) if req.headers().contains_key(header::ACCEPT_ENCODING) => None,
+            Lane::GetSession(id) | Lane::Heartbeat(id) | Lane::Messages(id) => {
                 let (principal, decision) = self.admitted(req)?;
                 if !matches!(
                     principal,
@@ -133,12 +141,26 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                     return None;
                 }
                 authorize::<OwnSession>(&principal, Some(id)).ok()?;
-                let view = match lane {
-                    Lane::Heartbeat(_) => self.lane.service.heartbeat(id).await,
-                    _ => self.lane.service.get(id).await,
-                }
-                .ok()?;
-                let mut resp = super::sessions::session(view).into_response();
+                let service = &self.lane.service;
+                let mut resp = match lane {
+                    Lane::Heartbeat(_) => session(service.heartbeat(id).await),
+                    Lane::Messages(_) => {
+                        service
+                            .messages(id, None, None, None)
+                            .await
+                            .ok()
+                            .map(|page| {
+                                let mut resp = super::messages::message_list(page).into_response();
+                                // As the stack's compression layer says of every list, compressed or not.
+                                resp.headers_mut().append(
+                                    header::VARY,
+                                    HeaderValue::from_static("accept-encoding"),
+                                );
+                                resp
+                            })
+                    }
+                    _ => session(service.get(id).await),
+                }?;
                 label_allowed(resp.headers_mut(), decision);
                 Some((resp, principal.kind()))
             }
@@ -161,11 +183,17 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
     }
 }
 
+/// A session operation's success as the stack answers it.
+fn session(view: Result<SessionView, SessionError>) -> Option<Response> {
+    view.ok()
+        .map(|view| super::sessions::session(view).into_response())
+}
+
 impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
-        let Some(lane) = Lane::of(req.method(), req.uri().path())
+        let Some(lane) = Lane::of(req.method(), req.uri().path(), req.uri().query())
             .filter(|_| !req.headers().contains_key(header::ORIGIN))
             .filter(|_| self.lane.host_guard.allows_request(&req))
         else {
@@ -213,7 +241,10 @@ mod tests {
 
     #[test]
     fn the_lane_takes_only_plain_paths_of_its_operations() {
-        let op = |m: Method, p: &str| Lane::of(&m, p).map(Lane::operation);
+        let op = |m: Method, p: &str| {
+            let (path, query) = p.split_once('?').map_or((p, None), |(p, q)| (p, Some(q)));
+            Lane::of(&m, path, query).map(Lane::operation)
+        };
         assert_eq!(op(Method::GET, "/livez"), Some("getLiveness"));
         assert_eq!(op(Method::GET, HEALTH), Some("getSessionsHealth"));
         assert_eq!(op(Method::POST, HEALTH), None);
@@ -234,6 +265,15 @@ mod tests {
         assert_eq!(op(Method::GET, "/api/messaging/sessions/"), None);
         assert_eq!(
             op(Method::GET, "/api/messaging/sessions/abc/messages"),
+            Some("getMessages")
+        );
+        assert_eq!(
+            op(Method::GET, "/api/messaging/sessions/abc/messages?limit=5"),
+            None,
+            "a page size or a cursor: the stack"
+        );
+        assert_eq!(
+            op(Method::POST, "/api/messaging/sessions/abc/messages"),
             None
         );
         assert_eq!(op(Method::HEAD, "/livez"), None);

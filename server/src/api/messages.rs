@@ -29,7 +29,7 @@ use super::ApiTags;
 use crate::auth::Access;
 use crate::domain::{AgentReply, Message, ReplyFailure, SessionError, StoredResponse};
 use crate::service::{
-    ReplyProgress, ReplyWatch, SendMessage, SendOutcome, SessionService, Transport,
+    MessagePage, ReplyProgress, ReplyWatch, SendMessage, SendOutcome, SessionService, Transport,
 };
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
@@ -92,6 +92,22 @@ impl Keep for Sent {
             },
         }
     }
+}
+
+/// A page of messages as `getMessages` answers it (also the fast lane's answer).
+pub(super) fn message_list(page: MessagePage) -> JsonOut<MessageListBody> {
+    let cursors = match (page.messages.last(), page.messages.first()) {
+        (Some(oldest), Some(newest)) => Some(CursorsBody {
+            before: oldest.created_at.timestamp_millis(),
+            after: newest.created_at.timestamp_millis(),
+        }),
+        _ => None,
+    };
+    JsonOut(MessageListBody {
+        messages: page.messages.iter().map(Into::into).collect(),
+        has_more: page.has_more,
+        cursors,
+    })
 }
 
 pub struct MessagesApi;
@@ -177,18 +193,7 @@ impl MessagesApi {
                 after.0.as_ref().map(|c| c.0.as_str()),
             )
             .await?;
-        let cursors = match (page.messages.last(), page.messages.first()) {
-            (Some(oldest), Some(newest)) => Some(CursorsBody {
-                before: oldest.created_at.timestamp_millis(),
-                after: newest.created_at.timestamp_millis(),
-            }),
-            _ => None,
-        };
-        Ok(JsonOut(MessageListBody {
-            messages: page.messages.iter().map(Into::into).collect(),
-            has_more: page.has_more,
-            cursors,
-        }))
+        Ok(message_list(page))
     }
 
     /// Real-time events of the session: messages, reply chunks, renewals, expiry warnings, expiry, deletion.
