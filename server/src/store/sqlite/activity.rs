@@ -25,38 +25,65 @@ use crate::domain::Session;
 use crate::store::rows::{self, Bind, Param};
 use crate::store::schema::{assignments, insert, SESSION_ACTIVITY_COLUMNS};
 
-/// Most sessions with heartbeats in the log before the writer folds it: bounds the pinned sessions' memory
-/// and a fold's updates.
-const FOLD_SESSIONS: usize = 4096;
-/// Most heartbeats in the log before the writer folds it: bounds a fold's pause (emptying the log).
-const FOLD_ROWS: usize = 8192;
-/// Longest a heartbeat stays in the log while only heartbeats are written.
-const FOLD_AFTER: Duration = Duration::from_secs(1);
+/// Most sessions with heartbeats in the log before the writer starts folding it: bounds the pinned sessions'
+/// memory.
+const FOLD_SESSIONS: usize = 16_384;
+/// Most heartbeats logged before the writer starts folding them.
+const FOLD_ROWS: usize = 32_768;
+/// Longest a heartbeat waits before the writer starts folding it while only heartbeats are written.
+const FOLD_AFTER: Duration = Duration::from_secs(2);
+/// Sessions folded per transaction between two batches. Why in steps: on a large store each row's update reads
+/// and dirties pages of its own, and folding a thousand sessions at once held every heartbeat queued behind it
+/// for as long (see BENCHMARKS.md).
+const FOLD_STEP: usize = 256;
 
 /// The activity columns of a heartbeat, in `SESSION_ACTIVITY_COLUMNS` order; the version is `VERSION`.
 type Activity = [i64; 7];
 const VERSION: usize = 4;
 
-/// What the writer knows of the log: each session's latest logged activity, and how many heartbeats the log
-/// holds; those of the batch being applied apart (`staged`) until its commit.
+/// What the writer knows of the log: each session's latest logged activity not yet in its row, the fold under
+/// way, and what was logged since it began; the batch being applied apart (`staged`) until its commit.
 #[derive(Default)]
 pub struct Pending {
     latest: HashMap<Uuid, Activity>,
     staged: Vec<(Uuid, Activity)>,
-    rows: usize,
+    /// Heartbeats logged since the fold under way (if any) began, and when the first of them was.
+    uncovered: usize,
     since: Option<Instant>,
+    fold: Option<Fold>,
+}
+
+/// A fold under way, in steps: the sessions it has yet to write, and the last heartbeat of the log it covers
+/// (deleted with all before it once they are written).
+struct Fold {
+    left: Vec<Uuid>,
+    through: i64,
+}
+
+/// One step of a fold, written and not yet committed: its sessions, and whether it ends the fold.
+pub struct Step {
+    ids: Vec<Uuid>,
+    ends: bool,
+}
+
+impl Step {
+    /// The sessions it wrote, to unpin once it is committed.
+    pub fn ids(&self) -> &[Uuid] {
+        &self.ids
+    }
 }
 
 impl Pending {
     /// Whether the log holds anything.
     pub fn any(&self) -> bool {
-        self.rows > 0
+        !self.latest.is_empty() || self.fold.is_some()
     }
 
-    /// Whether the log should be folded now, once the current batch is answered.
+    /// Whether the writer should take a step of folding now, once the current batch is answered.
     pub fn due(&self) -> bool {
-        self.latest.len() >= FOLD_SESSIONS
-            || self.rows >= FOLD_ROWS
+        self.fold.is_some()
+            || self.latest.len() >= FOLD_SESSIONS
+            || self.uncovered >= FOLD_ROWS
             || self.since.is_some_and(|t| t.elapsed() >= FOLD_AFTER)
     }
 
@@ -100,7 +127,7 @@ impl Pending {
         if !self.staged.is_empty() && self.since.is_none() {
             self.since = Some(Instant::now());
         }
-        self.rows += self.staged.len();
+        self.uncovered += self.staged.len();
         self.latest.extend(self.staged.drain(..));
     }
 
@@ -109,18 +136,64 @@ impl Pending {
         self.staged.clear();
     }
 
-    /// Folds the log into the rows (each session's latest activity, unless its row is as new already) and
-    /// empties it, inside the caller's transaction; `folded` once that commits.
+    /// Folds the whole log into the rows (each session's latest activity, unless its row is as new already)
+    /// and empties it, inside the caller's transaction; `folded` once that commits.
     pub fn fold(&self, conn: &Connection) -> rusqlite::Result<()> {
-        write_rows(conn, &self.latest)?;
+        write_rows(conn, self.latest.iter())?;
         conn.prepare_cached("DELETE FROM heartbeat_log")?
             .execute([])?;
         Ok(())
     }
 
-    /// The fold committed: the log is empty.
+    /// The whole fold committed: the log is empty.
     pub fn folded(&mut self) {
         *self = Self::default();
+    }
+
+    /// Writes the next step of the fold under way, beginning one (over every session logged so far) if none is,
+    /// inside the caller's transaction; `stepped` once that commits. The step that writes the fold's last
+    /// sessions also deletes the heartbeats the fold covers: each of their sessions has had its latest activity
+    /// written by then (a later heartbeat of one of them is logged after them, and kept).
+    pub fn fold_step(&mut self, conn: &Connection) -> rusqlite::Result<Step> {
+        if self.fold.is_none() {
+            let through: Option<i64> = conn
+                .prepare_cached("SELECT MAX(seq) FROM heartbeat_log")?
+                .query_row([], |row| row.get(0))?;
+            self.fold = Some(Fold {
+                left: self.latest.keys().copied().collect(),
+                through: through.unwrap_or(0),
+            });
+            self.uncovered = 0;
+            self.since = None;
+        }
+        let Some(fold) = &self.fold else {
+            unreachable!("a fold was just begun")
+        };
+        let ids: Vec<Uuid> = fold.left.iter().rev().take(FOLD_STEP).copied().collect();
+        write_rows(
+            conn,
+            ids.iter()
+                .filter_map(|id| self.latest.get(id).map(|a| (id, a))),
+        )?;
+        let ends = ids.len() == fold.left.len();
+        if ends {
+            conn.prepare_cached("DELETE FROM heartbeat_log WHERE seq <= ?1")?
+                .execute(params![fold.through])?;
+        }
+        Ok(Step { ids, ends })
+    }
+
+    /// A fold step committed: its sessions' rows hold their latest activity.
+    pub fn stepped(&mut self, step: &Step) {
+        for id in &step.ids {
+            self.latest.remove(id);
+        }
+        if let Some(fold) = &mut self.fold {
+            fold.left.truncate(fold.left.len() - step.ids.len());
+        }
+        if step.ends {
+            self.fold = None;
+        }
     }
 
     /// The session's version: its latest logged heartbeat's (this batch's first), else its row's.
@@ -163,7 +236,10 @@ fn activity_of(session: &Session) -> rusqlite::Result<Activity> {
 }
 
 /// Writes each session's activity into its row, unless the row is already as new.
-fn write_rows(conn: &Connection, latest: &HashMap<Uuid, Activity>) -> rusqlite::Result<()> {
+fn write_rows<'a>(
+    conn: &Connection,
+    latest: impl Iterator<Item = (&'a Uuid, &'a Activity)>,
+) -> rusqlite::Result<()> {
     static UPDATE: LazyLock<String> = LazyLock::new(|| {
         let n = SESSION_ACTIVITY_COLUMNS.split(',').count();
         format!(
@@ -201,8 +277,132 @@ pub fn fold_logged(conn: &Connection) -> rusqlite::Result<()> {
             latest.insert(row.get(0)?, activity);
         }
     }
-    write_rows(conn, &latest)?;
+    write_rows(conn, latest.iter())?;
     conn.prepare_cached("DELETE FROM heartbeat_log")?
         .execute([])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Agent, AgentBackend, TimeoutConfig, TimeoutConfigPatch};
+    use crate::store::{SessionStore, SqliteStore};
+    use chrono::DateTime;
+
+    fn count(conn: &Connection, sql: &str) -> i64 {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    fn row_version(conn: &Connection, id: Uuid) -> i64 {
+        conn.query_row(
+            "SELECT version FROM sessions WHERE id = ?1",
+            params![id],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    /// Logs the heartbeat that takes `session` one version on, as the writer does, in a transaction.
+    fn beat(conn: &Connection, log: &mut Pending, session: &mut Session) {
+        let mut next = session.clone();
+        next.version += 1;
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        assert!(log.log(conn, &next, session.version).unwrap());
+        log.stage(&next).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        log.commit_staged();
+        *session = next;
+    }
+
+    /// A fold in steps writes each session's latest activity, `FOLD_STEP` sessions per step, and empties the
+    /// log with its last step; a heartbeat logged meanwhile for a session already written stays in the log
+    /// (and in what the writer remembers) for the next fold.
+    #[tokio::test]
+    async fn a_fold_in_steps_writes_every_session_then_empties_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let store = SqliteStore::open(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
+        let agent = Agent {
+            id: Uuid::new_v4(),
+            name: "a".into(),
+            backend: AgentBackend::Echo,
+            session_defaults: TimeoutConfigPatch::default(),
+            created_at: at,
+        };
+        store.insert_agent(&agent).await.unwrap();
+        let config = TimeoutConfig {
+            timeout_minutes: 30.0,
+            auto_renew: true,
+            max_duration_minutes: 60.0,
+            warning_threshold_minutes: 5.0,
+        };
+        let n = FOLD_STEP * 2 + 10;
+        let mut sessions = Vec::new();
+        for _ in 0..n {
+            let s = Session::new(agent.id, Uuid::new_v4(), Default::default(), config, at);
+            assert!(store.insert_session(&s).await.unwrap());
+            sessions.push(s);
+        }
+        SessionStore::close(&store).await;
+
+        let conn = Connection::open(&path).unwrap();
+        // The closed store's checkpoint thread may still be finishing.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        let mut log = Pending::default();
+        for s in &mut sessions {
+            beat(&conn, &mut log, s);
+        }
+        beat(&conn, &mut log, &mut sessions[0]);
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM heartbeat_log"),
+            n as i64 + 1
+        );
+        assert!(log.any());
+
+        let mut steps = 0;
+        let mut written = Vec::new();
+        while log.fold.is_some() || steps == 0 {
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let step = log.fold_step(&conn).unwrap();
+            conn.execute_batch("COMMIT").unwrap();
+            log.stepped(&step);
+            written.extend_from_slice(step.ids());
+            steps += 1;
+            if steps == 1 {
+                // A session this step wrote gets another heartbeat before the fold ends.
+                let again = sessions.iter().position(|s| s.id == step.ids()[0]).unwrap();
+                beat(&conn, &mut log, &mut sessions[again]);
+            }
+        }
+        assert_eq!(steps, n.div_ceil(FOLD_STEP));
+        assert_eq!(written.len(), n, "each session written once");
+        let rewritten = sessions
+            .iter()
+            .filter(|s| row_version(&conn, s.id) != s.version)
+            .count();
+        assert_eq!(
+            rewritten, 1,
+            "all rows hold their latest but the one logged since"
+        );
+        assert_eq!(
+            count(&conn, "SELECT COUNT(*) FROM heartbeat_log"),
+            1,
+            "the fold's heartbeats deleted, the later one kept"
+        );
+        assert!(log.any(), "the later heartbeat waits for the next fold");
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        log.fold(&conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        log.folded();
+        assert!(!log.any());
+        assert_eq!(count(&conn, "SELECT COUNT(*) FROM heartbeat_log"), 0);
+        assert!(sessions
+            .iter()
+            .all(|s| row_version(&conn, s.id) == s.version));
+    }
 }

@@ -223,6 +223,15 @@ impl RowCache {
         self.pinned_len.load(Ordering::Acquire)
     }
 
+    /// Unpins these sessions, for the writer once a fold step that wrote their rows is committed and counted.
+    pub fn unpin(&self, ids: &[Uuid]) {
+        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            pinned.remove(id);
+        }
+        self.pinned_len.store(pinned.len(), Ordering::Release);
+    }
+
     /// Unpins every session, for the writer once a fold of the whole log is committed and counted.
     pub fn unpin_all(&self) {
         let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());

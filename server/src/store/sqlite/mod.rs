@@ -384,7 +384,13 @@ impl SessionStore for SqliteStore {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Session>, StoreError> {
-        self.settled().await?;
+        // Without waiting for a whole fold: a row whose heartbeats are still in the log looks due sooner than
+        // it is, and the announcement's conditional update (on the version, after the writer folds) refuses it.
+        // The nudge lets the writer fold a log that waits while nothing else is written, so a warning due only
+        // by a heartbeat's renewal is announced within a pass or two.
+        if self.cache.pinned() > 0 {
+            self.write(Write::Nudge).await?;
+        }
         self.fast.rows(
             &format!(
                 "SELECT {SESSION_COLUMNS} FROM sessions WHERE notice < 2 AND warn_at <= ?1 \

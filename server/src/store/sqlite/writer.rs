@@ -15,8 +15,9 @@
 //! the disk. Any other write in the batch makes it `FULL`.
 //!
 //! Heartbeats are appended to the heartbeat log rather than rewriting their rows (`activity.rs`) in a batch
-//! without writes that read or change session rows; before such a batch the writer folds the log into the
-//! rows, and it folds it anyway once it is due (`Pending::due`) and before it stops.
+//! without writes that read or change session rows; before such a batch the writer folds the whole log into
+//! the rows, once it is due (`Pending::due`) it folds it a step between each two batches, and it folds it
+//! whole before it stops.
 //!
 //! When the disk is full or the file stops taking writes, the batch fails whole (nothing of it stays behind),
 //! its callers get `StoreError::Unavailable` (503), and the outage is logged once (`OutageLog`) until a commit
@@ -151,9 +152,8 @@ fn run(
             }
         }
         commit_and_answer_safely(&mut conn, &mut batch, &mut log, after, reads, outage, keep);
-        if log.due() {
-            let _ = fold_log(&conn, &mut log, after, reads, false);
-        }
+        // A step of the fold after each batch, more while no write waits.
+        while log.due() && fold_step(&conn, &mut log, after, reads).is_ok() && rx.is_empty() {}
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
@@ -192,6 +192,34 @@ fn commit_and_answer_safely(
         log.discard_staged();
         let _ = caught(|| fold_log(conn, log, after, reads, true));
         batch.clear();
+    }
+}
+
+/// Takes a step of folding the heartbeat log (`Pending::fold_step`) in a transaction of its own (counted for
+/// the readers), then unpins the sessions it wrote; on failure the log and the pins stay as they were.
+fn fold_step(
+    conn: &Connection,
+    log: &mut Pending,
+    after: &AfterCommit<'_>,
+    reads: &FastReads,
+) -> Result<(), StoreError> {
+    set_sync(conn, true).map_err(failed)?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
+    let step = log.fold_step(conn).and_then(|step| {
+        reads
+            .count_commit(|| conn.execute_batch("COMMIT"))
+            .map(|()| step)
+    });
+    match step {
+        Ok(step) => {
+            log.stepped(&step);
+            after.cache.unpin(step.ids());
+            Ok(())
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(failed(e))
+        }
     }
 }
 

@@ -83,6 +83,9 @@ pub enum Write {
     /// Changes nothing; the heartbeat log is folded before it (`needs_session_rows`), so that a scan of session
     /// rows that follows sees every heartbeat acknowledged before it.
     Settle,
+    /// Changes nothing, and needs no fold: it wakes the writer, which folds the heartbeat log in steps once it
+    /// is due and no write waits.
+    Nudge,
     /// A write that panics halfway (after a statement), for the test that the writer survives it.
     #[cfg(test)]
     Panic,
@@ -135,7 +138,8 @@ impl Write {
             | Write::FinishDelivery { .. }
             | Write::PurgeFailedDeliveries { .. }
             | Write::InsertSetting { .. }
-            | Write::Probe => false,
+            | Write::Probe
+            | Write::Nudge => false,
             #[cfg(test)]
             Write::Panic => false,
         }
@@ -155,7 +159,8 @@ impl Write {
             | Write::ReleaseKey(..)
             | Write::PurgeKeys { .. }
             | Write::Probe
-            | Write::Settle => false,
+            | Write::Settle
+            | Write::Nudge => false,
             // Events are stored, and webhook deliveries queued, beside the row (live-only events are neither).
             Write::UpdateSession(_, _, events)
             | Write::Heartbeat(_, _, events)
@@ -351,7 +356,7 @@ fn apply(
             )?
             .execute(params![name.as_str(), value.as_str()])
             .map(rows_changed),
-        Write::Settle => Ok(Applied::default()),
+        Write::Settle | Write::Nudge => Ok(Applied::default()),
         Write::Probe => conn
             .prepare_cached(
                 "INSERT INTO settings (name, value) VALUES ('write_probe', '0') \
