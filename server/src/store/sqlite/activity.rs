@@ -37,6 +37,9 @@ const FOLD_AFTER: Duration = Duration::from_secs(2);
 /// for as long (see BENCHMARKS.md).
 const FOLD_STEP: usize = 256;
 
+/// How long heartbeats go straight to their rows after a fold found the log saved too little (`Pending::takes`).
+const DIRECT_FOR: Duration = Duration::from_secs(10);
+
 /// The activity columns of a heartbeat, in `SESSION_ACTIVITY_COLUMNS` order; the version is `VERSION`.
 type Activity = [i64; 7];
 const VERSION: usize = 4;
@@ -51,6 +54,8 @@ pub struct Pending {
     uncovered: usize,
     since: Option<Instant>,
     fold: Option<Fold>,
+    /// Until when a heartbeat of a session with nothing in the log updates its row instead (see `takes`).
+    direct_until: Option<Instant>,
 }
 
 /// A fold under way, in steps: the sessions it has yet to write, and the last heartbeat of the log it covers
@@ -58,6 +63,9 @@ pub struct Pending {
 struct Fold {
     left: Vec<Uuid>,
     through: i64,
+    /// The heartbeats it covers, and the sessions they were of.
+    heartbeats: usize,
+    sessions: usize,
 }
 
 /// One step of a fold, written and not yet committed: its sessions, and whether it ends the fold.
@@ -85,6 +93,16 @@ impl Pending {
             || self.latest.len() >= FOLD_SESSIONS
             || self.uncovered >= FOLD_ROWS
             || self.since.is_some_and(|t| t.elapsed() >= FOLD_AFTER)
+    }
+
+    /// Whether a heartbeat of this session goes to the log: unless the last fold found fewer than three
+    /// heartbeats for every two sessions (uniform heartbeats over many more sessions than a fold's worth, as on
+    /// a store of millions), where the log only added a write and a read to each heartbeat's row update; then
+    /// for `DIRECT_FOR` only a session already in the log is logged, and the others update their rows.
+    pub fn takes(&self, id: Uuid) -> bool {
+        self.direct_until.is_none_or(|t| Instant::now() >= t)
+            || self.latest.contains_key(&id)
+            || self.staged.iter().any(|(s, _)| *s == id)
     }
 
     /// Appends the heartbeat that took `session` from version `expected`, if that is still its version; whether
@@ -162,6 +180,8 @@ impl Pending {
             self.fold = Some(Fold {
                 left: self.latest.keys().copied().collect(),
                 through: through.unwrap_or(0),
+                heartbeats: self.uncovered,
+                sessions: self.latest.len(),
             });
             self.uncovered = 0;
             self.since = None;
@@ -192,7 +212,10 @@ impl Pending {
             fold.left.truncate(fold.left.len() - step.ids.len());
         }
         if step.ends {
-            self.fold = None;
+            if let Some(fold) = self.fold.take() {
+                self.direct_until =
+                    (fold.heartbeats * 2 < fold.sessions * 3).then(|| Instant::now() + DIRECT_FOR);
+            }
         }
     }
 
@@ -395,6 +418,14 @@ mod tests {
             "the fold's heartbeats deleted, the later one kept"
         );
         assert!(log.any(), "the later heartbeat waits for the next fold");
+        // That fold found about one heartbeat per session: the log saved nothing, so for a while a session with
+        // nothing in it updates its row directly, and one in it keeps going to the log.
+        assert!(!log.takes(Uuid::new_v4()));
+        let still = sessions
+            .iter()
+            .find(|s| log.latest.contains_key(&s.id))
+            .unwrap();
+        assert!(log.takes(still.id));
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         log.fold(&conn).unwrap();
         conn.execute_batch("COMMIT").unwrap();

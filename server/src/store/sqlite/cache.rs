@@ -269,13 +269,12 @@ impl RowCache {
     }
 
     /// What a committed write leaves behind, for the writer (after the commit, before it answers): the write
-    /// is done with, so its session moves into the cache. A heartbeat `logged` to the heartbeat log also pins
+    /// is done with, so its session moves into the cache. A heartbeat appended to the heartbeat log also pins
     /// its session (see `activity.rs`).
-    pub fn committed(&self, write: Write, applied: &Applied, logged: bool) {
+    pub fn committed(&self, write: Write, applied: &Applied) {
         if applied.rows == 0 {
             return;
         }
-        let heartbeat = matches!(write, Write::Heartbeat(..));
         let message = matches!(write, Write::RecordMessage(..));
         match write {
             Write::InsertSession(session)
@@ -286,7 +285,7 @@ impl RowCache {
                     self.histories.forget(&session.id);
                 }
                 let row = Arc::new(stored(*session));
-                if heartbeat && logged {
+                if applied.logged {
                     let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
                     pinned.insert(row.id, row.clone());
                     self.pinned_len.store(pinned.len(), Ordering::Release);

@@ -304,7 +304,7 @@ fn commit_and_answer(
     let mut answers = Vec::with_capacity(batch.len());
     for ((write, done), outcome) in batch.drain(..).zip(&outcomes) {
         if let Ok(applied) = outcome {
-            after.cache.committed(write, applied, !needs_rows);
+            after.cache.committed(write, applied);
         }
         answers.push(done);
     }
@@ -364,7 +364,7 @@ fn apply_batch(
             return batch.iter().map(|_| Err(e.clone())).collect();
         }
         let outcome = match (&mut log, &*write, outcome) {
-            (Some(log), Write::Heartbeat(session, ..), Ok(applied)) if applied.rows > 0 => {
+            (Some(log), Write::Heartbeat(session, ..), Ok(applied)) if applied.logged => {
                 log.stage(session).map(|()| applied).map_err(failed)
             }
             (_, _, outcome) => outcome,

@@ -93,7 +93,8 @@ pub enum Write {
 
 /// What a write did: rows affected, the seq of an inserted message, a claimed message or claimed deliveries,
 /// what claiming an idempotency key found, the events to announce once the transaction has committed
-/// (persisted ones carrying their new seq), and how many webhook deliveries it queued.
+/// (persisted ones carrying their new seq), how many webhook deliveries it queued, and whether it went to the
+/// heartbeat log.
 #[derive(Default)]
 pub struct Applied {
     pub rows: u64,
@@ -103,6 +104,8 @@ pub struct Applied {
     pub deliveries: Vec<Delivery>,
     pub publish: Vec<SessionEvent>,
     pub queued: u64,
+    /// A heartbeat appended to the heartbeat log rather than written to its row.
+    pub logged: bool,
 }
 
 impl Write {
@@ -237,10 +240,15 @@ fn apply(
     keep: u32,
 ) -> rusqlite::Result<Applied> {
     if let (Write::Heartbeat(session, expected, events), Some(log)) = (&mut *write, log) {
-        if !log.log(conn, session, *expected)? {
-            return Ok(Applied::default());
+        if log.takes(session.id) {
+            if !log.log(conn, session, *expected)? {
+                return Ok(Applied::default());
+            }
+            return Ok(Applied {
+                logged: true,
+                ..one_row_with_events(conn, events, keep)?
+            });
         }
-        return one_row_with_events(conn, events, keep);
     }
     let heartbeat = matches!(write, Write::Heartbeat(..));
     match write {
