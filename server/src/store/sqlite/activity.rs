@@ -9,8 +9,11 @@
 //! The guarantee is unchanged: an acknowledged heartbeat is in a committed transaction (the log's), so it
 //! survives a crash of the process (and of the machine, with `--durable-heartbeats`), and start-up folds what
 //! the log holds before anyone reads. While a heartbeat is in the log, the row cache pins the session's state
-//! (`RowCache::pin`), so lookups see it; the writer folds before every write that reads or changes session
-//! rows, and reads that scan rows (lists, counts, due notices) ask for a fold first (`SqliteStore::settled`).
+//! (`RowCache::committed`, until `unpin`), so lookups see it. The writer folds the whole log before every write
+//! that reads or changes session rows, and reads that scan rows (lists, counts) ask for that first
+//! (`SqliteStore::settled`); otherwise it folds in steps between batches once the log is due. Where heartbeats do
+//! not coalesce (uniform over millions of sessions), sessions with nothing in the log update their rows directly
+//! for a while (`Pending::takes`).
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
