@@ -152,8 +152,19 @@ fn run(
             }
         }
         commit_and_answer_safely(&mut conn, &mut batch, &mut log, after, reads, outage, keep);
-        // A step of the fold after each batch, more while no write waits.
-        while log.due() && fold_step(&conn, &mut log, after, reads).is_ok() && rx.is_empty() {}
+        // A step of the fold after each batch, more while no write waits. A panic in it fails the step alone.
+        while log.due() {
+            match caught(|| fold_step(&conn, &mut log, after, reads)) {
+                Ok(Ok(())) if rx.is_empty() => {}
+                Ok(_) => break,
+                Err(_) => {
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    break;
+                }
+            }
+        }
     }
     while let Ok(job) = rx.try_recv() {
         if let Job::Write { write, done } = job {
@@ -161,7 +172,7 @@ fn run(
         }
     }
     commit_and_answer_safely(&mut conn, &mut batch, &mut log, after, reads, outage, keep);
-    let _ = fold_log(&conn, &mut log, after, reads, false);
+    let _ = caught(|| fold_log(&conn, &mut log, after, reads, false));
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
