@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use poem::http::header::{HeaderValue, ACCEPT_ENCODING, VARY};
+use poem::http::HeaderMap;
 use poem::http::Method;
 use poem::middleware::{Compression, CompressionEndpoint};
 use poem::web::{CompressionAlgo, CompressionLevel};
@@ -49,6 +50,16 @@ fn compressible(method: &Method, path: &str) -> bool {
     }
 }
 
+/// Whether this layer compresses the answer to `req`: a compressible answer that the client asks to be encoded.
+pub(super) fn encodes(req: &Request) -> bool {
+    compressible(req.method(), req.uri().path()) && req.headers().contains_key(ACCEPT_ENCODING)
+}
+
+/// What the answer to a compressible request carries, compressed or not: caches must keep the encodings apart.
+pub(super) fn vary_on_encoding(headers: &mut HeaderMap) {
+    headers.append(VARY, HeaderValue::from_static("accept-encoding"));
+}
+
 impl<E: Endpoint> Endpoint for Compress<E> {
     type Output = Response;
 
@@ -58,15 +69,12 @@ impl<E: Endpoint> Endpoint for Compress<E> {
         }
         // Only a request that asks for an encoding goes through the compressor (which would otherwise still
         // read a `Content-Encoding` of the request).
-        let asks = req.headers().contains_key(ACCEPT_ENCODING);
-        let mut resp = if asks {
+        let mut resp = if encodes(&req) {
             self.compressed.call(req).await?
         } else {
             self.plain.call(req).await?.into_response()
         };
-        // Caches must keep the encodings apart.
-        resp.headers_mut()
-            .append(VARY, HeaderValue::from_static("accept-encoding"));
+        vary_on_encoding(resp.headers_mut());
         Ok(resp)
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::FutureExt;
-use poem::http::{header, HeaderValue, Method};
+use poem::http::{header, Method};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::payload::Json;
 
@@ -131,7 +131,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                 label_allowed(resp.headers_mut(), decision);
                 Some((resp, principal.kind()))
             }
-            Lane::Messages(_) if req.headers().contains_key(header::ACCEPT_ENCODING) => None,
+            Lane::Messages(_) if super::compress::encodes(req) => None,
             Lane::GetSession(id) | Lane::Heartbeat(id) | Lane::Messages(id) => {
                 let (principal, decision) = self.admitted(req)?;
                 if !matches!(
@@ -151,11 +151,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                             .ok()
                             .map(|page| {
                                 let mut resp = super::messages::message_list(page).into_response();
-                                // As the stack's compression layer says of every list, compressed or not.
-                                resp.headers_mut().append(
-                                    header::VARY,
-                                    HeaderValue::from_static("accept-encoding"),
-                                );
+                                super::compress::vary_on_encoding(resp.headers_mut());
                                 resp
                             })
                     }

@@ -160,10 +160,7 @@ impl Pending {
     /// Folds the whole log into the rows (each session's latest activity, unless its row is as new already)
     /// and empties it, inside the caller's transaction; `folded` once that commits.
     pub fn fold(&self, conn: &Connection) -> rusqlite::Result<()> {
-        write_rows(conn, self.latest.iter())?;
-        conn.prepare_cached("DELETE FROM heartbeat_log")?
-            .execute([])?;
-        Ok(())
+        write_all(conn, &self.latest)
     }
 
     /// The whole fold committed: the log is empty.
@@ -303,6 +300,11 @@ pub fn fold_logged(conn: &Connection) -> rusqlite::Result<()> {
             latest.insert(row.get(0)?, activity);
         }
     }
+    write_all(conn, &latest)
+}
+
+/// Writes every session's activity into its row and empties the log.
+fn write_all(conn: &Connection, latest: &HashMap<Uuid, Activity>) -> rusqlite::Result<()> {
     write_rows(conn, latest.iter())?;
     conn.prepare_cached("DELETE FROM heartbeat_log")?
         .execute([])?;
@@ -311,9 +313,9 @@ pub fn fold_logged(conn: &Connection) -> rusqlite::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{half_hour, store_with_agent};
     use super::*;
-    use crate::domain::{Agent, AgentBackend, TimeoutConfig, TimeoutConfigPatch};
-    use crate::store::{SessionStore, SqliteStore};
+    use crate::store::SessionStore;
     use chrono::DateTime;
 
     fn count(conn: &Connection, sql: &str) -> i64 {
@@ -348,24 +350,9 @@ mod tests {
     async fn a_fold_in_steps_writes_every_session_then_empties_the_log() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f.db");
-        let store = SqliteStore::open(&format!("sqlite:{}", path.display()))
-            .await
-            .unwrap();
         let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
-        let agent = Agent {
-            id: Uuid::new_v4(),
-            name: "a".into(),
-            backend: AgentBackend::Echo,
-            session_defaults: TimeoutConfigPatch::default(),
-            created_at: at,
-        };
-        store.insert_agent(&agent).await.unwrap();
-        let config = TimeoutConfig {
-            timeout_minutes: 30.0,
-            auto_renew: true,
-            max_duration_minutes: 60.0,
-            warning_threshold_minutes: 5.0,
-        };
+        let (store, agent) = store_with_agent(&path, at).await;
+        let config = half_hour();
         let n = FOLD_STEP * 2 + 10;
         let mut sessions = Vec::new();
         for _ in 0..n {

@@ -335,16 +335,11 @@ fn stored(mut session: Session) -> Session {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::half_hour;
     use super::*;
-    use crate::domain::TimeoutConfig;
 
     fn session() -> Session {
-        let config = TimeoutConfig {
-            timeout_minutes: 30.0,
-            auto_renew: true,
-            max_duration_minutes: 60.0,
-            warning_threshold_minutes: 5.0,
-        };
+        let config = half_hour();
         Session::new(
             Uuid::new_v4(),
             Uuid::new_v4(),

@@ -11,6 +11,8 @@
 mod activity;
 mod cache;
 mod checkpoint;
+#[cfg(test)]
+mod fixtures;
 mod history;
 mod idempotency;
 mod reads;
@@ -821,27 +823,11 @@ mod tests {
     /// its row. A heartbeat that lost its version check to one in the log is refused, as on the row.
     #[tokio::test]
     async fn logged_heartbeats_survive_a_crash_and_start_up_folds_them() {
-        use crate::domain::{AgentBackend, TimeoutConfig, TimeoutConfigPatch};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.db");
-        let store = SqliteStore::open(&format!("sqlite:{}", path.display()))
-            .await
-            .unwrap();
         let t = |ms: i64| DateTime::from_timestamp_millis(1_735_689_600_000 + ms).unwrap();
-        let agent = Agent {
-            id: Uuid::new_v4(),
-            name: "a".into(),
-            backend: AgentBackend::Echo,
-            session_defaults: TimeoutConfigPatch::default(),
-            created_at: t(0),
-        };
-        store.insert_agent(&agent).await.unwrap();
-        let config = TimeoutConfig {
-            timeout_minutes: 30.0,
-            auto_renew: true,
-            max_duration_minutes: 60.0,
-            warning_threshold_minutes: 5.0,
-        };
+        let (store, agent) = fixtures::store_with_agent(&path, t(0)).await;
+        let config = fixtures::half_hour();
         let new = || Session::new(agent.id, Uuid::new_v4(), Map::new(), config, t(1));
         let (a, b) = (new(), new());
         for s in [&a, &b] {
@@ -909,22 +895,12 @@ mod tests {
     /// milliseconds, the metadata as stored), and nothing of a deleted or purged session or a deleted agent.
     #[tokio::test]
     async fn the_row_cache_serves_what_the_row_holds() {
-        use crate::domain::{AgentBackend, TimeoutConfig, TimeoutConfigPatch};
+        use crate::domain::TimeoutConfig;
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&format!("sqlite:{}", dir.path().join("c.db").display()))
-            .await
-            .unwrap();
         // Sub-millisecond times, which the row does not keep.
         let t =
             |micros: i64| DateTime::from_timestamp_micros(1_735_689_600_000_000 + micros).unwrap();
-        let agent = Agent {
-            id: Uuid::new_v4(),
-            name: "a".into(),
-            backend: AgentBackend::Echo,
-            session_defaults: TimeoutConfigPatch::default(),
-            created_at: t(0),
-        };
-        store.insert_agent(&agent).await.unwrap();
+        let (store, agent) = fixtures::store_with_agent(&dir.path().join("c.db"), t(0)).await;
         let metadata = serde_json::json!({"n": 1.5, "big": 1e300, "neg": -0.0, "s": "é", "deep": [{"z": 1, "a": null}]});
         let config = TimeoutConfig {
             timeout_minutes: 0.1,

@@ -206,37 +206,21 @@ fn commit_and_answer_safely(
     }
 }
 
-/// Takes a step of folding the heartbeat log (`Pending::fold_step`) in a transaction of its own (counted for
-/// the readers), then unpins the sessions it wrote; on failure the log and the pins stay as they were.
+/// Takes a step of folding the heartbeat log (`Pending::fold_step`), then unpins the sessions it wrote.
 fn fold_step(
     conn: &Connection,
     log: &mut Pending,
     after: &AfterCommit<'_>,
     reads: &FastReads,
 ) -> Result<(), StoreError> {
-    set_sync(conn, true).map_err(failed)?;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
-    let step = log.fold_step(conn).and_then(|step| {
-        reads
-            .count_commit(|| conn.execute_batch("COMMIT"))
-            .map(|()| step)
-    });
-    match step {
-        Ok(step) => {
-            log.stepped(&step);
-            after.cache.unpin(step.ids());
-            Ok(())
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(failed(e))
-        }
-    }
+    let step = own_transaction(conn, reads, || log.fold_step(conn))?;
+    log.stepped(&step);
+    after.cache.unpin(step.ids());
+    Ok(())
 }
 
-/// Folds the heartbeat log into the session rows in a transaction of its own (counted for the readers), then
-/// unpins the sessions; on failure the log and the pins stay as they were. `whole`: whatever the log table
-/// holds, read back from it, rather than what the writer remembers having logged.
+/// Folds the whole heartbeat log into the session rows, then unpins every session. `whole`: whatever the log
+/// table holds, read back from it, rather than what the writer remembers having logged.
 fn fold_log(
     conn: &Connection,
     log: &mut Pending,
@@ -247,21 +231,37 @@ fn fold_log(
     if !log.any() && !whole {
         return Ok(());
     }
-    set_sync(conn, true).map_err(failed)?;
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
-    let folded = if whole {
-        activity::fold_logged(conn)
-    } else {
-        log.fold(conn)
-    }
-    .and_then(|()| reads.count_commit(|| conn.execute_batch("COMMIT")));
-    if let Err(e) = folded {
-        let _ = conn.execute_batch("ROLLBACK");
-        return Err(failed(e));
-    }
+    own_transaction(conn, reads, || {
+        if whole {
+            activity::fold_logged(conn)
+        } else {
+            log.fold(conn)
+        }
+    })?;
     log.folded();
     after.cache.unpin_all();
     Ok(())
+}
+
+/// Runs `work` in a transaction of its own, without `fsync` (it only moves what logged heartbeats already
+/// made durable against a crash of the process), committed and counted for the readers; on failure rolled
+/// back, so that whatever the caller keeps in memory stays as it was.
+fn own_transaction<T>(
+    conn: &Connection,
+    reads: &FastReads,
+    work: impl FnOnce() -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    set_sync(conn, true).map_err(failed)?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
+    let done = work().and_then(|value| {
+        reads
+            .count_commit(|| conn.execute_batch("COMMIT"))
+            .map(|()| value)
+    });
+    if done.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done.map_err(failed)
 }
 
 /// Commits a batch, announces its events in commit order, then answers each caller. A batch with a write that
@@ -438,12 +438,7 @@ mod tests {
                 uuid::Uuid::new_v4(),
                 uuid::Uuid::new_v4(),
                 Default::default(),
-                crate::domain::TimeoutConfig {
-                    timeout_minutes: 30.0,
-                    auto_renew: true,
-                    max_duration_minutes: 60.0,
-                    warning_threshold_minutes: 5.0,
-                },
+                super::super::fixtures::half_hour(),
                 chrono::DateTime::UNIX_EPOCH,
             ))
         };
