@@ -86,7 +86,7 @@ fn exchange(backend: AgentBackend) -> AgentRequest {
         author_id: if is_agent { agent.id } else { user_id },
         is_agent,
         content: content.into(),
-        metadata: Map::new(),
+        metadata: Default::default(),
         attachments: None,
         created_at: now - chrono::Duration::seconds(seconds_ago),
     };
@@ -103,7 +103,7 @@ fn exchange(backend: AgentBackend) -> AgentRequest {
         mime_type: Some("image/png".into()),
     }]);
     let mut new_message = message("what is 2 + 2?", false, 0);
-    new_message.metadata.insert("lang".into(), json!("en"));
+    std::sync::Arc::make_mut(&mut new_message.metadata).insert("lang".into(), json!("en"));
     AgentRequest {
         agent,
         session,

@@ -151,7 +151,7 @@ pub(super) async fn large_events_arrive_whole(store: Arc<dyn SessionStore>) {
     expect_marker_next(&*store, &mut rx, s.id).await;
     // Metadata is stored as given, whatever it holds.
     let mut big = s.clone();
-    big.metadata
+    std::sync::Arc::make_mut(&mut big.metadata)
         .insert("blob".into(), Value::String(awkward_text(50_000)));
     big.version += 1;
     assert!(store

@@ -26,7 +26,7 @@ pub(super) async fn messages_record_reply_list_and_recent(store: Arc<dyn Session
     assert_eq!(store.get_session(s.id).await.unwrap(), Some(s.clone()));
 
     let mut reply = agent_reply(&s, &m3, "answer", at(3_000));
-    reply.metadata.insert("thought".into(), json!("hmm"));
+    std::sync::Arc::make_mut(&mut reply.metadata).insert("thought".into(), json!("hmm"));
     reply.attachments = Some(vec![Attachment {
         kind: AttachmentKind::Image,
         url: "https://example.com/a.png".into(),

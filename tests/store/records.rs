@@ -129,7 +129,7 @@ pub(super) async fn sessions_round_trip_and_update_with_version_check(
     let mut s = new_session(Uuid::new_v4(), Uuid::new_v4(), at(0));
     s.timeout.timeout_minutes = 0.25;
     s.expires_at = s.compute_expires_at();
-    s.metadata.insert(
+    std::sync::Arc::make_mut(&mut s.metadata).insert(
         "nested".into(),
         json!({"a": [1, 2.5, "x\u{0}y"], "b": null}),
     );
@@ -140,7 +140,7 @@ pub(super) async fn sessions_round_trip_and_update_with_version_check(
     let mut next = s.clone();
     assert!(next.record_activity(at(5_000)));
     next.notice = Notice::Warned;
-    next.metadata.insert("k".into(), json!(1));
+    std::sync::Arc::make_mut(&mut next.metadata).insert("k".into(), json!(1));
     next.version += 1;
     let event = SessionEvent::session(&next, SessionChange::Renewed, at(5_000));
     assert!(store

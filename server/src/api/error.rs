@@ -216,7 +216,7 @@ impl ApiError {
                 code: self.code,
                 message: self.message.clone(),
                 timestamp: Timestamp(now()),
-                details: details.map(JsonObject),
+                details: details.map(JsonObject::from),
             },
         }
     }

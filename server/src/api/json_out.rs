@@ -174,7 +174,7 @@ mod tests {
             author_id: Uuid::new_v4(),
             is_agent: with_options,
             created_at: at(1_735_689_600_007),
-            metadata: JsonObject(
+            metadata: JsonObject::from(
                 json!({"thought": "t", "n": 1.5, "nested": {"a": [1, null]}})
                     .as_object()
                     .unwrap()
@@ -204,7 +204,7 @@ mod tests {
             created_at: at(0),
             last_activity: at(1_735_689_600_000),
             expires_at: at(1_735_689_660_999),
-            metadata: JsonObject(json!({"k": "v"}).as_object().unwrap().clone()),
+            metadata: JsonObject::from(json!({"k": "v"}).as_object().unwrap().clone()),
             timeout_config: TimeoutConfigBody {
                 timeout_minutes: Minutes(30.0),
                 auto_renew: true,

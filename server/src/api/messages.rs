@@ -104,7 +104,7 @@ pub(super) fn message_list(page: MessagePage) -> JsonOut<MessageListBody> {
         _ => None,
     };
     JsonOut(MessageListBody {
-        messages: page.messages.iter().map(Into::into).collect(),
+        messages: page.messages.into_iter().map(Into::into).collect(),
         has_more: page.has_more,
         cursors,
     })

@@ -310,14 +310,8 @@ impl From<TimeoutConfigPatch> for TimeoutConfigInput {
 }
 
 impl SessionBody {
-    /// Takes the session's metadata rather than copying it.
     pub fn from_view(view: SessionView) -> Self {
-        let SessionView { mut session, now } = view;
-        let metadata = std::mem::take(&mut session.metadata);
-        Self {
-            metadata: JsonObject(metadata),
-            ..Self::new(&session, now)
-        }
+        Self::new(&view.session, view.now)
     }
 
     pub fn new(s: &Session, now: chrono::DateTime<chrono::Utc>) -> Self {
@@ -658,8 +652,29 @@ impl From<&crate::domain::Attachment> for AttachmentBody {
 impl From<&crate::domain::Message> for MessageBody {
     fn from(m: &crate::domain::Message) -> Self {
         Self {
-            id: m.id,
             content: m.content.clone(),
+            ..Self::shared(m)
+        }
+    }
+}
+
+/// Moves the text rather than copying it (a page of messages, answered once).
+impl From<crate::domain::Message> for MessageBody {
+    fn from(m: crate::domain::Message) -> Self {
+        let shared = Self::shared(&m);
+        Self {
+            content: m.content,
+            ..shared
+        }
+    }
+}
+
+impl MessageBody {
+    /// Everything but the text.
+    fn shared(m: &crate::domain::Message) -> Self {
+        Self {
+            id: m.id,
+            content: String::new(),
             author_id: m.author_id,
             is_agent: m.is_agent,
             created_at: Timestamp(m.created_at),

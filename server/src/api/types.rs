@@ -3,6 +3,7 @@
 //! with bounds the handlers check themselves (cursors, event ids, idempotency keys).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
@@ -108,9 +109,15 @@ serialize_as!(Minutes, |m: &Minutes, s: S| {
     serde::Serialize::serialize(&crate::domain::timeout::minutes_json(m.0), s)
 });
 
-/// A free-form JSON object.
+/// A free-form JSON object, shared with the session or message it belongs to rather than copied.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct JsonObject(pub Map<String, Value>);
+pub struct JsonObject(pub Arc<Map<String, Value>>);
+
+impl From<Map<String, Value>> for JsonObject {
+    fn from(map: Map<String, Value>) -> Self {
+        Self(Arc::new(map))
+    }
+}
 
 wire_scalar!(
     JsonObject,
@@ -119,9 +126,9 @@ wire_scalar!(
         additional_properties: Some(Box::new(MetaSchemaRef::Inline(Box::new(MetaSchema::ANY)))),
         ..MetaSchema::new("object")
     },
-    to: |o: &JsonObject| Value::Object(o.0.clone()),
+    to: |o: &JsonObject| Value::Object(Map::clone(&o.0)),
     from: |v: Value| match v {
-        Value::Object(map) => Ok(JsonObject(map)),
+        Value::Object(map) => Ok(JsonObject::from(map)),
         other => Err(ParseError::expected_type(other)),
     }
 );

@@ -72,7 +72,11 @@ pub struct SessionTokens {
     ttl: Option<Duration>,
     /// The claims of tokens whose signature verified, by the whole token text (a token differing in any byte,
     /// its signature included, is not found and is verified afresh). Expiry is still checked on every use.
-    verified: std::sync::RwLock<std::collections::HashMap<Box<str>, TokenClaims>>,
+    /// Hashed with foldhash (seeded per process): the std hasher's SipHash over a whole token was a tenth of a
+    /// token-authenticated lookup.
+    verified: std::sync::RwLock<
+        std::collections::HashMap<Box<str>, TokenClaims, foldhash::fast::RandomState>,
+    >,
 }
 
 impl SessionTokens {

@@ -5,7 +5,7 @@
 //! then still read back.
 
 use std::any::Any;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -109,7 +109,7 @@ pub struct SessionSnapshot {
     pub last_activity: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     #[serde(default)]
-    pub metadata: Map<String, Value>,
+    pub metadata: Arc<Map<String, Value>>,
     pub timeout_config: TimeoutConfig,
     pub renewal_count: i64,
 }
@@ -458,7 +458,8 @@ mod tests {
             metadata: json!({"thought": "t", "actions": ["A"]})
                 .as_object()
                 .unwrap()
-                .clone(),
+                .clone()
+                .into(),
             attachments: None,
             in_reply_to: Some(Uuid::new_v4()),
             created_at: at(7),

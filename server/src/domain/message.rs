@@ -1,5 +1,7 @@
 //! Messages of a session: what a user sent and what the agent answered, as stored in the session's history.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -21,8 +23,9 @@ pub struct Message {
     pub author_id: Uuid,
     pub is_agent: bool,
     pub content: String,
+    /// Shared by the message's copies (the history cache's, each page's, each event's): it never changes.
     #[serde(default)]
-    pub metadata: Map<String, Value>,
+    pub metadata: Arc<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<Vec<Attachment>>,
     /// For agent replies: the user message answered.

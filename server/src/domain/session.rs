@@ -1,6 +1,8 @@
 //! The session state machine: creation, expiry, renewal, heartbeat and timeout changes as pure functions of
 //! the session and `now`. Nothing here reads a clock or touches storage.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -20,7 +22,9 @@ pub struct Session {
     /// explicit `POST /renew` extends the session and a later PATCH does not undo that.
     pub last_renewal: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
-    pub metadata: Map<String, Value>,
+    /// Shared, not copied, by every copy of the session (the row cache's, each request's, each event's): it is
+    /// set once at creation and never changes, and copying a map of strings per lookup was a share of each read.
+    pub metadata: Arc<Map<String, Value>>,
     pub timeout: TimeoutConfig,
     pub renewal_count: i64,
     /// Which expiry announcement has been made, so that each is made once.
@@ -80,7 +84,7 @@ impl Session {
             last_activity: now,
             last_renewal: now,
             expires_at: now,
-            metadata,
+            metadata: Arc::new(metadata),
             timeout,
             renewal_count: 0,
             notice: Notice::None,

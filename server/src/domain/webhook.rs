@@ -427,7 +427,7 @@ mod tests {
             author_id: s.user_id,
             is_agent: false,
             content: "hello".into(),
-            metadata: Map::new(),
+            metadata: Default::default(),
             attachments: None,
             in_reply_to: None,
             created_at: at(5),

@@ -43,7 +43,7 @@ impl SessionService {
         let now = self.clock.now();
         let mut current = self.live(id, now).await?;
         let content = body.content?;
-        let metadata = body.metadata?;
+        let metadata = std::sync::Arc::new(body.metadata?);
         let attachments = body.attachments?;
         // Backpressure: a client that sends faster than its agent answers gets told to wait, instead of growing
         // the queue without bound.

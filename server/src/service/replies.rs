@@ -171,7 +171,7 @@ impl Replier {
                     author_id: session.agent_id,
                     is_agent: true,
                     content: reply.text.clone(),
-                    metadata: reply.metadata(),
+                    metadata: reply.metadata().into(),
                     attachments: None,
                     in_reply_to: Some(message.id),
                     created_at: now,

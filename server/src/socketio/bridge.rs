@@ -221,7 +221,7 @@ impl Follower {
             thought: field("thought"),
             actions: field("actions"),
             attachments: m.attachments.as_ref().and_then(|a| to_value(a).ok()),
-            metadata: m.metadata.clone(),
+            metadata: serde_json::Map::clone(&m.metadata),
         }
     }
 }
