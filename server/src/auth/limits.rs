@@ -34,7 +34,7 @@ pub struct RateLimitSettings {
 impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
-            key_per_minute: 60_000,
+            key_per_minute: 0,
             session_per_minute: 120,
             anonymous_per_minute: 100,
         }
