@@ -23,7 +23,7 @@ pub const PURGE_BATCH: u32 = 250;
 /// large purge (a million sessions expiring at once) takes a fraction of the writer and the CPU instead of all
 /// of it: batches run back to back make concurrent lookups wait on the writer, and a shorter rest was not enough
 /// (BENCHMARKS.md has the figures).
-pub const PURGE_REST_FACTOR: u32 = 8;
+pub const PURGE_REST_FACTOR: u32 = 4;
 /// How often due warnings and expirations are announced: the lateness of a `warning` or `expired` event.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest pause between announcement passes while they fail: the most a `warning` or `expired` event is
