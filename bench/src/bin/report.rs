@@ -6,7 +6,8 @@
 //!   connection count (median of the per-repeat ratios, each against the baseline measured just before).
 //!   Index lines: `repeat <TAB> connections <TAB> endpoint <TAB> method <TAB> wrk-output-file`; the endpoint
 //!   `baseline` is the baseline, for the method given (GET endpoints are compared with the GET baseline, POST
-//!   endpoints with the POST one, `GET one URL` endpoints with a baseline that requests one URL too).
+//!   endpoints with the POST one, `GET token` endpoints with a baseline sent the same session tokens, `GET one
+//!   URL` endpoints with a baseline that requests one URL too).
 //! - `report scale --index F --facts F --markdown OUT`: the scale tables. Index lines: `repeat <TAB> store <TAB>
 //!   connections <TAB> endpoint <TAB> wrk-output-file`, where store is `1k`, `1M`, `purge` (during the sweeper's
 //!   purge) or `nopurge` (the same server after it). Facts lines: `what <TAB> value <TAB> target`, printed as
@@ -138,7 +139,7 @@ fn main_table(index: &Path, markdown: &Path, with_targets: bool) -> anyhow::Resu
     let mut summary: BTreeMap<(String, u32), (Option<f64>, f64)> = BTreeMap::new();
     for &conns in &conns_order {
         let mut rows: Vec<(String, String)> = Vec::new();
-        for method in ["GET", "GET one URL", "POST"] {
+        for method in ["GET", "GET token", "GET one URL", "POST"] {
             if runs.contains_key(&(conns, "baseline".into(), method.into())) {
                 rows.push(("baseline".into(), method.into()));
             }
