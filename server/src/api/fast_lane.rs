@@ -24,7 +24,6 @@ use std::time::Instant;
 use futures::FutureExt;
 use poem::http::{header, Method};
 use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
-use poem_openapi::payload::Json;
 
 use super::access::{admit, authorize, label_allowed, OwnSession};
 use super::host_guard::HostGuard;
@@ -117,11 +116,11 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
     /// The lane's answer and who asked, or None when the stack must answer.
     async fn answer(&self, lane: Lane<'_>, req: &Request) -> Option<(Response, &'static str)> {
         match lane {
-            Lane::Liveness => Some((Json(ProbeStatus::ok()).into_response(), "anonymous")),
+            Lane::Liveness => Some((JsonOut(ProbeStatus::ok()).into_response(), "anonymous")),
             Lane::Readiness => Some((
                 readiness(&self.lane.service, &self.lane.store)
                     .await
-                    .into_response(),
+                    .into_plain_response(),
                 "anonymous",
             )),
             Lane::Health => {

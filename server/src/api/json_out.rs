@@ -238,6 +238,11 @@ mod tests {
             },
         });
         same(&DeleteBody::new("Session x deleted".into()));
+        same(&crate::api::probes::ProbeStatus::ok());
+        same(&crate::api::probes::ProbeStatus {
+            status: crate::api::probes::ProbeState::Unavailable,
+            reason: Some(crate::api::probes::ProbeReason::StoreUnavailable),
+        });
         same(&HealthBody {
             status: "healthy".into(),
             active_sessions: 7,
