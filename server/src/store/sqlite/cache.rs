@@ -225,18 +225,23 @@ impl RowCache {
 
     /// Unpins these sessions, for the writer once a fold step that wrote their rows is committed and counted.
     pub fn unpin(&self, ids: &[Uuid]) {
-        let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
-        for id in ids {
-            pinned.remove(id);
-        }
-        self.pinned_len.store(pinned.len(), Ordering::Release);
+        self.change_pins(|pinned| {
+            for id in ids {
+                pinned.remove(id);
+            }
+        });
     }
 
     /// Unpins every session, for the writer once a fold of the whole log is committed and counted.
     pub fn unpin_all(&self) {
+        self.change_pins(HashMap::clear);
+    }
+
+    /// Changes the pinned sessions under their lock, keeping `pinned_len` in step.
+    fn change_pins(&self, change: impl FnOnce(&mut HashMap<Uuid, Arc<Session>>)) {
         let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
-        pinned.clear();
-        self.pinned_len.store(0, Ordering::Release);
+        change(&mut pinned);
+        self.pinned_len.store(pinned.len(), Ordering::Release);
     }
 
     /// The session's message history from the cache, else from `read` (as `session_or_read`).
@@ -286,9 +291,9 @@ impl RowCache {
                 }
                 let row = Arc::new(stored(*session));
                 if applied.logged {
-                    let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
-                    pinned.insert(row.id, row.clone());
-                    self.pinned_len.store(pinned.len(), Ordering::Release);
+                    self.change_pins(|pinned| {
+                        pinned.insert(row.id, row.clone());
+                    });
                 }
                 self.sessions.put(row.id, row);
             }

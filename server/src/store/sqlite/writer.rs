@@ -152,17 +152,10 @@ fn run(
             }
         }
         commit_and_answer_safely(&mut conn, &mut batch, &mut log, after, reads, outage, keep);
-        // A step of the fold after each batch, more while no write waits. A panic in it fails the step alone.
+        // A step of the fold after each batch, more while no write waits.
         while log.due() {
-            match caught(|| fold_step(&conn, &mut log, after, reads)) {
-                Ok(Ok(())) if rx.is_empty() => {}
-                Ok(_) => break,
-                Err(_) => {
-                    if !conn.is_autocommit() {
-                        let _ = conn.execute_batch("ROLLBACK");
-                    }
-                    break;
-                }
+            if fold_step(&conn, &mut log, after, reads).is_err() || !rx.is_empty() {
+                break;
             }
         }
     }
@@ -172,7 +165,7 @@ fn run(
         }
     }
     commit_and_answer_safely(&mut conn, &mut batch, &mut log, after, reads, outage, keep);
-    let _ = caught(|| fold_log(&conn, &mut log, after, reads, false));
+    let _ = fold_log(&conn, &mut log, after, reads, false);
     drop(conn);
     if let Some(ack) = stopped {
         let _ = ack.send(());
@@ -244,8 +237,9 @@ fn fold_log(
 }
 
 /// Runs `work` in a transaction of its own, without `fsync` (it only moves what logged heartbeats already
-/// made durable against a crash of the process), committed and counted for the readers; on failure rolled
-/// back, so that whatever the caller keeps in memory stays as it was.
+/// made durable against a crash of the process), committed and counted for the readers; on failure, a panic
+/// of `work` included (caught as a write's is), rolled back, so that whatever the caller keeps in memory
+/// stays as it was and the writer goes on.
 fn own_transaction<T>(
     conn: &Connection,
     reads: &FastReads,
@@ -253,15 +247,19 @@ fn own_transaction<T>(
 ) -> Result<T, StoreError> {
     set_sync(conn, true).map_err(failed)?;
     conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
-    let done = work().and_then(|value| {
-        reads
-            .count_commit(|| conn.execute_batch("COMMIT"))
-            .map(|()| value)
+    let done = caught(work).and_then(|worked| {
+        worked
+            .and_then(|value| {
+                reads
+                    .count_commit(|| conn.execute_batch("COMMIT"))
+                    .map(|()| value)
+            })
+            .map_err(failed)
     });
     if done.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    done.map_err(failed)
+    done
 }
 
 /// Commits a batch, announces its events in commit order, then answers each caller. A batch with a write that
