@@ -143,3 +143,118 @@ async fn the_lane_answers_as_the_stack_does() {
     let read = call(&ctx, Method::GET, &session, &key, None).await;
     assert_eq!(read.body["renewalCount"], 5, "{:?}", read.body);
 }
+
+/// A raw POST of `body` to createSession with a key, through the lane (no `Origin`) or the stack (`Origin`).
+async fn create_raw(ctx: &TestContext, body: &str, stack: bool, extra: &[(&str, &str)]) -> Answer {
+    let mut req = reqwest::Client::new()
+        .post(ctx.url("/api/messaging/sessions"))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if stack {
+        req = req.header("origin", ctx.url(""));
+    }
+    for (name, value) in extra {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    Answer {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+#[tokio::test]
+async fn creates_take_the_lane_and_hand_back_what_it_refuses() {
+    let ctx = TestContext::with_options(TestOptions::with_keys(&[KEY])).await;
+    let user = uuid::Uuid::new_v4();
+    let body = serde_json::json!({
+        "agentId": ctx.agent_id, "userId": user, "metadata": {"platform": "web"},
+        "timeoutConfig": {"timeoutMinutes": 12}
+    })
+    .to_string();
+    let lane = create_raw(&ctx, &body, false, &[]).await;
+    let stack = create_raw(&ctx, &body, true, &[]).await;
+    assert_eq!((lane.status, stack.status), (201, 201), "{:?}", lane.body);
+    let keys = |answer: &Answer| -> Vec<String> {
+        let mut keys: Vec<String> = answer.body.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert_eq!(keys(&lane), keys(&stack));
+    for field in [
+        "agentId",
+        "userId",
+        "metadata",
+        "timeoutConfig",
+        "renewalCount",
+    ] {
+        assert_eq!(lane.body[field], stack.body[field], "{field}");
+    }
+    assert_eq!(lane.body["timeoutConfig"]["timeoutMinutes"], 12);
+    assert_ne!(lane.body["sessionId"], stack.body["sessionId"]);
+    assert_eq!(header_names(&lane), header_names(&stack));
+    assert_eq!(lane.header("content-type"), stack.header("content-type"));
+    // The lane's session is a real one, and its token admits it.
+    let id = lane.body["sessionId"].as_str().unwrap();
+    let bearer = format!("Bearer {}", lane.body["sessionToken"].as_str().unwrap());
+    let read = call(
+        &ctx,
+        Method::GET,
+        &format!("/api/messaging/sessions/{id}"),
+        &[("authorization", bearer.as_str())],
+        None,
+    )
+    .await;
+    assert_eq!(read.status, 200, "{:?}", read.body);
+    assert_eq!(read.body["metadata"]["platform"], "web");
+
+    // What the lane reads and then refuses reaches the stack with its body whole: the stack's own answer.
+    let unknown_agent =
+        serde_json::json!({"agentId": uuid::Uuid::new_v4(), "userId": user}).to_string();
+    for refused in [
+        "{\"agentId\": ",
+        "[1, 2]",
+        "{\"userId\": \"a\"}",
+        unknown_agent.as_str(),
+    ] {
+        let lane = create_raw(&ctx, refused, false, &[]).await;
+        let stack = create_raw(&ctx, refused, true, &[]).await;
+        assert!(lane.status >= 400, "{refused}: {:?}", lane.body);
+        assert_eq!(lane.status, stack.status, "{refused}");
+        assert_eq!(lane.code(), stack.code(), "{refused}");
+        assert_eq!(
+            lane.body["error"]["message"], stack.body["error"]["message"],
+            "{refused}"
+        );
+    }
+    // An idempotency key is the stack's: the retry answers the first session.
+    let keyed = [("idempotency-key", "lane-create-1")];
+    let first = create_raw(&ctx, &body, false, &keyed).await;
+    let again = create_raw(&ctx, &body, false, &keyed).await;
+    assert_eq!((first.status, again.status), (201, 201));
+    assert_eq!(first.body["sessionId"], again.body["sessionId"]);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    // Credentials are checked before the body is read: none is a 401, a session token a 403.
+    let anonymous = reqwest::Client::new()
+        .post(ctx.url("/api/messaging/sessions"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let forbidden = call(
+        &ctx,
+        Method::POST,
+        "/api/messaging/sessions",
+        &[("authorization", bearer.as_str())],
+        Some(&serde_json::from_str(&body).unwrap()),
+    )
+    .await;
+    forbidden.assert_error(403, "FORBIDDEN", "a session token creating a session");
+}

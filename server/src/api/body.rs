@@ -23,7 +23,7 @@ pub struct JsonBody<T> {
     _schema: PhantomData<fn() -> T>,
 }
 
-fn is_json(content_type: &str) -> bool {
+pub(super) fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()

@@ -1,17 +1,20 @@
 //! The fast lane: the requests that arrive by the thousand, answered in one step in front of the middleware
 //! stack. The probes that orchestrators and load balancers poll (`GET /livez`, `GET /readyz`,
-//! `GET /api/messaging/sessions/health`) and the calls a live client repeats (`getSession`, `sessionHeartbeat`,
-//! and `getMessages` for the latest page: without a query). Each gets the same body, status and headers as the operation behind it (request id,
-//! security headers, rate-limit labels), its HTTP metrics, and its log line (INFO for the session calls, as in
-//! the stack; DEBUG for the probes, which every replica polls every few seconds).
+//! `GET /api/messaging/sessions/health`), the calls a live client repeats (`getSession`, `sessionHeartbeat`,
+//! and `getMessages` for the latest page: without a query), and a backend's `createSession`. Each gets the same
+//! body, status and headers as the operation behind it (request id, security headers, rate-limit labels), its
+//! HTTP metrics, and its log line (INFO for the session calls, as in the stack; DEBUG for the probes, which
+//! every replica polls every few seconds).
 //!
 //! The lane answers only the plain success; everything else goes through the whole stack unchanged, which
 //! then answers it as always: a browser's request (it has an `Origin`, so CORS applies), one the DNS-rebinding
 //! guard refuses, one without valid credentials or not covering the session (401/403), a rate-limited one (the
 //! limit counts only the calls it lets through, so the stack counts it once and answers the 429), an id that
 //! needs percent-decoding, a getMessages with a query (a page size or a cursor) or asking for a compressed
-//! answer (`Accept-Encoding`: the stack's compression layer answers it), and any failure of the operation (unknown or expired session, a store that cannot
-//! take writes). A failed heartbeat has written nothing, so the stack running it again is a plain retry; its
+//! answer (`Accept-Encoding`: the stack's compression layer answers it), a create with an idempotency key or a
+//! body of unstated length, and any failure of the operation (unknown or expired session, a body the contract
+//! refuses, a store that cannot take writes). A failed heartbeat or create has written nothing, so the stack
+//! running it again is a plain retry (a create's body, read by the lane, is handed back to it as it came); its
 //! rate limit then counts the call twice, which only matters for failing calls.
 //!
 //! Why: each layer of the stack (request scope, error clock, host guard, CORS, compression, security headers,
@@ -21,22 +24,25 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use poem::http::{header, Method};
-use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 
-use super::access::{admit, authorize, label_allowed, OwnSession};
+use super::access::{admit, authorize, label_allowed, OperatorOnly, OwnSession};
 use super::host_guard::HostGuard;
 use super::json_out::JsonOut;
 use super::models::HealthBody;
 use super::observe::{log_line, request_id_of, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
+use super::{body, idempotency};
 use crate::auth::{Access, Principal, RateDecision};
 use crate::domain::SessionError;
 use crate::service::{SessionService, SessionView};
 
 const HEALTH: &str = "/api/messaging/sessions/health";
 const SESSIONS: &str = "/api/messaging/sessions/";
+const CREATE: &str = "/api/messaging/sessions";
 
 /// What the lane may answer.
 #[derive(Clone, Copy)]
@@ -47,10 +53,14 @@ enum Lane<'a> {
     GetSession(&'a str),
     Heartbeat(&'a str),
     Messages(&'a str),
+    Create,
 }
 
 impl<'a> Lane<'a> {
     fn of(method: &Method, path: &'a str, query: Option<&str>) -> Option<Self> {
+        if method == Method::POST && path == CREATE && query.is_none_or(str::is_empty) {
+            return Some(Self::Create);
+        }
         if method == Method::GET {
             match path {
                 "/livez" => return Some(Self::Liveness),
@@ -80,6 +90,7 @@ impl<'a> Lane<'a> {
             Self::GetSession(_) => "getSession",
             Self::Heartbeat(_) => "sessionHeartbeat",
             Self::Messages(_) => "getMessages",
+            Self::Create => "createSession",
         }
     }
 
@@ -131,6 +142,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                 Some((resp, principal.kind()))
             }
             Lane::Messages(_) if super::compress::encodes(req) => None,
+            Lane::Create => None,
             Lane::GetSession(id) | Lane::Heartbeat(id) | Lane::Messages(id) => {
                 let (principal, decision) = self.admitted(req)?;
                 if !matches!(
@@ -171,6 +183,53 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
         Box::pin(self.inner.call(req))
     }
 
+    /// createSession's plain case: a key's JSON body of a known length, without an idempotency key (in the header
+    /// or the body), that decodes and creates. The body is read here; whenever the stack must answer after all,
+    /// it is put back as it came (or, if reading it failed, as a body that fails the same way).
+    async fn create(&self, req: &mut Request) -> Option<(Response, &'static str)> {
+        let plain = !req.headers().contains_key(idempotency::HEADER)
+            && req.content_type().is_some_and(body::is_json)
+            && req
+                .header(header::CONTENT_LENGTH)
+                .and_then(|n| n.parse::<usize>().ok())
+                .is_some_and(|n| n <= body::MAX_BODY_BYTES);
+        if !plain {
+            return None;
+        }
+        let (principal, decision) = self.admitted(req)?;
+        authorize::<OperatorOnly>(&principal, None).ok()?;
+        let bytes = match req.take_body().into_bytes_limit(body::MAX_BODY_BYTES).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let failure = std::io::Error::other(e.to_string());
+                req.set_body(Body::from_bytes_stream(futures::stream::once(async {
+                    Err::<Bytes, _>(failure)
+                })));
+                return None;
+            }
+        };
+        let created = async {
+            let value = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+            let scope = idempotency::Scope::CreateSession;
+            let keyed = idempotency::request(&self.lane.access, &principal, scope, None, &value);
+            if !matches!(keyed, Ok(None)) {
+                return None;
+            }
+            let command = super::decode::create_session(value).ok()?;
+            let (service, access) = (self.lane.service.clone(), self.lane.access.clone());
+            super::sessions::created(service, access, command)
+                .await
+                .ok()
+        };
+        let Some(created) = created.await else {
+            req.set_body(bytes);
+            return None;
+        };
+        let mut resp = super::sessions::CreatedSession::Created(created).into_response();
+        label_allowed(resp.headers_mut(), decision);
+        Some((resp, principal.kind()))
+    }
+
     /// The caller and its rate-limit decision, unless the limit refuses it (then the stack answers the 429).
     fn admitted(&self, req: &Request) -> Option<(Principal, RateDecision)> {
         let (principal, decision) = admit(&self.lane.access, req);
@@ -187,7 +246,7 @@ fn session(view: Result<SessionView, SessionError>) -> Option<Response> {
 impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
     type Output = Response;
 
-    async fn call(&self, req: Request) -> poem::Result<Response> {
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
         let Some(lane) = Lane::of(req.method(), req.uri().path(), req.uri().query())
             .filter(|_| !req.headers().contains_key(header::ORIGIN))
             .filter(|_| self.lane.host_guard.allows_request(&req))
@@ -195,39 +254,59 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
             return self.stack(req).await;
         };
         let started = Instant::now();
-        // As the stack's panic catcher does: a panic fails this request, never the connection's task.
-        let answered = std::panic::AssertUnwindSafe(self.answer(lane, &req))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                let error = super::error::ApiError::internal(&"handler panicked");
-                Some((error.into_response(), "anonymous"))
-            });
-        let Some((mut resp, principal)) = answered else {
+        let (operation, probe) = (lane.operation(), lane.is_probe());
+        let answered = if matches!(lane, Lane::Create) {
+            // Its own path: reading the body needs the request itself, which `lane` borrows.
+            caught(self.create(&mut req)).await
+        } else {
+            caught(self.answer(lane, &req)).await
+        };
+        let Some((resp, principal)) = answered else {
             return self.stack(req).await;
         };
-        let id = request_id_of(&req);
-        super::browser::add_security_headers(
-            resp.headers_mut(),
-            req.uri().path().starts_with("/api/"),
-        );
-        let status = resp.status().as_u16();
-        let operation = lane.operation();
-        let took = started.elapsed();
-        if lane.is_probe() {
-            tracing::debug!(
-                request_id = id.to_str().unwrap_or_default(),
-                operation,
-                status,
-                "probe"
-            );
-        } else {
-            log_line(&id, None, req.method(), operation, status, took, principal);
-        }
-        resp.headers_mut().insert(X_REQUEST_ID, id);
-        crate::metrics::http_request(operation, status, took);
-        Ok(resp)
+        Ok(finish(&req, (operation, probe), started, resp, principal))
     }
+}
+
+/// As the stack's panic catcher does: a panic fails this request, never the connection's task.
+async fn caught(
+    answer: impl std::future::Future<Output = Option<(Response, &'static str)>>,
+) -> Option<(Response, &'static str)> {
+    std::panic::AssertUnwindSafe(answer)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            let error = super::error::ApiError::internal(&"handler panicked");
+            Some((error.into_response(), "anonymous"))
+        })
+}
+
+/// The lane's answer completed as the stack completes its own: security headers, request id, log line, metrics.
+/// `(operation, probe)`: the lane's operation id, and whether it is a probe (logged at DEBUG).
+fn finish(
+    req: &Request,
+    (operation, probe): (&'static str, bool),
+    started: Instant,
+    mut resp: Response,
+    principal: &'static str,
+) -> Response {
+    let id = request_id_of(req);
+    super::browser::add_security_headers(resp.headers_mut(), req.uri().path().starts_with("/api/"));
+    let status = resp.status().as_u16();
+    let took = started.elapsed();
+    if probe {
+        tracing::debug!(
+            request_id = id.to_str().unwrap_or_default(),
+            operation,
+            status,
+            "probe"
+        );
+    } else {
+        log_line(&id, None, req.method(), operation, status, took, principal);
+    }
+    resp.headers_mut().insert(X_REQUEST_ID, id);
+    crate::metrics::http_request(operation, status, took);
+    resp
 }
 
 #[cfg(test)]
@@ -272,5 +351,8 @@ mod tests {
             None
         );
         assert_eq!(op(Method::HEAD, "/livez"), None);
+        assert_eq!(op(Method::POST, CREATE), Some("createSession"));
+        assert_eq!(op(Method::GET, CREATE), None, "listSessions: the stack");
+        assert_eq!(op(Method::POST, "/api/messaging/sessions?x=1"), None);
     }
 }

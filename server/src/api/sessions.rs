@@ -24,7 +24,7 @@ use super::types::Timestamp;
 use super::ApiTags;
 use crate::auth::{Access, IssuedToken};
 use crate::domain::{Session, StoredResponse};
-use crate::service::{SessionService, SessionView};
+use crate::service::{CreateSession, SessionService, SessionView};
 use crate::store::SessionFilter;
 
 type Service<'a> = Data<&'a Arc<SessionService>>;
@@ -58,6 +58,21 @@ fn token(access: &Access, session: &Session) -> Result<IssuedToken, ApiError> {
         .tokens()
         .issue(session)
         .map_err(|e| ApiError::internal(&e))
+}
+
+/// createSession's work once the request is decoded: the session stored, its first token issued, the answer's
+/// body (the fast lane's and the stack's).
+pub(super) async fn created(
+    service: Arc<SessionService>,
+    access: Arc<Access>,
+    command: CreateSession,
+) -> Result<JsonBytes<SessionBody>, ApiError> {
+    let view = service.create(command).await?;
+    let issued = token(&access, &view.session)?;
+    let mut body = SessionBody::from_view(view);
+    body.session_token = Some(issued.token);
+    body.session_token_expires_at = Some(Timestamp(issued.expires_at));
+    JsonBytes::new(&body)
 }
 
 pub struct SessionsApi;
@@ -106,17 +121,7 @@ impl SessionsApi {
         )?;
         let command = decode::create_session(body.value)?;
         let (service, access) = (service.0.clone(), access.0.clone());
-        let work = {
-            let service = service.clone();
-            async move {
-                let view = service.create(command).await?;
-                let issued = token(&access, &view.session)?;
-                let mut body = SessionBody::from_view(view);
-                body.session_token = Some(issued.token);
-                body.session_token_expires_at = Some(Timestamp(issued.expires_at));
-                JsonBytes::new(&body)
-            }
-        };
+        let work = created(service.clone(), access, command);
         Ok(CreatedSession::Created(
             match idempotency::run(&service, keyed, work).await? {
                 Answer::Fresh(body) => body,
