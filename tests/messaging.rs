@@ -685,7 +685,7 @@ async fn replies_whose_worker_died_are_recovered() {
         };
         let seq = ctx
             .store
-            .record_message(&next, current.version, &message, vec![])
+            .record_message(&next, current.version, &message, vec![], None)
             .await
             .unwrap();
         assert!(seq.is_some());

@@ -98,10 +98,11 @@ pub(super) async fn record(
     next.version += 1;
     let mut m = user_message(&next, content, created_at);
     let seq = store
-        .record_message(&next, s.version, &m, vec![SessionEvent::message(&m)])
+        .record_message(&next, s.version, &m, vec![SessionEvent::message(&m)], None)
         .await
         .expect("record_message")
-        .expect("session at the expected version");
+        .expect("session at the expected version")
+        .seq;
     m.seq = seq;
     *s = next;
     m

@@ -19,10 +19,11 @@ pub(super) async fn messages_record_reply_list_and_recent(store: Arc<dyn Session
             s.version - 1,
             &lost,
             vec![SessionEvent::message(&lost)],
+            None,
         )
         .await
         .unwrap();
-    assert_eq!(outcome, None);
+    assert!(outcome.is_none());
     assert_eq!(store.get_session(s.id).await.unwrap(), Some(s.clone()));
 
     let mut reply = agent_reply(&s, &m3, "answer", at(3_000));
@@ -221,6 +222,66 @@ pub(super) async fn replies_are_claimed_one_at_a_time_in_order(store: Arc<dyn Se
     let r4 = agent_reply(&s, &m4, "re: four", at(90_001));
     assert!(!store.finish_reply(m4.id, Some(&r4), vec![]).await.unwrap());
     assert_eq!(claim(90_002).await, None);
+}
+
+/// A message recorded with a claim takes the session's next reply in the same write: itself when nothing waits
+/// before it, nothing while another claim is live, and the older pending message first.
+pub(super) async fn a_recorded_message_claims_its_reply_with_it(store: Arc<dyn SessionStore>) {
+    let mut s = stored_session(&*store).await;
+    let lease = 60_000;
+    let record_claiming = |s: &mut Session, content: &str, now: i64| {
+        let mut next = s.clone();
+        next.version += 1;
+        let mut m = user_message(&next, content, at(now));
+        let version = s.version;
+        *s = next.clone();
+        let store = store.clone();
+        async move {
+            let claim = ClaimAt {
+                now: at(now),
+                stale_before: at(now - lease),
+            };
+            let recorded = store
+                .record_message(&next, version, &m, vec![], Some(claim))
+                .await
+                .unwrap()
+                .expect("session at the expected version");
+            m.seq = recorded.seq;
+            (m, recorded.claimed)
+        }
+    };
+    let (m1, claimed) = record_claiming(&mut s, "one", 1_000).await;
+    assert_eq!(
+        claimed,
+        Some(m1.clone()),
+        "nothing before it: its own reply"
+    );
+    let (m2, claimed) = record_claiming(&mut s, "two", 2_000).await;
+    assert_eq!(claimed, None, "the first one's claim is live");
+    assert_eq!(
+        store
+            .claim_reply(s.id, at(2_001), at(2_001 - lease))
+            .await
+            .unwrap(),
+        None
+    );
+    let r1 = agent_reply(&s, &m1, "re: one", at(3_000));
+    assert!(store.finish_reply(m1.id, Some(&r1), vec![]).await.unwrap());
+    let (_m3, claimed) = record_claiming(&mut s, "three", 4_000).await;
+    assert_eq!(claimed, Some(m2), "the older pending message first");
+    // A stale version records nothing and claims nothing.
+    let mut stale = s.clone();
+    stale.version += 1;
+    let lost = user_message(&stale, "lost", at(5_000));
+    let claim = ClaimAt {
+        now: at(5_000),
+        stale_before: at(5_000 - lease),
+    };
+    let outcome = store
+        .record_message(&stale, s.version - 1, &lost, vec![], Some(claim))
+        .await
+        .unwrap();
+    assert!(outcome.is_none());
 }
 
 pub(super) async fn unanswered_messages_are_counted(store: Arc<dyn SessionStore>) {

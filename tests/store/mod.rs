@@ -14,8 +14,8 @@ use agent_sessions_server::domain::{
     TimeoutConfigPatch,
 };
 use agent_sessions_server::store::{
-    AgentDeletion, LiveEvents, MessageWindow, Order, PostgresStore, SessionCounts, SessionFilter,
-    SessionStore, SqliteStore,
+    AgentDeletion, ClaimAt, LiveEvents, MessageWindow, Order, PostgresStore, SessionCounts,
+    SessionFilter, SessionStore, SqliteStore,
 };
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{json, Map, Value};
@@ -163,6 +163,7 @@ conformance!(
     delete_session_removes_everything_and_announces,
     replies_are_claimed_one_at_a_time_in_order,
     concurrent_claims_take_a_message_once,
+    a_recorded_message_claims_its_reply_with_it,
     chunks_reach_subscribers_before_the_stored_reply,
     large_events_arrive_whole,
     a_write_failing_halfway_changes_nothing,

@@ -404,7 +404,9 @@ pub(super) async fn a_write_failing_halfway_changes_nothing(store: Arc<dyn Sessi
         id: m.id,
         ..user_message(&next, "again", at(2_000))
     };
-    let recorded = store.record_message(&next, s.version, &clash, vec![]).await;
+    let recorded = store
+        .record_message(&next, s.version, &clash, vec![], None)
+        .await;
     assert!(recorded.is_err(), "{recorded:?}");
     assert_eq!(store.get_session(s.id).await.unwrap(), Some(s.clone()));
     assert!(

@@ -10,7 +10,7 @@ use super::replies::ReplyWatch;
 use super::{too_contended, SendMessage, SessionService, Transport, MAX_UPDATE_ATTEMPTS};
 use crate::domain::validate;
 use crate::domain::{Message, Session, SessionChange, SessionError, SessionEvent};
-use crate::store::{MessageWindow, Order};
+use crate::store::{ClaimAt, MessageWindow, Order};
 
 /// Default and largest page of `getMessages`.
 pub const DEFAULT_MESSAGE_LIMIT: i64 = 50;
@@ -93,13 +93,18 @@ impl SessionService {
             if was_renewed {
                 events.push(SessionEvent::session(&next, SessionChange::Renewed, now));
             }
-            if let Some(seq) = self
+            // The reply is claimed with the message: its worker starts on it without a write of its own.
+            let claim = ClaimAt {
+                now,
+                stale_before: now - self.replies.lease(),
+            };
+            if let Some(recorded) = self
                 .store
-                .record_message(&next, current.version, &message, events)
+                .record_message(&next, current.version, &message, events, Some(claim))
                 .await?
             {
-                message.seq = seq;
-                self.replies.kick(current.id);
+                message.seq = recorded.seq;
+                self.replies.start(current.id, recorded.claimed);
                 let agent_timeout = self.replies.agent_timeout();
                 let reply = feed.take().map(|feed| {
                     ReplyWatch::new(feed, message.id, agent_timeout, self.stopping.clone())

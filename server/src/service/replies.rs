@@ -95,33 +95,56 @@ impl Replier {
 
     /// Makes sure the session's pending messages get answered: starts a worker here unless one runs already.
     pub fn kick(self: &Arc<Self>, session_id: Uuid) {
+        self.start(session_id, None);
+    }
+
+    /// As `kick`, with the message already `claimed` for this instance (with the message just stored, see
+    /// `SessionStore::record_message`), if any: it is answered at once, and the session's worker goes on from
+    /// there. A worker of the session already running here holds no claim (the claim was free), so it finds
+    /// this one live and leaves; the claimed message's own task kicks the session once it is answered, so that
+    /// messages stored meanwhile are not left to the sweep.
+    pub fn start(self: &Arc<Self>, session_id: Uuid, claimed: Option<Message>) {
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        match workers.get_mut(&session_id) {
-            Some(again) => *again = true,
-            None => {
+        match (workers.get_mut(&session_id), claimed) {
+            (Some(again), None) => *again = true,
+            (Some(_), Some(message)) => {
+                let replier = self.clone();
+                tokio::spawn(async move {
+                    if replier.clone().run(session_id, Some(message), false).await {
+                        replier.kick(session_id);
+                    }
+                });
+            }
+            (None, claimed) => {
                 workers.insert(session_id, false);
-                tokio::spawn(self.clone().run(session_id));
+                tokio::spawn(self.clone().run(session_id, claimed, true));
             }
         }
     }
 
-    async fn run(self: Arc<Self>, session_id: Uuid) {
+    /// Answers `first`, then (a `worker`) the session's next messages; true unless the server stopped first.
+    async fn run(self: Arc<Self>, session_id: Uuid, first: Option<Message>, worker: bool) -> bool {
         let stopping = self.stopping.clone();
         tokio::select! {
-            _ = self.work(session_id) => {}
+            _ = self.work(session_id, first, worker) => true,
             // The claim in hand, if any, expires after its lease; then the message is answered again.
-            _ = stopping.cancelled() => {}
+            _ = stopping.cancelled() => false,
         }
     }
 
-    async fn work(&self, session_id: Uuid) {
+    async fn work(&self, session_id: Uuid, mut first: Option<Message>, worker: bool) {
         loop {
-            let now = self.clock.now();
-            match self
-                .store
-                .claim_reply(session_id, now, now - self.lease())
-                .await
-            {
+            let claimed = match first.take() {
+                Some(message) => Ok(Some(message)),
+                None if !worker => return,
+                None => {
+                    let now = self.clock.now();
+                    self.store
+                        .claim_reply(session_id, now, now - self.lease())
+                        .await
+                }
+            };
+            match claimed {
                 Ok(Some(message)) => {
                     // Listening before the agent is asked, so that a deletion meanwhile is not missed.
                     let feed = self.store.subscribe(session_id);

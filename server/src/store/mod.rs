@@ -33,6 +33,20 @@ use crate::domain::{
 };
 
 pub use crate::domain::StoreError;
+
+/// The times of a reply claim made with a recorded message (see `SessionStore::claim_reply`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimAt {
+    pub now: DateTime<Utc>,
+    pub stale_before: DateTime<Utc>,
+}
+
+/// A recorded user message: its `seq`, and the message claimed with it (see `SessionStore::record_message`).
+#[derive(Debug)]
+pub struct Recorded {
+    pub seq: i64,
+    pub claimed: Option<Message>,
+}
 pub use bus::{EventBus, LiveEvents};
 pub use postgres::PostgresStore;
 pub use reused::Reused;
@@ -184,14 +198,18 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<Vec<Session>, StoreError>;
 
     /// A user message: updates the session (conditional on `expected_version`, as `update_session`) and inserts
-    /// the message, pending a reply, with `events`, atomically. Returns the message's `seq`, or None if the session changed first.
+    /// the message, pending a reply, with `events`, atomically; with `claim`, then takes the session's next
+    /// message to answer in the same transaction (as `claim_reply` would right after it), which saves the
+    /// replying worker a write of its own. Returns the message's `seq` and what was claimed, or None if the
+    /// session changed first.
     async fn record_message(
         &self,
         session: &Session,
         expected_version: i64,
         message: &Message,
         events: Vec<SessionEvent>,
-    ) -> Result<Option<i64>, StoreError>;
+        claim: Option<ClaimAt>,
+    ) -> Result<Option<Recorded>, StoreError>;
     /// A message stored as is (no reply expected), with its events, only if the session still exists. Returns
     /// whether it was.
     async fn insert_reply(

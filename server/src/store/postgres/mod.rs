@@ -53,8 +53,8 @@ use super::schema::{
     MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventReplay, LiveEvents, MessageWindow, Order,
-    Reused, SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
+    from_ms, to_ms, AgentDeletion, ClaimAt, DeliveryCounts, EventReplay, LiveEvents, MessageWindow,
+    Order, Recorded, Reused, SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
 };
 use crate::domain::{
     Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim,
@@ -215,6 +215,36 @@ fn push_filter(q: &mut QueryBuilder<'_, Postgres>, filter: &SessionFilter) {
     if let Some(user) = filter.user_id {
         q.push(" AND user_id = ").push_bind(user);
     }
+}
+
+/// `claim_reply`'s claim, in a transaction that holds the session's row lock.
+async fn claim_locked(
+    tx: &mut PgConnection,
+    session_id: Uuid,
+    at: ClaimAt,
+) -> Result<Option<Message>, StoreError> {
+    static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| live_claim('$'));
+    static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| claim_next_reply('$'));
+    let busy = sqlx::query(&LIVE_CLAIM)
+        .bind(session_id)
+        .bind(ReplyState::InProgress)
+        .bind(to_ms(at.stale_before))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+    if busy.is_some() {
+        return Ok(None);
+    }
+    let claimed = sqlx::query(&CLAIM_NEXT)
+        .bind(session_id)
+        .bind(ReplyState::InProgress)
+        .bind(to_ms(at.now))
+        .bind(ReplyState::Pending)
+        .bind(to_ms(at.stale_before))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(backend)?;
+    one(claimed, super::rows::message)
 }
 
 #[async_trait]
@@ -450,17 +480,23 @@ impl SessionStore for PostgresStore {
         expected_version: i64,
         message: &Message,
         events: Vec<SessionEvent>,
-    ) -> Result<Option<i64>, StoreError> {
+        claim: Option<ClaimAt>,
+    ) -> Result<Option<Recorded>, StoreError> {
         let mut conn = self.conn_with_events(&events).await?;
         let mut tx = conn.begin().await.map_err(backend)?;
+        // The update takes the session's row lock, which a claim needs (see `claim_reply`).
         if writes::update_session_row(&mut tx, session, expected_version).await? == 0 {
             return Ok(None);
         }
         let seq = writes::insert_message(&mut tx, message, ReplyState::Pending).await?;
         let queued = webhooks::queue_events(&mut tx, &events).await?;
         let events = writes::store_events(&mut tx, &events, self.events_per_session).await?;
+        let claimed = match claim {
+            Some(at) => claim_locked(&mut tx, session.id, at).await?,
+            None => None,
+        };
         self.commit_announcing(tx, &events, queued).await?;
-        Ok(Some(seq))
+        Ok(Some(Recorded { seq, claimed }))
     }
 
     async fn insert_reply(
@@ -493,28 +529,8 @@ impl SessionStore for PostgresStore {
         if !writes::lock_session(&mut tx, session_id).await? {
             return Ok(None);
         }
-        static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| live_claim('$'));
-        static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| claim_next_reply('$'));
-        let busy = sqlx::query(&LIVE_CLAIM)
-            .bind(session_id)
-            .bind(ReplyState::InProgress)
-            .bind(to_ms(stale_before))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        if busy.is_some() {
-            return Ok(None);
-        }
-        let claimed = sqlx::query(&CLAIM_NEXT)
-            .bind(session_id)
-            .bind(ReplyState::InProgress)
-            .bind(to_ms(now))
-            .bind(ReplyState::Pending)
-            .bind(to_ms(stale_before))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(backend)?;
-        let message = one(claimed, super::rows::message)?;
+        let at = ClaimAt { now, stale_before };
+        let message = claim_locked(&mut tx, session_id, at).await?;
         commit(tx).await?;
         Ok(message)
     }

@@ -44,8 +44,9 @@ use super::schema::{
     MESSAGE_COLUMNS, SESSION_COLUMNS,
 };
 use super::{
-    from_ms, to_ms, AgentDeletion, DeliveryCounts, EventBus, EventReplay, LiveEvents,
-    MessageWindow, Order, SessionCounts, SessionFilter, SessionStore, StoreError, StoreOptions,
+    from_ms, to_ms, AgentDeletion, ClaimAt, DeliveryCounts, EventBus, EventReplay, LiveEvents,
+    MessageWindow, Order, Recorded, SessionCounts, SessionFilter, SessionStore, StoreError,
+    StoreOptions,
 };
 use crate::domain::{
     Agent, ClaimOutcome, Delivery, DeliveryOutcome, IdempotencyKey, IdempotencyRecord, KeyClaim,
@@ -409,16 +410,22 @@ impl SessionStore for SqliteStore {
         expected_version: i64,
         message: &Message,
         events: Vec<SessionEvent>,
-    ) -> Result<Option<i64>, StoreError> {
+        claim: Option<ClaimAt>,
+    ) -> Result<Option<Recorded>, StoreError> {
+        let claim = claim.map(|at| (to_ms(at.now), to_ms(at.stale_before)));
         let applied = self
             .write(Write::RecordMessage(
                 Box::new(session.clone()),
                 expected_version,
                 Box::new(message.clone()),
                 events,
+                claim,
             ))
             .await?;
-        Ok(applied.seq)
+        Ok(applied.seq.map(|seq| Recorded {
+            seq,
+            claimed: applied.message,
+        }))
     }
 
     async fn insert_reply(

@@ -36,7 +36,14 @@ pub enum Write {
         cutoff: i64,
         limit: u32,
     },
-    RecordMessage(Box<Session>, i64, Box<Message>, Vec<SessionEvent>),
+    /// A user message; with `(now, stale_before)`, then a reply claim (as `ClaimReply`) in the same transaction.
+    RecordMessage(
+        Box<Session>,
+        i64,
+        Box<Message>,
+        Vec<SessionEvent>,
+        Option<(i64, i64)>,
+    ),
     InsertReply(Box<Message>, Vec<SessionEvent>),
     ClaimReply {
         session_id: Uuid,
@@ -285,13 +292,18 @@ fn apply(
             })
         }
         Write::Purge { cutoff, limit } => purge(conn, *cutoff, *limit).map(rows_changed),
-        Write::RecordMessage(session, expected, message, events) => {
+        Write::RecordMessage(session, expected, message, events, claim) => {
             if update_session_row(conn, session, *expected, false)? == 0 {
                 return Ok(Applied::default());
             }
             let seq = insert_message(conn, message, ReplyState::Pending, false)?;
+            let claimed = match *claim {
+                Some((now, stale_before)) => claim_reply(conn, session.id, now, stale_before)?,
+                None => None,
+            };
             Ok(Applied {
                 seq,
+                message: claimed,
                 ..one_row_with_events(conn, events, keep)?
             })
         }
