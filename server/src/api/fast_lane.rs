@@ -256,8 +256,10 @@ impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {
         let started = Instant::now();
         let (operation, probe) = (lane.operation(), lane.is_probe());
         let answered = if matches!(lane, Lane::Create) {
-            // Its own path: reading the body needs the request itself, which `lane` borrows.
-            caught(self.create(&mut req)).await
+            // Its own path: reading the body needs the request itself, which `lane` borrows. Boxed: a create's
+            // state (the body, the store's write) would otherwise size every request's future, and each is
+            // copied when poem boxes it.
+            caught(Box::pin(self.create(&mut req))).await
         } else {
             caught(self.answer(lane, &req)).await
         };
