@@ -213,30 +213,6 @@ pub struct SessionEvent {
     /// Delivered live only, whatever its kind (see [`SessionEvent::heartbeat_renewal`]).
     live_only: bool,
     rendered: Rendered,
-    stored: StoredText,
-}
-
-/// The event's stored `data` as JSON text, kept once made (see [`SessionEvent::stored_text`]). A copy of the
-/// event starts empty, and two events compare equal whatever they hold here.
-#[derive(Default)]
-struct StoredText(OnceLock<String>);
-
-impl Clone for StoredText {
-    fn clone(&self) -> Self {
-        Self::default()
-    }
-}
-
-impl PartialEq for StoredText {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for StoredText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("StoredText")
-    }
 }
 
 /// The event as a transport writes it, made by the first subscriber that needs it and reused by the others,
@@ -280,7 +256,6 @@ impl SessionEvent {
             payload,
             live_only: false,
             rendered: Rendered::default(),
-            stored: StoredText::default(),
         }
     }
 
@@ -395,12 +370,6 @@ impl SessionEvent {
         }
     }
 
-    /// `stored_data` as JSON text, made once and kept with the event: the SQLite store makes it on the caller's
-    /// thread before it queues a write, so that its one writer thread only binds it.
-    pub fn stored_text(&self) -> &str {
-        self.stored.0.get_or_init(|| self.stored_data().to_string())
-    }
-
     /// An event as the store read it back: `kind` and `data` as `stored_data` wrote them.
     pub fn from_stored(
         seq: Option<i64>,
@@ -476,23 +445,6 @@ mod tests {
         assert_eq!(copy, event);
         let copy_frame = copy.rendered().get_or_render(|| "fresh".to_string());
         assert_eq!(copy_frame.map(String::as_str), Some("fresh"));
-    }
-
-    #[test]
-    fn the_stored_text_is_the_stored_data_made_once() {
-        let event = SessionEvent::message(&message());
-        let text = event.stored_text();
-        assert_eq!(
-            serde_json::from_str::<Value>(text).unwrap(),
-            event.stored_data()
-        );
-        assert!(
-            std::ptr::eq(text, event.stored_text()),
-            "kept, not made again"
-        );
-        let copy = event.clone();
-        assert_eq!(copy, event, "equal whatever each holds");
-        assert_eq!(copy.stored_text(), text);
     }
 
     fn message() -> Message {

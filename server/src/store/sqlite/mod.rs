@@ -215,7 +215,6 @@ impl SqliteStore {
     async fn write(&self, write: Write) -> Result<Applied, StoreError> {
         let closed = || StoreError::Unavailable("store is closed".into());
         let queue = self.queue().ok_or_else(closed)?;
-        write.prepare();
         let (done, rx) = oneshot::channel();
         queue
             .send(Job::Write { write, done })

@@ -116,23 +116,6 @@ pub struct Applied {
 }
 
 impl Write {
-    /// Makes what the writer thread would otherwise make while every other write waits: the stored text of
-    /// the events it stores. Called on the caller's thread, before the write is queued.
-    pub fn prepare(&self) {
-        let events = match self {
-            Write::UpdateSession(_, _, events)
-            | Write::Heartbeat(_, _, events)
-            | Write::DeleteSession(_, events)
-            | Write::RecordMessage(_, _, _, events, _)
-            | Write::InsertReply(_, events)
-            | Write::FinishReply(_, _, events) => events,
-            _ => return,
-        };
-        for event in events.iter().filter(|e| !e.is_transient()) {
-            event.stored_text();
-        }
-    }
-
     /// Whether its commit may skip the `fsync` (a batch of such writes only is committed without one).
     pub fn is_lazy(&self) -> bool {
         matches!(self, Write::Heartbeat(..))
