@@ -183,9 +183,9 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
         Box::pin(self.inner.call(req))
     }
 
-    /// createSession's plain case: a key's JSON body of a known length, without an idempotency key (in the header
-    /// or the body), that decodes and creates. The body is read here; whenever the stack must answer after all,
-    /// it is put back as it came (or, if reading it failed, as a body that fails the same way).
+    /// createSession's plain case: a key's JSON body of a known length, without an `Idempotency-Key` (the stack
+    /// keeps and replays answers), that decodes and creates. The body is read here; whenever the stack must
+    /// answer after all, it is put back as it came (or, if reading it failed, as a body that fails the same way).
     async fn create(&self, req: &mut Request) -> Option<(Response, &'static str)> {
         let plain = !req.headers().contains_key(idempotency::HEADER)
             && req.content_type().is_some_and(body::is_json)
