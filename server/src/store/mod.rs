@@ -33,6 +33,10 @@ use crate::domain::{
 };
 
 pub use crate::domain::StoreError;
+pub use bus::{EventBus, LiveEvents};
+pub use postgres::PostgresStore;
+pub use reused::Reused;
+pub use sqlite::SqliteStore;
 
 /// The times of a reply claim made with a recorded message (see `SessionStore::claim_reply`).
 #[derive(Debug, Clone, Copy)]
@@ -47,10 +51,6 @@ pub struct Recorded {
     pub seq: i64,
     pub claimed: Option<Message>,
 }
-pub use bus::{EventBus, LiveEvents};
-pub use postgres::PostgresStore;
-pub use reused::Reused;
-pub use sqlite::SqliteStore;
 
 /// What `delete_agent` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
