@@ -23,7 +23,7 @@ pub struct JsonBody<T> {
     _schema: PhantomData<fn() -> T>,
 }
 
-pub(super) fn is_json(content_type: &str) -> bool {
+fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
@@ -32,6 +32,20 @@ pub(super) fn is_json(content_type: &str) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The body's length as the request states it (`Content-Length`), if it does.
+fn declared_length(request: &Request) -> Option<usize> {
+    request
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// Whether the request states a JSON body of a length within the limit: one this extractor reads whole, and
+/// the only kind the fast lane reads (so that it can hand the body back unchanged).
+pub(super) fn states_json_within_limit(request: &Request) -> bool {
+    request.content_type().is_some_and(is_json)
+        && declared_length(request).is_some_and(|n| n <= MAX_BODY_BYTES)
 }
 
 impl<'a, T: Type> ApiExtractor<'a> for JsonBody<T> {
@@ -74,11 +88,7 @@ impl<'a, T: Type> ApiExtractor<'a> for JsonBody<T> {
                 format!("Request body exceeds {MAX_BODY_BYTES} bytes"),
             )
         };
-        if request
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n > MAX_BODY_BYTES)
-        {
+        if declared_length(request).is_some_and(|n| n > MAX_BODY_BYTES) {
             return Err(too_large().into());
         }
         let bytes = body

@@ -187,13 +187,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
     /// keeps and replays answers), that decodes and creates. The body is read here; whenever the stack must
     /// answer after all, it is put back as it came (or, if reading it failed, as a body that fails the same way).
     async fn create(&self, req: &mut Request) -> Option<(Response, &'static str)> {
-        let plain = !req.headers().contains_key(idempotency::HEADER)
-            && req.content_type().is_some_and(body::is_json)
-            && req
-                .header(header::CONTENT_LENGTH)
-                .and_then(|n| n.parse::<usize>().ok())
-                .is_some_and(|n| n <= body::MAX_BODY_BYTES);
-        if !plain {
+        if req.headers().contains_key(idempotency::HEADER) || !body::states_json_within_limit(req) {
             return None;
         }
         let (principal, decision) = self.admitted(req)?;
