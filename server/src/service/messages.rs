@@ -10,7 +10,7 @@ use super::replies::ReplyWatch;
 use super::{too_contended, SendMessage, SessionService, Transport, MAX_UPDATE_ATTEMPTS};
 use crate::domain::validate;
 use crate::domain::{Message, Session, SessionChange, SessionError, SessionEvent};
-use crate::store::{ClaimAt, MessageWindow, Order};
+use crate::store::{MessageWindow, Order};
 
 /// Default and largest page of `getMessages`.
 pub const DEFAULT_MESSAGE_LIMIT: i64 = 50;
@@ -94,10 +94,7 @@ impl SessionService {
                 events.push(SessionEvent::session(&next, SessionChange::Renewed, now));
             }
             // The reply is claimed with the message: its worker starts on it without a write of its own.
-            let claim = ClaimAt {
-                now,
-                stale_before: now - self.replies.lease(),
-            };
+            let claim = self.replies.claim_at(now);
             if let Some(recorded) = self
                 .store
                 .record_message(&next, current.version, &message, events, Some(claim))

@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::domain::{
     AgentReply, EventKind, EventPayload, Message, ReplyChunk, ReplyFailure, Session, SessionEvent,
 };
-use crate::store::{LiveEvents, SessionStore};
+use crate::store::{ClaimAt, LiveEvents, SessionStore};
 
 /// What happens to one message's reply, as a waiting request sees it.
 #[derive(Debug, Clone)]
@@ -93,6 +93,14 @@ impl Replier {
             .unwrap_or(chrono::Duration::minutes(10))
     }
 
+    /// A claim made `now`: it takes over claims made before the lease (their worker is presumed dead).
+    pub fn claim_at(&self, now: chrono::DateTime<chrono::Utc>) -> ClaimAt {
+        ClaimAt {
+            now,
+            stale_before: now - self.lease(),
+        }
+    }
+
     /// Makes sure the session's pending messages get answered: starts a worker here unless one runs already.
     pub fn kick(self: &Arc<Self>, session_id: Uuid) {
         self.start(session_id, None);
@@ -138,9 +146,9 @@ impl Replier {
                 Some(message) => Ok(Some(message)),
                 None if !worker => return,
                 None => {
-                    let now = self.clock.now();
+                    let at = self.claim_at(self.clock.now());
                     self.store
-                        .claim_reply(session_id, now, now - self.lease())
+                        .claim_reply(session_id, at.now, at.stale_before)
                         .await
                 }
             };
