@@ -282,6 +282,13 @@ pub(super) async fn a_recorded_message_claims_its_reply_with_it(store: Arc<dyn S
         .await
         .unwrap();
     assert!(outcome.is_none());
+    // A message claimed as it is stored carries its claim's time: live until the lease ends, then taken over.
+    let mut fresh = stored_session(&*store).await;
+    let (m, claimed) = record_claiming(&mut fresh, "again", 10_000).await;
+    assert_eq!(claimed, Some(m.clone()));
+    let claim_at = |now: i64| store.claim_reply(fresh.id, at(now), at(now - lease));
+    assert_eq!(claim_at(9_999 + lease).await.unwrap(), None, "still live");
+    assert_eq!(claim_at(10_000 + lease).await.unwrap(), Some(m), "stale");
 }
 
 pub(super) async fn unanswered_messages_are_counted(store: Arc<dyn SessionStore>) {

@@ -46,6 +46,11 @@ pub const MESSAGE_COLUMNS: &str =
 pub const MESSAGE_INSERT_COLUMNS: &str =
     "id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to, reply_state";
 
+/// [`MESSAGE_INSERT_COLUMNS`] then `claimed_at`: a message stored already claimed for its reply.
+pub const MESSAGE_CLAIMED_INSERT_COLUMNS: &str =
+    "id, session_id, author_id, is_agent, content, metadata, \
+    attachments, created_at, in_reply_to, reply_state, claimed_at";
+
 /// An event as `rows::event` reads it.
 pub const EVENT_COLUMNS: &str = "seq, session_id, kind, data, created_at";
 
@@ -352,6 +357,16 @@ pub fn live_claim(prefix: char) -> String {
     )
 }
 
+/// Whether the session (`1`) has a message waiting for a reply (pending or in progress, stale or not): the
+/// partial index's first entry of the session, if any. When it has none, a message it is sent is the next to
+/// answer and can be stored claimed ([`MESSAGE_CLAIMED_INSERT_COLUMNS`]) instead of claimed after its insert.
+pub fn awaits_reply(prefix: char) -> String {
+    format!(
+        "SELECT 1 FROM messages WHERE session_id = {prefix}1 AND {} LIMIT 1",
+        *AWAITING_REPLY
+    )
+}
+
 /// A reply claim: the session's first message pending, or claimed before the stale moment, marked in progress
 /// and returned. `1` the session, `2` in progress, `3` now, `4` pending, `5` the stale moment.
 pub fn claim_next_reply(prefix: char) -> String {
@@ -406,6 +421,10 @@ mod tests {
         assert_eq!(placeholders('?', 1, "a, b, c"), "?1, ?2, ?3");
         assert_eq!(assignments('$', 4, "a, b"), "a = $4, b = $5");
         assert_eq!(column_count(SESSION_STATE_COLUMNS), 12);
+        assert_eq!(
+            MESSAGE_CLAIMED_INSERT_COLUMNS,
+            format!("{MESSAGE_INSERT_COLUMNS}, claimed_at")
+        );
         assert_eq!(
             insert('$', "t", "a, b", " RETURNING a"),
             "INSERT INTO t (a, b) VALUES ($1, $2) RETURNING a"

@@ -778,7 +778,7 @@ impl SessionStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::schema::{claim_next_reply, live_claim};
+    use crate::store::schema::{awaits_reply, claim_next_reply, live_claim};
     use serde_json::Map;
 
     /// The query plan of each statement, on a migrated store (every parameter bound to NULL).
@@ -1003,7 +1003,7 @@ mod tests {
     /// A reply's claim reads only the messages still waiting for one, in order, not the session's history.
     #[tokio::test]
     async fn a_claim_reads_only_the_messages_awaiting_a_reply() {
-        for plan in plans(&[live_claim('?'), claim_next_reply('?')]).await {
+        for plan in plans(&[live_claim('?'), claim_next_reply('?'), awaits_reply('?')]).await {
             assert!(
                 plan.contains("USING INDEX messages_awaiting_reply (session_id=?)"),
                 "{plan}"

@@ -18,9 +18,9 @@ use crate::store::rows::{self, Bind};
 use crate::store::schema::{
     claim_next_reply, event_prune_cutoff, insert, insert_select, live_claim, mark_events_pruned,
     prune_events, update_activity, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
-    MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
+    MESSAGE_CLAIMED_INSERT_COLUMNS, MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
 };
-use crate::store::{prune_due, StoreError};
+use crate::store::{from_ms, prune_due, schema, to_ms, StoreError};
 
 /// One write, as data, so that the writer can apply many of them in one transaction.
 pub enum Write {
@@ -296,10 +296,21 @@ fn apply(
             if update_session_row(conn, session, *expected, false)? == 0 {
                 return Ok(Applied::default());
             }
-            let seq = insert_message(conn, message, ReplyState::Pending, false)?;
-            let claimed = match *claim {
-                Some((now, stale_before)) => claim_reply(conn, session.id, now, stale_before)?,
-                None => None,
+            let (seq, claimed) = match *claim {
+                // Nothing of the session waits for a reply: the message is the next to answer, stored claimed
+                // in one row write instead of stored pending and then claimed by `claim_reply`'s statements.
+                Some((now, _)) if !awaits_reply(conn, session.id)? => {
+                    let seq = insert_claimed_message(conn, message, now)?;
+                    (Some(seq), Some(as_stored(message, seq)))
+                }
+                Some((now, stale_before)) => (
+                    insert_message(conn, message, ReplyState::Pending, false)?,
+                    claim_reply(conn, session.id, now, stale_before)?,
+                ),
+                None => (
+                    insert_message(conn, message, ReplyState::Pending, false)?,
+                    None,
+                ),
             };
             Ok(Applied {
                 seq,
@@ -531,6 +542,11 @@ fn claim_reply(
 ) -> rusqlite::Result<Option<Message>> {
     static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| live_claim('?'));
     static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| claim_next_reply('?'));
+    // The common case, a worker looking for more after its last reply: one probe of the partial index says
+    // nothing waits, without the claim's update (and the table SQLite builds for its `RETURNING`).
+    if !awaits_reply(conn, session_id)? {
+        return Ok(None);
+    }
     let busy: Option<i64> = conn
         .prepare_cached(&LIVE_CLAIM)?
         .query_row(
@@ -553,6 +569,33 @@ fn claim_reply(
             sqlite_rows::message(),
         )
         .optional()
+}
+
+/// Whether the session has a message waiting for a reply ([`awaits_reply`](crate::store::schema::awaits_reply)).
+fn awaits_reply(conn: &Connection, session_id: Uuid) -> rusqlite::Result<bool> {
+    static SQL: LazyLock<String> = LazyLock::new(|| schema::awaits_reply('?'));
+    conn.prepare_cached(&SQL)?.exists(params![session_id])
+}
+
+/// Stores a user message claimed for its reply at `now` (in progress), as `claim_reply` would have left it.
+fn insert_claimed_message(conn: &Connection, message: &Message, now: i64) -> rusqlite::Result<i64> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| insert('?', "messages", MESSAGE_CLAIMED_INSERT_COLUMNS, ""));
+    let mut statement = conn.prepare_cached(&SQL)?;
+    let mut args = Params::new(&mut statement);
+    rows::bind_message(&mut args, message, ReplyState::InProgress)?;
+    args.bind(now)?;
+    args.execute()?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// A message as a read of its row returns it: its seq, and its time at the stored millisecond.
+fn as_stored(message: &Message, seq: i64) -> Message {
+    Message {
+        seq,
+        created_at: from_ms(to_ms(message.created_at)),
+        ..message.clone()
+    }
 }
 
 /// Ends our claim on `user_message_id`, storing `reply` (if any) while the session exists; false, changing
