@@ -370,6 +370,23 @@ impl SessionEvent {
         }
     }
 
+    /// [`stored_data`](Self::stored_data) as JSON text, written straight from the payload rather than through a
+    /// `Value` (a tree of allocations the writer thread built and dropped for every stored event): the payload
+    /// serialised with its tag, `{"kind":"…","data":…}`, and its `data` member cut out (`null` when it has none).
+    pub fn stored_json(&self) -> String {
+        let Ok(tagged) = serde_json::to_string(&self.payload) else {
+            return "null".to_owned();
+        };
+        let head = format!(r#"{{"kind":"{}","data":"#, self.kind().as_str());
+        match tagged
+            .strip_prefix(head.as_str())
+            .and_then(|rest| rest.strip_suffix('}'))
+        {
+            Some(data) => data.to_owned(),
+            None => "null".to_owned(),
+        }
+    }
+
     /// An event as the store read it back: `kind` and `data` as `stored_data` wrote them.
     pub fn from_stored(
         seq: Option<i64>,
@@ -504,6 +521,8 @@ mod tests {
             )
             .unwrap();
             assert_eq!(back.payload, event.payload);
+            let text: serde_json::Value = serde_json::from_str(&event.stored_json()).unwrap();
+            assert_eq!(text, event.stored_data(), "{:?}", event.kind());
         }
     }
 

@@ -228,7 +228,7 @@ pub fn event_data_value(event: &SessionEvent) -> Value {
 
 /// An event's `data` column: its payload as JSON text.
 pub fn encode_event_data(event: &SessionEvent) -> String {
-    event_data_value(event).to_string()
+    event.stored_json()
 }
 
 /// An event from its columns (or the NOTIFY wire's fields): the one way back from `event_kind` and
