@@ -377,9 +377,10 @@ impl SessionEvent {
         let Ok(tagged) = serde_json::to_string(&self.payload) else {
             return "null".to_owned();
         };
-        let head = format!(r#"{{"kind":"{}","data":"#, self.kind().as_str());
         match tagged
-            .strip_prefix(head.as_str())
+            .strip_prefix(r#"{"kind":""#)
+            .and_then(|rest| rest.strip_prefix(self.kind().as_str()))
+            .and_then(|rest| rest.strip_prefix(r#"","data":"#))
             .and_then(|rest| rest.strip_suffix('}'))
         {
             Some(data) => data.to_owned(),

@@ -47,9 +47,8 @@ pub const MESSAGE_INSERT_COLUMNS: &str =
     "id, session_id, author_id, is_agent, content, metadata, attachments, created_at, in_reply_to, reply_state";
 
 /// [`MESSAGE_INSERT_COLUMNS`] then `claimed_at`: a message stored already claimed for its reply.
-pub const MESSAGE_CLAIMED_INSERT_COLUMNS: &str =
-    "id, session_id, author_id, is_agent, content, metadata, \
-    attachments, created_at, in_reply_to, reply_state, claimed_at";
+pub static MESSAGE_CLAIMED_INSERT_COLUMNS: LazyLock<String> =
+    LazyLock::new(|| format!("{MESSAGE_INSERT_COLUMNS}, claimed_at"));
 
 /// An event as `rows::event` reads it.
 pub const EVENT_COLUMNS: &str = "seq, session_id, kind, data, created_at";
@@ -422,7 +421,7 @@ mod tests {
         assert_eq!(assignments('$', 4, "a, b"), "a = $4, b = $5");
         assert_eq!(column_count(SESSION_STATE_COLUMNS), 12);
         assert_eq!(
-            MESSAGE_CLAIMED_INSERT_COLUMNS,
+            *MESSAGE_CLAIMED_INSERT_COLUMNS,
             format!("{MESSAGE_INSERT_COLUMNS}, claimed_at")
         );
         assert_eq!(

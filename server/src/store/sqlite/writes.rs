@@ -305,7 +305,7 @@ fn apply(
                 }
                 Some((now, stale_before)) => (
                     insert_message(conn, message, ReplyState::Pending, false)?,
-                    claim_reply(conn, session.id, now, stale_before)?,
+                    claim_waiting(conn, session.id, now, stale_before)?,
                 ),
                 None => (
                     insert_message(conn, message, ReplyState::Pending, false)?,
@@ -540,13 +540,23 @@ fn claim_reply(
     now: i64,
     stale_before: i64,
 ) -> rusqlite::Result<Option<Message>> {
-    static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| live_claim('?'));
-    static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| claim_next_reply('?'));
     // The common case, a worker looking for more after its last reply: one probe of the partial index says
     // nothing waits, without the claim's update (and the table SQLite builds for its `RETURNING`).
     if !awaits_reply(conn, session_id)? {
         return Ok(None);
     }
+    claim_waiting(conn, session_id, now, stale_before)
+}
+
+/// `claim_reply` once the session is known to have a message waiting for a reply.
+fn claim_waiting(
+    conn: &Connection,
+    session_id: Uuid,
+    now: i64,
+    stale_before: i64,
+) -> rusqlite::Result<Option<Message>> {
+    static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| live_claim('?'));
+    static CLAIM_NEXT: LazyLock<String> = LazyLock::new(|| claim_next_reply('?'));
     let busy: Option<i64> = conn
         .prepare_cached(&LIVE_CLAIM)?
         .query_row(
@@ -580,7 +590,7 @@ fn awaits_reply(conn: &Connection, session_id: Uuid) -> rusqlite::Result<bool> {
 /// Stores a user message claimed for its reply at `now` (in progress), as `claim_reply` would have left it.
 fn insert_claimed_message(conn: &Connection, message: &Message, now: i64) -> rusqlite::Result<i64> {
     static SQL: LazyLock<String> =
-        LazyLock::new(|| insert('?', "messages", MESSAGE_CLAIMED_INSERT_COLUMNS, ""));
+        LazyLock::new(|| insert('?', "messages", &MESSAGE_CLAIMED_INSERT_COLUMNS, ""));
     let mut statement = conn.prepare_cached(&SQL)?;
     let mut args = Params::new(&mut statement);
     rows::bind_message(&mut args, message, ReplyState::InProgress)?;
