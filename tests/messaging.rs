@@ -122,6 +122,44 @@ async fn http_transport_returns_the_reply() {
     assert_eq!(contents(&ctx.history(&id).await), ["ping", "Echo: ping"]);
 }
 
+/// A request dropped once its message is on its way to the store (its client left) must still leave the
+/// message answered: stored claimed for its reply, with nobody to answer it, it would hold the session's queue
+/// (every later message waiting) until its lease ran out.
+#[tokio::test]
+async fn a_send_dropped_as_its_message_is_stored_is_still_answered() {
+    use agent_sessions_server::service::{SendMessage, Transport};
+    let (ctx, s) = TestContext::with_session(None).await;
+    let id = s.session_id.to_string();
+    let mut events = ctx.events(&id).await;
+    let mut send = Box::pin(ctx.service.send(
+        &id,
+        SendMessage {
+            transport: Transport::Http,
+            content: Ok("left early".into()),
+            metadata: Ok(Default::default()),
+            attachments: Ok(None),
+        },
+    ));
+    assert!(
+        futures::poll!(send.as_mut()).is_pending(),
+        "the message's write is under way"
+    );
+    drop(send);
+    let reply = loop {
+        if let SessionEvent::Message(m) = next(&mut events).await.event {
+            if m.is_agent {
+                break m;
+            }
+        }
+    };
+    assert_eq!(reply.content, "Echo: left early");
+    // The session's queue moves on: the next message is answered at once.
+    let request = message("still here", types::TransportType::Http);
+    let sent = ctx.client.send_message().session_id(&id).body(request);
+    let sent = sent.send().await.unwrap().into_inner();
+    assert_eq!(sent.agent_response.unwrap().text, "Echo: still here");
+}
+
 #[tokio::test]
 async fn sse_transport_streams_the_exchange_and_ends() {
     let ctx = TestContext::new().await;

@@ -77,7 +77,7 @@ impl SessionService {
             let mut next = current.clone();
             let was_renewed = next.record_activity(now);
             next.version = current.version + 1;
-            let mut message = Message {
+            let message = Message {
                 id: crate::domain::ids::new_id(now),
                 seq: 0,
                 session_id: current.id,
@@ -93,15 +93,14 @@ impl SessionService {
             if was_renewed {
                 events.push(SessionEvent::session(&next, SessionChange::Renewed, now));
             }
-            // The reply is claimed with the message: its worker starts on it without a write of its own.
-            let claim = self.replies.claim_at(now);
-            if let Some(recorded) = self
-                .store
-                .record_message(&next, current.version, &message, events, Some(claim))
-                .await?
-            {
-                message.seq = recorded.seq;
-                self.replies.start(current.id, recorded.claimed);
+            // The reply is claimed with the message (its worker starts on it without a write of its own), and
+            // handed to a worker even if this request is dropped meanwhile (see `Replier::record`).
+            let (recorded, next, mut message) = self
+                .replies
+                .record(next, current.version, message, events)
+                .await?;
+            if let Some(seq) = recorded {
+                message.seq = seq;
                 let agent_timeout = self.replies.agent_timeout();
                 let reply = feed.take().map(|feed| {
                     ReplyWatch::new(feed, message.id, agent_timeout, self.stopping.clone())

@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::domain::{
     AgentReply, EventKind, EventPayload, Message, ReplyChunk, ReplyFailure, Session, SessionEvent,
 };
-use crate::store::{ClaimAt, LiveEvents, SessionStore};
+use crate::store::{ClaimAt, LiveEvents, SessionStore, StoreError};
 
 /// What happens to one message's reply, as a waiting request sees it.
 #[derive(Debug, Clone)]
@@ -98,6 +98,38 @@ impl Replier {
         ClaimAt {
             now,
             stale_before: now - self.lease(),
+        }
+    }
+
+    /// Stores a user message (with its session's update and events), claimed for its reply when it is the
+    /// session's next to answer, and hands that claim to a worker here: in a task of its own, so that it is
+    /// done even if the caller is dropped meanwhile (a request whose client left). A claim stored but never
+    /// handed over would hold the session's queue, every later message of it waiting, until its lease ran out.
+    /// Gives back the session and message with the stored seq, or None when the session's version moved on.
+    pub async fn record(
+        self: &Arc<Self>,
+        session: Session,
+        expected_version: i64,
+        message: Message,
+        events: Vec<SessionEvent>,
+    ) -> Result<(Option<i64>, Session, Message), StoreError> {
+        let replier = self.clone();
+        let recording = tokio::spawn(async move {
+            let claim = replier.claim_at(message.created_at);
+            let recorded = replier
+                .store
+                .record_message(&session, expected_version, &message, events, Some(claim))
+                .await?;
+            let seq = recorded.map(|recorded| {
+                replier.start(session.id, recorded.claimed);
+                recorded.seq
+            });
+            Ok((seq, session, message))
+        });
+        match recording.await {
+            Ok(recorded) => recorded,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Unavailable("the server is stopping".into())),
         }
     }
 
