@@ -6,11 +6,20 @@
 //! clock, so that a moved `MockClock` makes the next call count. Sessions created and deleted through this
 //! instance adjust the kept count at once (a client that creates a session and then asks sees it counted);
 //! expiries, and other instances' changes, show at the next count.
+//!
+//! Once the route is asked, a keeper task also counts in the background whenever the last count is
+//! [`FRESH`] old, for as long as the route was asked within [`KEEP_WARM`]: so a poller never waits for a count
+//! (at a million sessions one takes a quarter of a second, and every request that arrived meanwhile waited
+//! for it), even when it polls less often than every [`STALE`]. Only the first call, and the first after a
+//! longer pause, count in place.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 
+use crate::clock::Clock;
 use crate::store::{SessionCounts, SessionFilter, SessionStore, StoreError};
 
 /// Counts younger than this are answered as they are. A count reads every retained session (its cost at a
@@ -18,16 +27,36 @@ use crate::store::{SessionCounts, SessionFilter, SessionStore, StoreError};
 const FRESH: Duration = Duration::seconds(5);
 /// Counts older than this are never answered: the request counts again first.
 const STALE: Duration = Duration::seconds(15);
+/// How long after the route was last asked the keeper goes on counting.
+const KEEP_WARM: std::time::Duration = std::time::Duration::from_secs(600);
 
-#[derive(Default)]
 pub struct HealthCounts {
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+    /// The service's retention: sessions ended longer ago are not counted.
+    retention: Duration,
     last: Mutex<Option<(DateTime<Utc>, SessionCounts)>>,
     /// Held while a count runs, in the background or in place: one at a time, and a request that must count
     /// waits for a running count's figures instead of making its own.
     counting: Arc<tokio::sync::Mutex<()>>,
+    /// When the route was last asked, and whether the keeper runs.
+    asked: Mutex<Instant>,
+    keeping: AtomicBool,
 }
 
 impl HealthCounts {
+    pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>, retention: Duration) -> Self {
+        Self {
+            store,
+            clock,
+            retention,
+            last: Mutex::default(),
+            counting: Arc::default(),
+            asked: Mutex::new(Instant::now()),
+            keeping: AtomicBool::new(false),
+        }
+    }
+
     fn last(&self) -> Option<(DateTime<Utc>, SessionCounts)> {
         *self.last.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -49,21 +78,16 @@ impl HealthCounts {
         }
     }
 
-    /// The counts at about `now` (see the module documentation); `retained_after` as the store's
-    /// `count_sessions` takes it.
-    pub async fn get(
-        self: &Arc<Self>,
-        store: &Arc<dyn SessionStore>,
-        now: DateTime<Utc>,
-        retained_after: DateTime<Utc>,
-    ) -> Result<SessionCounts, StoreError> {
+    /// The counts at about `now` (see the module documentation).
+    pub async fn get(self: &Arc<Self>, now: DateTime<Utc>) -> Result<SessionCounts, StoreError> {
+        self.keep_warm();
         if let Some((at, counts)) = self.last() {
             let age = now - at;
             if age < FRESH && age >= Duration::zero() {
                 return Ok(counts);
             }
             if age < STALE && age >= Duration::zero() {
-                self.refresh_in_background(store, now, retained_after);
+                self.refresh_in_background(now);
                 return Ok(counts);
             }
         }
@@ -74,28 +98,45 @@ impl HealthCounts {
                 return Ok(counts);
             }
         }
-        let counts = store
-            .count_sessions(&SessionFilter::default(), now, retained_after)
-            .await?;
+        let counts = self.count(now).await?;
         self.keep(now, counts);
         Ok(counts)
     }
 
-    fn refresh_in_background(
-        self: &Arc<Self>,
-        store: &Arc<dyn SessionStore>,
-        now: DateTime<Utc>,
-        retained_after: DateTime<Utc>,
-    ) {
+    async fn count(&self, now: DateTime<Utc>) -> Result<SessionCounts, StoreError> {
+        let retained_after = crate::domain::timeout::add_saturating(now, -self.retention);
+        self.store
+            .count_sessions(&SessionFilter::default(), now, retained_after)
+            .await
+    }
+
+    /// Notes the call, and starts the keeper unless it runs.
+    fn keep_warm(self: &Arc<Self>) {
+        *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        if self.keeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Weak: the keeper ends with the service.
+        let this = Arc::downgrade(self);
+        tokio::spawn(keep(this));
+    }
+
+    fn asked_lately(&self) -> bool {
+        self.asked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < KEEP_WARM
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, now: DateTime<Utc>) {
         let Ok(counting) = self.counting.clone().try_lock_owned() else {
             return;
         };
-        let (this, store) = (self.clone(), store.clone());
+        let this = self.clone();
         tokio::spawn(async move {
             let _counting = counting;
-            let counted = store
-                .count_sessions(&SessionFilter::default(), now, retained_after)
-                .await;
+            let counted = this.count(now).await;
             match counted {
                 Ok(counts) => this.keep(now, counts),
                 // The next request past STALE counts in place and reports the failure.
@@ -104,5 +145,78 @@ impl HealthCounts {
                 }
             }
         });
+    }
+}
+
+/// The keeper (see the module documentation): every [`FRESH`], a background count when the kept one is that
+/// old, until the route has not been asked for [`KEEP_WARM`] (or the service is gone).
+async fn keep(counts: Weak<HealthCounts>) {
+    loop {
+        tokio::time::sleep(FRESH.to_std().unwrap_or_default()).await;
+        let Some(counts) = counts.upgrade() else {
+            return;
+        };
+        if !counts.asked_lately() {
+            counts.keeping.store(false, Ordering::Release);
+            // A call between the check and the store found the keeper running and started none.
+            if !counts.asked_lately() || counts.keeping.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+        let now = counts.clock.now();
+        if counts.last().is_none_or(|(at, _)| now - at >= FRESH) {
+            counts.refresh_in_background(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::clock::MockClock;
+    use crate::domain::Session;
+    use crate::store::fixtures::{half_hour, store_with_agent};
+
+    /// Asked less often than every STALE, the route still never counts in place: the keeper counted meanwhile.
+    #[tokio::test(start_paused = true)]
+    async fn the_keeper_counts_between_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(MockClock::default());
+        let t0 = clock.now();
+        let (store, agent) = store_with_agent(&dir.path().join("health.db"), t0).await;
+        let store: Arc<dyn SessionStore> = Arc::new(store);
+        let counts = Arc::new(HealthCounts::new(
+            store.clone(),
+            clock.clone(),
+            Duration::hours(24),
+        ));
+        assert_eq!(counts.get(t0).await.unwrap().active, 0);
+        // A session stored by another instance: only a count sees it.
+        let elsewhere = Session::new(
+            agent.id,
+            Uuid::new_v4(),
+            Default::default(),
+            half_hour(),
+            t0,
+        );
+        assert!(store.insert_session(&elsewhere).await.unwrap());
+
+        // Past STALE without a call, the keeper's next turn (tokio's paused clock moved to it) counts.
+        let later = t0 + STALE + Duration::seconds(1);
+        clock.set(later);
+        tokio::time::sleep(FRESH.to_std().unwrap()).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while counts.last().is_none_or(|(at, _)| at < later) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the keeper did not count"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(counts.last().unwrap().1.active, 1);
+        // So the call answers those figures at once.
+        assert_eq!(counts.get(later).await.unwrap().active, 1);
     }
 }

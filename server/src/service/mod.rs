@@ -152,6 +152,11 @@ impl SessionService {
             )
             .unwrap_or(Duration::minutes(10)),
         };
+        let health_counts = Arc::new(health::HealthCounts::new(
+            store.clone(),
+            clock.clone(),
+            config.retention,
+        ));
         Self {
             store,
             clock,
@@ -167,7 +172,7 @@ impl SessionService {
             stopping,
             idempotency,
             settled: Arc::new(tokio::sync::Notify::new()),
-            health_counts: Arc::default(),
+            health_counts,
         }
     }
 
@@ -337,10 +342,7 @@ impl SessionService {
             .await
             .map_err(|e| SessionError::Unavailable(e.to_string()))?;
         let now = self.clock.now();
-        let counts = self
-            .health_counts
-            .get(&self.store, now, self.retained_after(now))
-            .await?;
+        let counts = self.health_counts.get(now).await?;
         Ok(Health {
             counts,
             now,

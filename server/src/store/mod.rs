@@ -18,6 +18,9 @@ mod reused;
 mod rows;
 mod schema;
 mod sqlite;
+/// The SQLite store's test fixtures, for the unit tests of the layers above.
+#[cfg(test)]
+pub(crate) use sqlite::fixtures;
 
 use std::sync::Arc;
 use std::time::Duration;

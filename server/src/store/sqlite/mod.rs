@@ -12,7 +12,7 @@ mod activity;
 mod cache;
 mod checkpoint;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod history;
 mod idempotency;
 mod reads;
