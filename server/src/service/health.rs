@@ -8,10 +8,11 @@
 //! expiries, and other instances' changes, show at the next count.
 //!
 //! Once the route is asked, a keeper task also counts in the background whenever the last count is
-//! [`FRESH`] old, for as long as the route was asked within [`KEEP_WARM`]: so a poller never waits for a count
-//! (at a million sessions one takes a quarter of a second, and every request that arrived meanwhile waited
-//! for it), even when it polls less often than every [`STALE`]. Only the first call, and the first after a
-//! longer pause, count in place.
+//! [`KEEPER_AGE`] old, for as long as the route was asked within [`KEEP_WARM`]: so a poller never waits for a
+//! count (at a million sessions one takes a quarter of a second, and every request that arrived meanwhile
+//! waited for it), even when it polls less often than every [`STALE`]. Only the first call, and the first
+//! after a longer pause, count in place. Between [`FRESH`] and [`KEEPER_AGE`] only calls start counts, so a
+//! quiet route costs a count every [`KEEPER_AGE`], not every [`FRESH`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,6 +28,9 @@ use crate::store::{SessionCounts, SessionFilter, SessionStore, StoreError};
 const FRESH: Duration = Duration::seconds(5);
 /// Counts older than this are never answered: the request counts again first.
 const STALE: Duration = Duration::seconds(15);
+/// How old the keeper lets a count get before it counts again: under [`STALE`] by one of its turns
+/// ([`FRESH`]) and the count's own time, so that a call never finds the counts stale while it is on duty.
+const KEEPER_AGE: Duration = Duration::seconds(8);
 /// How long after the route was last asked the keeper goes on counting.
 const KEEP_WARM: std::time::Duration = std::time::Duration::from_secs(600);
 
@@ -148,8 +152,8 @@ impl HealthCounts {
     }
 }
 
-/// The keeper (see the module documentation): every [`FRESH`], a background count when the kept one is that
-/// old, until the route has not been asked for [`KEEP_WARM`] (or the service is gone).
+/// The keeper (see the module documentation): every [`FRESH`], a background count when the kept one is
+/// [`KEEPER_AGE`] old, until the route has not been asked for [`KEEP_WARM`] (or the service is gone).
 async fn keep(counts: Weak<HealthCounts>) {
     loop {
         tokio::time::sleep(FRESH.to_std().unwrap_or_default()).await;
@@ -164,7 +168,7 @@ async fn keep(counts: Weak<HealthCounts>) {
             }
         }
         let now = counts.clock.now();
-        if counts.last().is_none_or(|(at, _)| now - at >= FRESH) {
+        if counts.last().is_none_or(|(at, _)| now - at >= KEEPER_AGE) {
             counts.refresh_in_background(now);
         }
     }
