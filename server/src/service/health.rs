@@ -14,7 +14,7 @@
 //! after a longer pause, count in place. Between [`FRESH`] and [`KEEPER_AGE`] only calls start counts, so a
 //! quiet route costs a count every [`KEEPER_AGE`], not every [`FRESH`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
@@ -43,8 +43,10 @@ pub struct HealthCounts {
     /// Held while a count runs, in the background or in place: one at a time, and a request that must count
     /// waits for a running count's figures instead of making its own.
     counting: Arc<tokio::sync::Mutex<()>>,
-    /// When the route was last asked, and whether the keeper runs.
-    asked: Mutex<Instant>,
+    /// When the route was last asked, in whole seconds since `epoch` (stored only when the second changes:
+    /// every call of a polled route reads it), and whether the keeper runs.
+    epoch: Instant,
+    asked: AtomicU64,
     keeping: AtomicBool,
 }
 
@@ -56,7 +58,8 @@ impl HealthCounts {
             retention,
             last: Mutex::default(),
             counting: Arc::default(),
-            asked: Mutex::new(Instant::now()),
+            epoch: Instant::now(),
+            asked: AtomicU64::new(0),
             keeping: AtomicBool::new(false),
         }
     }
@@ -108,7 +111,7 @@ impl HealthCounts {
     }
 
     async fn count(&self, now: DateTime<Utc>) -> Result<SessionCounts, StoreError> {
-        let retained_after = crate::domain::timeout::add_saturating(now, -self.retention);
+        let retained_after = super::retained_after(now, self.retention);
         self.store
             .count_sessions(&SessionFilter::default(), now, retained_after)
             .await
@@ -116,8 +119,11 @@ impl HealthCounts {
 
     /// Notes the call, and starts the keeper unless it runs.
     fn keep_warm(self: &Arc<Self>) {
-        *self.asked.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        if self.keeping.swap(true, Ordering::AcqRel) {
+        let second = self.epoch.elapsed().as_secs();
+        if self.asked.load(Ordering::Relaxed) != second {
+            self.asked.store(second, Ordering::Relaxed);
+        }
+        if self.keeping.load(Ordering::Acquire) || self.keeping.swap(true, Ordering::AcqRel) {
             return;
         }
         // Weak: the keeper ends with the service.
@@ -126,11 +132,8 @@ impl HealthCounts {
     }
 
     fn asked_lately(&self) -> bool {
-        self.asked
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed()
-            < KEEP_WARM
+        let now = self.epoch.elapsed().as_secs();
+        now.saturating_sub(self.asked.load(Ordering::Relaxed)) < KEEP_WARM.as_secs()
     }
 
     fn refresh_in_background(self: &Arc<Self>, now: DateTime<Utc>) {

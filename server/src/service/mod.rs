@@ -40,6 +40,11 @@ pub const DEMO_AGENT_ID: Uuid = Uuid::from_u128(0x3c90c3cc_0d44_4b50_8888_8dd257
 /// changed the session in between, so this only runs out under extreme contention.
 const MAX_UPDATE_ATTEMPTS: usize = 1000;
 
+/// Sessions that expired at or before this instant are past a `retention` at `now`.
+fn retained_after(now: DateTime<Utc>, retention: Duration) -> DateTime<Utc> {
+    crate::domain::timeout::add_saturating(now, -retention)
+}
+
 fn too_contended(id: &str) -> SessionError {
     SessionError::Store(crate::store::StoreError::Unavailable(format!(
         "session {id} is updated too often to apply this change"
@@ -476,7 +481,7 @@ impl SessionService {
 
     /// Sessions that expired at or before this instant are past retention at `now`.
     fn retained_after(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        crate::domain::timeout::add_saturating(now, -self.retention)
+        retained_after(now, self.retention)
     }
 
     /// The stored session, unless it does not exist or is past retention (both: not found).
