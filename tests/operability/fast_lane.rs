@@ -144,6 +144,83 @@ async fn the_lane_answers_as_the_stack_does() {
     assert_eq!(read.body["renewalCount"], 5, "{:?}", read.body);
 }
 
+/// The lane answers a repeated latest page from the body it kept (`api/rendered_pages.rs`): only while it is
+/// that session's latest page, so a new message, a reply, another session or a deleted session is never
+/// answered from it.
+#[tokio::test]
+async fn a_kept_page_is_answered_only_while_it_is_the_latest() {
+    let ctx = TestContext::with_options(TestOptions::with_keys(&[KEY])).await;
+    let key = [("x-api-key", KEY)];
+    let origin = ctx.url("");
+    let stack_key = [("x-api-key", KEY), ("origin", origin.as_str())];
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let created = call(
+            &ctx,
+            Method::POST,
+            "/api/messaging/sessions",
+            &key,
+            Some(&serde_json::json!({"agentId": ctx.agent_id, "userId": uuid::Uuid::new_v4()})),
+        )
+        .await;
+        assert_eq!(created.status, 201);
+        sessions.push(format!(
+            "/api/messaging/sessions/{}",
+            created.body["sessionId"].as_str().unwrap()
+        ));
+    }
+    let contents = |page: &Answer| -> Vec<String> {
+        page.body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (n, session) in sessions.iter().enumerate() {
+        let messages = format!("{session}/messages");
+        for round in 0..3 {
+            let content = format!("session {n} message {round}");
+            let sent = call(
+                &ctx,
+                Method::POST,
+                &messages,
+                &key,
+                Some(&serde_json::json!({"content": content})),
+            )
+            .await;
+            assert_eq!(sent.status, 201, "{:?}", sent.body);
+            // Twice through the lane (the second from the kept body), once through the stack: all three the
+            // same page, whose newest messages are this round's and its echo.
+            let first = call(&ctx, Method::GET, &messages, &key, None).await;
+            let again = call(&ctx, Method::GET, &messages, &key, None).await;
+            let stack = call(&ctx, Method::GET, &messages, &stack_key, None).await;
+            assert_eq!(first.status, 200);
+            assert_eq!(first.body, again.body, "{messages} round {round}");
+            assert_eq!(first.body, stack.body, "{messages} round {round}");
+            let shown = contents(&again);
+            assert_eq!(shown.len(), 2 * (round + 1), "{shown:?}");
+            assert_eq!(shown[1], content, "{shown:?}");
+            assert!(
+                shown.iter().all(|c| c.contains(&format!("session {n} "))),
+                "{shown:?}"
+            );
+        }
+    }
+    // A deleted session's kept page is never answered.
+    let deleted = call(&ctx, Method::DELETE, &sessions[0], &key, None).await;
+    assert_eq!(deleted.status, 200, "{:?}", deleted.body);
+    call(
+        &ctx,
+        Method::GET,
+        &format!("{}/messages", sessions[0]),
+        &key,
+        None,
+    )
+    .await
+    .assert_error(404, "SESSION_NOT_FOUND", "a deleted session's history");
+}
+
 /// A raw POST of `body` to createSession with a key, through the lane (no `Origin`) or the stack (`Origin`).
 async fn create_raw(ctx: &TestContext, body: &str, stack: bool, extra: &[(&str, &str)]) -> Answer {
     let mut req = reqwest::Client::new()

@@ -35,6 +35,7 @@ use super::json_out::JsonOut;
 use super::models::HealthBody;
 use super::observe::{log_line, request_id_of, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
+use super::rendered_pages::RenderedPages;
 use super::{body, idempotency};
 use crate::auth::{Access, Principal, RateDecision};
 use crate::domain::SessionError;
@@ -105,6 +106,7 @@ pub struct FastLane {
     pub access: Arc<Access>,
     pub store: Arc<StoreProbe>,
     pub host_guard: HostGuard,
+    pub pages: Arc<RenderedPages>,
 }
 
 impl<E: Endpoint<Output = Response>> Middleware<E> for FastLane {
@@ -161,7 +163,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                             .await
                             .ok()
                             .map(|page| {
-                                let mut resp = super::messages::message_list(page).into_response();
+                                let mut resp = self.lane.pages.answer(page);
                                 super::compress::vary_on_encoding(resp.headers_mut());
                                 resp
                             })

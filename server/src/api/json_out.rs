@@ -11,7 +11,7 @@ use std::marker::PhantomData;
 
 use poem::http::header::{HeaderValue, CONTENT_TYPE};
 use poem::http::{HeaderName, StatusCode};
-use poem::{IntoResponse, Response};
+use poem::{Body, IntoResponse, Response};
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, MetaSchemaRef, Registry};
 use poem_openapi::types::{ToJSON, Type};
@@ -47,17 +47,20 @@ impl<T: Serialize + Send> IntoResponse for JsonOut<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(BODY_CAPACITY);
         match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => {
-                let mut resp = Response::builder().body(body);
-                let headers = resp.headers_mut();
-                headers.reserve(HEADER_CAPACITY);
-                headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
-                resp
-            }
+            Ok(()) => json_response(body),
             // Only a map with non-string keys can fail, and the models have none; answer the API's error anyway.
             Err(e) => poem::error::ResponseError::as_response(&ApiError::internal(&e)),
         }
     }
+}
+
+/// A response with this JSON body, as every API answer of JSON starts.
+pub fn json_response(body: impl Into<Body>) -> Response {
+    let mut resp = Response::builder().body(body);
+    let headers = resp.headers_mut();
+    headers.reserve(HEADER_CAPACITY);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    resp
 }
 
 /// A JSON body serialized already, documented as `T`: the answer to a request under an idempotency key, which

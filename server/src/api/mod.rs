@@ -20,6 +20,7 @@ mod messages;
 pub mod models;
 pub mod observe;
 pub mod probes;
+mod rendered_pages;
 pub mod routes;
 mod sessions;
 pub mod stream_slots;
@@ -155,6 +156,7 @@ pub fn app_with(
         access: access.clone(),
         store: store_probe.clone(),
         host_guard: host_guard.clone(),
+        pages: Arc::new(rendered_pages::RenderedPages::default()),
     };
     let api = service_with(probes::ProbesApi {
         metrics: settings.metrics,
