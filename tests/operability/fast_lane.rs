@@ -67,19 +67,25 @@ async fn both_ways(ctx: &TestContext, method: Method, path: &str, credentials: &
     assert!(lane.headers.contains_key("x-request-id"), "{method} {path}");
 }
 
+/// A new session of the context's agent, created with the key.
+async fn create_session(ctx: &TestContext) -> Answer {
+    let created = call(
+        ctx,
+        Method::POST,
+        "/api/messaging/sessions",
+        &[("x-api-key", KEY)],
+        Some(&serde_json::json!({"agentId": ctx.agent_id, "userId": uuid::Uuid::new_v4()})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{:?}", created.body);
+    created
+}
+
 #[tokio::test]
 async fn the_lane_answers_as_the_stack_does() {
     let ctx = TestContext::with_options(TestOptions::with_keys(&[KEY])).await;
     let key = [("x-api-key", KEY)];
-    let created = call(
-        &ctx,
-        Method::POST,
-        "/api/messaging/sessions",
-        &key,
-        Some(&serde_json::json!({"agentId": ctx.agent_id, "userId": uuid::Uuid::new_v4()})),
-    )
-    .await;
-    assert_eq!(created.status, 201);
+    let created = create_session(&ctx).await;
     let id = created.body["sessionId"].as_str().unwrap().to_string();
     let token = created.body["sessionToken"].as_str().unwrap().to_string();
     let bearer = format!("Bearer {token}");
@@ -155,15 +161,7 @@ async fn a_kept_page_is_answered_only_while_it_is_the_latest() {
     let stack_key = [("x-api-key", KEY), ("origin", origin.as_str())];
     let mut sessions = Vec::new();
     for _ in 0..2 {
-        let created = call(
-            &ctx,
-            Method::POST,
-            "/api/messaging/sessions",
-            &key,
-            Some(&serde_json::json!({"agentId": ctx.agent_id, "userId": uuid::Uuid::new_v4()})),
-        )
-        .await;
-        assert_eq!(created.status, 201);
+        let created = create_session(&ctx).await;
         sessions.push(format!(
             "/api/messaging/sessions/{}",
             created.body["sessionId"].as_str().unwrap()
