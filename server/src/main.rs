@@ -110,6 +110,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = Sweeper::new(service.clone(), config.cleanup_interval()).spawn(stop_rx.clone());
     let dispatcher = Dispatcher::new(service.clone(), WebhookSettings::default()).spawn(stop_rx);
+    service.warm_up_health();
 
     let mode = if access.requires_credentials() {
         "API keys required"

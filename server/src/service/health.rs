@@ -7,12 +7,13 @@
 //! instance adjust the kept count at once (a client that creates a session and then asks sees it counted);
 //! expiries, and other instances' changes, show at the next count.
 //!
-//! Once the route is asked, a keeper task also counts in the background whenever the last count is
-//! [`KEEPER_AGE`] old, for as long as the route was asked within [`KEEP_WARM`]: so a poller never waits for a
-//! count (at a million sessions one takes a quarter of a second, and every request that arrived meanwhile
-//! waited for it), even when it polls less often than every [`STALE`]. Only the first call, and the first
-//! after a longer pause, count in place. Between [`FRESH`] and [`KEEPER_AGE`] only calls start counts, so a
-//! quiet route costs a count every [`KEEPER_AGE`], not every [`FRESH`].
+//! A keeper task also counts in the background whenever the last count is [`KEEPER_AGE`] old, from the
+//! server's start (`warm_up`) and for as long as the route was asked within [`KEEP_WARM`]: so a poller never
+//! waits for a count (at a million sessions one takes a quarter of a second, and every request that arrived
+//! meanwhile waited for it), even when it polls less often than every [`STALE`], and its first call finds the
+//! counts made. Only a call within the first count's time after the start, and the first after a longer
+//! pause, count in place. Between [`FRESH`] and [`KEEPER_AGE`] only calls start counts, so a quiet route costs
+//! a count every [`KEEPER_AGE`], not every [`FRESH`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -108,6 +109,13 @@ impl HealthCounts {
         let counts = self.count(now).await?;
         self.keep(now, counts);
         Ok(counts)
+    }
+
+    /// Counts now in the background and keeps the counts as a call would (for [`KEEP_WARM`]): the server does
+    /// this as it starts, so that the route's first call finds figures instead of counting in place.
+    pub fn warm_up(self: &Arc<Self>) {
+        self.keep_warm();
+        self.refresh_in_background(self.clock.now());
     }
 
     async fn count(&self, now: DateTime<Utc>) -> Result<SessionCounts, StoreError> {
@@ -225,5 +233,44 @@ mod tests {
         assert_eq!(counts.last().unwrap().1.active, 1);
         // So the call answers those figures at once.
         assert_eq!(counts.get(later).await.unwrap().active, 1);
+    }
+
+    /// Warmed up (as the server does as it starts), the counts are made before the first call, which answers
+    /// them instead of counting in place.
+    #[tokio::test(start_paused = true)]
+    async fn warmed_up_counts_answer_the_first_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(MockClock::default());
+        let t0 = clock.now();
+        let (store, agent) = store_with_agent(&dir.path().join("health.db"), t0).await;
+        let store: Arc<dyn SessionStore> = Arc::new(store);
+        let counts = Arc::new(HealthCounts::new(
+            store.clone(),
+            clock.clone(),
+            Duration::hours(24),
+        ));
+        counts.warm_up();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while counts.last().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the warm-up did not count"
+            );
+            tokio::task::yield_now().await;
+        }
+        // A session stored by another instance after that count: a count in place would see it.
+        let elsewhere = Session::new(
+            agent.id,
+            Uuid::new_v4(),
+            Default::default(),
+            half_hour(),
+            t0,
+        );
+        assert!(store.insert_session(&elsewhere).await.unwrap());
+        assert_eq!(
+            counts.get(t0 + Duration::seconds(1)).await.unwrap().active,
+            0,
+            "the first call answered the warm-up's figures"
+        );
     }
 }

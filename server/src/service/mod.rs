@@ -339,6 +339,12 @@ impl SessionService {
         .await
     }
 
+    /// Starts keeping the health route's counts now, as its first call would (see `health`): called as the
+    /// server starts, so that the route's first call finds them made instead of counting in place.
+    pub fn warm_up_health(&self) {
+        self.health_counts.warm_up();
+    }
+
     /// Health figures, or `Unavailable` when the store cannot take writes (so that a server whose every write
     /// would fail does not call itself healthy). The counts are at most a few seconds old (see `health`).
     pub async fn health(&self) -> Result<Health, SessionError> {
