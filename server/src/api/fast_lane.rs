@@ -36,6 +36,7 @@ use super::models::HealthBody;
 use super::observe::{log_line, request_id_of, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
 use super::rendered_pages::RenderedPages;
+use super::rendered_sessions::RenderedSessions;
 use super::{body, idempotency};
 use crate::auth::{Access, Principal, RateDecision};
 use crate::domain::SessionError;
@@ -107,6 +108,7 @@ pub struct FastLane {
     pub store: Arc<StoreProbe>,
     pub host_guard: HostGuard,
     pub pages: Arc<RenderedPages>,
+    pub sessions: Arc<RenderedSessions>,
 }
 
 impl<E: Endpoint<Output = Response>> Middleware<E> for FastLane {
@@ -168,7 +170,11 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                                 resp
                             })
                     }
-                    _ => session(service.get(id).await),
+                    _ => service
+                        .get(id)
+                        .await
+                        .ok()
+                        .map(|view| self.lane.sessions.answer(view)),
                 }?;
                 label_allowed(resp.headers_mut(), decision);
                 Some((resp, principal.kind()))

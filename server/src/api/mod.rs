@@ -21,6 +21,7 @@ pub mod models;
 pub mod observe;
 pub mod probes;
 mod rendered_pages;
+mod rendered_sessions;
 pub mod routes;
 mod sessions;
 pub mod stream_slots;
@@ -157,6 +158,7 @@ pub fn app_with(
         store: store_probe.clone(),
         host_guard: host_guard.clone(),
         pages: Arc::new(rendered_pages::RenderedPages::default()),
+        sessions: Arc::new(rendered_sessions::RenderedSessions::default()),
     };
     let api = service_with(probes::ProbesApi {
         metrics: settings.metrics,
