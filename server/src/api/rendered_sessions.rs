@@ -60,10 +60,15 @@ impl RenderedSessions {
     /// The session as `getSession` answers it: the kept bytes of its version with the fields of the moment, else
     /// the whole answer serialized (and its stored part kept).
     pub fn answer(&self, view: SessionView) -> Response {
-        json_response(self.body(view))
+        match self.body(view) {
+            Ok(body) => json_response(body),
+            Err(e) => {
+                poem::error::ResponseError::as_response(&super::error::ApiError::internal(&e))
+            }
+        }
     }
 
-    fn body(&self, view: SessionView) -> Vec<u8> {
+    fn body(&self, view: SessionView) -> Result<Vec<u8>, serde_json::Error> {
         let version = view.session.version;
         let body = SessionBody::from_view(view);
         if let Some(kept) = self
@@ -79,13 +84,11 @@ impl RenderedSessions {
                 r#","timeRemaining":{},"isNearExpiration":{}}}"#,
                 body.time_remaining, body.is_near_expiration
             );
-            return out;
+            return Ok(out);
         }
         let mut out = Vec::with_capacity(1024);
-        if serde_json::to_writer(&mut out, &body).is_err() {
-            // Only a map with non-string keys can fail, and the models have none.
-            return out;
-        }
+        // Only a map with non-string keys can fail, and the models have none; answered as the API's error anyway.
+        serde_json::to_writer(&mut out, &body)?;
         // The last occurrence: the metadata, which comes before, may hold the same text in a string.
         let tokenless = body.session_token.is_none() && body.session_token_expires_at.is_none();
         if let Some(at) = tokenless
@@ -96,7 +99,7 @@ impl RenderedSessions {
             self.sessions
                 .insert(body.session_id, Arc::new(Rendered { version, stored }));
         }
-        out
+        Ok(out)
     }
 }
 
@@ -139,7 +142,7 @@ mod tests {
                 now,
             };
             let expected = serde_json::to_vec(&SessionBody::from_view(view.clone())).unwrap();
-            assert_eq!(rendered.body(view), expected, "at +{minutes} min");
+            assert_eq!(rendered.body(view).unwrap(), expected, "at +{minutes} min");
             assert!(rendered.sessions.get(&s.id).is_some(), "kept");
         }
         // A renewal: a new version, with new stored fields.
@@ -152,7 +155,11 @@ mod tests {
             now: start + Duration::minutes(3),
         };
         let expected = serde_json::to_vec(&SessionBody::from_view(view.clone())).unwrap();
-        assert_eq!(rendered.body(view.clone()), expected, "written again");
-        assert_eq!(rendered.body(view), expected, "and kept");
+        assert_eq!(
+            rendered.body(view.clone()).unwrap(),
+            expected,
+            "written again"
+        );
+        assert_eq!(rendered.body(view).unwrap(), expected, "and kept");
     }
 }
