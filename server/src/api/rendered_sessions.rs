@@ -89,7 +89,7 @@ impl RenderedSessions {
         let mut out = Vec::with_capacity(1024);
         // Only a map with non-string keys can fail, and the models have none; answered as the API's error anyway.
         serde_json::to_writer(&mut out, &body)?;
-        // The last occurrence: the metadata, which comes before, may hold the same text in a string.
+        // The last occurrence: the metadata, which comes before, may hold the same text (a key of its own).
         let tokenless = body.session_token.is_none() && body.session_token_expires_at.is_none();
         if let Some(at) = tokenless
             .then(|| out.windows(MOMENT.len()).rposition(|w| w == MOMENT))
