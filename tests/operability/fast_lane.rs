@@ -81,6 +81,19 @@ async fn create_session(ctx: &TestContext) -> Answer {
     created
 }
 
+/// Sends `body` to a session's messages path with the key; the send must be accepted.
+async fn send(ctx: &TestContext, messages: &str, body: Value) {
+    let sent = call(
+        ctx,
+        Method::POST,
+        messages,
+        &[("x-api-key", KEY)],
+        Some(&body),
+    )
+    .await;
+    assert_eq!(sent.status, 201, "{:?}", sent.body);
+}
+
 #[tokio::test]
 async fn the_lane_answers_as_the_stack_does() {
     let ctx = TestContext::with_options(TestOptions::with_keys(&[KEY])).await;
@@ -98,15 +111,12 @@ async fn the_lane_answers_as_the_stack_does() {
     let session = format!("/api/messaging/sessions/{id}");
     let heartbeat = format!("{session}/heartbeat");
     let messages = format!("{session}/messages");
-    let sent = call(
+    send(
         &ctx,
-        Method::POST,
         &messages,
-        &key,
-        Some(&serde_json::json!({"content": "hello", "metadata": {"n": 1}})),
+        serde_json::json!({"content": "hello", "metadata": {"n": 1}}),
     )
     .await;
-    assert_eq!(sent.status, 201, "{:?}", sent.body);
     for credentials in [&key[..], &with_token[..]] {
         both_ways(&ctx, Method::GET, &session, credentials).await;
         both_ways(&ctx, Method::POST, &heartbeat, credentials).await;
@@ -179,15 +189,7 @@ async fn a_kept_page_is_answered_only_while_it_is_the_latest() {
         let messages = format!("{session}/messages");
         for round in 0..3 {
             let content = format!("session {n} message {round}");
-            let sent = call(
-                &ctx,
-                Method::POST,
-                &messages,
-                &key,
-                Some(&serde_json::json!({"content": content})),
-            )
-            .await;
-            assert_eq!(sent.status, 201, "{:?}", sent.body);
+            send(&ctx, &messages, serde_json::json!({"content": content})).await;
             // Twice through the lane (the second from the kept body), once through the stack: all three the
             // same page, whose newest messages are this round's and its echo.
             let first = call(&ctx, Method::GET, &messages, &key, None).await;

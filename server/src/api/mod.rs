@@ -16,6 +16,7 @@ mod fast_lane;
 pub mod host_guard;
 mod idempotency;
 mod json_out;
+mod kept;
 mod messages;
 pub mod models;
 pub mod observe;

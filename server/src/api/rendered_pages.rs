@@ -8,19 +8,16 @@
 //! itself is still read for each request (the session must be live, and the page is what identifies the
 //! body), from the store's history cache.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use poem::{IntoResponse, Response};
-use quick_cache::sync::Cache;
-use quick_cache::Weighter;
 use uuid::Uuid;
 
 use super::json_out::json_response;
+use super::kept::{Kept, Weighed};
 use super::messages::message_list;
 use crate::service::MessagePage;
 
-/// Bytes of bodies kept; the least useful pages are evicted beyond it (quick_cache's S3-FIFO).
+/// Bytes of bodies kept.
 const KEPT_BYTES: u64 = 8 << 20;
 /// Pages expected at most, for the cache's sizing: a few kilobytes each.
 const EXPECTED_PAGES: usize = 2_000;
@@ -44,24 +41,21 @@ impl Rendered {
     }
 }
 
-#[derive(Clone)]
-struct BodyBytes;
-
-impl Weighter<Uuid, Arc<Rendered>> for BodyBytes {
-    fn weight(&self, _: &Uuid, page: &Arc<Rendered>) -> u64 {
-        page.body.len() as u64 + (page.ids.len() * size_of::<Uuid>()) as u64
+impl Weighed for Rendered {
+    fn bytes(&self) -> u64 {
+        (self.body.len() + self.ids.len() * size_of::<Uuid>()) as u64
     }
 }
 
 /// The kept pages, by session.
 pub struct RenderedPages {
-    pages: Cache<Uuid, Arc<Rendered>, BodyBytes>,
+    pages: Kept<Rendered>,
 }
 
 impl Default for RenderedPages {
     fn default() -> Self {
         Self {
-            pages: Cache::with_weighter(EXPECTED_PAGES, KEPT_BYTES, BodyBytes),
+            pages: Kept::new(EXPECTED_PAGES, KEPT_BYTES),
         }
     }
 }
@@ -91,7 +85,7 @@ impl RenderedPages {
             has_more,
             body: body.clone(),
         };
-        self.pages.insert(session, Arc::new(rendered));
+        self.pages.insert(session, rendered);
         json_response(body)
     }
 }

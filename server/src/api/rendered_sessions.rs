@@ -9,19 +9,16 @@
 //! two fields of the moment.
 
 use std::io::Write;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use poem::Response;
-use quick_cache::sync::Cache;
-use quick_cache::Weighter;
-use uuid::Uuid;
 
 use super::json_out::json_response;
+use super::kept::{Kept, Weighed};
 use super::models::SessionBody;
 use crate::service::SessionView;
 
-/// Bytes kept in all; the least useful sessions are evicted beyond it (quick_cache's S3-FIFO).
+/// Bytes kept in all.
 const KEPT_BYTES: u64 = 8 << 20;
 /// Sessions expected at most, for the cache's sizing: about half a kilobyte each.
 const EXPECTED_SESSIONS: usize = 20_000;
@@ -34,24 +31,21 @@ struct Rendered {
     stored: Bytes,
 }
 
-#[derive(Clone)]
-struct StoredBytes;
-
-impl Weighter<Uuid, Arc<Rendered>> for StoredBytes {
-    fn weight(&self, _: &Uuid, rendered: &Arc<Rendered>) -> u64 {
-        rendered.stored.len() as u64
+impl Weighed for Rendered {
+    fn bytes(&self) -> u64 {
+        self.stored.len() as u64
     }
 }
 
 /// The kept renderings, by session.
 pub struct RenderedSessions {
-    sessions: Cache<Uuid, Arc<Rendered>, StoredBytes>,
+    sessions: Kept<Rendered>,
 }
 
 impl Default for RenderedSessions {
     fn default() -> Self {
         Self {
-            sessions: Cache::with_weighter(EXPECTED_SESSIONS, KEPT_BYTES, StoredBytes),
+            sessions: Kept::new(EXPECTED_SESSIONS, KEPT_BYTES),
         }
     }
 }
@@ -97,7 +91,7 @@ impl RenderedSessions {
         {
             let stored = Bytes::copy_from_slice(&out[..at]);
             self.sessions
-                .insert(body.session_id, Arc::new(Rendered { version, stored }));
+                .insert(body.session_id, Rendered { version, stored });
         }
         Ok(out)
     }
@@ -106,6 +100,7 @@ impl RenderedSessions {
 #[cfg(test)]
 mod tests {
     use chrono::Duration;
+    use uuid::Uuid;
 
     use super::*;
     use crate::domain::Session;

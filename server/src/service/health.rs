@@ -194,81 +194,96 @@ mod tests {
     use crate::domain::Session;
     use crate::store::fixtures::{half_hour, store_with_agent};
 
+    /// Counts over a fresh SQLite store with one agent, on a `MockClock`.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        clock: Arc<MockClock>,
+        store: Arc<dyn SessionStore>,
+        agent: Uuid,
+        counts: Arc<HealthCounts>,
+    }
+
+    impl Fixture {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let clock = Arc::new(MockClock::default());
+            let (store, agent) = store_with_agent(&dir.path().join("health.db"), clock.now()).await;
+            let store: Arc<dyn SessionStore> = Arc::new(store);
+            let counts = Arc::new(HealthCounts::new(
+                store.clone(),
+                clock.clone(),
+                Duration::hours(24),
+            ));
+            Self {
+                _dir: dir,
+                clock,
+                store,
+                agent: agent.id,
+                counts,
+            }
+        }
+
+        /// A session stored by another instance: only a count sees it.
+        async fn store_elsewhere(&self, now: DateTime<Utc>) {
+            let session = Session::new(
+                self.agent,
+                Uuid::new_v4(),
+                Default::default(),
+                half_hour(),
+                now,
+            );
+            assert!(self.store.insert_session(&session).await.unwrap());
+        }
+
+        /// Yields to the background tasks until the kept counts satisfy `done`.
+        async fn wait_for(&self, done: impl Fn(Option<DateTime<Utc>>) -> bool, what: &str) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !done(self.counts.last().map(|(at, _)| at)) {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
     /// Asked less often than every STALE, the route still never counts in place: the keeper counted meanwhile.
     #[tokio::test(start_paused = true)]
     async fn the_keeper_counts_between_calls() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(MockClock::default());
-        let t0 = clock.now();
-        let (store, agent) = store_with_agent(&dir.path().join("health.db"), t0).await;
-        let store: Arc<dyn SessionStore> = Arc::new(store);
-        let counts = Arc::new(HealthCounts::new(
-            store.clone(),
-            clock.clone(),
-            Duration::hours(24),
-        ));
-        assert_eq!(counts.get(t0).await.unwrap().active, 0);
-        // A session stored by another instance: only a count sees it.
-        let elsewhere = Session::new(
-            agent.id,
-            Uuid::new_v4(),
-            Default::default(),
-            half_hour(),
-            t0,
-        );
-        assert!(store.insert_session(&elsewhere).await.unwrap());
+        let f = Fixture::new().await;
+        let t0 = f.clock.now();
+        assert_eq!(f.counts.get(t0).await.unwrap().active, 0);
+        f.store_elsewhere(t0).await;
 
         // Past STALE without a call, the keeper's next turn (tokio's paused clock moved to it) counts.
         let later = t0 + STALE + Duration::seconds(1);
-        clock.set(later);
+        f.clock.set(later);
         tokio::time::sleep(FRESH.to_std().unwrap()).await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while counts.last().is_none_or(|(at, _)| at < later) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the keeper did not count"
-            );
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(counts.last().unwrap().1.active, 1);
+        f.wait_for(
+            |at| at.is_some_and(|at| at >= later),
+            "the keeper did not count",
+        )
+        .await;
+        assert_eq!(f.counts.last().unwrap().1.active, 1);
         // So the call answers those figures at once.
-        assert_eq!(counts.get(later).await.unwrap().active, 1);
+        assert_eq!(f.counts.get(later).await.unwrap().active, 1);
     }
 
     /// Warmed up (as the server does as it starts), the counts are made before the first call, which answers
     /// them instead of counting in place.
     #[tokio::test(start_paused = true)]
     async fn warmed_up_counts_answer_the_first_call() {
-        let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(MockClock::default());
-        let t0 = clock.now();
-        let (store, agent) = store_with_agent(&dir.path().join("health.db"), t0).await;
-        let store: Arc<dyn SessionStore> = Arc::new(store);
-        let counts = Arc::new(HealthCounts::new(
-            store.clone(),
-            clock.clone(),
-            Duration::hours(24),
-        ));
-        counts.warm_up();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while counts.last().is_none() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the warm-up did not count"
-            );
-            tokio::task::yield_now().await;
-        }
+        let f = Fixture::new().await;
+        let t0 = f.clock.now();
+        f.counts.warm_up();
+        f.wait_for(|at| at.is_some(), "the warm-up did not count")
+            .await;
         // A session stored by another instance after that count: a count in place would see it.
-        let elsewhere = Session::new(
-            agent.id,
-            Uuid::new_v4(),
-            Default::default(),
-            half_hour(),
-            t0,
-        );
-        assert!(store.insert_session(&elsewhere).await.unwrap());
+        f.store_elsewhere(t0).await;
         assert_eq!(
-            counts.get(t0 + Duration::seconds(1)).await.unwrap().active,
+            f.counts
+                .get(t0 + Duration::seconds(1))
+                .await
+                .unwrap()
+                .active,
             0,
             "the first call answered the warm-up's figures"
         );
