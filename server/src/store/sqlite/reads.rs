@@ -87,10 +87,13 @@ impl FastReads {
                 | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        // 8 MiB of page cache (negative: KiB), up from 2: random lookups over a few MB of sessions otherwise miss
-        // the cache and read pages again. Per connection; only about as many connections as worker threads are
-        // busy at once, so the pool's LIFO order keeps the total small.
-        conn.pragma_update(None, "cache_size", -8192)?;
+        // 4 MiB of page cache (negative: KiB), up from SQLite's 2: it holds a few MB of sessions for random
+        // lookups on a small store, and on a large one the interior pages of the sessions table and its indexes
+        // (what every lookup walks; about a megabyte at a million sessions), while a random lookup's leaf page is
+        // rarely read again before it is evicted, however large the cache (the OS's page cache keeps those). Per
+        // connection, and about as many connections as threads reading at once (the pool's LIFO order): 8 MiB each
+        // took the server past its memory budget at a million sessions without making lookups faster.
+        conn.pragma_update(None, "cache_size", -4096)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
     }
