@@ -32,9 +32,9 @@ use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response};
 use super::access::{admit, authorize, label_allowed, OperatorOnly, OwnSession};
 use super::host_guard::HostGuard;
 use super::json_out::JsonOut;
-use super::models::HealthBody;
 use super::observe::{log_line, request_id_of, X_REQUEST_ID};
 use super::probes::{readiness, ProbeStatus, StoreProbe};
+use super::rendered_health::RenderedHealth;
 use super::rendered_pages::RenderedPages;
 use super::rendered_sessions::RenderedSessions;
 use super::{body, idempotency};
@@ -107,6 +107,7 @@ pub struct FastLane {
     pub access: Arc<Access>,
     pub store: Arc<StoreProbe>,
     pub host_guard: HostGuard,
+    pub health: Arc<RenderedHealth>,
     pub pages: Arc<RenderedPages>,
     pub sessions: Arc<RenderedSessions>,
 }
@@ -141,7 +142,7 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
             Lane::Health => {
                 let (principal, decision) = self.admitted(req)?;
                 let health = self.lane.service.health().await.ok()?;
-                let mut resp = JsonOut(HealthBody::from(health)).into_response();
+                let mut resp = self.lane.health.answer(health);
                 label_allowed(resp.headers_mut(), decision);
                 Some((resp, principal.kind()))
             }

@@ -21,6 +21,7 @@ mod messages;
 pub mod models;
 pub mod observe;
 pub mod probes;
+mod rendered_health;
 mod rendered_pages;
 mod rendered_sessions;
 pub mod routes;
@@ -158,6 +159,7 @@ pub fn app_with(
         access: access.clone(),
         store: store_probe.clone(),
         host_guard: host_guard.clone(),
+        health: Arc::new(rendered_health::RenderedHealth::default()),
         pages: Arc::new(rendered_pages::RenderedPages::default()),
         sessions: Arc::new(rendered_sessions::RenderedSessions::default()),
     };
