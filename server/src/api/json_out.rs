@@ -46,11 +46,16 @@ const HEADER_CAPACITY: usize = 12;
 impl<T: Serialize + Send> IntoResponse for JsonOut<T> {
     fn into_response(self) -> Response {
         let mut body = Vec::with_capacity(BODY_CAPACITY);
-        match serde_json::to_writer(&mut body, &self.0) {
-            Ok(()) => json_response(body),
-            // Only a map with non-string keys can fail, and the models have none; answer the API's error anyway.
-            Err(e) => poem::error::ResponseError::as_response(&ApiError::internal(&e)),
-        }
+        json_answer(serde_json::to_writer(&mut body, &self.0).map(|()| body))
+    }
+}
+
+/// A body serialized by serde as the API answers it, or the API's error if serializing failed. Only a map with
+/// non-string keys can fail, and the models have none; the API's error is answered anyway.
+pub fn json_answer(body: Result<impl Into<Body>, serde_json::Error>) -> Response {
+    match body {
+        Ok(body) => json_response(body),
+        Err(e) => poem::error::ResponseError::as_response(&ApiError::internal(&e)),
     }
 }
 

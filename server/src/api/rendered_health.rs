@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use poem::Response;
 
-use super::json_out::json_response;
+use super::json_out::json_answer;
 use super::models::HealthBody;
 use crate::service::Health;
 
@@ -44,12 +44,7 @@ pub struct RenderedHealth {
 impl RenderedHealth {
     /// The route's answer: the kept body if it was written for the same moment and counts, else a new one (kept).
     pub fn answer(&self, health: Health) -> Response {
-        match self.body(health) {
-            Ok(body) => json_response(body),
-            Err(e) => {
-                poem::error::ResponseError::as_response(&super::error::ApiError::internal(&e))
-            }
-        }
+        json_answer(self.body(health))
     }
 
     fn body(&self, health: Health) -> Result<Bytes, serde_json::Error> {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use poem::{IntoResponse, Response};
 use uuid::Uuid;
 
-use super::json_out::json_response;
+use super::json_out::{json_answer, json_response};
 use super::kept::{Kept, Weighed};
 use super::messages::message_list;
 use crate::service::MessagePage;
@@ -72,20 +72,15 @@ impl RenderedPages {
         }
         let ids = page.messages.iter().map(|m| m.id).collect();
         let has_more = page.has_more;
-        let body = match serde_json::to_vec(&message_list(page).0) {
-            Ok(body) => Bytes::from(body),
-            Err(e) => {
-                return poem::error::ResponseError::as_response(&super::error::ApiError::internal(
-                    &e,
-                ))
-            }
-        };
-        let rendered = Rendered {
-            ids,
-            has_more,
-            body: body.clone(),
-        };
-        self.pages.insert(session, rendered);
-        json_response(body)
+        let body = serde_json::to_vec(&message_list(page).0).map(Bytes::from);
+        if let Ok(body) = &body {
+            let rendered = Rendered {
+                ids,
+                has_more,
+                body: body.clone(),
+            };
+            self.pages.insert(session, rendered);
+        }
+        json_answer(body)
     }
 }

@@ -13,7 +13,7 @@ use std::io::Write;
 use bytes::Bytes;
 use poem::Response;
 
-use super::json_out::json_response;
+use super::json_out::json_answer;
 use super::kept::{Kept, Weighed};
 use super::models::SessionBody;
 use crate::service::SessionView;
@@ -54,12 +54,7 @@ impl RenderedSessions {
     /// The session as `getSession` answers it: the kept bytes of its version with the fields of the moment, else
     /// the whole answer serialized (and its stored part kept).
     pub fn answer(&self, view: SessionView) -> Response {
-        match self.body(view) {
-            Ok(body) => json_response(body),
-            Err(e) => {
-                poem::error::ResponseError::as_response(&super::error::ApiError::internal(&e))
-            }
-        }
+        json_answer(self.body(view))
     }
 
     fn body(&self, view: SessionView) -> Result<Vec<u8>, serde_json::Error> {
