@@ -27,11 +27,8 @@ function setup(thread)
   thread:set("thread_number", threads)
 end
 
--- Keeps the file as one string if every line is an id of the same length (no token), else returns false.
-local function pack(file)
-  local f = assert(io.open(file, "rb"))
-  local all = f:read("*a")
-  f:close()
+-- Keeps the file's text as one string if every line is an id of the same length (no token), else returns false.
+local function pack(all)
   local first = all:find("\n", 1, true)
   if first == nil or first < 2 or #all % first ~= 0 or all:find(" ", 1, true) then
     return false
@@ -63,20 +60,21 @@ function init(args)
   end
   -- Each thread its own sequence.
   math.randomseed(os.time() * 1000 + (thread_number or 0) * 7919)
-  if pack(file) then
+  local f = assert(io.open(file, "rb"))
+  local all = f:read("*a")
+  f:close()
+  if pack(all) then
     return
   end
   local n = 0
-  for line in io.lines(file) do
-    if #line > 0 then
-      n = n + 1
-      local id, token = line:match("^(%S+)%s+(%S+)$")
-      if id then
-        ids[n] = id
-        tokens[n] = "Bearer " .. token
-      else
-        ids[n] = line
-      end
+  for line in all:gmatch("[^\n]+") do
+    n = n + 1
+    local id, token = line:match("^(%S+)%s+(%S+)$")
+    if id then
+      ids[n] = id
+      tokens[n] = "Bearer " .. token
+    else
+      ids[n] = line
     end
   end
   if n == 0 then
