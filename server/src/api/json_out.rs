@@ -120,9 +120,7 @@ impl<T: Type> Payload for JsonBytes<T> {
 
 impl<T> IntoResponse for JsonBytes<T> {
     fn into_response(self) -> Response {
-        let mut response = Response::builder()
-            .header(CONTENT_TYPE, JSON)
-            .body(self.body);
+        let mut response = json_response(self.body);
         if self.replayed {
             response.headers_mut().insert(
                 HeaderName::from_static(IDEMPOTENT_REPLAYED),
