@@ -87,12 +87,12 @@ impl FastReads {
                 | OpenFlags::SQLITE_OPEN_URI,
         )?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        // 4 MiB of page cache (negative: KiB), up from SQLite's 2: it holds a few MB of sessions for random
-        // lookups on a small store, and on a large one the interior pages of the sessions table and its indexes
-        // (what every lookup walks; about a megabyte at a million sessions), while a random lookup's leaf page is
-        // rarely read again before it is evicted, however large the cache (the OS's page cache keeps those). Per
-        // connection, and about as many connections as threads reading at once (the pool's LIFO order): 8 MiB each
-        // took the server past its memory budget at a million sessions without making lookups faster.
+        // 4 MiB of page cache (negative: KiB), up from SQLite's 2: it holds a small store's sessions for random
+        // lookups, and on a large one the interior pages of the sessions table and its indexes (what every lookup
+        // walks), while a random lookup's leaf page is rarely read again before it is evicted, however large the
+        // cache (the OS's page cache keeps those). Per connection, and about as many connections as threads reading
+        // at once (the pool's LIFO order): larger caches cost the memory budget of a large store without making
+        // its lookups faster (see BENCHMARKS.md).
         conn.pragma_update(None, "cache_size", -4096)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(conn)
