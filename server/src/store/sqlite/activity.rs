@@ -32,13 +32,16 @@ use crate::store::schema::{assignments, insert, SESSION_ACTIVITY_COLUMNS};
 /// memory.
 const FOLD_SESSIONS: usize = 16_384;
 /// Most heartbeats logged before the writer starts folding them.
-const FOLD_ROWS: usize = 32_768;
+const FOLD_ROWS: usize = 131_072;
 /// Longest a heartbeat waits before the writer starts folding it while only heartbeats are written.
-const FOLD_AFTER: Duration = Duration::from_secs(2);
+const FOLD_AFTER: Duration = Duration::from_secs(5);
 /// Sessions folded per transaction between two batches. Why in steps: on a large store each row's update reads
 /// and dirties pages of its own, and folding a thousand sessions at once held every heartbeat queued behind it
 /// for as long (see BENCHMARKS.md).
 const FOLD_STEP: usize = 256;
+/// Heartbeats a fold deletes from the log per transaction, once it has written every session's row. Why in
+/// steps: the log holds up to `FOLD_ROWS` and more, and deleting them at once held the writer for as long.
+const CLEAR_STEP: i64 = 16_384;
 
 /// How long heartbeats go straight to their rows after a fold found the log saved too little (`Pending::takes`).
 const DIRECT_FOR: Duration = Duration::from_secs(10);
@@ -62,18 +65,22 @@ pub struct Pending {
 }
 
 /// A fold under way, in steps: the sessions it has yet to write, and the last heartbeat of the log it covers
-/// (deleted with all before it once they are written).
+/// (deleted with all before it, in steps, once they are written).
 struct Fold {
     left: Vec<Uuid>,
     through: i64,
+    /// The heartbeats deleted so far: every one up to this.
+    cleared: i64,
     /// The heartbeats it covers, and the sessions they were of.
     heartbeats: usize,
     sessions: usize,
 }
 
-/// One step of a fold, written and not yet committed: its sessions, and whether it ends the fold.
+/// One step of a fold, written and not yet committed: its sessions, the heartbeats it deleted (every one up to
+/// `cleared`), and whether it ends the fold.
 pub struct Step {
     ids: Vec<Uuid>,
+    cleared: i64,
     ends: bool,
 }
 
@@ -169,17 +176,22 @@ impl Pending {
     }
 
     /// Writes the next step of the fold under way, beginning one (over every session logged so far) if none is,
-    /// inside the caller's transaction; `stepped` once that commits. The step that writes the fold's last
-    /// sessions also deletes the heartbeats the fold covers: each of their sessions has had its latest activity
-    /// written by then (a later heartbeat of one of them is logged after them, and kept).
+    /// inside the caller's transaction; `stepped` once that commits. Once a step has written the fold's last
+    /// sessions, it and the steps after it delete the heartbeats the fold covers, `CLEAR_STEP` at a time: each
+    /// of their sessions has had its latest activity written by then (a later heartbeat of one of them is logged
+    /// after them, and kept). Until they are all deleted, the log's older heartbeats are only stale: a fold
+    /// (start-up's included) writes a row only if it is older than the heartbeat.
     pub fn fold_step(&mut self, conn: &Connection) -> rusqlite::Result<Step> {
         if self.fold.is_none() {
-            let through: Option<i64> = conn
-                .prepare_cached("SELECT MAX(seq) FROM heartbeat_log")?
-                .query_row([], |row| row.get(0))?;
+            let seq = |sql: &str| -> rusqlite::Result<Option<i64>> {
+                conn.prepare_cached(sql)?.query_row([], |row| row.get(0))
+            };
+            let through = seq("SELECT MAX(seq) FROM heartbeat_log")?.unwrap_or(0);
+            let first = seq("SELECT MIN(seq) FROM heartbeat_log")?.unwrap_or(through + 1);
             self.fold = Some(Fold {
                 left: self.latest.keys().copied().collect(),
-                through: through.unwrap_or(0),
+                through,
+                cleared: first - 1,
                 heartbeats: self.uncovered,
                 sessions: self.latest.len(),
             });
@@ -195,12 +207,14 @@ impl Pending {
             ids.iter()
                 .filter_map(|id| self.latest.get(id).map(|a| (id, a))),
         )?;
-        let ends = ids.len() == fold.left.len();
-        if ends {
+        let mut cleared = fold.cleared;
+        if ids.len() == fold.left.len() && cleared < fold.through {
+            cleared = fold.through.min(cleared.saturating_add(CLEAR_STEP));
             conn.prepare_cached("DELETE FROM heartbeat_log WHERE seq <= ?1")?
-                .execute(params![fold.through])?;
+                .execute(params![cleared])?;
         }
-        Ok(Step { ids, ends })
+        let ends = ids.len() == fold.left.len() && cleared >= fold.through;
+        Ok(Step { ids, cleared, ends })
     }
 
     /// A fold step committed: its sessions' rows hold their latest activity.
@@ -210,6 +224,7 @@ impl Pending {
         }
         if let Some(fold) = &mut self.fold {
             fold.left.truncate(fold.left.len() - step.ids.len());
+            fold.cleared = step.cleared;
         }
         if step.ends {
             if let Some(fold) = self.fold.take() {
@@ -425,5 +440,85 @@ mod tests {
         assert!(sessions
             .iter()
             .all(|s| row_version(&conn, s.id) == s.version));
+    }
+
+    /// A fold deletes the heartbeats it covers `CLEAR_STEP` at a time, after writing its sessions' rows; while
+    /// some wait to be deleted they are only stale, so that a fold of what the log holds (as at start-up, after a
+    /// crash between two steps) takes no row back to an older heartbeat.
+    #[tokio::test]
+    async fn a_fold_deletes_its_heartbeats_in_steps_and_leftovers_are_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
+        let (store, agent) = store_with_agent(&path, at).await;
+        let mut sessions = Vec::new();
+        for _ in 0..2 {
+            let s = Session::new(
+                agent.id,
+                Uuid::new_v4(),
+                Default::default(),
+                half_hour(),
+                at,
+            );
+            assert!(store.insert_session(&s).await.unwrap());
+            sessions.push(s);
+        }
+        SessionStore::close(&store).await;
+
+        let conn = Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        // Thousands of commits: this test's durability is not the point.
+        conn.pragma_update(None, "synchronous", "OFF").unwrap();
+        let mut log = Pending::default();
+        let beats = CLEAR_STEP as usize + 10;
+        for i in 0..beats {
+            beat(&conn, &mut log, &mut sessions[i % 2]);
+        }
+        let logged = |conn: &Connection| count(conn, "SELECT COUNT(*) FROM heartbeat_log");
+        assert_eq!(logged(&conn), beats as i64);
+
+        let step = |conn: &Connection, log: &mut Pending| {
+            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+            let step = log.fold_step(conn).unwrap();
+            conn.execute_batch("COMMIT").unwrap();
+            log.stepped(&step);
+            step
+        };
+        let first = step(&conn, &mut log);
+        assert_eq!(first.ids().len(), 2, "both sessions written");
+        assert!(
+            log.fold.is_some(),
+            "the fold goes on while heartbeats it covers remain"
+        );
+        assert_eq!(logged(&conn), 10, "one step's worth deleted");
+        assert!(sessions
+            .iter()
+            .all(|s| row_version(&conn, s.id) == s.version));
+
+        // A crash here leaves covered heartbeats behind: folding them again changes no row.
+        let copy = dir.path().join("copy.db");
+        conn.execute("VACUUM INTO ?1", params![copy.to_str().unwrap()])
+            .unwrap();
+        let crashed = Connection::open(&copy).unwrap();
+        crashed.execute_batch("BEGIN IMMEDIATE").unwrap();
+        fold_logged(&crashed).unwrap();
+        crashed.execute_batch("COMMIT").unwrap();
+        assert_eq!(logged(&crashed), 0);
+        assert!(sessions
+            .iter()
+            .all(|s| row_version(&crashed, s.id) == s.version));
+
+        // A heartbeat logged meanwhile stays for the next fold; the last step deletes the rest.
+        beat(&conn, &mut log, &mut sessions[0]);
+        let last = step(&conn, &mut log);
+        assert!(last.ids().is_empty());
+        assert!(log.fold.is_none(), "the fold ended");
+        assert_eq!(
+            logged(&conn),
+            1,
+            "the fold's heartbeats deleted, the later one kept"
+        );
+        assert!(log.any());
     }
 }
