@@ -39,8 +39,7 @@ use super::rendered_pages::RenderedPages;
 use super::rendered_sessions::RenderedSessions;
 use super::{body, idempotency};
 use crate::auth::{Access, Principal, RateDecision};
-use crate::domain::SessionError;
-use crate::service::{SessionService, SessionView};
+use crate::service::SessionService;
 
 const HEALTH: &str = "/api/messaging/sessions/health";
 const SESSIONS: &str = "/api/messaging/sessions/";
@@ -159,7 +158,11 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
                 authorize::<OwnSession>(&principal, Some(id)).ok()?;
                 let service = &self.lane.service;
                 let mut resp = match lane {
-                    Lane::Heartbeat(_) => session(service.heartbeat(id).await),
+                    Lane::Heartbeat(_) => service
+                        .heartbeat(id)
+                        .await
+                        .ok()
+                        .map(|view| self.lane.sessions.answer_renewed(view)),
                     Lane::Messages(_) => {
                         service
                             .messages(id, None, None, None)
@@ -238,12 +241,6 @@ impl<E: Endpoint<Output = Response>> FastLaneEndpoint<E> {
         let (principal, decision) = admit(&self.lane.access, req);
         (!matches!(decision, RateDecision::Limited { .. })).then_some((principal, decision))
     }
-}
-
-/// A session operation's success as the stack answers it.
-fn session(view: Result<SessionView, SessionError>) -> Option<Response> {
-    view.ok()
-        .map(|view| super::sessions::session(view).into_response())
 }
 
 impl<E: Endpoint<Output = Response>> Endpoint for FastLaneEndpoint<E> {

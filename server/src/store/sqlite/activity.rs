@@ -74,6 +74,11 @@ struct Fold {
     /// The heartbeats it covers, and the sessions they were of.
     heartbeats: usize,
     sessions: usize,
+    /// Whether it says how well heartbeats coalesce (`takes`): not when it began only because the oldest
+    /// heartbeat had waited long enough. Such a fold may cover a moment's worth: the tail of a burst, folded when
+    /// the next one starts, holds a heartbeat or two per session whatever the rate, and judging from it sent
+    /// every heartbeat of that next burst to its row.
+    judges: bool,
 }
 
 /// One step of a fold, written and not yet committed: its sessions, the heartbeats it deleted (every one up to
@@ -105,7 +110,8 @@ impl Pending {
             || self.since.is_some_and(|t| t.elapsed() >= FOLD_AFTER)
     }
 
-    /// Whether a heartbeat of this session goes to the log: unless the last fold found fewer than three
+    /// Whether a heartbeat of this session goes to the log: unless the last fold that judges (`Fold::judges`)
+    /// found fewer than three
     /// heartbeats for every two sessions (uniform heartbeats over many more sessions than a fold's worth, as on
     /// a store of millions), where the log only added a write and a read to each heartbeat's row update; then
     /// for `DIRECT_FOR` only a session already in the log is logged, and the others update their rows.
@@ -188,12 +194,15 @@ impl Pending {
             };
             let through = seq("SELECT MAX(seq) FROM heartbeat_log")?.unwrap_or(0);
             let first = seq("SELECT MIN(seq) FROM heartbeat_log")?.unwrap_or(through + 1);
+            let full = self.latest.len() >= FOLD_SESSIONS || self.uncovered >= FOLD_ROWS;
+            let waited = self.since.is_some_and(|t| t.elapsed() >= FOLD_AFTER);
             self.fold = Some(Fold {
                 left: self.latest.keys().copied().collect(),
                 through,
                 cleared: first - 1,
                 heartbeats: self.uncovered,
                 sessions: self.latest.len(),
+                judges: full || !waited,
             });
             self.uncovered = 0;
             self.since = None;
@@ -228,8 +237,8 @@ impl Pending {
         }
         if step.ends {
             if let Some(fold) = self.fold.take() {
-                self.direct_until =
-                    (fold.heartbeats * 2 < fold.sessions * 3).then(|| Instant::now() + DIRECT_FOR);
+                self.direct_until = (fold.judges && fold.heartbeats * 2 < fold.sessions * 3)
+                    .then(|| Instant::now() + DIRECT_FOR);
             }
         }
     }
@@ -520,5 +529,63 @@ mod tests {
             "the fold's heartbeats deleted, the later one kept"
         );
         assert!(log.any());
+    }
+
+    /// A fold begun because its oldest heartbeat had waited (the tail of a burst, folded as the next begins)
+    /// does not judge how heartbeats coalesce: however few per session it found, heartbeats keep going to the
+    /// log. The same fold begun otherwise (for the log's size) sends them to their rows.
+    #[tokio::test]
+    async fn a_fold_begun_by_time_alone_keeps_heartbeats_in_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
+        let (store, agent) = store_with_agent(&path, at).await;
+        let mut sessions = Vec::new();
+        for _ in 0..4 {
+            let s = Session::new(
+                agent.id,
+                Uuid::new_v4(),
+                Default::default(),
+                half_hour(),
+                at,
+            );
+            assert!(store.insert_session(&s).await.unwrap());
+            sessions.push(s);
+        }
+        SessionStore::close(&store).await;
+        let conn = Connection::open(&path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+
+        let fold_all = |log: &mut Pending| {
+            while {
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                let step = log.fold_step(&conn).unwrap();
+                conn.execute_batch("COMMIT").unwrap();
+                log.stepped(&step);
+                log.fold.is_some()
+            } {}
+        };
+        let mut log = Pending::default();
+        for s in &mut sessions {
+            beat(&conn, &mut log, s);
+        }
+        log.since = Some(Instant::now() - FOLD_AFTER);
+        assert!(log.due());
+        fold_all(&mut log);
+        assert!(
+            log.takes(Uuid::new_v4()),
+            "one heartbeat per session, but a tail"
+        );
+
+        for s in &mut sessions {
+            beat(&conn, &mut log, s);
+        }
+        // The same fold begun before its heartbeats waited that long (as for the log's size) judges.
+        fold_all(&mut log);
+        assert!(
+            !log.takes(Uuid::new_v4()),
+            "one heartbeat per session, judged"
+        );
     }
 }
