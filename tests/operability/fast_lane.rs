@@ -158,6 +158,18 @@ async fn the_lane_answers_as_the_stack_does() {
     // Each heartbeat renewed the session once (and the message once): the lane never runs one twice.
     let read = call(&ctx, Method::GET, &session, &key, None).await;
     assert_eq!(read.body["renewalCount"], 5, "{:?}", read.body);
+    // A heartbeat's answer is spliced into the session's kept rendering (`api/rendered_sessions.rs`): what it says
+    // of the renewal is what a read says next, and the rest is the session as it was.
+    for _ in 0..3 {
+        let renewed = call(&ctx, Method::POST, &heartbeat, &key, None).await;
+        let read = call(&ctx, Method::GET, &session, &key, None).await;
+        for field in ["lastActivity", "expiresAt", "renewalCount"] {
+            assert_eq!(renewed.body[field], read.body[field], "{field}");
+        }
+        assert_eq!(steady(renewed.body), steady(read.body));
+    }
+    let read = call(&ctx, Method::GET, &session, &key, None).await;
+    assert_eq!(read.body["renewalCount"], 8, "{:?}", read.body);
 }
 
 /// The lane answers a repeated latest page from the body it kept (`api/rendered_pages.rs`): only while it is
