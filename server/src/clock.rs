@@ -23,7 +23,16 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[allow(clippy::disallowed_methods)] // the one sanctioned read of the wall clock
     fn now(&self) -> DateTime<Utc> {
-        truncate_ms(Utc::now())
+        // Built from whole milliseconds rather than truncated after: `duration_trunc` converts to and from the
+        // calendar again, and every request reads this clock a few times.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|since| {
+                let secs = i64::try_from(since.as_secs()).ok()?;
+                DateTime::from_timestamp(secs, since.subsec_millis() * 1_000_000)
+            })
+            .unwrap_or_else(|| truncate_ms(Utc::now()))
     }
 }
 
@@ -81,5 +90,21 @@ mod tests {
     fn times_are_millisecond_precision() {
         let clock = MockClock::new(DateTime::from_timestamp(10, 123_456_789).unwrap());
         assert_eq!(clock.now().timestamp_subsec_nanos(), 123_000_000);
+    }
+
+    /// The wall clock is read in whole milliseconds, between the truncated readings around it.
+    #[test]
+    #[allow(clippy::disallowed_methods)] // compared with the wall clock itself
+    fn the_system_clock_reads_whole_milliseconds_of_now() {
+        for _ in 0..1000 {
+            let before = truncate_ms(Utc::now());
+            let now = SystemClock.now();
+            let after = Utc::now();
+            assert_eq!(now.timestamp_subsec_nanos() % 1_000_000, 0, "{now:?}");
+            assert!(
+                before <= now && now <= after,
+                "{before:?} {now:?} {after:?}"
+            );
+        }
     }
 }

@@ -11,7 +11,6 @@
 //! alone (the last activity, the expiry, the renewal count): those are spliced into the kept bytes (writing the
 //! whole session was the largest part of a heartbeat's own work on the workers, see BENCHMARKS.md).
 
-use std::io::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -95,7 +94,7 @@ impl Activity {
         let expires_at = stamp(&mut out, session.expires_at);
         out.extend_from_slice(&stored[self.expires_at.end..self.renewal_count]);
         let renewal_count = out.len();
-        let _ = write!(out, "{}", session.renewal_count);
+        out.extend_from_slice(itoa::Buffer::new().format(session.renewal_count).as_bytes());
         let activity = Activity {
             last_activity,
             expires_at,
@@ -228,12 +227,17 @@ impl RenderedSessions {
 /// plain JSON form.
 fn moment(out: &mut Vec<u8>, view: &SessionView) {
     let s = &view.session;
-    let _ = write!(
-        out,
-        r#","timeRemaining":{},"isNearExpiration":{}}}"#,
-        remaining_ms(s.expires_at, view.now),
-        near_expiration(s.expires_at, &s.timeout, view.now)
+    out.extend_from_slice(MOMENT);
+    out.extend_from_slice(
+        itoa::Buffer::new()
+            .format(remaining_ms(s.expires_at, view.now))
+            .as_bytes(),
     );
+    out.extend_from_slice(if near_expiration(s.expires_at, &s.timeout, view.now) {
+        br#","isNearExpiration":true}"#
+    } else {
+        br#","isNearExpiration":false}"#
+    });
 }
 
 #[cfg(test)]
