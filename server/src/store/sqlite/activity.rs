@@ -111,10 +111,10 @@ impl Pending {
     }
 
     /// Whether a heartbeat of this session goes to the log: unless the last fold that judges (`Fold::judges`)
-    /// found fewer than three
-    /// heartbeats for every two sessions (uniform heartbeats over many more sessions than a fold's worth, as on
-    /// a store of millions), where the log only added a write and a read to each heartbeat's row update; then
-    /// for `DIRECT_FOR` only a session already in the log is logged, and the others update their rows.
+    /// found fewer than three heartbeats for every two sessions (uniform heartbeats over many more sessions than
+    /// a fold's worth, as on a store of millions), where the log only added a write and a read to each
+    /// heartbeat's row update; then for `DIRECT_FOR` only a session already in the log is logged, and the others
+    /// update their rows.
     pub fn takes(&self, id: Uuid) -> bool {
         self.direct_until.is_none_or(|t| Instant::now() >= t)
             || self.latest.contains_key(&id)
