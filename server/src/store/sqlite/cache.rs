@@ -43,6 +43,10 @@ const HISTORY_BYTES: u64 = 32 << 20;
 /// Oldest entry served (see the module comment).
 const MAX_AGE: Duration = Duration::from_secs(60);
 
+/// The pinned sessions, by id. foldhash (seeded per process): the writer inserts one per logged heartbeat, and
+/// the standard hasher's SipHash was a share of its samples; the ids are the server's own, not a caller's.
+type Pins = HashMap<Uuid, Arc<Session>, foldhash::fast::RandomState>;
+
 struct Entry<T> {
     row: Arc<T>,
     at: Instant,
@@ -168,7 +172,7 @@ pub struct RowCache {
     histories: Rows<History, HistoryBytes>,
     /// The sessions whose latest heartbeat is in the heartbeat log, not yet in their row (`activity.rs`): never
     /// evicted, so that a lookup that misses the cache finds them before it reads a row that lags behind.
-    pinned: Mutex<HashMap<Uuid, Arc<Session>>>,
+    pinned: Mutex<Pins>,
     /// `pinned`'s length, read without its lock.
     pinned_len: AtomicUsize,
 }
@@ -238,7 +242,7 @@ impl RowCache {
     }
 
     /// Changes the pinned sessions under their lock, keeping `pinned_len` in step.
-    fn change_pins(&self, change: impl FnOnce(&mut HashMap<Uuid, Arc<Session>>)) {
+    fn change_pins(&self, change: impl FnOnce(&mut Pins)) {
         let mut pinned = self.pinned.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut pinned);
         self.pinned_len.store(pinned.len(), Ordering::Release);
@@ -328,9 +332,16 @@ impl RowCache {
     }
 }
 
+/// `t` if it is a whole millisecond already (and no leap second, which the store's milliseconds cannot hold).
+fn whole_ms(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let nanos = t.timestamp_subsec_nanos();
+    (nanos.is_multiple_of(1_000_000) && nanos < 1_000_000_000).then_some(t)
+}
+
 /// The session as a read of its row gives it back: times are stored in whole milliseconds.
 fn stored(mut session: Session) -> Session {
-    let ms = |t: DateTime<Utc>| from_ms(to_ms(t));
+    // Most times are whole milliseconds already (the clock reads them so): those skip the calendar round trip.
+    let ms = |t: DateTime<Utc>| whole_ms(t).unwrap_or_else(|| from_ms(to_ms(t)));
     session.created_at = ms(session.created_at);
     session.last_activity = ms(session.last_activity);
     session.last_renewal = ms(session.last_renewal);
@@ -390,5 +401,28 @@ mod tests {
             6
         });
         assert_eq!(cache.session(&old.id), Some(new));
+    }
+
+    /// A time already in whole milliseconds is kept as it is; any other goes through the store's milliseconds:
+    /// both give what a read of the row gives back.
+    #[test]
+    fn times_are_kept_as_the_store_gives_them_back() {
+        let round_trip = |t: DateTime<Utc>| from_ms(to_ms(t));
+        for (secs, nanos) in [
+            (1_735_689_600, 0),
+            (1_735_689_600, 123_000_000),
+            (1_735_689_600, 123_456_789),
+            (1_735_689_600, 999_999_999),
+            (1_735_689_659, 1_000_000_000),
+            (1_735_689_659, 1_500_000_000),
+            (-1, 1_000_000),
+        ] {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            assert_eq!(
+                whole_ms(t).unwrap_or_else(|| round_trip(t)),
+                round_trip(t),
+                "{secs} {nanos}"
+            );
+        }
     }
 }
