@@ -67,7 +67,7 @@ impl Activity {
         let last_activity = string(br#","lastActivity":""#)?;
         let expires_at = string(br#","expiresAt":""#)?;
         let key = br#","renewalCount":"#;
-        let renewal_count = stored.windows(key.len()).rposition(|w| w == key)? + key.len();
+        let renewal_count = rfind(stored, key)? + key.len();
         (last_activity.end < expires_at.start && expires_at.end < renewal_count).then(|| Self {
             last_activity,
             expires_at,
@@ -120,6 +120,10 @@ fn address(session: &Session) -> usize {
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn rfind(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).rposition(|w| w == needle)
 }
 
 impl Weighed for Rendered {
@@ -195,10 +199,7 @@ impl RenderedSessions {
         serde_json::to_writer(&mut out, &body)?;
         // The last occurrence: the metadata, which comes before, may hold the same text (a key of its own).
         let tokenless = body.session_token.is_none() && body.session_token_expires_at.is_none();
-        if let Some(at) = tokenless
-            .then(|| out.windows(MOMENT.len()).rposition(|w| w == MOMENT))
-            .flatten()
-        {
+        if let Some(at) = tokenless.then(|| rfind(&out, MOMENT)).flatten() {
             let stored = &out[..at];
             let activity = Activity::find(stored, &view.session);
             self.keep(

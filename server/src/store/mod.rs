@@ -446,9 +446,40 @@ pub(crate) fn from_ms(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// The time as a read of a row gives it back (`from_ms(to_ms(t))`): the time itself when it is a whole millisecond
+/// already, as the clock reads them (no leap second, which the store's milliseconds cannot hold), without the
+/// calendar round trip.
+pub(crate) fn as_stored(t: DateTime<Utc>) -> DateTime<Utc> {
+    let nanos = t.timestamp_subsec_nanos();
+    if nanos.is_multiple_of(1_000_000) && nanos < 1_000_000_000 {
+        t
+    } else {
+        from_ms(to_ms(t))
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::prune_due;
+    use super::{as_stored, from_ms, prune_due, to_ms};
+    use chrono::DateTime;
+
+    /// A time already in whole milliseconds is kept as it is; any other goes through the store's milliseconds:
+    /// both give what a read of the row gives back.
+    #[test]
+    fn times_are_kept_as_the_store_gives_them_back() {
+        for (secs, nanos) in [
+            (1_735_689_600, 0),
+            (1_735_689_600, 123_000_000),
+            (1_735_689_600, 123_456_789),
+            (1_735_689_600, 999_999_999),
+            (1_735_689_659, 1_000_000_000),
+            (1_735_689_659, 1_500_000_000),
+            (-1, 1_000_000),
+        ] {
+            let t = DateTime::from_timestamp(secs, nanos).unwrap();
+            assert_eq!(as_stored(t), from_ms(to_ms(t)), "{secs} {nanos}");
+        }
+    }
 
     #[test]
     fn small_logs_are_pruned_on_every_write_large_ones_every_eighth_of_their_cap() {

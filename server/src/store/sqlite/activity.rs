@@ -367,29 +367,49 @@ mod tests {
         *session = next;
     }
 
+    /// `n` sessions stored through a store that is then closed, and a connection of the writer's kind to its file
+    /// (kept in `dir`).
+    async fn closed_store_with(dir: &tempfile::TempDir, n: usize) -> (Connection, Vec<Session>) {
+        let path = dir.path().join("f.db");
+        let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
+        let (store, agent) = store_with_agent(&path, at).await;
+        let mut sessions = Vec::new();
+        for _ in 0..n {
+            let s = Session::new(
+                agent.id,
+                Uuid::new_v4(),
+                Default::default(),
+                half_hour(),
+                at,
+            );
+            assert!(store.insert_session(&s).await.unwrap());
+            sessions.push(s);
+        }
+        SessionStore::close(&store).await;
+        let conn = Connection::open(&path).unwrap();
+        // The closed store's checkpoint thread may still be finishing.
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        (conn, sessions)
+    }
+
+    /// One step of the fold, in a transaction, as the writer takes it.
+    fn step(conn: &Connection, log: &mut Pending) -> Step {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let step = log.fold_step(conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        log.stepped(&step);
+        step
+    }
+
     /// A fold in steps writes each session's latest activity, `FOLD_STEP` sessions per step, and empties the
     /// log with its last step; a heartbeat logged meanwhile for a session already written stays in the log
     /// (and in what the writer remembers) for the next fold.
     #[tokio::test]
     async fn a_fold_in_steps_writes_every_session_then_empties_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f.db");
-        let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
-        let (store, agent) = store_with_agent(&path, at).await;
-        let config = half_hour();
         let n = FOLD_STEP * 2 + 10;
-        let mut sessions = Vec::new();
-        for _ in 0..n {
-            let s = Session::new(agent.id, Uuid::new_v4(), Default::default(), config, at);
-            assert!(store.insert_session(&s).await.unwrap());
-            sessions.push(s);
-        }
-        SessionStore::close(&store).await;
-
-        let conn = Connection::open(&path).unwrap();
-        // The closed store's checkpoint thread may still be finishing.
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
+        let (conn, mut sessions) = closed_store_with(&dir, n).await;
         let mut log = Pending::default();
         for s in &mut sessions {
             beat(&conn, &mut log, s);
@@ -404,10 +424,7 @@ mod tests {
         let mut steps = 0;
         let mut written = Vec::new();
         while log.fold.is_some() || steps == 0 {
-            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            let step = log.fold_step(&conn).unwrap();
-            conn.execute_batch("COMMIT").unwrap();
-            log.stepped(&step);
+            let step = step(&conn, &mut log);
             written.extend_from_slice(step.ids());
             steps += 1;
             if steps == 1 {
@@ -457,26 +474,7 @@ mod tests {
     #[tokio::test]
     async fn a_fold_deletes_its_heartbeats_in_steps_and_leftovers_are_harmless() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.db");
-        let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
-        let (store, agent) = store_with_agent(&path, at).await;
-        let mut sessions = Vec::new();
-        for _ in 0..2 {
-            let s = Session::new(
-                agent.id,
-                Uuid::new_v4(),
-                Default::default(),
-                half_hour(),
-                at,
-            );
-            assert!(store.insert_session(&s).await.unwrap());
-            sessions.push(s);
-        }
-        SessionStore::close(&store).await;
-
-        let conn = Connection::open(&path).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
+        let (conn, mut sessions) = closed_store_with(&dir, 2).await;
         // Thousands of commits: this test's durability is not the point.
         conn.pragma_update(None, "synchronous", "OFF").unwrap();
         let mut log = Pending::default();
@@ -487,13 +485,6 @@ mod tests {
         let logged = |conn: &Connection| count(conn, "SELECT COUNT(*) FROM heartbeat_log");
         assert_eq!(logged(&conn), beats as i64);
 
-        let step = |conn: &Connection, log: &mut Pending| {
-            conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-            let step = log.fold_step(conn).unwrap();
-            conn.execute_batch("COMMIT").unwrap();
-            log.stepped(&step);
-            step
-        };
         let first = step(&conn, &mut log);
         assert_eq!(first.ids().len(), 2, "both sessions written");
         assert!(
@@ -537,32 +528,11 @@ mod tests {
     #[tokio::test]
     async fn a_fold_begun_by_time_alone_keeps_heartbeats_in_the_log() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        let at = DateTime::from_timestamp_millis(1_735_689_600_000).unwrap();
-        let (store, agent) = store_with_agent(&path, at).await;
-        let mut sessions = Vec::new();
-        for _ in 0..4 {
-            let s = Session::new(
-                agent.id,
-                Uuid::new_v4(),
-                Default::default(),
-                half_hour(),
-                at,
-            );
-            assert!(store.insert_session(&s).await.unwrap());
-            sessions.push(s);
-        }
-        SessionStore::close(&store).await;
-        let conn = Connection::open(&path).unwrap();
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .unwrap();
+        let (conn, mut sessions) = closed_store_with(&dir, 4).await;
 
         let fold_all = |log: &mut Pending| {
             while {
-                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-                let step = log.fold_step(&conn).unwrap();
-                conn.execute_batch("COMMIT").unwrap();
-                log.stepped(&step);
+                step(&conn, log);
                 log.fold.is_some()
             } {}
         };

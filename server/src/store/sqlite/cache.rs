@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use quick_cache::sync::Cache;
 use quick_cache::{UnitWeighter, Weighter};
 use uuid::Uuid;
@@ -31,7 +30,7 @@ use super::history::History;
 use super::reads::FastReads;
 use super::writes::{Applied, Write};
 use crate::domain::{Agent, Session};
-use crate::store::{from_ms, to_ms, StoreError};
+use crate::store::{as_stored, to_ms, StoreError};
 
 /// Sessions kept; the least useful are evicted beyond it (quick_cache's S3-FIFO). Bounded by the memory target
 /// at a million stored sessions (see BENCHMARKS.md).
@@ -332,20 +331,12 @@ impl RowCache {
     }
 }
 
-/// `t` if it is a whole millisecond already (and no leap second, which the store's milliseconds cannot hold).
-fn whole_ms(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    let nanos = t.timestamp_subsec_nanos();
-    (nanos.is_multiple_of(1_000_000) && nanos < 1_000_000_000).then_some(t)
-}
-
 /// The session as a read of its row gives it back: times are stored in whole milliseconds.
 fn stored(mut session: Session) -> Session {
-    // Most times are whole milliseconds already (the clock reads them so): those skip the calendar round trip.
-    let ms = |t: DateTime<Utc>| whole_ms(t).unwrap_or_else(|| from_ms(to_ms(t)));
-    session.created_at = ms(session.created_at);
-    session.last_activity = ms(session.last_activity);
-    session.last_renewal = ms(session.last_renewal);
-    session.expires_at = ms(session.expires_at);
+    session.created_at = as_stored(session.created_at);
+    session.last_activity = as_stored(session.last_activity);
+    session.last_renewal = as_stored(session.last_renewal);
+    session.expires_at = as_stored(session.expires_at);
     session
 }
 
@@ -401,28 +392,5 @@ mod tests {
             6
         });
         assert_eq!(cache.session(&old.id), Some(new));
-    }
-
-    /// A time already in whole milliseconds is kept as it is; any other goes through the store's milliseconds:
-    /// both give what a read of the row gives back.
-    #[test]
-    fn times_are_kept_as_the_store_gives_them_back() {
-        let round_trip = |t: DateTime<Utc>| from_ms(to_ms(t));
-        for (secs, nanos) in [
-            (1_735_689_600, 0),
-            (1_735_689_600, 123_000_000),
-            (1_735_689_600, 123_456_789),
-            (1_735_689_600, 999_999_999),
-            (1_735_689_659, 1_000_000_000),
-            (1_735_689_659, 1_500_000_000),
-            (-1, 1_000_000),
-        ] {
-            let t = DateTime::from_timestamp(secs, nanos).unwrap();
-            assert_eq!(
-                whole_ms(t).unwrap_or_else(|| round_trip(t)),
-                round_trip(t),
-                "{secs} {nanos}"
-            );
-        }
     }
 }

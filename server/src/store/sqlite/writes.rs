@@ -20,7 +20,7 @@ use crate::store::schema::{
     prune_events, update_activity, update_session, ReplyState, AGENT_COLUMNS, EVENT_INSERT_COLUMNS,
     MESSAGE_CLAIMED_INSERT_COLUMNS, MESSAGE_INSERT_COLUMNS, SESSION_INSERT_COLUMNS,
 };
-use crate::store::{from_ms, prune_due, schema, to_ms, StoreError};
+use crate::store::{prune_due, schema, StoreError};
 
 /// One write, as data, so that the writer can apply many of them in one transaction.
 pub enum Write {
@@ -603,7 +603,7 @@ fn insert_claimed_message(conn: &Connection, message: &Message, now: i64) -> rus
 fn as_stored(message: &Message, seq: i64) -> Message {
     Message {
         seq,
-        created_at: from_ms(to_ms(message.created_at)),
+        created_at: crate::store::as_stored(message.created_at),
         ..message.clone()
     }
 }
